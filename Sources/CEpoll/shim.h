@@ -1,0 +1,6 @@
+#ifndef HUB_BENCH_EPOLL_SHIM_H
+#define HUB_BENCH_EPOLL_SHIM_H
+// hub-bench's only C: Swift's Glibc module leaves out sys/epoll.h, so this header-only module
+// brings in epoll_create1/ctl/wait and struct epoll_event for Sources/HubBench/EventLoop.swift.
+#include <sys/epoll.h>
+#endif

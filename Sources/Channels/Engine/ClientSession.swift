@@ -1,0 +1,709 @@
+import Synchronization
+
+/// One connection's protocol state machine: connect, subscriptions, pings, deadlines.
+///
+/// Frames arrive on the connection's service thread; broker completions and server API
+/// calls may arrive on others, so all state sits behind one lock. The lock is never held
+/// while calling into the subscriber registry or the broker.
+public final class ClientSession: Sendable {
+    public let id = RandomID.uuid()
+    let transport: any ClientTransport
+    private unowned let node: Node
+
+    enum Phase { case awaitingConnect, connecting, connected, closed }
+
+    struct Subscription {
+        var active = false
+        var chanInfo: JSONValue?
+        var expiresAt: Double?
+    }
+
+    struct State {
+        var phase = Phase.awaitingConnect
+        var user = ""
+        var connInfo: JSONValue?
+        var expiresAt: Double?
+        var subscriptions: [String: Subscription] = [:]
+        var connectDeadline: Double
+        var nextPing: Double = .infinity
+        var pongDeadline: Double?
+    }
+
+    private let state: Mutex<State>
+
+    init(node: Node, transport: any ClientTransport) {
+        self.node = node
+        self.transport = transport
+        state = Mutex(State(connectDeadline: node.clock.now() + node.config.connectTimeout))
+    }
+
+    public var user: String { state.withLock { $0.user } }
+    public var isConnected: Bool { state.withLock { $0.phase == .connected } }
+    var subscriptionCount: Int { state.withLock { $0.subscriptions.count } }
+    var clientInfo: ClientInfo { state.withLock { ClientInfo(user: $0.user, client: id, connInfo: $0.connInfo) } }
+
+    // MARK: Input
+
+    /// Handles one WebSocket message: one or more JSON commands separated by newlines.
+    public func handle(message: [UInt8]) {
+        var start = 0
+        let count = message.count
+        while start < count {
+            var end = start
+            while end < count, message[end] != 0x0A { end += 1 }
+            if end > start {
+                let line = message[start..<end]
+                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) {
+                    handle(command: Array(line))
+                }
+            }
+            start = end + 1
+        }
+    }
+
+    private func handle(command bytes: [UInt8]) {
+        let command: JSONValue
+        do {
+            command = try JSONParser.parse(bytes)
+        } catch {
+            fail(id: nil, ProtocolError.badRequest.with(message: "malformed JSON: \(error)"))
+            return
+        }
+        guard let members = command.objectValue else {
+            fail(id: nil, ProtocolError.badRequest.with(message: "command must be a JSON object"))
+            return
+        }
+        if members.isEmpty {  // the pong answering our ping
+            state.withLock { $0.pongDeadline = nil }
+            return
+        }
+        let id = command["id"]?.intValue
+        if let rawID = command["id"], id == nil || id! < 0 || id! > Int64(UInt32.max) {
+            _ = rawID
+            fail(id: nil, ProtocolError.badRequest.with(message: "id must be an unsigned 32-bit integer"))
+            return
+        }
+        guard let (method, body) = members.first(where: { $0.0 != "id" }) else {
+            fail(id: id, ProtocolError.badRequest.with(message: "command has no method"))
+            return
+        }
+        let phase = state.withLock { $0.phase }
+        if method == "connect" {
+            connect(id: id, body)
+            return
+        }
+        guard phase == .connected else {
+            fail(id: id, ProtocolError.unauthorized.with(message: "send connect first"))
+            return
+        }
+        switch method {
+        case "subscribe": subscribe(id: id, body)
+        case "unsubscribe": unsubscribe(id: id, body)
+        case "publish": publish(id: id, body)
+        case "presence": presence(id: id, body, stats: false)
+        case "presence_stats": presence(id: id, body, stats: true)
+        case "history": history(id: id, body)
+        case "rpc": rpc(id: id, body)
+        case "send": send(body)
+        case "refresh": refresh(id: id, body)
+        case "sub_refresh": subRefresh(id: id, body)
+        case "ping": reply(id: id, method: "ping", [:])
+        default: fail(id: id, ProtocolError.methodNotFound.with(message: "unknown method \(method)"))
+        }
+    }
+
+    // MARK: Output
+
+    func send(_ payload: [UInt8]) {
+        if !transport.enqueue(node.encoder.frame(payload)) {
+            node.counters.slowDisconnects.add(1, ordering: .relaxed)
+            disconnect(.slow)
+        }
+    }
+
+    private func reply(id: Int64?, method: String, _ result: JSONValue) {
+        // Commands sent without an id expect no reply (the protocol's fire-and-forget form).
+        guard let id else { return }
+        send(PushEncoding.reply(id: id, method: method, result: result))
+    }
+
+    private func fail(id: Int64?, _ error: ProtocolError) {
+        node.counters.commandErrors.add(1, ordering: .relaxed)
+        send(PushEncoding.error(id: id, error))
+    }
+
+    private func requireChannel(_ body: JSONValue, id: Int64?) -> (String, ChannelOptions)? {
+        guard let channel = body["channel"]?.stringValue else {
+            fail(id: id, ProtocolError.badRequest.with(message: "channel required"))
+            return nil
+        }
+        do {
+            return (channel, try node.options(for: channel))
+        } catch {
+            fail(id: id, error)
+            return nil
+        }
+    }
+
+    // MARK: Connect and refresh
+
+    /// A subscribe result and the stream offset it told the client about.
+    struct SubscribeReply: Sendable {
+        var result: JSONValue
+        var promisedOffset: UInt64?
+    }
+
+    private struct Identity {
+        var user: String
+        var expiresAt: Double?
+        var info: JSONValue?
+        var channels: [String]
+    }
+
+    /// Verifies a connection token. Nil after answering the client when it is unusable.
+    private func verifyConnectionToken(_ token: String, id: Int64?, method: String) -> Identity? {
+        let now = node.clock.now()
+        guard node.config.tokens.isConfigured else {
+            fail(id: id, ProtocolError.unauthorized.with(message: "this hub accepts no tokens (no token secret configured)"))
+            return nil
+        }
+        let claims: JSONValue
+        do {
+            claims = try node.config.tokens.verify(token, now: now)
+        } catch .expired {
+            fail(id: id, .tokenExpired)
+            return nil
+        } catch {
+            node.logger.info("refusing connection token", metadata: ["reason": "\(error)", "method": "\(method)"])
+            disconnect(.invalidToken)
+            return nil
+        }
+        guard let sub = claims["sub"]?.stringValue else {
+            disconnect(.invalidToken)
+            return nil
+        }
+        var info = claims["info"]
+        if info == nil, let b64 = claims["b64info"]?.stringValue, let bytes = Base64URL.decode(b64), let parsed = try? JSONParser.parse(bytes) {
+            info = parsed
+        }
+        let channels = claims["channels"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        return Identity(user: sub, expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, info: info, channels: channels)
+    }
+
+    private func connect(id: Int64?, _ body: JSONValue) {
+        let started = state.withLock { state -> Bool in
+            guard state.phase == .awaitingConnect else { return false }
+            state.phase = .connecting
+            return true
+        }
+        guard started else {
+            fail(id: id, ProtocolError.badRequest.with(message: "already connected"))
+            return
+        }
+        let token = body["token"]?.stringValue ?? ""
+        let identity: Identity
+        if token.isEmpty {
+            guard node.config.allowAnonymous else {
+                state.withLock { $0.phase = .awaitingConnect }
+                fail(id: id, ProtocolError.unauthorized.with(message: "connection token required"))
+                return
+            }
+            identity = Identity(user: "", expiresAt: nil, info: nil, channels: [])
+        } else {
+            guard let verified = verifyConnectionToken(token, id: id, method: "connect") else {
+                state.withLock { if $0.phase == .connecting { $0.phase = .awaitingConnect } }
+                return
+            }
+            identity = verified
+        }
+        let now = node.clock.now()
+        let stillOpen = state.withLock { state -> Bool in
+            guard state.phase == .connecting else { return false }
+            state.user = identity.user
+            state.connInfo = identity.info
+            state.expiresAt = identity.expiresAt
+            return true
+        }
+        guard stillOpen else { return }
+        node.register(self, user: identity.user)
+
+        // Server-side subscriptions from the token, recovered from the client's `subs`
+        // when it reconnects with positions.
+        var serverChannels: [(String, ChannelOptions, StreamPosition?)] = []
+        for channel in identity.channels.prefix(node.config.maxSubscriptionsPerClient) {
+            guard let options = try? node.options(for: channel) else { continue }
+            var position: StreamPosition?
+            if let sub = body["subs"]?[channel], sub["recover"]?.boolValue == true {
+                position = StreamPosition(offset: UInt64(max(0, sub["offset"]?.intValue ?? 0)), epoch: sub["epoch"]?.stringValue ?? "")
+            }
+            serverChannels.append((channel, options, position))
+        }
+        let collected = Mutex<[(String, SubscribeReply)]>([])
+        let remaining = Atomic<Int>(serverChannels.count)
+        let finish: @Sendable () -> Void = { [self] in
+            let subs = collected.withLock { $0 }
+            let ttl = identity.expiresAt.map { max(0, Int64(($0 - now).rounded(.up))) }
+            let result = JSONValue.compact([
+                ("client", .string(self.id)),
+                ("version", .string(node.config.version)),
+                ("expires", ttl != nil ? .bool(true) : nil),
+                ("ttl", ttl.map { .int($0) }),
+                ("subs", subs.isEmpty ? nil : .object(subs.sorted { $0.0 < $1.0 }.map { ($0.0, $0.1.result) })),
+                ("ping", .int(Int64(node.config.pingInterval))),
+                ("pong", .bool(true)),
+                ("node", .string(node.uid)),
+            ])
+            state.withLock { state in
+                state.phase = .connected
+                state.nextPing = now + node.config.pingInterval
+            }
+            if let id {
+                send(PushEncoding.reply(id: id, method: "connect", result: result))
+            }
+            for (channel, reply) in subs { activate(channel: channel, after: reply.promisedOffset) }
+        }
+        if serverChannels.isEmpty { finish(); return }
+        for (channel, options, position) in serverChannels {
+            state.withLock { $0.subscriptions[channel] = Subscription() }
+            startSubscription(channel: channel, options: options, recoverFrom: position) { outcome in
+                if case let .success(result) = outcome {
+                    collected.withLock { $0.append((channel, result)) }
+                } else {
+                    self.state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
+                }
+                if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() }
+            }
+        }
+    }
+
+    private func refresh(id: Int64?, _ body: JSONValue) {
+        guard let token = body["token"]?.stringValue, !token.isEmpty else {
+            fail(id: id, ProtocolError.badRequest.with(message: "token required"))
+            return
+        }
+        guard let identity = verifyConnectionToken(token, id: id, method: "refresh") else { return }
+        let sameUser = state.withLock { state -> Bool in
+            guard state.user == identity.user else { return false }
+            state.expiresAt = identity.expiresAt
+            if let info = identity.info { state.connInfo = info }
+            return true
+        }
+        guard sameUser else {
+            disconnect(.invalidToken)
+            return
+        }
+        let ttl = identity.expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+        reply(id: id, method: "refresh", .compact([
+            ("client", .string(self.id)), ("version", .string(node.config.version)),
+            ("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) }),
+        ]))
+    }
+
+    // MARK: Subscriptions
+
+    /// Checks a subscription token for this channel. Returns its claims, or nil after
+    /// answering the client.
+    private func subscriptionClaims(token: String, channel: String, id: Int64?) -> JSONValue? {
+        guard node.config.tokens.isConfigured else {
+            fail(id: id, .permissionDenied)
+            return nil
+        }
+        do {
+            let claims = try node.config.tokens.verify(token, now: node.clock.now())
+            guard claims["sub"]?.stringValue == user, claims["channel"]?.stringValue == channel else {
+                fail(id: id, ProtocolError.permissionDenied.with(message: "subscription token is for another user or channel"))
+                return nil
+            }
+            return claims
+        } catch .expired {
+            fail(id: id, .tokenExpired)
+            return nil
+        } catch {
+            fail(id: id, ProtocolError.permissionDenied.with(message: "invalid subscription token"))
+            return nil
+        }
+    }
+
+    private func subscribe(id: Int64?, _ body: JSONValue) {
+        guard let (channel, options) = requireChannel(body, id: id) else { return }
+        let user = self.user
+        var chanInfo: JSONValue?
+        var expiresAt: Double?
+        if let token = body["token"]?.stringValue, !token.isEmpty {
+            guard let claims = subscriptionClaims(token: token, channel: channel, id: id) else { return }
+            chanInfo = claims["info"]
+            expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+        } else {
+            let allowed: Bool
+            if options.allowUserLimitedChannels, let users = ChannelNamespaces.allowedUsers(in: channel) {
+                allowed = !user.isEmpty && users.contains(Substring(user))
+            } else if user.isEmpty {
+                allowed = options.allowSubscribeForAnonymous
+            } else {
+                allowed = options.allowSubscribeForClient
+            }
+            guard allowed else {
+                fail(id: id, .permissionDenied)
+                return
+            }
+        }
+        let problem = state.withLock { state -> ProtocolError? in
+            if state.subscriptions[channel] != nil { return .alreadySubscribed }
+            if state.subscriptions.count >= node.config.maxSubscriptionsPerClient {
+                return ProtocolError.limitExceeded.with(message: "too many subscriptions")
+            }
+            state.subscriptions[channel] = Subscription(chanInfo: chanInfo, expiresAt: expiresAt)
+            return nil
+        }
+        if let problem {
+            fail(id: id, problem)
+            return
+        }
+        var position: StreamPosition?
+        if body["recover"]?.boolValue == true {
+            position = StreamPosition(offset: UInt64(max(0, body["offset"]?.intValue ?? 0)), epoch: body["epoch"]?.stringValue ?? "")
+        }
+        let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+        startSubscription(channel: channel, options: options, recoverFrom: position) { [self] outcome in
+            switch outcome {
+            case .success(let subscribed):
+                var result = subscribed.result
+                if let ttl, case var .object(members) = result {
+                    members.insert(contentsOf: [("expires", .bool(true)), ("ttl", .int(ttl))], at: 0)
+                    result = .object(members)
+                }
+                reply(id: id, method: "subscribe", result)
+                activate(channel: channel, after: subscribed.promisedOffset)
+            case .failure(let error):
+                state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
+                fail(id: id, error)
+            }
+        }
+    }
+
+    /// Registers as a pending subscriber and reads the stream position (and the missed
+    /// publications when recovering). Completes with the subscribe result to send; the
+    /// caller sends it and then calls `activate`.
+    private func startSubscription(channel: String, options: ChannelOptions, recoverFrom position: StreamPosition?,
+                                   completion: @escaping @Sendable (Result<SubscribeReply, ProtocolError>) -> Void) {
+        _ = node.subscribers.addPending(self, to: channel)
+        let fail: @Sendable (ProtocolError) -> Void = { [self] error in
+            if node.subscribers.remove(self, from: channel) { node.broker.unsubscribe(channel: channel) }
+            completion(.failure(error))
+        }
+        // The broker delivers to this node before the position is read: nothing published
+        // in between can fall through.
+        node.broker.subscribe(channel: channel) { [self] subscribed in
+            switch subscribed {
+            case .failure(let error): fail(error)
+            case .success: readPosition(channel: channel, options: options, recoverFrom: position, fail: fail, completion: completion)
+            }
+        }
+    }
+
+    private func readPosition(channel: String, options: ChannelOptions, recoverFrom position: StreamPosition?,
+                              fail: @escaping @Sendable (ProtocolError) -> Void,
+                              completion: @escaping @Sendable (Result<SubscribeReply, ProtocolError>) -> Void) {
+        guard options.historyEnabled else {
+            completion(.success(SubscribeReply(result: [:], promisedOffset: nil)))
+            return
+        }
+        let recoverable = options.recoveryEnabled
+        let result: @Sendable (StreamPosition, Recovery?) -> SubscribeReply = { position, recovery in
+            SubscribeReply(result: .compact([
+                ("recoverable", recoverable ? .bool(true) : nil),
+                ("epoch", .string(position.epoch)),
+                ("offset", position.offset > 0 ? .int(Int64(position.offset)) : nil),
+                ("positioned", .bool(true)),
+                ("publications", (recovery?.publications.isEmpty ?? true) ? nil : .array(recovery!.publications.map(\.json))),
+                ("recovered", recovery?.recovered == true ? .bool(true) : nil),
+                ("was_recovering", recovery != nil ? .bool(true) : nil),
+            ]), promisedOffset: position.offset)
+        }
+        guard let position, recoverable else {
+            node.broker.history(channel: channel, filter: HistoryFilter(limit: 0), options: options) { outcome in
+                switch outcome {
+                case .success(let history): completion(.success(result(history.position, nil)))
+                case .failure(let error): fail(error)
+                }
+            }
+            return
+        }
+        let limit = options.recoveryMaxPublications
+        node.broker.history(channel: channel, filter: HistoryFilter(limit: limit + 1, since: position), options: options) { [node] outcome in
+            switch outcome {
+            case .success(let history):
+                let recovery = Recovery.decide(history: history, clientOffset: position.offset, clientEpoch: position.epoch, maxPublications: limit)
+                completion(.success(result(history.position, recovery)))
+            case .failure(let error) where error.code == ProtocolError.unrecoverablePosition.code:
+                // Too old or another epoch: tell the client where the stream is now.
+                node.broker.history(channel: channel, filter: HistoryFilter(limit: 0), options: options) { outcome in
+                    switch outcome {
+                    case .success(let history): completion(.success(result(history.position, Recovery(recovered: false, publications: []))))
+                    case .failure(let error): fail(error)
+                    }
+                }
+            case .failure(let error):
+                fail(error)
+            }
+        }
+    }
+
+    /// Sends what was published while the subscribe reply was being prepared, then goes live;
+    /// then announces the subscriber (presence, join).
+    private func activate(channel: String, after promised: UInt64?) {
+        guard let options = try? node.options(for: channel) else { return }
+        // Anything at or below the offset the reply promised was in the reply or is older.
+        var gap = false
+        let active = node.subscribers.activate(self, in: channel, after: promised) { due in
+            // Held-back publications must continue the promised position exactly.
+            if let promised, let first = due.first, first.offset != promised + 1 {
+                gap = true
+                return
+            }
+            for publication in due {
+                send(PushEncoding.publication(channel: channel, publication))
+            }
+        }
+        guard active else { return }
+        if gap {
+            serverUnsubscribe(channel: channel, reason: .insufficientState)
+            return
+        }
+        let info: ClientInfo? = state.withLock { state in
+            guard state.subscriptions[channel] != nil else { return nil }
+            state.subscriptions[channel]!.active = true
+            return ClientInfo(user: state.user, client: id, connInfo: state.connInfo, chanInfo: state.subscriptions[channel]!.chanInfo)
+        }
+        guard let info else { return }
+        if options.presence { node.presence.add(channel: channel, info: info) }
+        if options.joinLeave { node.broker.publishJoin(channel: channel, info: info) }
+    }
+
+    private func unsubscribe(id: Int64?, _ body: JSONValue) {
+        guard let channel = body["channel"]?.stringValue else {
+            fail(id: id, ProtocolError.badRequest.with(message: "channel required"))
+            return
+        }
+        leave(channel: channel)
+        reply(id: id, method: "unsubscribe", [:])
+    }
+
+    /// Removes the subscription (if any) and announces the departure.
+    private func leave(channel: String) {
+        let removed = state.withLock { state -> (Subscription, ClientInfo)? in
+            guard let sub = state.subscriptions.removeValue(forKey: channel) else { return nil }
+            return (sub, ClientInfo(user: state.user, client: id, connInfo: state.connInfo, chanInfo: sub.chanInfo))
+        }
+        guard let (subscription, info) = removed else { return }
+        if node.subscribers.remove(self, from: channel) { node.broker.unsubscribe(channel: channel) }
+        guard subscription.active, let options = try? node.options(for: channel) else { return }
+        if options.presence { node.presence.remove(channel: channel, client: id) }
+        if options.joinLeave { node.broker.publishLeave(channel: channel, info: info) }
+    }
+
+    func serverSubscribe(channel: String) {
+        guard let options = try? node.options(for: channel) else { return }
+        let added = state.withLock { state -> Bool in
+            guard state.phase == .connected, state.subscriptions[channel] == nil else { return false }
+            state.subscriptions[channel] = Subscription()
+            return true
+        }
+        guard added else { return }
+        startSubscription(channel: channel, options: options, recoverFrom: nil) { [self] outcome in
+            switch outcome {
+            case .success(let subscribed):
+                send(PushEncoding.push(channel: channel, kind: "subscribe", body: subscribed.result))
+                activate(channel: channel, after: subscribed.promisedOffset)
+            case .failure:
+                state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
+            }
+        }
+    }
+
+    func serverUnsubscribe(channel: String, reason: UnsubscribeReason) {
+        guard state.withLock({ $0.subscriptions[channel] != nil }) else { return }
+        leave(channel: channel)
+        send(PushEncoding.push(channel: channel, kind: "unsubscribe", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)]))
+    }
+
+    // MARK: Publish, presence, history, rpc
+
+    private func isSubscribed(_ channel: String) -> Bool {
+        state.withLock { $0.subscriptions[channel]?.active == true }
+    }
+
+    private func publish(id: Int64?, _ body: JSONValue) {
+        guard let (channel, options) = requireChannel(body, id: id) else { return }
+        guard let data = body["data"] else {
+            fail(id: id, ProtocolError.badRequest.with(message: "data required"))
+            return
+        }
+        let info = clientInfo
+        var allowed = (options.allowPublishForSubscriber && isSubscribed(channel)) || options.allowPublishForClient
+        if info.user.isEmpty && !options.allowPublishForAnonymous { allowed = false }
+        guard allowed else {
+            fail(id: id, .permissionDenied)
+            return
+        }
+        node.publish(channel: channel, data: data, info: info) { [self] outcome in
+            switch outcome {
+            case .success: reply(id: id, method: "publish", [:])
+            case .failure(let error): fail(id: id, error)
+            }
+        }
+    }
+
+    private func presence(id: Int64?, _ body: JSONValue, stats: Bool) {
+        guard let (channel, options) = requireChannel(body, id: id) else { return }
+        guard options.allowPresenceForClient || (options.allowPresenceForSubscriber && isSubscribed(channel)) else {
+            fail(id: id, .permissionDenied)
+            return
+        }
+        if stats {
+            node.presenceStats(channel: channel) { [self] outcome in
+                switch outcome {
+                case .success(let s): reply(id: id, method: "presence_stats", ["num_clients": .int(Int64(s.clients)), "num_users": .int(Int64(s.users))])
+                case .failure(let error): fail(id: id, error)
+                }
+            }
+        } else {
+            node.presence(channel: channel) { [self] outcome in
+                switch outcome {
+                case .success(let clients):
+                    reply(id: id, method: "presence", ["presence": .object(clients.map { ($0.client, $0.json) })])
+                case .failure(let error): fail(id: id, error)
+                }
+            }
+        }
+    }
+
+    private func history(id: Int64?, _ body: JSONValue) {
+        guard let (channel, options) = requireChannel(body, id: id) else { return }
+        guard options.allowHistoryForClient || (options.allowHistoryForSubscriber && isSubscribed(channel)) else {
+            fail(id: id, .permissionDenied)
+            return
+        }
+        let filter: HistoryFilter
+        do { filter = try HistoryFilter(json: body) } catch { fail(id: id, error); return }
+        node.history(channel: channel, filter: filter) { [self] outcome in
+            switch outcome {
+            case .success(let h): reply(id: id, method: "history", h.json)
+            case .failure(let error): fail(id: id, error)
+            }
+        }
+    }
+
+    private func rpc(id: Int64?, _ body: JSONValue) {
+        let method = body["method"]?.stringValue ?? ""
+        guard let handler = node.rpcHandler(method) else {
+            fail(id: id, ProtocolError.methodNotFound.with(message: method.isEmpty ? "rpc method required" : "unknown rpc method \(method)"))
+            return
+        }
+        handler(clientInfo, body["data"] ?? .null) { [self] outcome in
+            switch outcome {
+            case .success(let data): reply(id: id, method: "rpc", ["data": data])
+            case .failure(let error): fail(id: id, error)
+            }
+        }
+    }
+
+    private func send(_ body: JSONValue) {
+        // Asynchronous message to the server: routed to the `send` RPC handler when a
+        // module registers one, dropped otherwise (the protocol expects no reply).
+        if let handler = node.rpcHandler("$send") { handler(clientInfo, body["data"] ?? .null) { _ in } }
+    }
+
+    private func subRefresh(id: Int64?, _ body: JSONValue) {
+        guard let channel = body["channel"]?.stringValue, let token = body["token"]?.stringValue else {
+            fail(id: id, ProtocolError.badRequest.with(message: "channel and token required"))
+            return
+        }
+        guard state.withLock({ $0.subscriptions[channel] != nil }) else {
+            fail(id: id, ProtocolError.badRequest.with(message: "not subscribed to \(channel)"))
+            return
+        }
+        guard let claims = subscriptionClaims(token: token, channel: channel, id: id) else { return }
+        let expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+        state.withLock { $0.subscriptions[channel]?.expiresAt = expiresAt }
+        let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+        reply(id: id, method: "sub_refresh", .compact([("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) })]))
+    }
+
+    // MARK: Lifecycle
+
+    /// Periodic check: connect and pong deadlines, token expiry, the next ping.
+    func tick(now: Double) {
+        enum Action { case none, ping, disconnect(DisconnectReason) }
+        let action = state.withLock { state -> Action in
+            switch state.phase {
+            case .closed, .connecting: return .none
+            case .awaitingConnect: return now > state.connectDeadline ? .disconnect(.stale) : .none
+            case .connected:
+                if let exp = state.expiresAt, now >= exp { return .disconnect(.expired) }
+                if let deadline = state.pongDeadline, now > deadline { return .disconnect(.noPong) }
+                for sub in state.subscriptions.values { if let exp = sub.expiresAt, now >= exp { return .disconnect(.subscriptionExpired) } }
+                if now >= state.nextPing {
+                    state.nextPing = now + node.config.pingInterval
+                    if state.pongDeadline == nil { state.pongDeadline = now + node.config.pongTimeout }
+                    return .ping
+                }
+                return .none
+            }
+        }
+        switch action {
+        case .none: break
+        case .ping: send(PushEncoding.ping)
+        case .disconnect(let reason): disconnect(reason)
+        }
+    }
+
+    /// Closes the connection with a protocol disconnect code and forgets the session.
+    public func disconnect(_ reason: DisconnectReason) {
+        transport.close(reason)
+        closed()
+    }
+
+    /// The transport is gone: leave every channel and unregister. Safe to call twice.
+    public func closed() {
+        let (wasRegistered, user, channels) = state.withLock { state -> (Bool, String, [String]) in
+            let registered = state.phase == .connected || state.phase == .connecting
+            if state.phase == .closed { return (false, state.user, []) }
+            state.phase = .closed
+            return (registered, state.user, Array(state.subscriptions.keys))
+        }
+        for channel in channels { leave(channel: channel) }
+        if wasRegistered { node.unregister(self, user: user) }
+    }
+}
+
+extension HistoryFilter {
+    /// Reads `limit`, `since` and `reverse` as both the client protocol and server API send them.
+    init(json body: JSONValue) throws(ProtocolError) {
+        var filter = HistoryFilter()
+        if let limit = body["limit"] {
+            guard let value = limit.intValue else { throw ProtocolError.badRequest.with(message: "limit must be an integer") }
+            filter.limit = Int(clamping: value)
+        } else {
+            filter.limit = 0
+        }
+        if let since = body["since"], !since.isNull {
+            guard since.objectValue != nil else { throw ProtocolError.badRequest.with(message: "since must be an object") }
+            let offset = since["offset"]?.intValue ?? 0
+            guard offset >= 0 else { throw ProtocolError.badRequest.with(message: "since.offset must not be negative") }
+            filter.since = StreamPosition(offset: UInt64(offset), epoch: since["epoch"]?.stringValue ?? "")
+        }
+        filter.reverse = body["reverse"]?.boolValue ?? false
+        self = filter
+    }
+}
+
+extension HistoryResult {
+    public var json: JSONValue {
+        .compact([
+            ("publications", publications.isEmpty ? nil : .array(publications.map(\.json))),
+            ("epoch", .string(position.epoch)),
+            ("offset", position.offset > 0 ? .int(Int64(position.offset)) : nil),
+        ])
+    }
+}

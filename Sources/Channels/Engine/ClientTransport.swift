@@ -1,0 +1,24 @@
+/// Bytes ready for the wire, shared by every subscriber that receives them. An array is a
+/// reference-counted buffer, so handing one frame to a thousand queues copies nothing.
+public struct WireFrame: Sendable {
+    public let bytes: [UInt8]
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+}
+
+/// Turns a protocol message (one JSON document) into what the transport writes. The
+/// WebSocket edge adds the frame header here, once per message rather than per subscriber.
+public protocol FrameEncoder: Sendable {
+    func frame(_ payload: [UInt8]) -> WireFrame
+}
+
+/// One client connection as the engine sees it. Implemented by the transport at the edge;
+/// safe to call from any thread.
+public protocol ClientTransport: AnyObject, Sendable {
+    /// Queues a frame for writing. Returns false when the connection's outbound queue is
+    /// over its limit; the engine then disconnects the client as too slow.
+    func enqueue(_ frame: WireFrame) -> Bool
+    /// Sends a close with this code and reason once queued frames are written, then closes.
+    func close(_ reason: DisconnectReason)
+    /// Peer address, for logs.
+    var remoteAddress: String { get }
+}

@@ -1,0 +1,321 @@
+import Logging
+import Synchronization
+
+/// Settings the engine needs; the hub fills them from flags, environment and config file.
+public struct EngineConfig: Sendable {
+    public var namespaces = ChannelNamespaces()
+    public var tokens = TokenVerifier(hmacSecret: nil)
+    /// Clients may connect without a token (as user "").
+    public var allowAnonymous = false
+    /// Seconds between server pings; clients answer with a pong.
+    public var pingInterval: Double = 25
+    /// Seconds a client has to answer a ping.
+    public var pongTimeout: Double = 10
+    /// Seconds a new connection has to send `connect`.
+    public var connectTimeout: Double = 10
+    public var maxSubscriptionsPerClient = 128
+    public var nodeName = "hub"
+    public var version = "0.1.0"
+
+    public init() {}
+}
+
+/// What a node knows about itself, for `/api/info` and the `info` RPC.
+public struct NodeInfo: Sendable {
+    public var uid: String
+    public var name: String
+    public var version: String
+    public var clients: Int
+    public var users: Int
+    public var channels: Int
+    public var subscriptions: Int
+    public var uptime: Int
+
+    public init(uid: String, name: String, version: String, clients: Int, users: Int, channels: Int, subscriptions: Int, uptime: Int) {
+        self.uid = uid
+        self.name = name
+        self.version = version
+        self.clients = clients
+        self.users = users
+        self.channels = channels
+        self.subscriptions = subscriptions
+        self.uptime = uptime
+    }
+
+    public init?(json: JSONValue) {
+        guard let uid = json["uid"]?.stringValue else { return nil }
+        func int(_ key: String) -> Int { Int(json[key]?.intValue ?? 0) }
+        self.init(uid: uid, name: json["name"]?.stringValue ?? "", version: json["version"]?.stringValue ?? "",
+                  clients: int("num_clients"), users: int("num_users"), channels: int("num_channels"),
+                  subscriptions: int("num_subs"), uptime: int("uptime"))
+    }
+
+    public var json: JSONValue {
+        [
+            "uid": .string(uid), "name": .string(name), "version": .string(version),
+            "num_clients": .int(Int64(clients)), "num_users": .int(Int64(users)), "num_channels": .int(Int64(channels)),
+            "num_subs": .int(Int64(subscriptions)), "uptime": .int(Int64(uptime)),
+        ]
+    }
+}
+
+/// Counters a metrics endpoint reads. Plain atomics: the hot path never takes a lock for them.
+public final class EngineCounters: Sendable {
+    public let publications = Atomic<Int>(0)
+    public let deliveries = Atomic<Int>(0)
+    public let slowDisconnects = Atomic<Int>(0)
+    public let connects = Atomic<Int>(0)
+    public let commandErrors = Atomic<Int>(0)
+    public init() {}
+}
+
+/// A server-side RPC method a client may call with the `rpc` command.
+public typealias RPCHandler = @Sendable (_ caller: ClientInfo, _ data: JSONValue, _ reply: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) -> Void
+
+/// The channel engine of one hub process: owns local subscriptions and clients, routes
+/// publications between the broker and the clients, and serves the server API.
+public final class Node: BrokerEventHandler, @unchecked Sendable {
+    public let config: EngineConfig
+    public let broker: any Broker
+    public let presence: any PresenceStore
+    public let encoder: any FrameEncoder
+    public let clock: any Clock
+    public let logger: Logger
+    public let uid = RandomID.uuid()
+    public let counters = EngineCounters()
+    let subscribers = SubscriberRegistry()
+    private let clients = Mutex<[String: ClientSession]>([:])
+    private let users = Mutex<[String: Set<String>]>([:])
+    private let rpcHandlers = Mutex<[String: RPCHandler]>([:])
+    private let startedAt: Double
+
+    public init(config: EngineConfig, broker: any Broker, presence: any PresenceStore, encoder: any FrameEncoder,
+                clock: any Clock = SystemClock(), logger: Logger = Logger(label: "hub.channels")) {
+        self.config = config
+        self.broker = broker
+        self.presence = presence
+        self.encoder = encoder
+        self.clock = clock
+        self.logger = logger
+        startedAt = clock.now()
+        broker.setEventHandler(self)
+        registerRPC("info") { [unowned self] _, _, reply in
+            self.nodes { result in reply(result.map { ["nodes": .array($0.map(\.json))] }) }
+        }
+    }
+
+    // MARK: Clients
+
+    /// Starts the protocol for a new connection.
+    public func accept(transport: any ClientTransport) -> ClientSession {
+        ClientSession(node: self, transport: transport)
+    }
+
+    func register(_ session: ClientSession, user: String) {
+        clients.withLock { $0[session.id] = session }
+        users.withLock { $0[user, default: []].insert(session.id) }
+        counters.connects.add(1, ordering: .relaxed)
+    }
+
+    func unregister(_ session: ClientSession, user: String) {
+        clients.withLock { _ = $0.removeValue(forKey: session.id) }
+        users.withLock { map in
+            map[user]?.remove(session.id)
+            if map[user]?.isEmpty == true { map.removeValue(forKey: user) }
+        }
+    }
+
+    public var clientCount: Int { clients.withLock { $0.count } }
+
+    /// Sessions of a user, or the one session with that client id.
+    func sessions(user: String?, client: String?) -> [ClientSession] {
+        if let client, !client.isEmpty {
+            guard let session = clients.withLock({ $0[client] }) else { return [] }
+            if let user, session.user != user { return [] }
+            return [session]
+        }
+        guard let user else { return [] }
+        let ids = users.withLock { $0[user] ?? [] }
+        return clients.withLock { map in ids.compactMap { map[$0] } }
+    }
+
+    /// Every connected session, e.g. to close them all on shutdown.
+    public func allSessions() -> [ClientSession] { clients.withLock { Array($0.values) } }
+
+    public func registerRPC(_ method: String, handler: @escaping RPCHandler) {
+        rpcHandlers.withLock { $0[method] = handler }
+    }
+
+    func rpcHandler(_ method: String) -> RPCHandler? { rpcHandlers.withLock { $0[method] } }
+
+    // MARK: Broker events
+
+    public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
+        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) {
+            encoder.frame(PushEncoding.publication(channel: channel, publication))
+        }
+        counters.deliveries.add(delivered, ordering: .relaxed)
+        disconnectSlow(slow)
+        if !behind.isEmpty {
+            logger.notice("publications lost before reaching this node; subscribers resubscribe to recover",
+                          metadata: ["channel": "\(channel)", "subscribers": "\(behind.count)"])
+            for session in behind { session.serverUnsubscribe(channel: channel, reason: .insufficientState) }
+        }
+    }
+
+    public func hasLocalSubscribers(channel: String) -> Bool {
+        subscribers.subscriberCount(channel) > 0
+    }
+
+    /// Server API operations that concern every node arrive here through the broker.
+    public func handleControl(_ command: JSONValue) {
+        guard let op = command["op"]?.stringValue, let user = command["user"]?.stringValue else { return }
+        let client = command["client"]?.stringValue
+        let targets = sessions(user: user, client: client)
+        switch op {
+        case "subscribe":
+            guard let channel = command["channel"]?.stringValue else { return }
+            for session in targets { session.serverSubscribe(channel: channel) }
+        case "unsubscribe":
+            guard let channel = command["channel"]?.stringValue else { return }
+            for session in targets { session.serverUnsubscribe(channel: channel, reason: .server) }
+        case "disconnect":
+            let code = UInt16(clamping: command["code"]?.intValue ?? Int64(DisconnectReason.forceNoReconnect.code))
+            let reason = DisconnectReason(code: code, reason: command["reason"]?.stringValue ?? DisconnectReason.forceNoReconnect.reason)
+            for session in targets { session.disconnect(reason) }
+        default:
+            break
+        }
+    }
+
+    public func handleJoin(channel: String, info: ClientInfo) {
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) {
+            encoder.frame(PushEncoding.push(channel: channel, kind: "join", body: ["info": info.json]))
+        }
+        disconnectSlow(slow)
+    }
+
+    public func handleLeave(channel: String, info: ClientInfo) {
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) {
+            encoder.frame(PushEncoding.push(channel: channel, kind: "leave", body: ["info": info.json]))
+        }
+        disconnectSlow(slow)
+    }
+
+    private func disconnectSlow(_ sessions: [ClientSession]) {
+        for session in sessions {
+            counters.slowDisconnects.add(1, ordering: .relaxed)
+            logger.info("disconnecting slow client", metadata: ["client": "\(session.id)", "user": "\(session.user)"])
+            session.disconnect(.slow)
+        }
+    }
+
+    // MARK: Operations shared by the client protocol and the server API
+
+    public func options(for channel: String) throws(ProtocolError) -> ChannelOptions {
+        if let problem = ChannelNamespaces.validate(channel) { throw ProtocolError.badRequest.with(message: problem) }
+        guard let options = config.namespaces.options(for: channel) else { throw ProtocolError.unknownChannel }
+        return options
+    }
+
+    public func publish(channel: String, data: JSONValue, info: ClientInfo? = nil, tags: [(String, String)] = [],
+                        completion: @escaping @Sendable (Result<StreamPosition?, ProtocolError>) -> Void) {
+        let options: ChannelOptions
+        do { options = try self.options(for: channel) } catch { completion(.failure(error)); return }
+        counters.publications.add(1, ordering: .relaxed)
+        let stored: JSONValue
+        if case .raw = data { stored = data } else { stored = .raw(JSONWriter.bytes(data)) }
+        broker.publish(channel: channel, publication: Publication(data: stored, info: info, tags: tags), options: options,
+                       completion: completion)
+    }
+
+    public func history(channel: String, filter: HistoryFilter,
+                        completion: @escaping @Sendable (Result<HistoryResult, ProtocolError>) -> Void) {
+        let options: ChannelOptions
+        do { options = try self.options(for: channel) } catch { completion(.failure(error)); return }
+        broker.history(channel: channel, filter: filter, options: options, completion: completion)
+    }
+
+    public func removeHistory(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        do { _ = try options(for: channel) } catch { completion(.failure(error)); return }
+        broker.removeHistory(channel: channel, completion: completion)
+    }
+
+    public func presence(channel: String, completion: @escaping @Sendable (Result<[ClientInfo], ProtocolError>) -> Void) {
+        do throws(ProtocolError) {
+            guard try options(for: channel).presence else { throw ProtocolError.notAvailable.with(message: "presence is not enabled for this channel") }
+        } catch { completion(.failure(error)); return }
+        presence.presence(channel: channel, completion: completion)
+    }
+
+    public func presenceStats(channel: String, completion: @escaping @Sendable (Result<PresenceStats, ProtocolError>) -> Void) {
+        do throws(ProtocolError) {
+            guard try options(for: channel).presence else { throw ProtocolError.notAvailable.with(message: "presence is not enabled for this channel") }
+        } catch { completion(.failure(error)); return }
+        presence.stats(channel: channel, completion: completion)
+    }
+
+    /// Subscribes a user's connections (or one client) on every node to a channel.
+    public func serverSubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+        _ = try options(for: channel)
+        broker.publishControl(.compact([("op", "subscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+    }
+
+    public func serverUnsubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+        _ = try options(for: channel)
+        broker.publishControl(.compact([("op", "unsubscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+    }
+
+    public func disconnect(user: String, client: String?, reason: DisconnectReason) {
+        broker.publishControl(.compact([("op", "disconnect"), ("user", .string(user)), ("client", client.map { .string($0) }),
+                                        ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]))
+    }
+
+    /// Channels with subscribers on this node matching a `*`-glob pattern (empty: all).
+    public func channels(matching pattern: String) -> [(String, Int)] {
+        subscribers.channels().filter { pattern.isEmpty || Glob.matches($0.0, pattern: pattern) }.sorted { $0.0 < $1.0 }
+    }
+
+    public func info() -> NodeInfo {
+        let sessions = allSessions()
+        let users = Set(sessions.map(\.user)).count
+        let subs = sessions.reduce(0) { $0 + $1.subscriptionCount }
+        return NodeInfo(uid: uid, name: config.nodeName, version: config.version, clients: sessions.count, users: users,
+                        channels: subscribers.channelCount, subscriptions: subs, uptime: Int(clock.now() - startedAt))
+    }
+
+    /// Every live node (this one with fresh numbers), as the broker knows them.
+    public func nodes(completion: @escaping @Sendable (Result<[NodeInfo], ProtocolError>) -> Void) {
+        let own = info()
+        broker.nodes { result in
+            completion(result.map { others in [own] + others.filter { $0.uid != own.uid } })
+        }
+    }
+
+    /// Tells the other nodes this one is alive; called every few seconds.
+    public func announce() { broker.announce(node: info()) }
+
+    /// Periodic work: pings, pong and token deadlines, expired streams.
+    public func tick(sessions: [ClientSession]) {
+        let now = clock.now()
+        for session in sessions { session.tick(now: now) }
+    }
+
+    public func sweepStreams() { broker.sweep(now: clock.now()) }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+enum Glob {
+    static func matches(_ text: String, pattern: String) -> Bool {
+        let t = Array(text.utf8), p = Array(pattern.utf8)
+        var ti = 0, pi = 0, star = -1, mark = 0
+        while ti < t.count {
+            if pi < p.count, p[pi] == t[ti] { ti += 1; pi += 1 }
+            else if pi < p.count, p[pi] == UInt8(ascii: "*") { star = pi; mark = ti; pi += 1 }
+            else if star >= 0 { pi = star + 1; mark += 1; ti = mark }
+            else { return false }
+        }
+        while pi < p.count, p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.count
+    }
+}

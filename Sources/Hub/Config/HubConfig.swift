@@ -1,0 +1,201 @@
+import Channels
+import Glibc
+import RedisEngine
+import RESTCompat
+
+/// Everything the hub is configured with. Each setting comes from a flag, else a `HUB_*`
+/// environment variable, else the config file (`--config hub.json`), else its default.
+/// docs/configuration.md lists them all.
+struct HubConfig: Sendable {
+    var host = "0.0.0.0"
+    var port = 8000
+    var threads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    var dataDir = "./data"
+    var logLevel = "info"
+    var nodeName = "hub"
+    var tokenHMACSecret: String?
+    var tokenRSAPublicKeyPath: String?
+    var tokenAudience: String?
+    var tokenIssuer: String?
+    var apiKey: String?
+    var allowAnonymous = false
+    var pingInterval: Double = 25
+    var pongTimeout: Double = 10
+    var connectTimeout: Double = 10
+    var maxMessageSize = 65_536
+    var maxBodySize = 10 * 1024 * 1024
+    var clientQueueMaxBytes = 1024 * 1024
+    var clientQueueMaxMessages = 10_000
+    var maxSubscriptions = 128
+    var corsOrigins = "*"
+    var engine = "memory"
+    var redisURLs: [String] = []
+    var presenceTTL: Double = 60
+    var rateLimits: [String: [RateLimit]] = [:]
+    var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
+
+    /// The default namespace keeps a short history so dashboards recover after a blip.
+    static var defaultChannelOptions: ChannelOptions {
+        var options = ChannelOptions()
+        options.presence = true
+        options.historySize = 100
+        options.historyTTL = 300
+        return options
+    }
+
+    /// Applies a config file (JSON object, keys as in docs/configuration.md).
+    mutating func apply(file json: JSONValue) throws {
+        guard let members = json.objectValue else { throw HubError.config("config file must hold a JSON object") }
+        for (key, value) in members {
+            switch key {
+            case "host": host = try string(value, key)
+            case "port": port = try int(value, key)
+            case "threads": threads = try int(value, key)
+            case "data_dir": dataDir = try string(value, key)
+            case "log_level": logLevel = try string(value, key)
+            case "node_name": nodeName = try string(value, key)
+            case "token_hmac_secret": tokenHMACSecret = try string(value, key)
+            case "token_rsa_public_key": tokenRSAPublicKeyPath = try string(value, key)
+            case "token_audience": tokenAudience = try string(value, key)
+            case "token_issuer": tokenIssuer = try string(value, key)
+            case "api_key": apiKey = try string(value, key)
+            case "allow_anonymous": allowAnonymous = try bool(value, key)
+            case "ping_interval": pingInterval = try double(value, key)
+            case "pong_timeout": pongTimeout = try double(value, key)
+            case "connect_timeout": connectTimeout = try double(value, key)
+            case "max_message_size": maxMessageSize = try int(value, key)
+            case "max_body_size": maxBodySize = try int(value, key)
+            case "client_queue_max_bytes": clientQueueMaxBytes = try int(value, key)
+            case "client_queue_max_messages": clientQueueMaxMessages = try int(value, key)
+            case "max_subscriptions": maxSubscriptions = try int(value, key)
+            case "cors_origins": corsOrigins = try string(value, key)
+            case "engine": engine = try string(value, key)
+            case "presence_ttl": presenceTTL = try double(value, key)
+            case "rate_limits":
+                guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
+                for (name, list) in classes {
+                    guard let entries = list.arrayValue else { throw HubError.config("rate_limits.\(name) must be an array") }
+                    rateLimits[name] = try entries.map { entry in
+                        guard let text = entry.stringValue, let limit = RateLimit(parsing: text) else {
+                            throw HubError.config("rate_limits.\(name): '\(entry)' is not like \"10/minute\"")
+                        }
+                        return limit
+                    }
+                }
+            case "redis_url":
+                if let list = value.arrayValue {
+                    redisURLs = try list.map { try string($0, key) }
+                } else {
+                    redisURLs = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
+            case "channel":
+                namespaces.defaultOptions = try Self.channelOptions(value, base: Self.defaultChannelOptions, context: "channel")
+            case "namespaces":
+                guard let list = value.arrayValue else { throw HubError.config("namespaces must be an array") }
+                for entry in list {
+                    guard let name = entry["name"]?.stringValue, !name.isEmpty, !name.contains(":") else {
+                        throw HubError.config("every namespace needs a name without ':'")
+                    }
+                    namespaces.namespaces[name] = try Self.channelOptions(entry, base: ChannelOptions(), context: "namespace \(name)")
+                }
+            default:
+                throw HubError.config("unknown config key '\(key)'")
+            }
+        }
+    }
+
+    static func channelOptions(_ json: JSONValue, base: ChannelOptions, context: String) throws -> ChannelOptions {
+        guard let members = json.objectValue else { throw HubError.config("\(context): options must be an object") }
+        var o = base
+        func flag(_ v: JSONValue, _ k: String) throws -> Bool {
+            guard let b = v.boolValue else { throw HubError.config("\(context): \(k) must be true or false") }
+            return b
+        }
+        func number(_ v: JSONValue, _ k: String) throws -> Double {
+            guard let d = v.doubleValue, d >= 0 else { throw HubError.config("\(context): \(k) must be a non-negative number") }
+            return d
+        }
+        for (key, value) in members {
+            switch key {
+            case "name": continue
+            case "presence": o.presence = try flag(value, key)
+            case "join_leave": o.joinLeave = try flag(value, key)
+            case "history_size": o.historySize = Int(try number(value, key))
+            case "history_ttl": o.historyTTL = try number(value, key)
+            case "history_meta_ttl": o.historyMetaTTL = try number(value, key)
+            case "recovery": o.recovery = try flag(value, key)
+            case "recovery_max_publications": o.recoveryMaxPublications = Int(try number(value, key))
+            case "allow_subscribe_for_client": o.allowSubscribeForClient = try flag(value, key)
+            case "allow_subscribe_for_anonymous": o.allowSubscribeForAnonymous = try flag(value, key)
+            case "allow_publish_for_subscriber": o.allowPublishForSubscriber = try flag(value, key)
+            case "allow_publish_for_client": o.allowPublishForClient = try flag(value, key)
+            case "allow_publish_for_anonymous": o.allowPublishForAnonymous = try flag(value, key)
+            case "allow_presence_for_subscriber": o.allowPresenceForSubscriber = try flag(value, key)
+            case "allow_presence_for_client": o.allowPresenceForClient = try flag(value, key)
+            case "allow_history_for_subscriber": o.allowHistoryForSubscriber = try flag(value, key)
+            case "allow_history_for_client": o.allowHistoryForClient = try flag(value, key)
+            case "allow_user_limited_channels": o.allowUserLimitedChannels = try flag(value, key)
+            default: throw HubError.config("\(context): unknown option '\(key)'")
+            }
+        }
+        if o.historySize > 0 && o.historyTTL <= 0 { throw HubError.config("\(context): history_size needs history_ttl") }
+        if o.historySize > 100_000 { throw HubError.config("\(context): history_size is at most 100000") }
+        return o
+    }
+
+    private func string(_ v: JSONValue, _ k: String) throws -> String {
+        guard let s = v.stringValue else { throw HubError.config("\(k) must be a string") }
+        return s
+    }
+    private func int(_ v: JSONValue, _ k: String) throws -> Int {
+        guard let i = v.intValue else { throw HubError.config("\(k) must be an integer") }
+        return Int(i)
+    }
+    private func double(_ v: JSONValue, _ k: String) throws -> Double {
+        guard let d = v.doubleValue else { throw HubError.config("\(k) must be a number") }
+        return d
+    }
+    private func bool(_ v: JSONValue, _ k: String) throws -> Bool {
+        guard let b = v.boolValue else { throw HubError.config("\(k) must be true or false") }
+        return b
+    }
+
+    /// The seed defaults with the config file's overrides.
+    var rateLimitClasses: [RateLimitClass] {
+        var classes = RateLimitClass.seedDefaults
+        for (name, limits) in rateLimits {
+            if let index = classes.firstIndex(where: { $0.name == name }) { classes[index].limits = limits } else { classes.append(RateLimitClass(name, limits)) }
+        }
+        return classes
+    }
+
+    /// Checks the values together once everything is merged.
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw HubError.config("port must be 1-65535") }
+        guard (1...64).contains(threads) else { throw HubError.config("threads must be 1-64") }
+        guard maxMessageSize >= 1024 else { throw HubError.config("max_message_size must be at least 1024") }
+        guard maxBodySize >= 1024 else { throw HubError.config("max_body_size must be at least 1024") }
+        guard clientQueueMaxBytes >= maxMessageSize else { throw HubError.config("client_queue_max_bytes must be at least max_message_size") }
+        guard pingInterval >= 1, pongTimeout >= 1, connectTimeout >= 1 else { throw HubError.config("ping_interval, pong_timeout and connect_timeout must be at least 1 second") }
+        guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }
+        if engine == "redis" {
+            guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db") }
+            for url in redisURLs where RedisShard.Address(url: url) == nil {
+                throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
+            }
+        }
+        guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
+            throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}

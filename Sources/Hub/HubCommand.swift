@@ -1,0 +1,149 @@
+import ArgumentParser
+import Channels
+import Glibc
+import Logging
+
+@main
+struct HubCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hub",
+        abstract: "A WebSocket-first real-time hub: Centrifugo-protocol channels plus the seed systems' REST APIs.",
+        discussion: """
+            Every option can also be set with an environment variable (HUB_ plus the option name in
+            upper case with underscores, e.g. HUB_TOKEN_HMAC_SECRET) or in the JSON config file given
+            by --config (the option name with underscores, e.g. "token_hmac_secret"). Flags win over
+            the environment, the environment over the file. Prefer the environment or the file for
+            secrets: flags are visible in the process list. See docs/configuration.md.
+            """,
+        version: HubVersion.string
+    )
+
+    @Option(help: "JSON config file.") var config: String?
+    @Option(help: "Address to listen on (default 0.0.0.0).") var host: String?
+    @Option(help: "Port for HTTP and WebSocket (default 8000).") var port: Int?
+    @Option(help: "Service threads, one libwebsockets context each (default: number of cores).") var threads: Int?
+    @Option(help: "Directory for durable state (default ./data).") var dataDir: String?
+    @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
+    @Option(help: "This node's name in /api/info (default hub).") var nodeName: String?
+    @Option(help: "HMAC secret for HS256/384/512 connection and subscription tokens.") var tokenHmacSecret: String?
+    @Option(help: "PEM file with the RSA public key for RS256 tokens.") var tokenRsaPublicKey: String?
+    @Option(help: "Required token audience (aud claim).") var tokenAudience: String?
+    @Option(help: "Required token issuer (iss claim).") var tokenIssuer: String?
+    @Option(help: "Key for the server API (/api/*): X-API-Key or 'Authorization: apikey <key>'.") var apiKey: String?
+    @Flag(help: "Let clients connect without a token (as anonymous users).") var allowAnonymous = false
+    @Option(help: "Seconds between server pings (default 25).") var pingInterval: Double?
+    @Option(help: "Seconds a client has to answer a ping (default 10).") var pongTimeout: Double?
+    @Option(help: "Seconds a new connection has to send connect (default 10).") var connectTimeout: Double?
+    @Option(help: "Largest WebSocket message accepted, bytes (default 65536); larger closes with 1009.") var maxMessageSize: Int?
+    @Option(help: "Largest HTTP request body, bytes (default 10485760); larger gets 413.") var maxBodySize: Int?
+    @Option(help: "Outbound queue limit per connection, bytes (default 1048576); over it the client is disconnected as slow.") var clientQueueMaxBytes: Int?
+    @Option(help: "Outbound queue limit per connection, messages (default 10000).") var clientQueueMaxMessages: Int?
+    @Option(help: "Subscriptions allowed per connection (default 128).") var maxSubscriptions: Int?
+    @Option(help: "Value of Access-Control-Allow-Origin (default *).") var corsOrigins: String?
+    @Option(help: "memory (one node, the default) or redis (many nodes sharing Redis).") var engine: String?
+    @Option(help: "Redis address for the redis engine, redis://[:password@]host[:port][/db]; repeat or comma-separate for shards.")
+    var redisUrl: [String] = []
+    @Option(help: "Seconds a crashed node's clients stay in presence with the redis engine (default 60).") var presenceTtl: Double?
+
+    mutating func run() throws {
+        let config: HubConfig
+        do {
+            config = try resolve(environment: Environment.current)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        try HubServer(config: config).run()
+    }
+
+    /// Merges defaults, file, environment and flags, in that order of precedence (last wins).
+    func resolve(environment env: [String: String]) throws -> HubConfig {
+        var c = HubConfig()
+        if let path = config ?? env["HUB_CONFIG"] {
+            guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read config file \(path)") }
+            let json: JSONValue
+            do { json = try JSONParser.parse(bytes) } catch { throw HubError.config("config file \(path): \(error)") }
+            try c.apply(file: json)
+        }
+        func envInt(_ name: String) throws -> Int? {
+            guard let raw = env[name] else { return nil }
+            guard let value = Int(raw) else { throw HubError.config("\(name) must be an integer") }
+            return value
+        }
+        func envDouble(_ name: String) throws -> Double? {
+            guard let raw = env[name] else { return nil }
+            guard let value = Double(raw) else { throw HubError.config("\(name) must be a number") }
+            return value
+        }
+        func envBool(_ name: String) throws -> Bool? {
+            guard let raw = env[name]?.lowercased() else { return nil }
+            switch raw {
+            case "1", "true", "yes", "on": return true
+            case "0", "false", "no", "off", "": return false
+            default: throw HubError.config("\(name) must be true or false")
+            }
+        }
+        c.host = host ?? env["HUB_HOST"] ?? c.host
+        c.port = try port ?? envInt("HUB_PORT") ?? c.port
+        c.threads = try threads ?? envInt("HUB_THREADS") ?? c.threads
+        c.dataDir = dataDir ?? env["HUB_DATA_DIR"] ?? c.dataDir
+        c.logLevel = logLevel ?? env["HUB_LOG_LEVEL"] ?? c.logLevel
+        c.nodeName = nodeName ?? env["HUB_NODE_NAME"] ?? c.nodeName
+        c.tokenHMACSecret = tokenHmacSecret ?? env["HUB_TOKEN_HMAC_SECRET"] ?? c.tokenHMACSecret
+        c.tokenRSAPublicKeyPath = tokenRsaPublicKey ?? env["HUB_TOKEN_RSA_PUBLIC_KEY"] ?? c.tokenRSAPublicKeyPath
+        c.tokenAudience = tokenAudience ?? env["HUB_TOKEN_AUDIENCE"] ?? c.tokenAudience
+        c.tokenIssuer = tokenIssuer ?? env["HUB_TOKEN_ISSUER"] ?? c.tokenIssuer
+        c.apiKey = apiKey ?? env["HUB_API_KEY"] ?? c.apiKey
+        c.allowAnonymous = try allowAnonymous ? true : (envBool("HUB_ALLOW_ANONYMOUS") ?? c.allowAnonymous)
+        c.pingInterval = try pingInterval ?? envDouble("HUB_PING_INTERVAL") ?? c.pingInterval
+        c.pongTimeout = try pongTimeout ?? envDouble("HUB_PONG_TIMEOUT") ?? c.pongTimeout
+        c.connectTimeout = try connectTimeout ?? envDouble("HUB_CONNECT_TIMEOUT") ?? c.connectTimeout
+        c.maxMessageSize = try maxMessageSize ?? envInt("HUB_MAX_MESSAGE_SIZE") ?? c.maxMessageSize
+        c.maxBodySize = try maxBodySize ?? envInt("HUB_MAX_BODY_SIZE") ?? c.maxBodySize
+        c.clientQueueMaxBytes = try clientQueueMaxBytes ?? envInt("HUB_CLIENT_QUEUE_MAX_BYTES") ?? c.clientQueueMaxBytes
+        c.clientQueueMaxMessages = try clientQueueMaxMessages ?? envInt("HUB_CLIENT_QUEUE_MAX_MESSAGES") ?? c.clientQueueMaxMessages
+        c.maxSubscriptions = try maxSubscriptions ?? envInt("HUB_MAX_SUBSCRIPTIONS") ?? c.maxSubscriptions
+        c.corsOrigins = corsOrigins ?? env["HUB_CORS_ORIGINS"] ?? env["CORS_ORIGINS"] ?? c.corsOrigins
+        c.engine = engine ?? env["HUB_ENGINE"] ?? c.engine
+        let urls = redisUrl.isEmpty ? (env["HUB_REDIS_URL"].map { [$0] } ?? []) : redisUrl
+        if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
+        c.presenceTTL = try presenceTtl ?? envDouble("HUB_PRESENCE_TTL") ?? c.presenceTTL
+        try c.validate()
+        return c
+    }
+}
+
+enum HubVersion {
+    static let string = "0.1.0"
+}
+
+enum Environment {
+    static var current: [String: String] {
+        var result: [String: String] = [:]
+        var cursor = environ
+        while let entry = cursor.pointee {
+            let pair = String(cString: entry)
+            if let eq = pair.firstIndex(of: "=") {
+                result[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+            }
+            cursor += 1
+        }
+        return result
+    }
+}
+
+enum FileBytes {
+    /// Reads a whole (small) file: config files and keys.
+    static func read(_ path: String) -> [UInt8]? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, file)
+            if n > 0 { bytes.append(contentsOf: buffer[0..<n]) }
+            if n < buffer.count { break }
+            if bytes.count > 16 * 1024 * 1024 { return nil }
+        }
+        return ferror(file) == 0 ? bytes : nil
+    }
+}

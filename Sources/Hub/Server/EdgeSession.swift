@@ -1,0 +1,161 @@
+import CLibWebSockets
+import Channels
+import RESTCompat
+import Synchronization
+
+/// Anything libwebsockets holds in a connection's per-session slot. `wsi` and `gone` are
+/// touched only on the owning service thread.
+class EdgeSession: @unchecked Sendable {
+    unowned let loop: ServiceLoop
+    var wsi: OpaquePointer?
+    var gone = false
+
+    init(loop: ServiceLoop, wsi: OpaquePointer?) {
+        self.loop = loop
+        self.wsi = wsi
+    }
+
+    /// Asks for a writeable callback from any thread.
+    final func wantWrite() { loop.requestWrite(self) }
+}
+
+/// A WebSocket connection speaking the client protocol. The engine's `ClientTransport`.
+///
+/// The outbound queue is bounded in bytes and messages; frames are shared, never copied
+/// per subscriber, and written only from the writeable callback.
+final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendable {
+    struct Outbound {
+        var frames: [WireFrame] = []
+        var head = 0
+        var bytes = 0
+        var closeReason: DisconnectReason?
+        var wakeRequested = false
+        var closing = false
+    }
+
+    let outbound = Mutex(Outbound())
+    let remoteAddress: String
+    private let maxQueuedBytes: Int
+    private let maxQueuedMessages: Int
+    var session: ClientSession?
+    /// Frame being assembled from fragments (service thread only).
+    var inbound: [UInt8] = []
+
+    init(loop: ServiceLoop, wsi: OpaquePointer?, remoteAddress: String, maxQueuedBytes: Int, maxQueuedMessages: Int) {
+        self.remoteAddress = remoteAddress
+        self.maxQueuedBytes = maxQueuedBytes
+        self.maxQueuedMessages = maxQueuedMessages
+        super.init(loop: loop, wsi: wsi)
+    }
+
+    func enqueue(_ frame: WireFrame) -> Bool {
+        let (accepted, wake) = outbound.withLock { q -> (Bool, Bool) in
+            if q.closing { return (true, false) }  // closing anyway; nothing more goes out
+            let queued = q.frames.count - q.head
+            if q.bytes + frame.bytes.count > maxQueuedBytes || queued >= maxQueuedMessages { return (false, false) }
+            q.frames.append(frame)
+            q.bytes += frame.bytes.count
+            if q.wakeRequested { return (true, false) }
+            q.wakeRequested = true
+            return (true, true)
+        }
+        if wake { wantWrite() }
+        return accepted
+    }
+
+    func close(_ reason: DisconnectReason) {
+        let wake = outbound.withLock { q -> Bool in
+            if q.closing { return false }
+            q.closing = true
+            q.closeReason = reason
+            if reason == .slow {
+                // A slow client would take longest to drain; its backlog is what got it cut off.
+                q.frames.removeAll()
+                q.head = 0
+                q.bytes = 0
+            }
+            q.wakeRequested = true
+            return true
+        }
+        if wake { wantWrite() }
+    }
+
+    /// Takes queued frames for one write, at most `budget` bytes (at least one frame).
+    func takeFrames(budget: Int) -> (frames: ArraySlice<WireFrame>, more: Bool, close: DisconnectReason?) {
+        outbound.withLock { q in
+            var end = q.head
+            var size = 0
+            while end < q.frames.count, end == q.head || size + q.frames[end].bytes.count <= budget {
+                size += q.frames[end].bytes.count
+                end += 1
+            }
+            let taken = q.frames[q.head..<end]
+            q.head = end
+            q.bytes -= size
+            if q.head == q.frames.count {
+                q.frames.removeAll(keepingCapacity: q.frames.capacity <= 64)
+                q.head = 0
+            } else if q.head > 1024 {
+                q.frames.removeFirst(q.head)
+                q.head = 0
+            }
+            let more = q.head < q.frames.count
+            if !more { q.wakeRequested = false }
+            return (taken, more, more ? nil : q.closeReason)
+        }
+    }
+}
+
+/// One HTTP request/response on a connection (keep-alive reuses the connection for the next).
+final class HTTPExchange: EdgeSession, @unchecked Sendable {
+    var method = "GET"
+    var path = "/"
+    var query: [(String, String)] = []
+    var headers: [String: String] = [:]
+    var body: [UInt8] = []
+    var expectedLength = 0
+    var tooLarge = false
+    var dispatched = false
+    let startedAt: Double
+    /// Set once by the route (any thread); written out by the service thread.
+    let response = Mutex<HTTPResponse?>(nil)
+    var headersSent = false
+    var bodySent = 0
+
+    init(loop: ServiceLoop, wsi: OpaquePointer?, startedAt: Double) {
+        self.startedAt = startedAt
+        super.init(loop: loop, wsi: wsi)
+    }
+
+    func respond(_ value: HTTPResponse) {
+        let first = response.withLock { slot -> Bool in
+            guard slot == nil else { return false }
+            slot = value
+            return true
+        }
+        if first { wantWrite() }
+    }
+}
+
+/// The WebSocket frame header is added here, once per message: the frame bytes are then
+/// written as-is (`LWS_WRITE_RAW`) to every subscriber, so lws never touches shared memory.
+struct WebSocketFrameEncoder: FrameEncoder {
+    func frame(_ payload: [UInt8]) -> WireFrame {
+        var bytes: [UInt8] = []
+        let length = payload.count
+        bytes.reserveCapacity(length + 10)
+        bytes.append(0x81)  // FIN + text
+        if length < 126 {
+            bytes.append(UInt8(length))
+        } else if length <= 0xFFFF {
+            bytes.append(126)
+            bytes.append(UInt8(length >> 8))
+            bytes.append(UInt8(length & 0xFF))
+        } else {
+            bytes.append(127)
+            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8((UInt64(length) >> UInt64(shift)) & 0xFF)) }
+        }
+        bytes.append(contentsOf: payload)
+        return WireFrame(bytes: bytes)
+    }
+}

@@ -1,0 +1,386 @@
+import CLibWebSockets
+import Channels
+import Glibc
+import Logging
+import RESTCompat
+
+// The libwebsockets edge. This file and ServiceLoop.swift are the only places that handle
+// raw lws pointers: the per-session slot holds a retained `EdgeSession`, released when lws
+// reports the connection closed; every pointer handed to lws outlives the call.
+
+/// The slot lws keeps per connection: one retained `EdgeSession` reference.
+private typealias Slot = UnsafeMutablePointer<UnsafeMutableRawPointer?>
+
+/// The lws protocol list; lws keeps a pointer to it for the process lifetime.
+nonisolated(unsafe) private let protocols: UnsafeMutablePointer<lws_protocols> = {
+    let list = UnsafeMutablePointer<lws_protocols>.allocate(capacity: 3)
+    list.initialize(repeating: lws_protocols(), count: 3)
+    list[0].name = UnsafePointer(strdup("hub"))
+    list[0].callback = hubCallback
+    list[0].per_session_data_size = MemoryLayout<UnsafeMutableRawPointer?>.size
+    list[0].rx_buffer_size = 0
+    list[1].name = UnsafePointer(strdup(listenerProtocol))
+    list[1].callback = listenerCallback
+    return list
+}()
+
+private let listenerProtocol = "hub-listen"
+
+enum LWSContext {
+    /// A context with no listener of its own, then our SO_REUSEPORT socket adopted into it.
+    static func create(loop: ServiceLoop) throws -> OpaquePointer {
+        let host = loop.settings.host
+        let listenFD = hub_listen_socket(host == "0.0.0.0" ? "0.0.0.0" : host, Int32(loop.settings.port))
+        guard listenFD >= 0 else {
+            throw HubError.startup("could not listen on \(host):\(loop.settings.port): \(String(cString: strerror(-listenFD)))")
+        }
+        var info = lws_context_creation_info()
+        info.port = -2  // CONTEXT_PORT_NO_LISTEN_SERVER: a server vhost fed by adoption
+        info.protocols = UnsafePointer(protocols)
+        info.options = hub_lws_server_options(0)
+        info.user = Unmanaged.passUnretained(loop).toOpaque()
+        info.pt_serv_buf_size = 64 * 1024
+        info.timeout_secs = 20
+        info.ka_time = 0
+        info.max_http_header_data = 8192
+        info.server_string = UnsafePointer(strdup("hub"))
+        guard let context = lws_create_context(&info) else {
+            close(listenFD)
+            throw HubError.startup("could not create the libwebsockets context")
+        }
+        guard let vhost = lws_get_vhost_by_name(context, "default"),
+              hub_adopt_listener(vhost, listenFD, listenerProtocol) != nil
+        else {
+            lws_context_destroy(context)
+            close(listenFD)
+            throw HubError.startup("could not attach the listening socket to libwebsockets")
+        }
+        return context
+    }
+}
+
+/// The listening socket became readable: accept everything waiting and hand each
+/// connection to lws as an HTTP server connection of this loop.
+private func listenerCallback(
+    _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+    _ input: UnsafeMutableRawPointer?, _ length: Int
+) -> Int32 {
+    guard reason == LWS_CALLBACK_RAW_RX_FILE, let wsi, let vhost = lws_get_vhost(wsi) else { return 0 }
+    let listenFD = lws_get_socket_fd(wsi)
+    for _ in 0..<256 {
+        let fd = hub_accept(listenFD)
+        if fd < 0 { break }
+        if lws_adopt_socket_vhost(vhost, fd) == nil { close(fd) }
+    }
+    return 0
+}
+
+private func loopFor(_ wsi: OpaquePointer?) -> ServiceLoop? {
+    guard let wsi, let context = lws_get_context(wsi), let raw = lws_context_user(context) else { return nil }
+    return Unmanaged<ServiceLoop>.fromOpaque(raw).takeUnretainedValue()
+}
+
+private func sessionIn(_ user: UnsafeMutableRawPointer?) -> EdgeSession? {
+    guard let user else { return nil }
+    let slot = user.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+    guard let raw = slot.pointee else { return nil }
+    return Unmanaged<EdgeSession>.fromOpaque(raw).takeUnretainedValue()
+}
+
+private func store(_ session: EdgeSession, in user: UnsafeMutableRawPointer?) {
+    guard let user else { return }
+    release(user)
+    user.assumingMemoryBound(to: UnsafeMutableRawPointer?.self).pointee = Unmanaged.passRetained(session).toOpaque()
+}
+
+private func release(_ user: UnsafeMutableRawPointer?) {
+    guard let user else { return }
+    let slot = user.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+    if let raw = slot.pointee {
+        let session = Unmanaged<EdgeSession>.fromOpaque(raw)
+        session.takeUnretainedValue().gone = true
+        session.release()
+        slot.pointee = nil
+    }
+}
+
+private func header(_ wsi: OpaquePointer, _ token: lws_token_indexes) -> String? {
+    let length = Int(lws_hdr_total_length(wsi, token))
+    guard length > 0 else { return nil }
+    var buffer = [CChar](repeating: 0, count: length + 1)
+    guard lws_hdr_copy(wsi, &buffer, Int32(length + 1), token) >= 0 else { return nil }
+    return String(cString: buffer)
+}
+
+private func customHeader(_ wsi: OpaquePointer, _ name: String) -> String? {
+    let length = Int(lws_hdr_custom_length(wsi, name, Int32(name.utf8.count)))
+    guard length > 0 else { return nil }
+    var buffer = [CChar](repeating: 0, count: length + 1)
+    guard lws_hdr_custom_copy(wsi, &buffer, Int32(length + 1), name, Int32(name.utf8.count)) >= 0 else { return nil }
+    return String(cString: buffer)
+}
+
+private func peerAddress(_ wsi: OpaquePointer) -> String {
+    var buffer = [CChar](repeating: 0, count: 64)
+    guard lws_get_peer_simple(wsi, &buffer, 64) != nil else { return "" }
+    return String(cString: buffer)
+}
+
+private let methodTokens: [(lws_token_indexes, String)] = [
+    (WSI_TOKEN_GET_URI, "GET"), (WSI_TOKEN_POST_URI, "POST"), (WSI_TOKEN_OPTIONS_URI, "OPTIONS"),
+    (WSI_TOKEN_PUT_URI, "PUT"), (WSI_TOKEN_PATCH_URI, "PATCH"), (WSI_TOKEN_DELETE_URI, "DELETE"),
+    (WSI_TOKEN_HEAD_URI, "HEAD"),
+]
+
+private let requestHeaders: [(lws_token_indexes, String)] = [
+    (WSI_TOKEN_HTTP_AUTHORIZATION, "authorization"), (WSI_TOKEN_HTTP_CONTENT_TYPE, "content-type"),
+    (WSI_TOKEN_HTTP_CONTENT_LENGTH, "content-length"), (WSI_TOKEN_ORIGIN, "origin"),
+    (WSI_TOKEN_HTTP_USER_AGENT, "user-agent"), (WSI_TOKEN_HOST, "host"), (WSI_TOKEN_HTTP_ACCEPT, "accept"),
+    (WSI_TOKEN_HTTP_TRANSFER_ENCODING, "transfer-encoding"),
+    (WSI_TOKEN_HTTP_RANGE, "range"),
+]
+
+/// Custom headers lws does not tokenise; the names routes read.
+private let customRequestHeaders = ["x-api-key", "x-request-id", "access-control-request-method", "access-control-request-headers"]
+
+/// The path of a WebSocket upgrade or HTTP request.
+private func requestPath(_ wsi: OpaquePointer) -> String? {
+    header(wsi, WSI_TOKEN_GET_URI)
+}
+
+private func hubCallback(
+    _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+    _ input: UnsafeMutableRawPointer?, _ length: Int
+) -> Int32 {
+    guard let loop = loopFor(wsi) else { return 0 }
+    switch reason {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        loop.serviceWakeup()
+        return 0
+
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        // Only the client-protocol endpoint upgrades to WebSocket.
+        guard let wsi, requestPath(wsi) == "/connection/websocket" else { return 1 }
+        return 0
+
+    case LWS_CALLBACK_ESTABLISHED:
+        guard let wsi else { return -1 }
+        let connection = WebSocketConnection(
+            loop: loop, wsi: wsi, remoteAddress: peerAddress(wsi),
+            maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
+        connection.session = loop.node.accept(transport: connection)
+        store(connection, in: user)
+        loop.connections[ObjectIdentifier(connection)] = connection
+        return 0
+
+    case LWS_CALLBACK_RECEIVE:
+        guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return -1 }
+        if connection.inbound.count + length > loop.settings.maxMessageSize {
+            closeWith(wsi, code: 1009, reason: "message too big")
+            return -1
+        }
+        if let input, length > 0 {
+            connection.inbound.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+        }
+        if lws_is_final_fragment(wsi) != 0 && lws_remaining_packet_payload(wsi) == 0 {
+            let message = connection.inbound
+            connection.inbound = []
+            connection.session?.handle(message: message)
+        }
+        return 0
+
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return 0 }
+        return writeFrames(connection, wsi: wsi, loop: loop)
+
+    case LWS_CALLBACK_CLOSED:
+        if let connection = sessionIn(user) as? WebSocketConnection {
+            loop.connections.removeValue(forKey: ObjectIdentifier(connection))
+            connection.outbound.withLock { $0.closing = true }
+            connection.session?.closed()
+            connection.session = nil
+        }
+        release(user)
+        return 0
+
+    case LWS_CALLBACK_HTTP:
+        guard let wsi else { return -1 }
+        return beginHTTP(wsi: wsi, user: user, loop: loop, input: input, length: length)
+
+    case LWS_CALLBACK_HTTP_BODY:
+        guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        if exchange.body.count + length > loop.settings.maxBodySize {
+            exchange.tooLarge = true
+        } else if let input, length > 0 {
+            exchange.body.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+        }
+        return 0
+
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        guard let wsi, let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        guard let wsi, let exchange = sessionIn(user) as? HTTPExchange else { return 0 }
+        return writeResponse(exchange, wsi: wsi, loop: loop)
+
+    case LWS_CALLBACK_CLOSED_HTTP:
+        release(user)
+        return 0
+
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, input, length)
+    }
+}
+
+private func closeWith(_ wsi: OpaquePointer, code: UInt16, reason: String) {
+    var bytes = Array(reason.utf8.prefix(120))
+    lws_close_reason(wsi, lws_close_status(rawValue: UInt32(code)), &bytes, bytes.count)
+}
+
+/// Writes queued frames: one frame straight from its shared buffer, several gathered into
+/// the loop's scratch buffer so a burst costs one syscall.
+private func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
+    let (frames, more, close) = connection.takeFrames(budget: loop.scratchCapacity)
+    if frames.count == 1, let frame = frames.first {
+        let written = frame.bytes.withUnsafeBufferPointer { buffer in
+            lws_write(wsi, UnsafeMutablePointer(mutating: buffer.baseAddress), buffer.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw())))
+        }
+        if written < 0 { return -1 }
+    } else if frames.count > 1 {
+        let base = loop.scratch + loop.pre
+        var used = 0
+        for frame in frames {
+            frame.bytes.withUnsafeBufferPointer { buffer in
+                (base + used).update(from: buffer.baseAddress!, count: buffer.count)
+            }
+            used += frame.bytes.count
+        }
+        if lws_write(wsi, base, used, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw()))) < 0 { return -1 }
+    }
+    if more {
+        lws_callback_on_writable(wsi)
+        return 0
+    }
+    if let close {
+        closeWith(wsi, code: close.code, reason: close.reason)
+        return -1
+    }
+    return 0
+}
+
+private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop: ServiceLoop,
+                       input: UnsafeMutableRawPointer?, length: Int) -> Int32 {
+    let exchange = HTTPExchange(loop: loop, wsi: wsi, startedAt: loop.node.clock.now())
+    store(exchange, in: user)
+    var method = "GET"
+    var path = "/"
+    for (token, name) in methodTokens {
+        if let uri = header(wsi, token) {
+            method = name
+            path = uri
+            break
+        }
+    }
+    exchange.method = method
+    exchange.path = path
+    var index: Int32 = 0
+    var fragment = [CChar](repeating: 0, count: 4096)
+    while lws_hdr_copy_fragment(wsi, &fragment, Int32(fragment.count), WSI_TOKEN_HTTP_URI_ARGS, index) > 0 {
+        let pair = String(cString: fragment)
+        if let eq = pair.firstIndex(of: "=") {
+            exchange.query.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
+        } else {
+            exchange.query.append((pair, ""))
+        }
+        index += 1
+    }
+    for (token, name) in requestHeaders {
+        if let value = header(wsi, token) { exchange.headers[name] = value }
+    }
+    for name in customRequestHeaders {
+        if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
+    }
+    let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
+    if declared > loop.settings.maxBodySize {
+        exchange.tooLarge = true
+    }
+    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !exchange.tooLarge {
+        exchange.expectedLength = declared
+        return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
+    }
+    dispatch(exchange, wsi: wsi, loop: loop)
+    return 0
+}
+
+private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
+    guard !exchange.dispatched else { return }
+    exchange.dispatched = true
+    if exchange.tooLarge {
+        // Answered in the error shape of the route the request was for.
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        exchange.respond(shape.response(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE"))
+        return
+    }
+    let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
+                              body: exchange.body, remoteAddress: peerAddress(wsi))
+    exchange.body = []
+    loop.router.handle(request) { [weak exchange] response in exchange?.respond(response) }
+}
+
+/// Writes the response: headers in one writeable callback, then the body in chunks.
+private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
+    guard let response = exchange.response.withLock({ $0 }) else { return 0 }
+    let isHead = exchange.method == "HEAD"
+    if !exchange.headersSent {
+        exchange.headersSent = true
+        let start = loop.scratch + loop.pre
+        var cursor: UnsafeMutablePointer<UInt8>? = start
+        let end = start + loop.scratchCapacity
+        let headers = response.headers.filter { $0.0.lowercased() != "content-type" }
+        let failed = response.contentType.withCString { type in
+            lws_add_http_common_headers(wsi, UInt32(response.status), type, lws_filepos_t(response.body.count), &cursor, end) != 0
+        }
+        if failed { return -1 }
+        for (name, value) in headers {
+            let nameWithColon = name.lowercased() + ":"
+            let ok = nameWithColon.withCString { n in
+                value.withCString { v in
+                    lws_add_http_header_by_name(wsi, UnsafeRawPointer(n).assumingMemoryBound(to: UInt8.self),
+                                                UnsafeRawPointer(v).assumingMemoryBound(to: UInt8.self), Int32(strlen(v)), &cursor, end) == 0
+                }
+            }
+            if !ok { return -1 }
+        }
+        if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
+        logAccess(exchange, status: response.status, loop: loop)
+        if response.body.isEmpty || isHead {
+            return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+        }
+        lws_callback_on_writable(wsi)
+        return 0
+    }
+    let remaining = response.body.count - exchange.bodySent
+    let chunk = min(remaining, loop.scratchCapacity)
+    let final = chunk == remaining
+    let base = loop.scratch + loop.pre
+    response.body.withUnsafeBufferPointer { buffer in
+        base.update(from: buffer.baseAddress! + exchange.bodySent, count: chunk)
+    }
+    let mode = final ? hub_lws_write_http_final() : hub_lws_write_http()
+    if lws_write(wsi, base, chunk, lws_write_protocol(rawValue: UInt32(mode))) != chunk { return -1 }
+    exchange.bodySent += chunk
+    if final {
+        return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+    }
+    lws_callback_on_writable(wsi)
+    return 0
+}
+
+private func logAccess(_ exchange: HTTPExchange, status: Int, loop: ServiceLoop) {
+    let tenths = Int(((loop.node.clock.now() - exchange.startedAt) * 10_000).rounded())
+    let requestID = exchange.response.withLock { $0?.headers.first { $0.0 == "x-request-id" }?.1 } ?? "-"
+    loop.logger.info("\(exchange.method) \(exchange.path) \(status) \(tenths / 10).\(tenths % 10)ms id=\(requestID)")
+}

@@ -1,0 +1,154 @@
+import CLibWebSockets
+import Channels
+import Glibc
+import Logging
+import RESTCompat
+import Synchronization
+
+/// Limits and handlers every service loop shares.
+struct EdgeSettings: Sendable {
+    var host: String
+    var port: Int
+    var maxMessageSize: Int
+    var maxBodySize: Int
+    var maxQueuedBytes: Int
+    var maxQueuedMessages: Int
+    var corsOrigins: String
+}
+
+/// One libwebsockets context on its own thread. Several loops listen on the same port
+/// (SO_REUSEPORT through `LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE`) and the kernel spreads
+/// connections across them: this lws build has one service thread per context.
+///
+/// Everything that touches a `wsi` runs on this loop's thread; other threads ask for a
+/// writeable callback through `requestWrite`, which wakes the loop with `lws_cancel_service`.
+final class ServiceLoop: @unchecked Sendable {
+    let index: Int
+    let node: Node
+    let router: Router
+    let settings: EdgeSettings
+    let logger: Logger
+    private(set) var context: OpaquePointer?
+    private var thread: pthread_t?
+    private var threadID = pthread_t()
+
+    /// Sessions whose writeable callback was asked for from another thread.
+    private let pendingWrites = Mutex<[EdgeSession]>([])
+    private let tickRequested = Atomic<Bool>(false)
+    private let stopRequested = Atomic<Bool>(false)
+    let running = Atomic<Bool>(true)
+
+    /// Live WebSocket connections (service thread only).
+    var connections: [ObjectIdentifier: WebSocketConnection] = [:]
+    /// LWS_PRE headroom + one batch of frames (service thread only).
+    let scratch: UnsafeMutablePointer<UInt8>
+    let scratchCapacity = 64 * 1024
+    let pre = Int(hub_lws_pre())
+    var shutdownDeadline: Double?
+
+    init(index: Int, node: Node, router: Router, settings: EdgeSettings, logger: Logger) {
+        self.index = index
+        self.node = node
+        self.router = router
+        self.settings = settings
+        self.logger = logger
+        scratch = .allocate(capacity: Int(hub_lws_pre()) + 64 * 1024)
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Creates the lws context (binding the port). Throws when the port cannot be bound.
+    func start() throws {
+        context = try LWSContext.create(loop: self)
+        let box = Unmanaged.passRetained(self)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, &attributes, { raw in
+            let loop = Unmanaged<ServiceLoop>.fromOpaque(raw!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        pthread_attr_destroy(&attributes)
+        guard rc == 0 else {
+            box.release()
+            throw HubError.startup("could not start service thread \(index)")
+        }
+        thread = handle
+    }
+
+    private func run() {
+        threadID = pthread_self()
+        while running.load(ordering: .acquiring) {
+            if lws_service(context, 0) < 0 { break }
+        }
+        lws_context_destroy(context)
+        context = nil
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+    }
+
+    var onLoopThread: Bool { pthread_equal(pthread_self(), threadID) != 0 }
+
+    func requestWrite(_ session: EdgeSession) {
+        if onLoopThread {
+            if !session.gone, let wsi = session.wsi { lws_callback_on_writable(wsi) }
+            return
+        }
+        let wasEmpty = pendingWrites.withLock { list -> Bool in
+            list.append(session)
+            return list.count == 1
+        }
+        if wasEmpty, let context { lws_cancel_service(context) }
+    }
+
+    func requestTick() {
+        tickRequested.store(true, ordering: .releasing)
+        if let context { lws_cancel_service(context) }
+    }
+
+    func requestStop() {
+        stopRequested.store(true, ordering: .releasing)
+        if let context { lws_cancel_service(context) }
+    }
+
+    /// Called on the service thread when another thread woke it.
+    func serviceWakeup() {
+        let sessions = pendingWrites.withLock { list -> [EdgeSession] in
+            let taken = list
+            list.removeAll(keepingCapacity: true)
+            return taken
+        }
+        for session in sessions where !session.gone {
+            if let wsi = session.wsi { lws_callback_on_writable(wsi) }
+        }
+        if tickRequested.exchange(false, ordering: .acquiringAndReleasing) {
+            node.tick(sessions: connections.values.compactMap(\.session))
+            if let deadline = shutdownDeadline, node.clock.now() > deadline || connections.isEmpty {
+                running.store(false, ordering: .releasing)
+            }
+        }
+        if stopRequested.exchange(false, ordering: .acquiringAndReleasing) {
+            // Going away: every client gets a close frame after what is already queued.
+            shutdownDeadline = node.clock.now() + 3
+            for connection in connections.values {
+                connection.close(DisconnectReason(code: 1001, reason: "going away"))
+                if let wsi = connection.wsi { lws_callback_on_writable(wsi) }
+            }
+            if connections.isEmpty { running.store(false, ordering: .releasing) }
+        }
+    }
+}
+
+enum HubError: Error, CustomStringConvertible {
+    case startup(String)
+    case config(String)
+
+    var description: String {
+        switch self {
+        case .startup(let message), .config(let message): return message
+        }
+    }
+}

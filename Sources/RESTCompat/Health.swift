@@ -1,0 +1,23 @@
+import Channels
+
+/// `GET /health`: the hub is up and serving.
+public struct Health: Sendable {
+    let node: Node
+
+    public init(node: Node) { self.node = node }
+
+    public var routes: [Route] {
+        [
+            Route("GET", "/health", auth: .none, summary: "Liveness and basic counters", responses: [200: "The hub is serving"]) { context in
+                let info = node.info()
+                context.respond(.json(200, [
+                    "status": "healthy",
+                    "node": .string(info.name),
+                    "version": .string(info.version),
+                    "uptime": .int(Int64(info.uptime)),
+                    "connections": .int(Int64(info.clients)),
+                ]))
+            },
+        ]
+    }
+}

@@ -1,0 +1,123 @@
+import Channels
+
+/// How a route checks its caller. Every route names one; there is no default.
+public enum AuthScheme: Sendable, Equatable {
+    /// Open to anyone (health checks, static assets, metrics).
+    case none
+    /// The hub's server API key, as `X-API-Key: <key>` or `Authorization: apikey <key>`.
+    case serverAPIKey
+    /// A seed system's static API key in `X-API-Key` (seed 001), looked up by name.
+    case apiKey(String)
+    /// A seed system's static bearer tokens (seed 000's `allowedToken` / `adminToken`), looked
+    /// up by name. `admin` routes take only the admin token; the others take either.
+    case bearerToken(String, admin: Bool)
+    /// A JWT access token (`Authorization: Bearer`) signed with the hub's token key; `roles`
+    /// empty means any authenticated user, otherwise the token's role must be one of them.
+    case jwt(roles: [String])
+}
+
+/// Secrets the auth schemes compare against. Never logged.
+public struct Credentials: Sendable {
+    public struct StaticTokens: Sendable {
+        public var allowed: String?
+        public var admin: String?
+        public init(allowed: String?, admin: String?) {
+            self.allowed = allowed.flatMap { $0.isEmpty ? nil : $0 }
+            self.admin = admin.flatMap { $0.isEmpty ? nil : $0 }
+        }
+    }
+
+    public var serverAPIKey: String?
+    public var apiKeys: [String: String]
+    public var bearerTokens: [String: StaticTokens]
+    public var tokens: TokenVerifier
+
+    public init(serverAPIKey: String?, apiKeys: [String: String] = [:], bearerTokens: [String: StaticTokens] = [:],
+                tokens: TokenVerifier = TokenVerifier(hmacSecret: nil)) {
+        self.serverAPIKey = serverAPIKey.flatMap { $0.isEmpty ? nil : $0 }
+        self.apiKeys = apiKeys.filter { !$0.value.isEmpty }
+        self.bearerTokens = bearerTokens
+        self.tokens = tokens
+    }
+}
+
+/// Who is calling, once the route's scheme accepted them.
+public struct Caller: Sendable {
+    /// The key rate limits count against: a hash of the credential, the user, or the address.
+    public var rateKey: String
+    /// The authenticated user (JWT `sub`), if any.
+    public var user: String?
+    /// The user's role (JWT `role` claim, or `admin` for an admin static token).
+    public var role: String?
+    public var claims: JSONValue?
+}
+
+enum Authenticator {
+    /// Checks the request against the scheme. Returns the caller, or the status (401/403)
+    /// and message to refuse with.
+    static func check(_ request: HTTPRequest, scheme: AuthScheme, credentials: Credentials, now: Double) -> Result<Caller, RouteError> {
+        let anonymous = Caller(rateKey: "ip:" + request.remoteAddress)
+        switch scheme {
+        case .none:
+            return .success(anonymous)
+        case .serverAPIKey:
+            var presented = request.header("x-api-key")
+            if presented == nil, let auth = request.header("authorization") {
+                let parts = auth.split(separator: " ", maxSplits: 1)
+                if parts.count == 2, parts[0].lowercased() == "apikey" { presented = String(parts[1]) }
+            }
+            guard let expected = credentials.serverAPIKey, let presented, ConstantTime.equal(presented, expected) else {
+                return .failure(RouteError(401, "unauthorized"))
+            }
+            return .success(Caller(rateKey: "key:" + SHA1.hex(Array(presented.utf8)).prefix(16)))
+        case .apiKey(let name):
+            guard let expected = credentials.apiKeys[name], let presented = request.header("x-api-key"),
+                  ConstantTime.equal(presented, expected)
+            else { return .failure(RouteError(401, "")) }
+            return .success(Caller(rateKey: "key:" + SHA1.hex(Array(presented.utf8)).prefix(16)))
+        case .bearerToken(let name, let adminOnly):
+            guard let presented = bearer(request), let tokens = credentials.bearerTokens[name] else {
+                return .failure(RouteError(401, ""))
+            }
+            // Both comparisons always run, so timing does not tell which token matched.
+            let isAdmin = tokens.admin.map { ConstantTime.equal(presented, $0) } ?? false
+            let isAllowed = tokens.allowed.map { ConstantTime.equal(presented, $0) } ?? false
+            if isAdmin { return .success(Caller(rateKey: "token:admin", role: "admin")) }
+            if isAllowed {
+                if adminOnly { return .failure(RouteError(403, "Admin token required")) }
+                return .success(Caller(rateKey: "token:allowed", role: "user"))
+            }
+            return .failure(RouteError(401, ""))
+        case .jwt(let roles):
+            guard let token = bearer(request) else { return .failure(RouteError(401, "")) }
+            let claims: JSONValue
+            do {
+                claims = try credentials.tokens.verify(token, now: now)
+            } catch .expired {
+                return .failure(RouteError(401, "Token has expired"))
+            } catch {
+                return .failure(RouteError(401, ""))
+            }
+            guard let user = claims["sub"]?.stringValue, !user.isEmpty else { return .failure(RouteError(401, "")) }
+            let role = claims["role"]?.stringValue ?? claims["roles"]?.arrayValue?.first?.stringValue ?? "user"
+            if !roles.isEmpty && !roles.contains(role) { return .failure(RouteError(403, "Insufficient permissions")) }
+            return .success(Caller(rateKey: "user:" + user, user: user, role: role, claims: claims))
+        }
+    }
+
+    static func bearer(_ request: HTTPRequest) -> String? {
+        guard let auth = request.header("authorization") else { return nil }
+        let parts = auth.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingCharacters(in: " ")
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,74 @@
+import Channels
+
+/// An HTTP request as the routes see it, already read whole by the edge (bodies are
+/// bounded there by the configured limit).
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var query: [(String, String)]
+    /// Header values by lower-cased name.
+    public var headers: [String: String]
+    public var body: [UInt8]
+    public var remoteAddress: String
+
+    public init(method: String, path: String, query: [(String, String)] = [], headers: [String: String] = [:],
+                body: [UInt8] = [], remoteAddress: String = "") {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.remoteAddress = remoteAddress
+    }
+
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+
+    public func queryValue(_ name: String) -> String? { query.first { $0.0 == name }?.1 }
+
+    /// Splits `a=1&b=two%20words` into decoded pairs.
+    public static func parseQuery(_ text: String) -> [(String, String)] {
+        text.split(separator: "&", omittingEmptySubsequences: true).map { part in
+            let pieces = part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = percentDecode(pieces[0])
+            let value = pieces.count > 1 ? percentDecode(pieces[1]) : ""
+            return (key, value)
+        }
+    }
+
+    public static func percentDecode<S: StringProtocol>(_ text: S) -> String {
+        var out: [UInt8] = []
+        var bytes = Array(text.utf8)[...]
+        while let byte = bytes.popFirst() {
+            if byte == UInt8(ascii: "+") { out.append(0x20); continue }
+            if byte == UInt8(ascii: "%"), bytes.count >= 2,
+               let value = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(value)
+                bytes = bytes.dropFirst(2)
+                continue
+            }
+            out.append(byte)
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public static func json(_ status: Int, _ value: JSONValue) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("content-type", "application/json")], body: JSONWriter.bytes(value))
+    }
+
+    public var contentType: String { headers.first { $0.0.lowercased() == "content-type" }?.1 ?? "application/octet-stream" }
+}
+
+/// Hands a response back to the edge; callable once, from any thread.
+public typealias Responder = @Sendable (HTTPResponse) -> Void

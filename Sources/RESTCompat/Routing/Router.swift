@@ -1,0 +1,226 @@
+import Channels
+
+/// A query parameter a route reads, for validation messages and the OpenAPI document.
+public struct QueryParameter: Sendable {
+    public var name: String
+    public var required: Bool
+    public var type: String
+    public var description: String
+
+    public init(_ name: String, required: Bool = false, type: String = "string", description: String = "") {
+        self.name = name
+        self.required = required
+        self.type = type
+        self.description = description
+    }
+}
+
+/// What a route takes as its body.
+public enum RequestBody: Sendable {
+    /// A JSON document described by a JSON schema.
+    case json(JSONValue)
+    /// `multipart/form-data`; file parts are streamed to disk (see `MultipartForm`).
+    case multipart(JSONValue)
+}
+
+/// Everything a handler gets: the request, path parameters, the authenticated caller, and
+/// the way to answer (in the route's error shape for failures).
+public struct RouteContext: Sendable {
+    public let request: HTTPRequest
+    public let params: [String: String]
+    public let caller: Caller
+    public let errors: ErrorShape
+    let responder: Responder
+
+    public func respond(_ response: HTTPResponse) { responder(response) }
+    public func json(_ status: Int, _ value: JSONValue) { responder(.json(status, value)) }
+    public func fail(_ error: RouteError) { responder(errors.response(error.status, error.message, code: error.code, details: error.details)) }
+
+    /// The body as a JSON object, or a 400 (422 for FastAPI systems, as FastAPI answers) naming the problem.
+    public func jsonObject() throws(RouteError) -> JSONValue {
+        let status = errors == .fastAPI ? 422 : 400
+        guard !request.body.isEmpty else { throw RouteError(status, "request body must be a JSON object") }
+        do {
+            let value = try JSONParser.parse(request.body)
+            guard value.objectValue != nil else { throw RouteError(status, "request body must be a JSON object") }
+            return value
+        } catch let error as JSONParseError {
+            throw RouteError(status, "invalid JSON in request body: \(error)")
+        } catch {
+            throw error as! RouteError
+        }
+    }
+}
+
+/// One REST endpoint, declared once: method, path pattern (`/v1/files/{file_id}`), auth
+/// scheme, rate-limit class, error shape, what it reads, what it answers, and the handler.
+/// The router enforces the declaration and the OpenAPI document is generated from it.
+public struct Route: Sendable {
+    public var method: String
+    public var pattern: String
+    public var auth: AuthScheme
+    public var errors: ErrorShape
+    public var rateLimit: String?
+    public var summary: String
+    public var tag: String
+    public var query: [QueryParameter]
+    public var body: RequestBody?
+    /// Documented responses: status → description.
+    public var responses: [Int: String]
+    public var produces: String
+    public var handler: @Sendable (RouteContext) -> Void
+
+    public init(_ method: String, _ pattern: String, auth: AuthScheme, errors: ErrorShape = .hub, rateLimit: String? = nil,
+                summary: String, tag: String = "hub", query: [QueryParameter] = [], body: RequestBody? = nil,
+                responses: [Int: String] = [200: "OK"], produces: String = "application/json",
+                handler: @escaping @Sendable (RouteContext) -> Void) {
+        self.method = method
+        self.pattern = pattern
+        self.auth = auth
+        self.errors = errors
+        self.rateLimit = rateLimit
+        self.summary = summary
+        self.tag = tag
+        self.query = query
+        self.body = body
+        self.responses = responses
+        self.produces = produces
+        self.handler = handler
+    }
+
+    var segments: [Substring] { pattern.split(separator: "/", omittingEmptySubsequences: true) }
+
+    var pathParameters: [String] {
+        segments.filter { $0.first == "{" && $0.last == "}" }.map { String($0.dropFirst().dropLast()) }
+    }
+
+    /// Path parameters when the path matches the pattern, nil otherwise.
+    func match(_ path: String) -> [String: String]? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        let pattern = segments
+        guard parts.count == pattern.count else { return nil }
+        var params: [String: String] = [:]
+        for (part, expected) in zip(parts, pattern) {
+            if expected.first == "{", expected.last == "}" {
+                params[String(expected.dropFirst().dropLast())] = String(part)
+            } else if part != expected {
+                return nil
+            }
+        }
+        return params
+    }
+}
+
+/// Runs requests through their route's declaration: match, auth, rate limit, handler; adds
+/// request ids, rate-limit, security and CORS headers; counts everything in the metrics.
+public final class Router: Sendable {
+    public let routes: [Route]
+    private let credentials: Credentials
+    private let limiter: any RateLimiter
+    private let limitClasses: [String: RateLimitClass]
+    public let metrics: MetricsRegistry
+    private let corsOrigins: String
+    private let clock: any Clock
+
+    public init(routes: [Route], credentials: Credentials, limiter: any RateLimiter = MemoryRateLimiter(),
+                limitClasses: [RateLimitClass] = [], metrics: MetricsRegistry = MetricsRegistry(), corsOrigins: String = "*",
+                clock: any Clock = SystemClock()) {
+        self.routes = routes
+        self.credentials = credentials
+        self.limiter = limiter
+        self.limitClasses = Dictionary(limitClasses.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        self.metrics = metrics
+        self.corsOrigins = corsOrigins
+        self.clock = clock
+        metrics.describe("hub_http_requests_total", type: "counter", help: "HTTP requests by route, method and status.")
+        metrics.describe("hub_http_request_duration_seconds", type: "histogram", help: "HTTP request latency by route.")
+        metrics.describe("hub_rate_limited_total", type: "counter", help: "Requests refused by a rate limit, by class.")
+    }
+
+    /// The route a request will be served by, if any (the edge asks before reading a body).
+    public func route(method: String, path: String) -> Route? {
+        routes.first { ($0.method == method || ($0.method == "GET" && method == "HEAD")) && $0.match(path) != nil }
+    }
+
+    public func handle(_ request: HTTPRequest, respond: @escaping Responder) {
+        let started = clock.now()
+        let requestID = request.header("x-request-id").flatMap { $0.isEmpty || $0.utf8.count > 128 ? nil : $0 } ?? RandomID.make(length: 16)
+        var routeLabel = "unmatched"
+        let finish: @Sendable (HTTPResponse, [(String, String)], String) -> Void = { [metrics, clock, corsOrigins] response, extra, label in
+            var response = response
+            response.headers += extra
+            response.headers.append(("x-request-id", requestID))
+            response.headers.append(("access-control-allow-origin", corsOrigins))
+            response.headers.append(("access-control-expose-headers", "x-request-id, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after"))
+            for (name, value) in Router.securityHeaders where !response.headers.contains(where: { $0.0.lowercased() == name }) {
+                response.headers.append((name, value))
+            }
+            metrics.increment("hub_http_requests_total", labels: [("route", label), ("method", request.method), ("status", String(response.status))])
+            metrics.observe("hub_http_request_duration_seconds", labels: [("route", label)], seconds: clock.now() - started)
+            respond(response)
+        }
+        if request.method == "OPTIONS" {
+            let allowed = routes.filter { $0.match(request.path) != nil }.map(\.method)
+            finish(HTTPResponse(status: allowed.isEmpty ? 404 : 204, headers: [
+                ("access-control-allow-methods", (Set(allowed).sorted() + ["OPTIONS"]).joined(separator: ", ")),
+                ("access-control-allow-headers", request.header("access-control-request-headers") ?? "authorization, content-type, x-api-key"),
+                ("access-control-max-age", "600"),
+            ]), [], "preflight")
+            return
+        }
+        var pathMatched = false
+        for route in routes {
+            guard let params = route.match(request.path) else { continue }
+            pathMatched = true
+            guard route.method == request.method || (route.method == "GET" && request.method == "HEAD") else { continue }
+            routeLabel = route.method + " " + route.pattern
+            let label = routeLabel
+            let caller: Caller
+            switch Authenticator.check(request, scheme: route.auth, credentials: credentials, now: clock.now()) {
+            case .success(let c):
+                caller = c
+            case .failure(let refusal):
+                let message = refusal.message.isEmpty ? route.errors.unauthorizedMessage : refusal.message
+                var challenge: [(String, String)] = []
+                if refusal.status == 401, case .jwt = route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                if refusal.status == 401, case .bearerToken = route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                finish(route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
+                return
+            }
+            let run: @Sendable ([(String, String)]) -> Void = { headers in
+                let context = RouteContext(request: request, params: params, caller: caller, errors: route.errors) { response in
+                    finish(response, headers, label)
+                }
+                route.handler(context)
+            }
+            guard let className = route.rateLimit, let limitClass = limitClasses[className], !limitClass.limits.isEmpty else {
+                run([])
+                return
+            }
+            limiter.hit(key: className + "|" + caller.rateKey, limits: limitClass.limits, now: clock.now()) { [metrics] decision in
+                let headers = [
+                    ("x-ratelimit-limit", String(decision.limit)), ("x-ratelimit-remaining", String(decision.remaining)),
+                    ("x-ratelimit-reset", String(decision.reset)),
+                ]
+                if decision.allowed {
+                    run(headers)
+                } else {
+                    metrics.increment("hub_rate_limited_total", labels: [("class", className)])
+                    finish(route.errors.rateLimited(retryAfter: decision.retryAfter), headers + [("retry-after", String(decision.retryAfter))], label)
+                }
+            }
+            return
+        }
+        let shape = ErrorShape.hub
+        finish(pathMatched ? shape.response(405, "method not allowed") : shape.response(404, "not found"), [], routeLabel)
+    }
+
+    /// Seed 003's security headers, on every response (a route may set its own CSP).
+    static let securityHeaders: [(String, String)] = [
+        ("content-security-policy", "default-src 'self'; frame-ancestors 'none'"),
+        ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("x-xss-protection", "1; mode=block"),
+    ]
+}

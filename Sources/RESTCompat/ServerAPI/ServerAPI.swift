@@ -1,0 +1,149 @@
+import Synchronization
+import Channels
+
+/// Centrifugo's server HTTP API (`POST /api/<method>`), so backends and workers publish
+/// into the hub with existing server SDKs (`cent` and others).
+///
+/// Protocol errors come back as HTTP 200 with `{"error":{code,message}}`, as Centrifugo
+/// does; a body that is not a JSON object is a 400.
+public struct ServerAPI: Sendable {
+    let node: Node
+
+    public init(node: Node) { self.node = node }
+
+    public static let methods = [
+        "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "presence", "presence_stats",
+        "history", "history_remove", "channels", "info",
+    ]
+
+    public var routes: [Route] {
+        Self.methods.map { method in
+            Route("POST", "/api/\(method)", auth: .serverAPIKey, summary: "Server API: \(method)", tag: "server-api",
+                  body: .json(["type": "object"]),
+                  responses: [200: "Result (`result`) or protocol error (`error`)", 400: "Body is not a JSON object"]) { context in
+                handle(method: method, request: context.request, respond: context.respond)
+            }
+        }
+    }
+
+    func handle(method: String, request: HTTPRequest, respond: @escaping Responder) {
+        let params: JSONValue
+        if request.body.isEmpty {
+            params = [:]
+        } else {
+            guard let parsed = try? JSONParser.parse(request.body), parsed.objectValue != nil else {
+                respond(.json(400, ["error": ["code": 107, "message": "bad request: body must be a JSON object"]]))
+                return
+            }
+            params = parsed
+        }
+        let answer: @Sendable (Result<JSONValue, ProtocolError>) -> Void = { outcome in
+            switch outcome {
+            case .success(let result): respond(.json(200, ["result": result]))
+            case .failure(let error): respond(.json(200, ["error": error.json]))
+            }
+        }
+        func required(_ name: String) throws(ProtocolError) -> String {
+            guard let value = params[name]?.stringValue, !value.isEmpty else {
+                throw ProtocolError.badRequest.with(message: "\(name) required")
+            }
+            return value
+        }
+        do throws(ProtocolError) {
+            switch method {
+            case "publish":
+                let channel = try required("channel")
+                guard let data = params["data"] else { throw ProtocolError.badRequest.with(message: "data required") }
+                node.publish(channel: channel, data: data, tags: tags(params)) { outcome in
+                    answer(outcome.map { position in position.map { $0.json } ?? [:] })
+                }
+            case "broadcast":
+                guard let channels = params["channels"]?.arrayValue?.compactMap(\.stringValue), !channels.isEmpty else {
+                    throw ProtocolError.badRequest.with(message: "channels required")
+                }
+                guard let data = params["data"] else { throw ProtocolError.badRequest.with(message: "data required") }
+                broadcast(channels: channels, data: data, tags: tags(params), answer: answer)
+            case "subscribe":
+                try node.serverSubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel"))
+                answer(.success([:]))
+            case "unsubscribe":
+                try node.serverUnsubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel"))
+                answer(.success([:]))
+            case "disconnect":
+                var reason = DisconnectReason.forceNoReconnect
+                if let custom = params["disconnect"], let code = custom["code"]?.intValue {
+                    guard (3000...4999).contains(code) else { throw ProtocolError.badRequest.with(message: "disconnect code must be 3000-4999") }
+                    reason = DisconnectReason(code: UInt16(code), reason: custom["reason"]?.stringValue ?? "")
+                }
+                node.disconnect(user: try required("user"), client: params["client"]?.stringValue, reason: reason)
+                answer(.success([:]))
+            case "presence":
+                node.presence(channel: try required("channel")) { outcome in
+                    answer(outcome.map { clients in ["presence": .object(clients.map { ($0.client, $0.json) })] })
+                }
+            case "presence_stats":
+                node.presenceStats(channel: try required("channel")) { outcome in
+                    answer(outcome.map { ["num_clients": .int(Int64($0.clients)), "num_users": .int(Int64($0.users))] })
+                }
+            case "history":
+                let filter = try HistoryFilter(apiParams: params)
+                node.history(channel: try required("channel"), filter: filter) { outcome in answer(outcome.map(\.json)) }
+            case "history_remove":
+                node.removeHistory(channel: try required("channel")) { outcome in answer(outcome.map { [:] }) }
+            case "channels":
+                let pattern = params["pattern"]?.stringValue ?? ""
+                let channels = node.channels(matching: pattern)
+                answer(.success(["channels": .object(channels.map { ($0.0, ["num_clients": .int(Int64($0.1))]) })]))
+            case "info":
+                node.nodes { result in answer(result.map { ["nodes": .array($0.map(\.json))] }) }
+            default:
+                throw ProtocolError.methodNotFound
+            }
+        } catch {
+            answer(.failure(error))
+        }
+    }
+
+    private func tags(_ params: JSONValue) -> [(String, String)] {
+        params["tags"]?.objectValue?.compactMap { key, value in value.stringValue.map { (key, $0) } } ?? []
+    }
+
+    private func broadcast(channels: [String], data: JSONValue, tags: [(String, String)],
+                           answer: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) {
+        let results = Mutex<[Int: JSONValue]>([:])
+        let remaining = Atomic<Int>(channels.count)
+        let payload: JSONValue = .raw(JSONWriter.bytes(data))  // encoded once for every channel
+        for (index, channel) in channels.enumerated() {
+            node.publish(channel: channel, data: payload, tags: tags) { outcome in
+                let entry: JSONValue
+                switch outcome {
+                case .success(let position): entry = ["result": position.map { $0.json } ?? [:]]
+                case .failure(let error): entry = ["error": error.json]
+                }
+                results.withLock { $0[index] = entry }
+                if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                    let all = results.withLock { map in (0..<channels.count).map { map[$0] ?? .null } }
+                    answer(.success(["responses": .array(all)]))
+                }
+            }
+        }
+    }
+}
+
+extension HistoryFilter {
+    /// Server API history: `limit` absent means position only, as in Centrifugo.
+    init(apiParams params: JSONValue) throws(ProtocolError) {
+        var filter = HistoryFilter(limit: 0)
+        if let limit = params["limit"] {
+            guard let value = limit.intValue else { throw ProtocolError.badRequest.with(message: "limit must be an integer") }
+            filter.limit = Int(clamping: value)
+        }
+        if let since = params["since"], !since.isNull {
+            let offset = since["offset"]?.intValue ?? 0
+            guard offset >= 0 else { throw ProtocolError.badRequest.with(message: "since.offset must not be negative") }
+            filter.since = StreamPosition(offset: UInt64(offset), epoch: since["epoch"]?.stringValue ?? "")
+        }
+        filter.reverse = params["reverse"]?.boolValue ?? false
+        self = filter
+    }
+}

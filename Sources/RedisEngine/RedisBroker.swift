@@ -1,0 +1,307 @@
+import Channels
+import Logging
+import Synchronization
+
+/// The scale-out engine: several hub nodes share channels through Redis.
+///
+/// - Fan-out: each node SUBSCRIBEs (PUB/SUB) to the channels it has subscribers in; a
+///   publication is appended and PUBLISHed by one Lua script, so offsets and delivery order
+///   agree on every node.
+/// - History: a Redis Stream per channel with explicit `<offset>-0` ids, bounded by MAXLEN and
+///   expiring with the channel's TTL; offset and epoch live in a hash beside it, so a client
+///   recovers the same way on any node. A stream whose position was lost (Redis restarted
+///   without persistence, keys expired) gets a new epoch: clients learn `recovered:false`.
+/// - Shards: each channel lives on one Redis, chosen by a stable hash of its name (FNV-1a).
+///   Control messages and the node directory live on the first shard.
+public final class RedisBroker: Broker, @unchecked Sendable {
+    let shards: [RedisShard]
+    let logger: Logger
+    private let handler = Mutex<(any BrokerEventHandler)?>(nil)
+    private let clock: any Clock
+    static let channelPrefix = "hub:ch:"
+    static let controlChannel = "hub:control"
+
+    public init(addresses: [RedisShard.Address], clock: any Clock = SystemClock(), logger: Logger) {
+        precondition(!addresses.isEmpty)
+        self.clock = clock
+        self.logger = logger
+        shards = addresses.map { RedisShard(address: $0, logger: logger) }
+        for shard in shards {
+            shard.onMessage = { [unowned self] channel, payload in self.deliver(redisChannel: channel, payload: payload) }
+            shard.wanted = { [unowned self] redisChannel in
+                guard redisChannel.hasPrefix(Self.channelPrefix) else { return false }
+                return self.eventHandler?.hasLocalSubscribers(channel: String(redisChannel.dropFirst(Self.channelPrefix.count))) ?? false
+            }
+        }
+    }
+
+    public func start() {
+        for shard in shards { shard.start() }
+        shards[0].subscribe(Self.controlChannel, always: true) { _ in }
+    }
+
+    public func stop() { for shard in shards { shard.stop() } }
+
+    /// The shard a channel lives on: FNV-1a of its UTF-8 name, modulo the shard count.
+    public static func shardIndex(for channel: String, count: Int) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in channel.utf8 {
+            hash ^= UInt32(byte)
+            hash = hash &* 16_777_619
+        }
+        return Int(hash % UInt32(count))
+    }
+
+    func shard(for channel: String) -> RedisShard { shards[Self.shardIndex(for: channel, count: shards.count)] }
+
+    public func setEventHandler(_ handler: any BrokerEventHandler) { self.handler.withLock { $0 = handler } }
+    private var eventHandler: (any BrokerEventHandler)? { handler.withLock { $0 } }
+
+    static func streamKey(_ channel: String) -> String { "hub:stream:" + channel }
+    static func metaKey(_ channel: String) -> String { "hub:meta:" + channel }
+
+    // MARK: Publish and deliver
+
+    static let publishScript = RedisScript("""
+        local epoch = redis.call('hget', KEYS[2], 'e')
+        if not epoch then
+          epoch = ARGV[6]
+          redis.call('del', KEYS[1])
+          redis.call('hset', KEYS[2], 'e', epoch)
+        end
+        local offset = redis.call('hincrby', KEYS[2], 's', 1)
+        redis.call('expire', KEYS[2], ARGV[5])
+        redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
+        redis.call('expire', KEYS[1], ARGV[4])
+        redis.call('publish', ARGV[1], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[2])
+        return {offset, epoch}
+        """)
+
+    public func publish(channel: String, publication: Publication, options: ChannelOptions,
+                        completion: @escaping @Sendable (Result<StreamPosition?, ProtocolError>) -> Void) {
+        var publication = publication
+        if publication.time == 0 { publication.time = Int64(clock.now() * 1000) }
+        let body = JSONWriter.bytes(publication.json)
+        let shard = shard(for: channel)
+        guard options.historyEnabled else {
+            shard.send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("p0::".utf8) + body]) { reply in
+                completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(nil))
+            }
+            return
+        }
+        let metaTTL = max(options.historyMetaTTL, options.historyTTL)
+        Self.publishScript.run(on: shard, keys: [Self.streamKey(channel), Self.metaKey(channel)], arguments: [
+            Array((Self.channelPrefix + channel).utf8), body, Array(String(options.historySize).utf8),
+            Array(String(Int(options.historyTTL.rounded(.up))).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8),
+            Array(RandomID.make(length: 8).utf8),
+        ]) { reply in
+            guard case .array(let parts) = reply, parts.count == 2, let offset = parts[0].int, let epoch = parts[1].text else {
+                completion(.failure(Self.unavailable(reply)))
+                return
+            }
+            completion(.success(StreamPosition(offset: UInt64(offset), epoch: epoch)))
+        }
+    }
+
+    static func unavailable(_ reply: RedisValue) -> ProtocolError {
+        if case .error(let message) = reply { return ProtocolError.internal.with(message: "engine: \(message)") }
+        return ProtocolError.internal.with(message: "engine: unexpected reply")
+    }
+
+    public func publishJoin(channel: String, info: ClientInfo) {
+        shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("j".utf8) + JSONWriter.bytes(info.json)]) { _ in }
+    }
+
+    public func publishLeave(channel: String, info: ClientInfo) {
+        shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("l".utf8) + JSONWriter.bytes(info.json)]) { _ in }
+    }
+
+    public func publishControl(_ command: JSONValue) {
+        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { [logger] reply in
+            if reply.isError { logger.warning("control message not sent: redis unavailable") }
+        }
+    }
+
+    /// A PUB/SUB message: `p<offset>:<epoch>:<publication>`, `j<info>`, `l<info>`, or a control command.
+    private func deliver(redisChannel: String, payload: [UInt8]) {
+        guard let handler = eventHandler else { return }
+        if redisChannel == Self.controlChannel {
+            if let command = try? JSONParser.parse(payload) { handler.handleControl(command) }
+            return
+        }
+        guard redisChannel.hasPrefix(Self.channelPrefix), let kind = payload.first else { return }
+        let channel = String(redisChannel.dropFirst(Self.channelPrefix.count))
+        switch kind {
+        case UInt8(ascii: "p"):
+            guard let first = payload.firstIndex(of: UInt8(ascii: ":")),
+                  let second = payload[(first + 1)...].firstIndex(of: UInt8(ascii: ":")),
+                  let offset = UInt64(String(decoding: payload[1..<first], as: UTF8.self)),
+                  let json = try? JSONParser.parse(Array(payload[(second + 1)...])),
+                  var publication = Publication(json: json)
+            else { return }
+            let epoch = String(decoding: payload[(first + 1)..<second], as: UTF8.self)
+            publication.offset = offset
+            handler.handlePublication(channel: channel, publication: publication,
+                                      position: offset > 0 ? StreamPosition(offset: offset, epoch: epoch) : nil)
+        case UInt8(ascii: "j"), UInt8(ascii: "l"):
+            guard let json = try? JSONParser.parse(Array(payload.dropFirst())), let info = ClientInfo(json: json) else { return }
+            if kind == UInt8(ascii: "j") { handler.handleJoin(channel: channel, info: info) } else { handler.handleLeave(channel: channel, info: info) }
+        default:
+            return
+        }
+    }
+
+    // MARK: History
+
+    static let historyScript = RedisScript("""
+        local epoch = redis.call('hget', KEYS[2], 'e')
+        if not epoch then
+          epoch = ARGV[1]
+          redis.call('del', KEYS[1])
+          redis.call('hset', KEYS[2], 'e', epoch)
+          redis.call('expire', KEYS[2], ARGV[2])
+        end
+        local top = redis.call('hget', KEYS[2], 's') or '0'
+        if ARGV[4] == '0' then return {top, epoch, {}} end
+        local entries
+        if ARGV[5] == '1' then
+          entries = redis.call('xrevrange', KEYS[1], ARGV[3], '-', 'COUNT', ARGV[4])
+        else
+          entries = redis.call('xrange', KEYS[1], ARGV[3], '+', 'COUNT', ARGV[4])
+        end
+        return {top, epoch, entries}
+        """)
+
+    public func history(channel: String, filter: HistoryFilter, options: ChannelOptions,
+                        completion: @escaping @Sendable (Result<HistoryResult, ProtocolError>) -> Void) {
+        guard options.historyEnabled else {
+            completion(.failure(.notAvailable.with(message: "history is not enabled for this channel")))
+            return
+        }
+        let limit = filter.limit.map { $0 < 0 ? options.historySize : min($0, options.historySize) } ?? options.historySize
+        var start = filter.reverse ? "+" : "-"
+        if let since = filter.since {
+            if filter.reverse {
+                start = since.offset > 1 ? "\(since.offset - 1)-0" : "0-1"
+            } else {
+                start = "\(since.offset + 1)-0"
+            }
+        }
+        let metaTTL = max(options.historyMetaTTL, options.historyTTL)
+        let now = clock.now()
+        let ttl = options.historyTTL
+        Self.historyScript.run(on: shard(for: channel), keys: [Self.streamKey(channel), Self.metaKey(channel)], arguments: [
+            Array(RandomID.make(length: 8).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8), Array(start.utf8),
+            Array(String(limit).utf8), Array((filter.reverse ? "1" : "0").utf8),
+        ]) { reply in
+            guard case .array(let parts) = reply, parts.count == 3, let top = parts[0].int, let epoch = parts[1].text,
+                  case .array(let entries) = parts[2]
+            else {
+                completion(.failure(Self.unavailable(reply)))
+                return
+            }
+            let position = StreamPosition(offset: UInt64(top), epoch: epoch)
+            var publications: [Publication] = []
+            for entry in entries {
+                guard case .array(let pair) = entry, pair.count == 2, let id = pair[0].text,
+                      let offset = UInt64(id.split(separator: "-").first ?? ""),
+                      case .array(let fields) = pair[1], fields.count == 2, case .string(let bytes) = fields[1],
+                      let json = try? JSONParser.parse(bytes), var publication = Publication(json: json)
+                else { continue }
+                // Streams expire as a whole; single entries past the TTL are skipped here.
+                if Double(publication.time) / 1000 + ttl <= now { continue }
+                publication.offset = offset
+                publications.append(publication)
+            }
+            if filter.reverse { publications.sort { $0.offset > $1.offset } }
+            if let since = filter.since, !filter.reverse {
+                let complete = publications.first.map { $0.offset == since.offset + 1 } ?? (since.offset == position.offset)
+                if since.epoch != epoch || since.offset > position.offset || (!complete && limit > 0) {
+                    completion(.failure(.unrecoverablePosition))
+                    return
+                }
+            } else if let since = filter.since, since.epoch != epoch || since.offset > position.offset {
+                completion(.failure(.unrecoverablePosition))
+                return
+            }
+            completion(.success(HistoryResult(publications: publications, position: position)))
+        }
+    }
+
+    public func removeHistory(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        // Drops the publications, keeps offset and epoch: positions never go backwards.
+        shard(for: channel).send(["DEL", Self.streamKey(channel)]) { reply in
+            completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(()))
+        }
+    }
+
+    // MARK: Node-level subscriptions
+
+    public func subscribe(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        shard(for: channel).subscribe(Self.channelPrefix + channel, completion: completion)
+    }
+
+    public func unsubscribe(channel: String) {
+        shard(for: channel).release(Self.channelPrefix + channel)
+    }
+
+    public func sweep(now: Double) {}  // Redis expires keys itself
+
+    // MARK: Node directory
+
+    static let nodesScript = RedisScript("""
+        local expired = redis.call('zrangebyscore', KEYS[2], '-inf', ARGV[1])
+        for _, uid in ipairs(expired) do
+          redis.call('hdel', KEYS[1], uid)
+          redis.call('zrem', KEYS[2], uid)
+        end
+        return redis.call('hvals', KEYS[1])
+        """)
+
+    public func announce(node: NodeInfo) {
+        let expiresAt = String(Int(clock.now()) + 15)
+        shards[0].send(["HSET", "hub:nodes", node.uid, JSONWriter.string(node.json)]) { _ in }
+        shards[0].send(["ZADD", "hub:nodes:exp", expiresAt, node.uid]) { _ in }
+    }
+
+    public func nodes(completion: @escaping @Sendable (Result<[NodeInfo], ProtocolError>) -> Void) {
+        Self.nodesScript.run(on: shards[0], keys: ["hub:nodes", "hub:nodes:exp"].map { Array($0.utf8) },
+                             arguments: [Array(String(Int(clock.now())).utf8)]) { reply in
+            guard case .array(let values) = reply else {
+                completion(.failure(Self.unavailable(reply)))
+                return
+            }
+            completion(.success(values.compactMap { value in
+                guard case .string(let bytes) = value, let json = try? JSONParser.parse(bytes) else { return nil }
+                return NodeInfo(json: json)
+            }))
+        }
+    }
+}
+
+/// A Lua script run with EVALSHA, falling back to EVAL after a Redis restart emptied the
+/// script cache.
+struct RedisScript: Sendable {
+    let source: String
+    let sha: String
+
+    init(_ source: String) {
+        self.source = source
+        sha = SHA1.hex(Array(source.utf8))
+    }
+
+    func run(on shard: RedisShard, keys: [String], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+        run(on: shard, keys: keys.map { Array($0.utf8) }, arguments: arguments, completion: completion)
+    }
+
+    func run(on shard: RedisShard, keys: [[UInt8]], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+        let tail = [Array(String(keys.count).utf8)] + keys + arguments
+        shard.send([Array("EVALSHA".utf8), Array(sha.utf8)] + tail) { [source] reply in
+            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+                shard.send([Array("EVAL".utf8), Array(source.utf8)] + tail, completion: completion)
+            } else {
+                completion(reply)
+            }
+        }
+    }
+}

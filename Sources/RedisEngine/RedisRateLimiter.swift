@@ -1,0 +1,47 @@
+import Channels
+import Logging
+import RESTCompat
+
+/// Rate limits counted in Redis, so every node enforces one shared count. One Lua script
+/// reads every window, decides, and increments only when the request is allowed: no
+/// read-then-write race between nodes. If Redis cannot be reached the request is allowed
+/// (and logged): an outage of the limiter must not take the APIs down with it.
+public final class RedisRateLimiter: RateLimiter, @unchecked Sendable {
+    let shard: RedisShard
+    let logger: Logger
+
+    public init(broker: RedisBroker, logger: Logger) {
+        shard = broker.shards[0]
+        self.logger = logger
+    }
+
+    static let script = RedisScript("""
+        local counts = {}
+        local allowed = 1
+        for i = 1, #KEYS do
+          local c = tonumber(redis.call('get', KEYS[i]) or '0')
+          counts[i] = c
+          if c + 1 > tonumber(ARGV[i * 2 - 1]) then allowed = 0 end
+        end
+        if allowed == 1 then
+          for i = 1, #KEYS do
+            redis.call('incr', KEYS[i])
+            redis.call('expire', KEYS[i], ARGV[i * 2])
+          end
+        end
+        return counts
+        """)
+
+    public func hit(key: String, limits: [RateLimit], now: Double, completion: @escaping @Sendable (RateDecision) -> Void) {
+        let keys = limits.map { limit in "hub:rl:\(key)|\(limit.window)|\(Int(now) / limit.window)" }
+        let arguments = limits.flatMap { [Array(String($0.count).utf8), Array(String($0.window + 1).utf8)] }
+        Self.script.run(on: shard, keys: keys, arguments: arguments) { [logger] reply in
+            guard case .array(let values) = reply, values.count == limits.count else {
+                logger.warning("rate limiter unavailable; allowing the request")
+                completion(RateDecision(allowed: true, limit: limits.first?.count ?? 0, remaining: 0, reset: Int(now), retryAfter: 0))
+                return
+            }
+            completion(RateDecision.decide(limits: limits, counts: values.map { Int($0.int ?? 0) }, now: now))
+        }
+    }
+}

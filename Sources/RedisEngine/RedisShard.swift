@@ -1,0 +1,452 @@
+import CHiredis
+import Channels
+import Glibc
+import Logging
+import Synchronization
+
+/// A Redis reply, copied out of hiredis' memory.
+public enum RedisValue: Sendable, Equatable {
+    case string([UInt8])
+    case integer(Int64)
+    case array([RedisValue])
+    case status(String)
+    case error(String)
+    case null
+
+    public var text: String? {
+        switch self {
+        case .string(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .status(let s): return s
+        case .integer(let i): return String(i)
+        default: return nil
+        }
+    }
+
+    public var int: Int64? {
+        switch self {
+        case .integer(let i): return i
+        case .string(let bytes): return Int64(String(decoding: bytes, as: UTF8.self))
+        default: return nil
+        }
+    }
+
+    public var isError: Bool { if case .error = self { return true } else { return false } }
+}
+
+/// One Redis server (a shard): a command connection and a PUB/SUB connection, both driven
+/// by one dedicated I/O thread with poll(2). Service threads never touch a socket: they
+/// queue commands and are called back from the I/O thread.
+///
+/// Commands queued while the thread works are pipelined in one write; replies come back
+/// in order. While Redis is unreachable, commands fail at once (nothing queues without
+/// bound) and the thread reconnects with backoff, then resubscribes every channel.
+///
+/// This file holds all hiredis pointer handling.
+public final class RedisShard: @unchecked Sendable {
+    public struct Address: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public var db: Int
+        public var password: String?
+
+        public var description: String { "redis://\(host):\(port)/\(db)" }
+
+        /// Parses `redis://[:password@]host[:port][/db]`.
+        public init?(url: String) {
+            guard url.hasPrefix("redis://") else { return nil }
+            var rest = Substring(url.dropFirst("redis://".count))
+            password = nil
+            if let at = rest.lastIndex(of: "@") {
+                let credentials = rest[..<at]
+                password = credentials.split(separator: ":", maxSplits: 1).last.map(String.init)
+                rest = rest[rest.index(after: at)...]
+            }
+            var dbPart: Substring = "0"
+            if let slash = rest.firstIndex(of: "/") {
+                dbPart = rest[rest.index(after: slash)...]
+                rest = rest[..<slash]
+            }
+            let hostPort = rest.split(separator: ":", maxSplits: 1)
+            guard let first = hostPort.first, !first.isEmpty else { return nil }
+            host = String(first)
+            port = hostPort.count > 1 ? Int(hostPort[1]) ?? -1 : 6379
+            db = dbPart.isEmpty ? 0 : Int(dbPart) ?? -1
+            guard (1...65535).contains(port), db >= 0 else { return nil }
+        }
+    }
+
+    public let address: Address
+    let logger: Logger
+    /// Called on the I/O thread for every PUB/SUB message.
+    var onMessage: (@Sendable (_ channel: String, _ payload: [UInt8]) -> Void)?
+    /// Called on the I/O thread after each (re)connection, once channels are resubscribed.
+    var onConnected: (@Sendable () -> Void)?
+    /// Whether the node still wants a channel (it has local subscribers).
+    var wanted: (@Sendable (String) -> Bool)?
+
+    private struct Inbox {
+        var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
+        var subscribeWaiters: [String: [@Sendable (Result<Void, ProtocolError>) -> Void]] = [:]
+        var dirtyChannels: Set<String> = []
+        var alwaysSubscribed: Set<String> = []
+        var connected = false
+        var stopping = false
+    }
+
+    private let inbox = Mutex(Inbox())
+    private let wakeFD: Int32
+    private var thread: pthread_t?
+
+    // I/O thread state.
+    private var command: UnsafeMutablePointer<redisContext>?
+    private var pubsub: UnsafeMutablePointer<redisContext>?
+    private var inflight: [@Sendable (RedisValue) -> Void] = []
+    private var inflightHead = 0
+    private var subscribed: Set<String> = []
+    private var confirmed: Set<String> = []
+    private var backoff = 0.05
+    private var nextAttempt = 0.0
+    private var reportedDown = false
+
+    public init(address: Address, logger: Logger) {
+        self.address = address
+        self.logger = logger
+        wakeFD = hub_eventfd()
+    }
+
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var handle = pthread_t()
+        pthread_create(&handle, nil, { raw in
+            let shard = Unmanaged<RedisShard>.fromOpaque(raw!).takeRetainedValue()
+            shard.run()
+            return nil
+        }, box.toOpaque())
+        thread = handle
+    }
+
+    public func stop() {
+        inbox.withLock { $0.stopping = true }
+        hub_eventfd_signal(wakeFD)
+        if let thread { pthread_join(thread, nil) }
+    }
+
+    public var isConnected: Bool { inbox.withLock { $0.connected } }
+
+    // MARK: API for other threads
+
+    /// Sends a command; the completion runs on the I/O thread with the reply or an error.
+    public func send(_ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+        let accepted = inbox.withLock { inbox -> Bool in
+            guard inbox.connected, !inbox.stopping else { return false }
+            inbox.commands.append((arguments, completion))
+            return true
+        }
+        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(address) unavailable")) }
+    }
+
+    public func send(_ arguments: [String], completion: @escaping @Sendable (RedisValue) -> Void) {
+        send(arguments.map { Array($0.utf8) }, completion: completion)
+    }
+
+    /// Makes sure this shard delivers the channel's messages; completes once Redis confirmed.
+    func subscribe(_ channel: String, always: Bool = false, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        let refused = inbox.withLock { inbox -> Bool in
+            if always { inbox.alwaysSubscribed.insert(channel) }
+            guard inbox.connected else { return true }
+            inbox.subscribeWaiters[channel, default: []].append(completion)
+            inbox.dirtyChannels.insert(channel)
+            return false
+        }
+        if refused {
+            completion(.failure(ProtocolError.internal.with(message: "redis \(address) unavailable")))
+        } else {
+            hub_eventfd_signal(wakeFD)
+        }
+    }
+
+    /// The channel may no longer be wanted; the I/O thread asks `wanted` before dropping it.
+    func release(_ channel: String) {
+        inbox.withLock { _ = $0.dirtyChannels.insert(channel) }
+        hub_eventfd_signal(wakeFD)
+    }
+
+    // MARK: I/O thread
+
+    private func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    private func run() {
+        while !inbox.withLock({ $0.stopping }) {
+            if command == nil || pubsub == nil {
+                if now() >= nextAttempt { connect() }
+                if command == nil {
+                    var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+                    _ = poll(&fds, 1, Int32(max(10, (nextAttempt - now()) * 1000)))
+                    hub_eventfd_drain(wakeFD)
+                    failQueuedWhileDown()
+                    continue
+                }
+            }
+            moveInbox()
+            guard let command, let pubsub else { continue }
+            var fds = [
+                pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: command.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(command) ? Int16(POLLOUT) : 0), revents: 0),
+                pollfd(fd: pubsub.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(pubsub) ? Int16(POLLOUT) : 0), revents: 0),
+            ]
+            _ = poll(&fds, 3, 1000)
+            if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
+            var healthy = true
+            if fds[1].revents & Int16(POLLOUT) != 0 || hasPendingOutput(command) { healthy = flush(command) && healthy }
+            if fds[2].revents & Int16(POLLOUT) != 0 || hasPendingOutput(pubsub) { healthy = flush(pubsub) && healthy }
+            if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
+            if !healthy { disconnect(reason: String(cString: withUnsafePointer(to: command.pointee.errstr) { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) })) }
+        }
+        disconnect(reason: "stopping", quiet: true)
+        close(wakeFD)
+    }
+
+    private func hasPendingOutput(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
+        guard let obuf = context.pointee.obuf else { return false }
+        return obuf[0] != 0  // hiredis keeps obuf as an sds string; empty means nothing to write
+    }
+
+    private func flush(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
+        var done: Int32 = 0
+        return redisBufferWrite(context, &done) == REDIS_OK
+    }
+
+    private func connect() {
+        guard let cmd = open(), let sub = open() else {
+            if !reportedDown {
+                logger.error("redis \(address) unreachable; retrying with backoff")
+                reportedDown = true
+            }
+            nextAttempt = now() + backoff
+            backoff = min(backoff * 2, 2)
+            return
+        }
+        command = cmd
+        pubsub = sub
+        backoff = 0.05
+        subscribed = []
+        confirmed = []
+        let channels = inbox.withLock { inbox -> Set<String> in
+            inbox.connected = true
+            return inbox.alwaysSubscribed.union(inbox.subscribeWaiters.keys).union(inbox.dirtyChannels)
+        }
+        // Resubscribe everything the node still wants, in batches.
+        var all = Array(channels)
+        for channel in subscribedWanted() where !channels.contains(channel) { all.append(channel) }
+        subscribeChannels(all)
+        logger.notice("redis \(address) connected\(reportedDown ? " again" : "")")
+        reportedDown = false
+        onConnected?()
+    }
+
+    /// Channels the node had before a reconnect (tracked by the broker through `wanted`).
+    private var knownChannels: Set<String> = []
+
+    private func subscribedWanted() -> [String] {
+        knownChannels.filter { wanted?($0) ?? false }
+    }
+
+    private func open() -> UnsafeMutablePointer<redisContext>? {
+        guard let context = hub_redis_connect(address.host, Int32(address.port), 2000) else { return nil }
+        if context.pointee.err != 0 {
+            redisFree(context)
+            return nil
+        }
+        var setup: [[String]] = []
+        if let password = address.password { setup.append(["AUTH", password]) }
+        if address.db != 0 { setup.append(["SELECT", String(address.db)]) }
+        for arguments in setup {
+            append(context, arguments.map { Array($0.utf8) })
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReply(context, &raw) == REDIS_OK, let raw else { redisFree(context); return nil }
+            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            if reply.isError { redisFree(context); return nil }
+        }
+        guard hub_redis_make_nonblocking(context) == 0 else { redisFree(context); return nil }
+        return context
+    }
+
+    private func disconnect(reason: String, quiet: Bool = false) {
+        if let command { redisFree(command) }
+        if let pubsub { redisFree(pubsub) }
+        command = nil
+        pubsub = nil
+        let failed = inflight[inflightHead...]
+        inflight = []
+        inflightHead = 0
+        knownChannels.formUnion(subscribed)
+        subscribed = []
+        confirmed = []
+        let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
+            inbox.connected = false
+            let queued = inbox.commands.map(\.1)
+            inbox.commands = []
+            let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
+            inbox.subscribeWaiters = [:]
+            return (queued, waiters)
+        }
+        for callback in failed { callback(.error("redis connection lost")) }
+        for callback in queued { callback(.error("redis connection lost")) }
+        for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis connection lost"))) }
+        if !quiet {
+            logger.error("redis \(address) connection lost (\(reason)); reconnecting")
+            reportedDown = true
+        }
+        nextAttempt = now() + backoff
+    }
+
+    private func failQueuedWhileDown() {
+        let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
+            let queued = inbox.commands.map(\.1)
+            inbox.commands = []
+            let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
+            inbox.subscribeWaiters = [:]
+            return (queued, waiters)
+        }
+        for callback in queued { callback(.error("redis \(address) unavailable")) }
+        for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis unavailable"))) }
+    }
+
+    /// Moves queued commands and channel changes into the connections' output buffers.
+    private func moveInbox() {
+        guard let command else { return }
+        let (commands, dirty, waiting) = inbox.withLock { inbox -> ([([[UInt8]], @Sendable (RedisValue) -> Void)], Set<String>, [String: [@Sendable (Result<Void, ProtocolError>) -> Void]]) in
+            let taken = (inbox.commands, inbox.dirtyChannels, inbox.subscribeWaiters.filter { confirmed.contains($0.key) })
+            inbox.commands.removeAll(keepingCapacity: true)
+            inbox.dirtyChannels.removeAll()
+            for key in taken.2.keys { inbox.subscribeWaiters.removeValue(forKey: key) }
+            return taken
+        }
+        for (arguments, callback) in commands {
+            append(command, arguments)
+            inflight.append(callback)
+        }
+        for waiters in waiting.values { for waiter in waiters { waiter(.success(())) } }
+        if !dirty.isEmpty {
+            let always = inbox.withLock { $0.alwaysSubscribed }
+            var add: [String] = []
+            var remove: [String] = []
+            for channel in dirty {
+                let want = always.contains(channel) || (wanted?(channel) ?? false) || inbox.withLock({ $0.subscribeWaiters[channel] != nil })
+                if want && !subscribed.contains(channel) { add.append(channel) }
+                if !want && subscribed.contains(channel) { remove.append(channel) }
+            }
+            subscribeChannels(add)
+            if !remove.isEmpty, let pubsub {
+                for chunk in stride(from: 0, to: remove.count, by: 512) {
+                    append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
+                }
+                for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
+            }
+        }
+    }
+
+    private func subscribeChannels(_ channels: [String]) {
+        guard let pubsub, !channels.isEmpty else { return }
+        for chunk in stride(from: 0, to: channels.count, by: 512) {
+            append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
+        }
+        subscribed.formUnion(channels)
+        knownChannels.formUnion(channels)
+    }
+
+    private func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
+        // hiredis copies the arguments into its output buffer before returning.
+        let count = arguments.count
+        let pointers = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: count)
+        let lengths = UnsafeMutablePointer<Int>.allocate(capacity: count)
+        var storage: [UnsafeMutablePointer<CChar>] = []
+        for (i, argument) in arguments.enumerated() {
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(argument.count, 1))
+            argument.withUnsafeBytes { raw in
+                if argument.count > 0 { UnsafeMutableRawPointer(buffer).copyMemory(from: raw.baseAddress!, byteCount: argument.count) }
+            }
+            storage.append(buffer)
+            pointers[i] = UnsafePointer(buffer)
+            lengths[i] = argument.count
+        }
+        redisAppendCommandArgv(context, Int32(count), pointers, lengths)
+        for buffer in storage { buffer.deallocate() }
+        pointers.deallocate()
+        lengths.deallocate()
+    }
+
+    private func readReplies(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
+        guard redisBufferRead(context) == REDIS_OK else { return false }
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
+            guard let raw else { return true }
+            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard inflightHead < inflight.count else { continue }
+            let callback = inflight[inflightHead]
+            inflightHead += 1
+            if inflightHead == inflight.count {
+                inflight.removeAll(keepingCapacity: true)
+                inflightHead = 0
+            }
+            callback(reply)
+        }
+    }
+
+    private func readMessages(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
+        guard redisBufferRead(context) == REDIS_OK else { return false }
+        var confirmedNow: [String] = []
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
+            guard let raw else { break }
+            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard case .array(let parts) = reply, parts.count >= 3, let kind = parts[0].text else { continue }
+            switch kind {
+            case "message":
+                if let channel = parts[1].text, case .string(let payload) = parts[2] { onMessage?(channel, payload) }
+            case "subscribe":
+                if let channel = parts[1].text { confirmed.insert(channel); confirmedNow.append(channel) }
+            default:
+                break
+            }
+        }
+        if !confirmedNow.isEmpty {
+            let waiters = inbox.withLock { inbox -> [@Sendable (Result<Void, ProtocolError>) -> Void] in
+                confirmedNow.flatMap { inbox.subscribeWaiters.removeValue(forKey: $0) ?? [] }
+            }
+            for waiter in waiters { waiter(.success(())) }
+        }
+        return true
+    }
+
+    private func copy(_ reply: UnsafeMutablePointer<redisReply>) -> RedisValue {
+        let r = reply.pointee
+        switch r.type {
+        case REDIS_REPLY_STRING:
+            return .string(r.len > 0 ? Array(UnsafeRawBufferPointer(start: r.str, count: r.len)) : [])
+        case REDIS_REPLY_STATUS:
+            return .status(String(decoding: UnsafeRawBufferPointer(start: r.str, count: r.len), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            return .error(String(decoding: UnsafeRawBufferPointer(start: r.str, count: r.len), as: UTF8.self))
+        case REDIS_REPLY_INTEGER:
+            return .integer(r.integer)
+        case REDIS_REPLY_ARRAY:
+            var items: [RedisValue] = []
+            items.reserveCapacity(r.elements)
+            for i in 0..<r.elements { if let element = r.element[i] { items.append(copy(element)) } }
+            return .array(items)
+        default:
+            return .null
+        }
+    }
+}

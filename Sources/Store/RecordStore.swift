@@ -1,0 +1,36 @@
+/// Why a store operation failed. Callers answer 500/503 and change nothing.
+public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A record: key and raw bytes (raw so that formats other tools read, like seed 000's
+/// `ip|state|type|room|start|duration|progress`, stay byte-compatible).
+public struct Record: Sendable, Equatable {
+    public var key: String
+    public var value: [UInt8]
+    public init(key: String, value: [UInt8]) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// The state behind RESTCompat: gateway mappings, jobs, users, conversations, meetings.
+/// Embedded (SQLite under `--data-dir`) for one node, Redis for many.
+///
+/// A completion with success means the write is durable (embedded: committed with a full
+/// fsync; Redis: acknowledged by the server). Completions run on the store's own thread.
+public protocol RecordStore: AnyObject, Sendable {
+    func get(_ key: String, completion: @escaping @Sendable (Result<[UInt8]?, StoreError>) -> Void)
+    func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void)
+    /// Completes with whether the key existed.
+    func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void)
+    /// Records whose key starts with `prefix`, in key order, after the key `after` (exclusive).
+    func list(prefix: String, after: String?, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void)
+    /// Sets `key` to `new` (deletes it when nil) only if it currently holds `expected` (absent
+    /// when nil). Completes with whether it did: the building block for allocations that
+    /// must never double-assign.
+    func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?,
+                       completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void)
+}

@@ -1,0 +1,254 @@
+import CSQLite
+import Glibc
+import Synchronization
+
+/// The embedded store: one SQLite file under `--data-dir`, WAL journal, `synchronous=FULL`.
+///
+/// All SQLite calls run on one thread of the store's own; callers queue operations and are
+/// called back. Writes that queue up while a commit is in progress are committed together
+/// (one fsync for the batch), and every completion of the batch runs only after its commit.
+public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
+    private enum Operation {
+        case get(String, @Sendable (Result<[UInt8]?, StoreError>) -> Void)
+        case put(String, [UInt8], @Sendable (Result<Void, StoreError>) -> Void)
+        case delete(String, @Sendable (Result<Bool, StoreError>) -> Void)
+        case list(String, String?, Int, @Sendable (Result<[Record], StoreError>) -> Void)
+        case compareAndSet(String, [UInt8]?, [UInt8]?, @Sendable (Result<Bool, StoreError>) -> Void)
+        case stop
+
+        var isWrite: Bool {
+            switch self {
+            case .put, .delete, .compareAndSet: return true
+            default: return false
+            }
+        }
+    }
+
+    private struct Queue {
+        var operations: [Operation] = []
+        var stopped = false
+    }
+
+    private let queue = Mutex(Queue())
+    private var signal = pthread_cond_t()
+    private var signalLock = pthread_mutex_t()
+    private var thread: pthread_t?
+    private var db: OpaquePointer?
+    public let path: String
+
+    /// Opens (creating if needed) the database file. Throws when it cannot.
+    public init(path: String) throws(StoreError) {
+        self.path = path
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            sqlite3_close(handle)
+            throw StoreError("cannot open store \(path): \(message)")
+        }
+        db = handle
+        for statement in [
+            "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000",
+            "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        ] {
+            guard exec(statement) else {
+                let message = String(cString: sqlite3_errmsg(db))
+                sqlite3_close(db)
+                throw StoreError("cannot prepare store \(path): \(message)")
+            }
+        }
+        pthread_mutex_init(&signalLock, nil)
+        pthread_cond_init(&signal, nil)
+        let box = Unmanaged.passRetained(self)
+        var handleThread = pthread_t()
+        pthread_create(&handleThread, nil, { raw in
+            let store = Unmanaged<SQLiteRecordStore>.fromOpaque(raw!).takeRetainedValue()
+            store.run()
+            return nil
+        }, box.toOpaque())
+        thread = handleThread
+    }
+
+    /// Finishes queued operations and closes the file.
+    public func close() {
+        enqueue(.stop)
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+    }
+
+    public func get(_ key: String, completion: @escaping @Sendable (Result<[UInt8]?, StoreError>) -> Void) { enqueue(.get(key, completion)) }
+    public func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) { enqueue(.put(key, value, completion)) }
+    public func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) { enqueue(.delete(key, completion)) }
+    public func list(prefix: String, after: String?, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) {
+        enqueue(.list(prefix, after, limit, completion))
+    }
+    public func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
+        enqueue(.compareAndSet(key, expected, new, completion))
+    }
+
+    private func enqueue(_ operation: Operation) {
+        let accepted = queue.withLock { queue -> Bool in
+            guard !queue.stopped else { return false }
+            queue.operations.append(operation)
+            return true
+        }
+        guard accepted else {
+            fail(operation, StoreError("store is closed"))
+            return
+        }
+        pthread_mutex_lock(&signalLock)
+        pthread_cond_signal(&signal)
+        pthread_mutex_unlock(&signalLock)
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(&signalLock)
+            while queue.withLock({ $0.operations.isEmpty }) { pthread_cond_wait(&signal, &signalLock) }
+            pthread_mutex_unlock(&signalLock)
+            let batch = queue.withLock { queue -> [Operation] in
+                defer { queue.operations.removeAll(keepingCapacity: true) }
+                return queue.operations
+            }
+            var stop = false
+            var writes: [Operation] = []
+            for operation in batch {
+                if case .stop = operation { stop = true; continue }
+                if operation.isWrite { writes.append(operation) } else { perform(operation) }
+            }
+            commit(writes)
+            if stop {
+                queue.withLock { $0.stopped = true }
+                let late = queue.withLock { queue -> [Operation] in defer { queue.operations = [] }; return queue.operations }
+                for operation in late { fail(operation, StoreError("store is closed")) }
+                sqlite3_close(db)
+                db = nil
+                return
+            }
+        }
+    }
+
+    /// Runs the writes in one transaction; completions run after the commit.
+    private func commit(_ writes: [Operation]) {
+        guard !writes.isEmpty else { return }
+        guard exec("BEGIN IMMEDIATE") else {
+            let error = StoreError("store write failed: \(String(cString: sqlite3_errmsg(db)))")
+            for operation in writes { fail(operation, error) }
+            return
+        }
+        var outcomes: [() -> Void] = []
+        for operation in writes {
+            switch operation {
+            case .put(let key, let value, let completion):
+                let ok = step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, value)
+                outcomes.append { completion(ok ? .success(()) : .failure(self.lastError())) }
+            case .delete(let key, let completion):
+                let ok = step("DELETE FROM records WHERE key = ?1", key, nil)
+                let existed = sqlite3_changes(db) > 0
+                outcomes.append { completion(ok ? .success(existed) : .failure(self.lastError())) }
+            case .compareAndSet(let key, let expected, let new, let completion):
+                let current = read(key)
+                guard case .success(let value) = current else {
+                    outcomes.append { completion(.failure(self.lastError())) }
+                    continue
+                }
+                guard value == expected else {
+                    outcomes.append { completion(.success(false)) }
+                    continue
+                }
+                let ok = new.map { step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, $0) }
+                    ?? step("DELETE FROM records WHERE key = ?1", key, nil)
+                outcomes.append { completion(ok ? .success(true) : .failure(self.lastError())) }
+            default:
+                break
+            }
+        }
+        if exec("COMMIT") {
+            for outcome in outcomes { outcome() }
+        } else {
+            let error = lastError()
+            _ = exec("ROLLBACK")
+            for operation in writes { fail(operation, error) }
+        }
+    }
+
+    private func perform(_ operation: Operation) {
+        switch operation {
+        case .get(let key, let completion):
+            completion(read(key))
+        case .list(let prefix, let after, let limit, let completion):
+            completion(list(prefix: prefix, after: after, limit: limit))
+        default:
+            break
+        }
+    }
+
+    private func lastError() -> StoreError { StoreError("store error: \(String(cString: sqlite3_errmsg(db)))") }
+
+    private func fail(_ operation: Operation, _ error: StoreError) {
+        switch operation {
+        case .get(_, let c): c(.failure(error))
+        case .put(_, _, let c): c(.failure(error))
+        case .delete(_, let c): c(.failure(error))
+        case .list(_, _, _, let c): c(.failure(error))
+        case .compareAndSet(_, _, _, let c): c(.failure(error))
+        case .stop: break
+        }
+    }
+
+    private func exec(_ sql: String) -> Bool { sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK }
+
+    private func prepare(_ sql: String) -> OpaquePointer? {
+        var statement: OpaquePointer?
+        return sqlite3_prepare_v2(db, sql, -1, &statement, nil) == SQLITE_OK ? statement : nil
+    }
+
+    private func bind(_ statement: OpaquePointer, _ index: Int32, _ text: String) {
+        var text = text
+        text.withUTF8 { utf8 in
+            _ = utf8.withMemoryRebound(to: CChar.self) { hub_sqlite_bind_text(statement, index, $0.baseAddress, Int32(utf8.count)) }
+        }
+    }
+
+    private func step(_ sql: String, _ key: String, _ value: [UInt8]?) -> Bool {
+        guard let statement = prepare(sql) else { return false }
+        defer { sqlite3_finalize(statement) }
+        bind(statement, 1, key)
+        if let value { value.withUnsafeBytes { _ = hub_sqlite_bind_blob(statement, 2, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(value.count)) } }
+        return sqlite3_step(statement) == SQLITE_DONE
+    }
+
+    private func read(_ key: String) -> Result<[UInt8]?, StoreError> {
+        guard let statement = prepare("SELECT value FROM records WHERE key = ?1") else { return .failure(lastError()) }
+        defer { sqlite3_finalize(statement) }
+        bind(statement, 1, key)
+        switch sqlite3_step(statement) {
+        case SQLITE_ROW: return .success(column(statement, 0))
+        case SQLITE_DONE: return .success(nil)
+        default: return .failure(lastError())
+        }
+    }
+
+    private func column(_ statement: OpaquePointer, _ index: Int32) -> [UInt8] {
+        let count = Int(sqlite3_column_bytes(statement, index))
+        guard count > 0, let bytes = sqlite3_column_blob(statement, index) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: bytes, count: count))
+    }
+
+    private func list(prefix: String, after: String?, limit: Int) -> Result<[Record], StoreError> {
+        // Keys from max(prefix, after) up to the first key past the prefix, in key (byte) order.
+        guard let statement = prepare("SELECT key, value FROM records WHERE key >= ?1 AND key > ?2 AND substr(key, 1, ?3) = ?1 ORDER BY key LIMIT ?4") else {
+            return .failure(lastError())
+        }
+        defer { sqlite3_finalize(statement) }
+        bind(statement, 1, prefix)
+        bind(statement, 2, after ?? "")
+        sqlite3_bind_int64(statement, 3, Int64(prefix.unicodeScalars.count))
+        sqlite3_bind_int64(statement, 4, Int64(max(0, limit)))
+        var records: [Record] = []
+        while sqlite3_step(statement) == SQLITE_ROW {
+            let key = String(cString: sqlite3_column_text(statement, 0))
+            records.append(Record(key: key, value: column(statement, 1)))
+        }
+        return .success(records)
+    }
+}

@@ -1,0 +1,546 @@
+"""Turns bench/run.sh's results into docs/benchmarks.md and docs/bench/*.png.
+
+    report.py report --run bench/results/latest --markdown docs/benchmarks.md --plots docs/bench
+    report.py wrk-json wrk-output.txt --server hub --url URL ...   (one JSON line from wrk's text)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+ORDER = ["hub", "nats", "mosquitto", "fastapi", "lws"]
+NAMES = {
+    "hub": "hub",
+    "nats": "nats-server (WebSocket)",
+    "mosquitto": "mosquitto (MQTT over WebSocket)",
+    "fastapi": "FastAPI/uvicorn",
+    "lws": "libwebsockets mirror",
+}
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+
+def wrk_duration_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text.strip())
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk_json(args: argparse.Namespace) -> None:
+    text = open(args.file).read()
+    record: dict = {"scenario": "rest", "phase": "summary", "server": args.server, "kind": args.server, "url": args.url}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    record["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
+        if m:
+            record[f"p{pct}_ms"] = wrk_duration_ms(m.group(1))
+    m = re.search(r"(\d+) requests in", text)
+    record["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    record["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", text)
+    record["socket_errors"] = m.group(1).strip() if m else ""
+    seconds = float(args.seconds)
+    record["server_cpu"] = 100.0 * float(args.server_cpu_s) / seconds
+    if float(args.redis_cpu_s) > 0:
+        record["redis_cpu"] = 100.0 * float(args.redis_cpu_s) / seconds
+    print(json.dumps(record, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def load(run: str) -> tuple[dict, list[dict]]:
+    meta = json.load(open(os.path.join(run, "meta.json")))
+    rows = []
+    for line in open(os.path.join(run, "results.jsonl")):
+        line = line.strip()
+        if line:
+            rows.append(json.loads(line))
+    return meta, rows
+
+
+def fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def fmt_ms(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f} %"
+
+
+def sh(cmd: str) -> str:
+    try:
+        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20)
+        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
+    except Exception:
+        return ""
+
+
+def machine() -> list[str]:
+    model = ""
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = ""
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    debian = sh("cat /etc/debian_version")
+    return [
+        f"CPU: {model}, {os.cpu_count()} cores (server pinned to CPU 0, generator and wrk to CPU 1)",
+        f"Memory: {mem}; kernel {platform.release()}; Debian {debian}",
+        f"Swift: {sh('swift --version 2>&1 | grep -i version')}",
+        "Peers: " + "; ".join([
+            sh("nats-server --version"),
+            "mosquitto " + sh("mosquitto -h | head -1").replace("mosquitto version ", ""),
+            "libwebsockets-test-server " + sh("dpkg-query -W -f='${Version}' libwebsockets-test-server"),
+            sh("redis-server --version").split(" sha=")[0],
+            sh("wrk -v 2>&1 | head -1").split(" [")[0],
+        ]),
+        f"Python peer: Python {platform.python_version()}, " + ", ".join(
+            f"{p} {v}" for p, v in pkg_versions(["fastapi", "uvicorn", "websockets", "redis"]).items()),
+    ]
+
+
+def pkg_versions(names: list[str]) -> dict:
+    from importlib import metadata
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except Exception:
+            out[n] = "?"
+    return out
+
+
+def by(rows: list[dict], scenario: str, phase: str = "summary") -> list[dict]:
+    return [r for r in rows if r.get("scenario") == scenario and r.get("phase") == phase]
+
+
+def sort_servers(items: list[dict]) -> list[dict]:
+    return sorted(items, key=lambda r: (ORDER.index(r["server"]) if r["server"] in ORDER else 99,
+                                        r.get("subscribers", 0)))
+
+
+def ratio_line(name: str, value: float | None, reference: float | None, factor: float, unit_note: str = "",
+               missing: str = "not measured") -> list[str]:
+    """One row of the targets table: hub value against factor × reference."""
+    if value is None or reference is None or reference == 0:
+        return [name, fmt_rate(value) + (unit_note if value else ""), "–", missing]
+    r = value / reference
+    need = factor
+    if r >= need:
+        verdict = f"**met** ({r:.2f}×, {100 * (r / need - 1):.0f} % above target)"
+    else:
+        verdict = f"**missed** ({r:.2f}×, {100 * (1 - r / need):.0f} % short)"
+    return [name, f"{fmt_rate(value)}{unit_note}", f"{fmt_rate(reference)}{unit_note}", verdict]
+
+
+def table(header: list[str], body: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return out
+
+
+def plots(rows: list[dict], outdir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fan = sort_servers([r for r in by(rows, "fanout") if "max_deliveries_per_s" in r])
+    if fan:
+        servers = [s for s in ORDER if any(r["server"] == s for r in fan)]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for s in servers:
+            pts = sorted((r["subscribers"], r["max_deliveries_per_s"]) for r in fan if r["server"] == s)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES.get(s, s))
+        ax.set_xlabel("subscribers (one channel)")
+        ax.set_ylabel("highest sustained deliveries/s")
+        ax.set_yscale("log")
+        ax.set_title("Fan-out throughput (p99 ≤ 50 ms, all delivered)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, "fanout-throughput.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+        for ax, (key, label) in zip(axes, [("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]):
+            for s in servers:
+                pts = sorted((r["subscribers"], r["half"][key]) for r in fan if r["server"] == s and "half" in r)
+                ax.plot([p[0] for p in pts], [max(p[1], 0.01) for p in pts], marker="o", label=NAMES.get(s, s))
+            ax.set_title(f"{label} at half the highest rate")
+            ax.set_xlabel("subscribers")
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("publish-to-deliver latency, ms")
+        axes[0].axhline(10, color="grey", linestyle=":", linewidth=1)
+        axes[-1].legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, "fanout-latency.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+
+    steps = [r for r in by(rows, "fanout", "step")]
+    if steps:
+        counts = sorted({r["subscribers"] for r in steps})
+        fig, axes = plt.subplots(1, len(counts), figsize=(6 * len(counts), 4.2), squeeze=False)
+        for ax, n in zip(axes[0], counts):
+            for s in ORDER:
+                pts = sorted((r["deliveries_per_s"], r["p99_ms"], r["ok"]) for r in steps
+                             if r["server"] == s and r["subscribers"] == n)
+                if not pts:
+                    continue
+                line, = ax.plot([p[0] for p in pts], [max(p[1], 0.01) for p in pts], marker="o", label=NAMES.get(s, s))
+                bad = [p for p in pts if not p[2]]
+                ax.scatter([p[0] for p in bad], [max(p[1], 0.01) for p in bad], marker="x", color=line.get_color(), s=60)
+            limits = {r.get("p99_limit_ms", 50) for r in steps if r["subscribers"] == n}
+            for limit in limits:
+                ax.axhline(limit, color="grey", linestyle=":", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("deliveries/s achieved")
+            ax.set_ylabel("p99 latency, ms")
+            ax.set_title(f"Every rate step, {n} subscribers (x: failed step)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, "fanout-steps.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -> list[str]:
+    """A few sentences from the numbers: what the hub did and where it stands."""
+    out = ["## Summary", ""]
+
+    def best_peer(rows: list[dict], key: str, **match) -> tuple[str, float] | None:
+        peers = [(r["server"], r[key]) for r in rows if r["server"] != "hub" and key in r
+                 and all(r.get(k) == v for k, v in match.items())]
+        return max(peers, key=lambda p: p[1]) if peers else None
+
+    for subs in sorted({r.get("subscribers") for r in fan if r.get("subscribers")}):
+        hub = next((r for r in fan if r["server"] == "hub" and r.get("subscribers") == subs), None)
+        if not hub or "max_deliveries_per_s" not in hub:
+            continue
+        peer = best_peer(fan, "max_deliveries_per_s", subscribers=subs)
+        line = (f"- Fan-out to {subs:,} subscribers: the hub sustained {fmt_rate(hub['max_deliveries_per_s'])} deliveries/s"
+                f" with its core at {fmt_pct(hub.get('max_server_cpu'))} and the generator's at "
+                f"{fmt_pct(hub.get('max_generator_cpu'))}")
+        if peer:
+            line += f"; the best peer, {NAMES.get(peer[0], peer[0])}, {fmt_rate(peer[1])} ({hub['max_deliveries_per_s'] / peer[1]:.1f}×)"
+        line += f". At half that rate its p99 was {fmt_ms(hub['half']['p99_ms'])} ms (target < 10 ms)."
+        out.append(line)
+    hub = next((r for r in ch if r["server"] == "hub" and "max_deliveries_per_s" in r), None)
+    if hub:
+        peer = best_peer(ch, "max_deliveries_per_s")
+        line = (f"- Many channels ({hub['connections']:,} connections): the hub sustained "
+                f"{fmt_rate(hub['max_deliveries_per_s'])} deliveries/s, p99 {fmt_ms(hub['half']['p99_ms'])} ms at half rate")
+        if peer:
+            line += (f"; {NAMES.get(peer[0], peer[0])} {fmt_rate(peer[1])} — the hub is "
+                     + ("ahead" if hub["max_deliveries_per_s"] >= peer[1] else "behind") + " here (see the profile: "
+                     "its poll(2) loop walks every connection per wake-up)")
+        out.append(line + ".")
+    hub = next((r for r in co if r["server"] == "hub" and r.get("kib_per_connection") is not None), None)
+    if hub:
+        out.append(f"- Idle connections: {hub['kib_per_connection']:.1f} KiB of RSS per connection "
+                   f"({hub['ready']:,} connected in {hub['connect_s']:.1f} s; target < 10 KiB).")
+    h = next((r for r in rest if r["server"] == "hub"), None)
+    f = next((r for r in rest if r["server"] == "fastapi"), None)
+    if h and f:
+        out.append(f"- REST: {h['rps']:,.0f} requests/s (p99 {fmt_ms(h.get('p99_ms'))} ms) on the hub's "
+                   f"`{h['url'].split('127.0.0.1:')[-1].split('/', 1)[-1]}` against {f['rps']:,.0f} (p99 "
+                   f"{fmt_ms(f.get('p99_ms'))} ms) on FastAPI's `/status` ({h['rps'] / max(f['rps'], 1):.1f}×; target 10×).")
+    out += ["", "Targets, one by one, are under [Targets](#targets); where the hub misses, "
+            "[Where the hub's time goes](#where-the-hubs-time-goes) has the profile.", ""]
+    return out
+
+
+def report(args: argparse.Namespace) -> None:
+    meta, rows = load(args.run)
+    os.makedirs(args.plots, exist_ok=True)
+    made = plots(rows, args.plots)
+    md: list[str] = []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md += [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run.sh` (do not edit by hand: run it again). "
+        f"Mode: **{meta['mode']}**, {now}, {args.elapsed} s of scenarios.",
+        "",
+        f"Command: `{meta['command'].strip()}`",
+        "",
+    ]
+    if args.steal:
+        md += [f"Hypervisor steal over the run: **{args.steal} %** of CPU time (this machine is a VM; per-step steal is in "
+               "results.jsonl as `steal_pct`). Steal, and other sessions' builds and tests on the same machine, make "
+               "the numbers vary from run to run: compare servers within one run, not across runs.", ""]
+    md += [
+        "Machine:",
+        "",
+    ]
+    md += [f"- {line}" for line in machine()]
+    md += [
+        "",
+        "How: one generator, `hub-bench` (Sources/HubBench: one thread, raw non-blocking sockets on epoll, "
+        "its own masked WebSocket client framing), speaks each server's protocol: the hub's Centrifugo JSON protocol, "
+        "NATS text protocol and MQTT 3.1.1 (QoS 0) over WebSocket, the FastAPI peer's plain text, the lws mirror's "
+        "raw messages. Every payload is "
+        f"128 bytes of JSON carrying the publisher's monotonic clock; the subscribers are in the same process, so "
+        "latency is publish-to-deliver on one clock, recorded in an HdrHistogram (3 significant digits). "
+        "The hub publishes from a WebSocket client (`allow_publish_for_client`), not per-request HTTP. "
+        "A rate step passes when ≥ 99 % of the expected deliveries arrive (within 1 s after the last publish), "
+        "p99 ≤ 50 ms and no subscriber is dropped; rates double per step (a step that kept up but missed on "
+        "latency is tried again at the same rate, twice if the hypervisor stole ≥ 5 % of the CPU during it), "
+        "then one step at 1.41× the best, then "
+        f"a run at half the best delivery rate gives the latency figures. Steps last {meta['step_seconds']} s, "
+        f"the half-rate run {meta['half_seconds']} s. Connections come from 127.0.0.2, .3, … (100 per source "
+        "address). Server CPU is the server process's user+system time over the publishing window "
+        "(100 % = one core, its whole budget); generator CPU is the same for hub-bench.",
+        "",
+    ]
+
+    insert_at = len(md)
+    # Scenario 1 ---------------------------------------------------------------------------
+    fan = sort_servers(by(rows, "fanout"))
+    md += ["## 1. Fan-out: one channel", ""]
+    body = []
+    for r in fan:
+        h = r.get("half", {})
+        if "max_deliveries_per_s" not in r:
+            body.append([NAMES.get(r["server"], r["server"]), r.get("subscribers"), f"{r.get('p99_limit_ms', 50):.0f}",
+                         "failed: " + r.get("error", "?"), "", "", "", "", "", ""])
+            continue
+        note = " (no step failed: lower bound)" if r.get("hit_ceiling") else ""
+        body.append([
+            NAMES.get(r["server"], r["server"]), f"{r['subscribers']:,}", f"{r.get('p99_limit_ms', 50):.0f}",
+            f"**{fmt_rate(r['max_deliveries_per_s'])}**{note}", f"{r['max_rate']:.0f}",
+            f"{fmt_pct(r.get('max_server_cpu'))} / {fmt_pct(r.get('max_generator_cpu'))}",
+            fmt_ms(h.get("p50_ms")), fmt_ms(h.get("p99_ms")), fmt_ms(h.get("p999_ms")),
+            f"{r.get('connect_s', 0):.1f}",
+        ])
+    md += table(["server", "subscribers", "p99 limit ms", "highest sustained deliveries/s", "publishes/s",
+                 "server / generator CPU at that rate", "p50 ms (half rate)", "p99 ms (half rate)",
+                 "p99.9 ms (half rate)", "connect s"], body)
+    floors = []
+    big = [r for r in by(rows, "fanout", "step") if r.get("subscribers", 0) > 1000]
+    for server in ORDER:
+        mine = [r for r in big if r["server"] == server]
+        if mine:
+            low = min(mine, key=lambda r: (r["rate"], r["p99_ms"]))
+            floors.append(f"{NAMES.get(server, server)} {low['p99_ms']:.0f} ms at {low['rate']:.0f}/s")
+    md += [""]
+    if floors:
+        md += ["A single publication's fan-out to 5,000 sockets takes tens of milliseconds on every server here "
+               "(p99 at the lowest rate tried: " + ", ".join(floors) + "), so with more than 1,000 subscribers the step "
+               "limit scales with the count (50 ms per 1,000 subscribers); with 1,000 it is the 50 ms asked for.", ""]
+    if any(p.endswith("fanout-throughput.png") for p in made):
+        md += ["![fan-out throughput](bench/fanout-throughput.png)", "",
+               "![fan-out latency at half rate](bench/fanout-latency.png)", "",
+               "![every step](bench/fanout-steps.png)", ""]
+
+    # Scenario 2 ---------------------------------------------------------------------------
+    ch = sort_servers(by(rows, "channels"))
+    md += ["## 2. Many channels: personal channel + group of ten per connection, publishing into groups", ""]
+    body = []
+    for r in ch:
+        if "max_deliveries_per_s" not in r:
+            body.append([NAMES.get(r["server"], r["server"]), f"{r.get('connections', 0):,}", r.get("error", "?"),
+                         "", "", "", "", ""])
+            continue
+        h = r.get("half", {})
+        body.append([NAMES.get(r["server"], r["server"]), f"{r['connections']:,}",
+                     f"**{fmt_rate(r['max_deliveries_per_s'])}**", f"{fmt_rate(r['max_rate'])}",
+                     f"{fmt_pct(r.get('max_server_cpu'))} / {fmt_pct(r.get('max_generator_cpu'))}",
+                     fmt_ms(h.get("p50_ms")), fmt_ms(h.get("p99_ms")), fmt_ms(h.get("p999_ms"))])
+    md += table(["server", "connections", "highest sustained deliveries/s", "publishes/s",
+                 "server / generator CPU", "p50 ms (half)", "p99 ms (half)", "p99.9 ms (half)"], body)
+    md += ["", "Channel names: hub `#u<i>` (user-limited personal channel, token `sub` = `u<i>`) and `group<k>`; "
+           "NATS `u.<i>`/`group.<k>`; MQTT `u/<i>`/`group/<k>`; FastAPI peer `u<i>`/`group<k>` "
+           "(`@group<k> text` publishes). The lws mirror has at most ten mirror instances, so no channels.", ""]
+
+    # Scenario 3 ---------------------------------------------------------------------------
+    co = sort_servers(by(rows, "connections"))
+    md += ["## 3. Idle connections", ""]
+    body = []
+    for r in co:
+        per = r.get("kib_per_connection")
+        body.append([NAMES.get(r["server"], r["server"]), f"{r.get('ready', 0):,} / {r.get('connections', 0):,}",
+                     f"{r.get('connect_s', 0):.1f}", f"{r.get('connects_per_s', 0):,.0f}",
+                     f"{r.get('rss_before_kib', 0) / 1024:.1f}", f"{r.get('rss_after_kib', 0) / 1024:.1f}",
+                     f"**{per:.1f}**" if per is not None else "–", r.get("failures", "")])
+    md += table(["server", "connected", "time to connect all, s", "connections/s", "RSS before, MiB",
+                 "RSS after, MiB", "KiB per connection", "failures"], body)
+    md += ["", "Each connection is logged in and subscribed to its own personal channel (the lws mirror: upgraded, "
+           "no channel). RSS is VmRSS from /proc/PID/status, before connecting and 1–2 s (quick/full) after the last one is "
+           f"ready. The open-files hard limit here is {meta.get('nofile')} (no CAP_SYS_RESOURCE in this container), "
+           f"so the scenario uses {meta.get('idle_connections'):,} connections where 20,000 were asked for.", ""]
+
+    # Scenario 4 ---------------------------------------------------------------------------
+    rest = sort_servers(by(rows, "rest"))
+    md += ["## 4. REST", ""]
+    body = []
+    for r in rest:
+        cpu = fmt_pct(r.get("server_cpu"))
+        if "redis_cpu" in r:
+            cpu += f" (+ redis {r['redis_cpu']:.0f} %)"
+        body.append([NAMES.get(r["server"], r["server"]), f"`{r['url'].split('127.0.0.1:')[-1].split('/', 1)[-1]}`",
+                     f"**{r['rps']:,.0f}**", fmt_ms(r.get("p50_ms")), fmt_ms(r.get("p99_ms")), cpu,
+                     f"{r.get('non_2xx', 0)}{' ' + r['socket_errors'] if r.get('socket_errors') else ''}"])
+    md += table(["server", "path", "requests/s", "p50 ms", "p99 ms", "server CPU", "non-2xx / socket errors"], body)
+    md += ["", f"wrk -t1 -c{meta.get('wrk_connections')} -d{meta.get('wrk_seconds')}s --latency on CPU 1. "
+           f"**The hub's seed route `GET /status?gw_id=` does not exist yet**, so the hub row measures "
+           f"`{meta.get('hub_rest_path')}`, against the FastAPI + redis-py implementation of `/status?gw_id=` "
+           "(one Redis GET per request). Once RESTCompat serves it, run with "
+           "`HUB_REST_PATH='/status?gw_id=gw01'` (and a seeded store) for the like-for-like number.", ""]
+
+    # Scenario 5 ---------------------------------------------------------------------------
+    md += ["## 5. Two hub nodes on Redis", ""]
+    cl = by(rows, "cluster")
+    if cl and "error" in cl[0]:
+        md += table(["scenario", "status"], [["two hub nodes sharing Redis (publish on one, deliver on the other)",
+                                              f"**{cl[0]['error']}**"]])
+    elif cl:
+        md += ["(results present, see results.jsonl)"]
+    else:
+        md += ["Not run."]
+    md += [""]
+
+    # Targets ------------------------------------------------------------------------------
+    md += ["## Targets", ""]
+    body = []
+
+    def fan_max(server: str, subs: int) -> float | None:
+        for r in fan:
+            if r["server"] == server and r.get("subscribers") == subs and "max_deliveries_per_s" in r:
+                return r["max_deliveries_per_s"]
+        return None
+
+    def why_missing(server: str, subs: int) -> str:
+        for r in fan:
+            if r["server"] == server and r.get("subscribers") == subs:
+                return f"not comparable: {NAMES.get(server, server)} sustained no rate step ({r.get('error', '?')})"
+        return "not measured"
+
+    for subs in sorted({r.get("subscribers") for r in fan if r.get("subscribers")}):
+        hub = fan_max("hub", subs)
+        for peer, factor, label in [("nats", 1.0, "hub ≥ nats"), ("mosquitto", 2.0, "hub ≥ 2× mosquitto"),
+                                    ("fastapi", 10.0, "hub ≥ 10× FastAPI"), ("lws", 0.8, "hub ≥ 80 % of lws mirror")]:
+            body.append(ratio_line(f"1 ({subs:,} subs): {label}", hub, fan_max(peer, subs), factor, "/s",
+                                   missing=why_missing(peer, subs)))
+        half = next((r["half"] for r in fan if r["server"] == "hub" and r.get("subscribers") == subs and "half" in r), None)
+        if half:
+            p99 = half["p99_ms"]
+            verdict = f"**met** ({p99:.2f} ms)" if p99 < 10 else f"**missed** ({p99:.1f} ms, {p99 / 10:.1f}× the limit)"
+            body.append([f"1 ({subs:,} subs): hub p99 < 10 ms at half load", f"{p99:.2f} ms", "10 ms", verdict])
+    hub_conn = next((r for r in co if r["server"] == "hub"), None)
+    if hub_conn and hub_conn.get("kib_per_connection") is not None:
+        k = hub_conn["kib_per_connection"]
+        verdict = f"**met** ({k:.1f} KiB)" if k < 10 else f"**missed** ({k:.1f} KiB, {100 * (k / 10 - 1):.0f} % over)"
+        body.append(["3: hub < 10 KiB RSS per idle connection", f"{k:.1f} KiB", "10 KiB", verdict])
+    hub_rest = next((r for r in rest if r["server"] == "hub"), None)
+    fa_rest = next((r for r in rest if r["server"] == "fastapi"), None)
+    if hub_rest and fa_rest:
+        row = ratio_line("4: hub ≥ 10× FastAPI requests/s", hub_rest["rps"], fa_rest["rps"], 10.0, "/s")
+        body.append(row)
+        p_ok = hub_rest.get("p99_ms", 1e9) <= fa_rest.get("p99_ms", 0)
+        body.append(["4: hub p99 ≤ FastAPI p99", f"{fmt_ms(hub_rest.get('p99_ms'))} ms", f"{fmt_ms(fa_rest.get('p99_ms'))} ms",
+                     "**met**" if p_ok else "**missed**"])
+    md += table(["target", "hub", "reference", "verdict"], body)
+    md += ["", "Scenario 4 compares the hub's `" + str(meta.get("hub_rest_path")) + "` with the peer's `/status` "
+           "until the hub serves the seed route, so its ratio is provisional.", ""]
+
+    # Bottleneck check ---------------------------------------------------------------------
+    md += ["## Who is the bottleneck", ""]
+    lines = []
+    for r in fan + ch:
+        if "max_deliveries_per_s" not in r:
+            continue
+        s, g = r.get("max_server_cpu"), r.get("max_generator_cpu", 0)
+        what = f"{NAMES.get(r['server'], r['server'])}, {r['scenario']}" + (
+            f" {r['subscribers']:,} subs" if "subscribers" in r else "")
+        if s is None:
+            continue
+        if g >= 90 and s < 90:
+            lines.append(f"- {what}: generator {g:.0f} %, server {s:.0f}% — **generator-bound, the figure is a lower bound**")
+        else:
+            lines.append(f"- {what}: server {s:.0f} % of its core, generator {g:.0f} % of its core at the best step"
+                         f" (steal {r.get('max_steal_pct', 0):.0f} %)")
+    md += lines or ["(no data)"]
+    md += ["", "The step after the best one failed on latency or delivery while the server's core was saturated "
+           "(see results.jsonl, phase `step`), so the figures above are the servers' limits, not the generator's, "
+           "unless marked.", ""]
+
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub-profile-notes.md")
+    profile = os.path.join(args.plots, "hub-profile.md")
+    if os.path.exists(profile) or os.path.exists(notes):
+        md += ["## Where the hub's time goes", ""]
+        if os.path.exists(notes):
+            md += [open(notes).read().strip(), ""]
+        if os.path.exists(profile):
+            md += [open(profile).read().strip(), ""]
+
+    md += ["## Raw data", "", "Every step and summary: [bench/results.jsonl](bench/results.jsonl) "
+           "(one JSON object per line; `phase` is `step`, `half` or `summary`).", ""]
+    md[insert_at:insert_at] = summary(fan, ch, co, rest)
+    open(args.markdown, "w").write("\n".join(md))
+    print(f"wrote {args.markdown} and {len(made)} plots", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("wrk-json")
+    w.add_argument("file")
+    w.add_argument("--server", required=True)
+    w.add_argument("--url", required=True)
+    w.add_argument("--server-cpu-s", default="0")
+    w.add_argument("--redis-cpu-s", default="0")
+    w.add_argument("--seconds", default="1")
+    r = sub.add_parser("report")
+    r.add_argument("--run", required=True)
+    r.add_argument("--elapsed", default="?")
+    r.add_argument("--steal", default="")
+    r.add_argument("--markdown", required=True)
+    r.add_argument("--plots", required=True)
+    args = parser.parse_args()
+    if args.command == "wrk-json":
+        wrk_json(args)
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()

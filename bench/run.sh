@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# The benchmark: the hub against nats-server, mosquitto, a FastAPI peer and the libwebsockets
+# mirror, same scenarios, same generator (hub-bench), one server at a time. Writes
+# docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
+#
+#   bench/run.sh                 full run (under 15 minutes on 2 cores)
+#   bench/run.sh --quick         smaller sizes, shorter steps (under 2 minutes once built)
+#   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
+#   --no-install / --no-build    skip the apt/pip step or the release builds
+#
+# Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
+# test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
+# measures, default /health; swap in /status?gw_id=gw01 once RESTCompat serves it).
+#
+# Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
+# Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
+# $RESULTS), add NAME to ALL_SCENARIOS, and teach bench/report.py its table.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH=$ROOT/bench
+MODE=full
+INSTALL=1
+BUILD=1
+ALL_SERVERS="hub nats mosquitto fastapi lws"
+ALL_SCENARIOS="fanout channels connections rest cluster"
+SERVERS=$ALL_SERVERS
+SCENARIOS=$ALL_SCENARIOS
+COMMAND="bench/run.sh $*"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) MODE=quick ;;
+        --servers) SERVERS=$2; shift ;;
+        --scenarios) SCENARIOS=$2; shift ;;
+        --no-install) INSTALL=0 ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 64 ;;
+    esac
+    shift
+done
+
+SCRATCH=${BENCH_SCRATCH:-.build-bench}
+HUB_REST_PATH=${HUB_REST_PATH:-/health}
+SERVER_CPU=0
+GENERATOR_CPU=1
+
+# Ports (all on 127.0.0.1).
+HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004
+REST_PORT=18005 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883
+
+log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Install and build
+
+install_peers() {
+    local missing=()
+    command -v nats-server >/dev/null || missing+=(nats-server)
+    command -v mosquitto >/dev/null || missing+=(mosquitto)
+    command -v libwebsockets-test-server >/dev/null || missing+=(libwebsockets-test-server)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    pkg-config --exists libwebsockets hiredis libcrypto sqlite3 2>/dev/null \
+        || missing+=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! "$BENCH/.venv/bin/python" -c 'import fastapi, uvicorn, websockets, redis, matplotlib' 2>/dev/null; then
+        log "python venv bench/.venv (fastapi, uvicorn[standard], redis, matplotlib)"
+        python3 -m venv "$BENCH/.venv"
+        "$BENCH/.venv/bin/pip" install -q --upgrade pip
+        "$BENCH/.venv/bin/pip" install -q fastapi 'uvicorn[standard]' redis matplotlib
+    fi
+}
+
+build() {
+    local product try out="$BENCH/results/build.log"
+    mkdir -p "$BENCH/results"
+    for product in hub hub-bench; do
+        log "swift build -c release --product $product (scratch $SCRATCH)"
+        for try in 1 2 3; do
+            if swift build -c release --product "$product" --scratch-path "$SCRATCH" > "$out" 2>&1; then
+                tail -n 1 "$out" >&2
+                break
+            fi
+            tail -n 20 "$out" >&2
+            [ "$try" = 3 ] && { echo "release build of $product failed" >&2; exit 1; }
+            echo "build failed (or the build folder was locked); retrying in 10 s" >&2
+            sleep 10
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Servers: start_server KIND sets SERVER_PID and PORT; stop_server ends it.
+
+SERVER_PID=""
+PORT=""
+
+wait_port() {
+    local port=$1 i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listening on port $port" >&2
+    return 1
+}
+
+start_server() {
+    local kind=$1
+    case "$kind" in
+        hub)
+            PORT=$HUB_PORT
+            rm -rf "$RUN/hub-data"
+            echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
+            HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
+                --log-level warning --threads 2 --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
+                --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub.log" 2>&1 &
+            ;;
+        nats)
+            PORT=$NATS_PORT
+            sed -e "s/^port: .*/port: $NATS_TCP_PORT/" -e "s/^  port: .*/  port: $PORT/" "$BENCH/peers/nats.conf" > "$RUN/nats.conf"
+            taskset -c $SERVER_CPU nats-server -c "$RUN/nats.conf" >>"$RUN/nats.log" 2>&1 &
+            ;;
+        mosquitto)
+            PORT=$MOSQUITTO_PORT
+            sed -e "s/^listener 11883 /listener $MQTT_TCP_PORT /" -e "s/^listener 18002$/listener $PORT/" \
+                "$BENCH/peers/mosquitto.conf" > "$RUN/mosquitto.conf"
+            taskset -c $SERVER_CPU mosquitto -c "$RUN/mosquitto.conf" >>"$RUN/mosquitto.log" 2>&1 &
+            ;;
+        fastapi)
+            PORT=$FASTAPI_PORT
+            taskset -c $SERVER_CPU "$BENCH/.venv/bin/uvicorn" fastapi_broadcast:app --app-dir "$BENCH/peers" \
+                --host 127.0.0.1 --port $PORT --log-level warning --no-access-log --backlog 4096 >>"$RUN/fastapi.log" 2>&1 &
+            ;;
+        lws)
+            PORT=$LWS_PORT
+            # -n: no dumb-increment traffic; -d 1: errors only; -i lo: loopback only.
+            taskset -c $SERVER_CPU libwebsockets-test-server --port=$PORT -i lo -n -d 1 >>"$RUN/lws.log" 2>&1 &
+            ;;
+        rest-fastapi)
+            PORT=$REST_PORT
+            REDIS_PORT=$REDIS_PORT taskset -c $SERVER_CPU "$BENCH/.venv/bin/uvicorn" fastapi_rest:app --app-dir "$BENCH/peers" \
+                --host 127.0.0.1 --port $PORT --log-level warning --no-access-log --backlog 4096 >>"$RUN/rest.log" 2>&1 &
+            ;;
+        *) echo "unknown server $kind" >&2; return 1 ;;
+    esac
+    SERVER_PID=$!
+    wait_port "$PORT"
+    sleep 0.3
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        local i
+        for i in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+
+REDIS_PID=""
+start_redis() {
+    taskset -c $SERVER_CPU redis-server --bind 127.0.0.1 --port $REDIS_PORT --save '' --appendonly no \
+        --daemonize no --logfile "$RUN/redis.log" &
+    REDIS_PID=$!
+    wait_port $REDIS_PORT
+    local i id
+    for i in $(seq 1 100); do
+        id=$(printf 'gw%02d' "$i")
+        echo "SET gateway:$id \"10.0.0.$i|working|recorder|room$i|2025-01-01T12:00:00|00:05:12|45%\""
+    done | redis-cli -p $REDIS_PORT >/dev/null
+}
+
+stop_redis() {
+    if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
+    REDIS_PID=""
+}
+
+cleanup() { stop_server; stop_redis; }
+trap cleanup EXIT
+
+generator() {
+    taskset -c $GENERATOR_CPU "$BIN/hub-bench" "$@" --out "$RESULTS" 2>>"$RUN/generator.log" >/dev/null
+}
+
+# CPU seconds (user + system) of a process, from /proc.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios: each takes the server kind and appends JSON lines to $RESULTS.
+
+scenario_fanout() {
+    local kind=$1 subs
+    for subs in $FANOUT_SUBS; do
+        start_server "$kind"
+        log "fanout $kind: $subs subscribers"
+        # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
+        # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
+        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+        generator fanout --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
+            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "fanout $kind $subs: generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+    done
+}
+
+scenario_channels() {
+    local kind=$1
+    start_server "$kind"
+    log "channels $kind: $CHANNEL_CONNS connections, groups of 10"
+    generator channels --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
+        --group-size 10 --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+        --budget-seconds "$STEP_BUDGET_S" || echo "channels $kind: generator failed" >&2
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
+}
+
+scenario_connections() {
+    local kind=$1
+    start_server "$kind"
+    log "connections $kind: $IDLE_CONNS idle connections"
+    generator connections --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$IDLE_CONNS" \
+        --settle-seconds "$SETTLE_S" \
+        || echo "connections $kind: generator failed" >&2
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
+}
+
+# REST runs once per pair (hub, FastAPI + redis), not per WebSocket peer.
+scenario_rest() {
+    local kind=$1 url label
+    case "$kind" in
+        hub) start_server hub; url="http://127.0.0.1:$PORT$HUB_REST_PATH"; label=hub ;;
+        fastapi) start_redis; start_server rest-fastapi; url="http://127.0.0.1:$PORT/status?gw_id=gw01"; label=fastapi ;;
+        *) return 0 ;;
+    esac
+    log "rest $label: wrk $url"
+    curl -fsS -H 'Authorization: Bearer bench' "$url" | cut -c1-200 >&2 || true
+    echo >&2
+    local c0 r0 c1 r1 out="$RUN/wrk-$label.txt"
+    c0=$(cpu_seconds "$SERVER_PID"); r0=0; [ -n "$REDIS_PID" ] && r0=$(cpu_seconds "$REDIS_PID")
+    taskset -c $GENERATOR_CPU wrk -t1 -c"$WRK_CONNECTIONS" -d"${WRK_S}s" --latency -H 'Authorization: Bearer bench' "$url" > "$out"
+    c1=$(cpu_seconds "$SERVER_PID"); r1=0; [ -n "$REDIS_PID" ] && r1=$(cpu_seconds "$REDIS_PID")
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" wrk-json "$out" --server "$label" --url "$url" \
+        --server-cpu-s "$(awk -v a="$c0" -v b="$c1" 'BEGIN{print b-a}')" \
+        --redis-cpu-s "$(awk -v a="$r0" -v b="$r1" 'BEGIN{print b-a}')" --seconds "$WRK_S" >> "$RESULTS"
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
+    stop_redis
+}
+
+# Scenario 5 needs two hub nodes sharing Redis (--engine redis). Until that engine exists the
+# report carries a marked row. To enable: start redis, two hubs with --engine redis --redis-url
+# on two ports, subscribers on one node and the publisher on the other (hub-bench takes one
+# --port; give it a --publisher-port), and emit the same JSON fields as scenario_fanout.
+scenario_cluster() {
+    local kind=$1
+    [ "$kind" = hub ] || return 0
+    echo '{"scenario":"cluster","phase":"summary","server":"hub","kind":"hub","error":"not yet available: needs the Redis engine"}' >> "$RESULTS"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+if [ "$MODE" = quick ]; then
+    FANOUT_SUBS="1000"
+    STEP_S=0.6 HALF_S=1 STEP_BUDGET_S=4 START_DELIVERIES=40000
+    CHANNEL_CONNS=1000
+    IDLE_CONNS=3000 SETTLE_S=1
+    WRK_S=2 WRK_CONNECTIONS=32
+else
+    FANOUT_SUBS="1000 5000"
+    STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
+    CHANNEL_CONNS=10000
+    IDLE_CONNS=20000 SETTLE_S=2
+    WRK_S=10 WRK_CONNECTIONS=64
+fi
+
+[ "$INSTALL" = 1 ] && install_peers
+[ "$BUILD" = 1 ] && build
+BIN=$ROOT/$SCRATCH/release
+[ -x "$BIN/hub" ] && [ -x "$BIN/hub-bench" ] || { echo "no release build in $BIN" >&2; exit 1; }
+
+# Each side may hold the connections of a whole scenario: raise the open-files limit as far as
+# the hard limit allows, and keep the idle-connections scenario inside it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$IDLE_CONNS" -gt $((NOFILE - 100)) ]; then
+    echo "open files limited to $NOFILE (hard limit): idle connections $IDLE_CONNS -> $((NOFILE - 100))" >&2
+    IDLE_CONNS=$((NOFILE - 100))
+fi
+
+RUN=$BENCH/results/latest
+rm -rf "$RUN"
+mkdir -p "$RUN" "$ROOT/docs/bench"
+RESULTS=$RUN/results.jsonl
+: > "$RESULTS"
+STARTED=$(date +%s)
+# Hypervisor steal over the whole run (this machine is a VM; a busy host shows up here).
+steal_snapshot() { awk '/^cpu /{ t=0; for (i=2;i<=9;i++) t+=$i; print $9, t }' /proc/stat; }
+STEAL0=$(steal_snapshot)
+cat > "$RUN/meta.json" <<EOF
+{"mode": "$MODE", "command": "$COMMAND", "started": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+ "servers": "$SERVERS", "scenarios": "$SCENARIOS", "fanout_subscribers": "$FANOUT_SUBS",
+ "channel_connections": $CHANNEL_CONNS, "idle_connections": $IDLE_CONNS, "nofile": "$NOFILE",
+ "step_seconds": $STEP_S, "half_seconds": $HALF_S, "wrk_seconds": $WRK_S, "wrk_connections": $WRK_CONNECTIONS,
+ "hub_rest_path": "$HUB_REST_PATH", "server_cpu": $SERVER_CPU, "generator_cpu": $GENERATOR_CPU}
+EOF
+
+for scenario in $SCENARIOS; do
+    for kind in $SERVERS; do
+        "scenario_$scenario" "$kind"
+    done
+done
+
+# The hub's profile under the same loads (full runs only; a quick run keeps the last one).
+if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]]; then
+    log "profiling the hub (bench/profile.sh)"
+    BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
+fi
+
+ELAPSED=$(( $(date +%s) - STARTED ))
+STEAL_PCT=$(echo "$STEAL0 $(steal_snapshot)" | awk '{ d=$4-$2; printf "%.1f", (d>0 ? 100*($3-$1)/d : 0) }')
+log "all scenarios done in ${ELAPSED}s; writing docs/benchmarks.md"
+cp "$RESULTS" "$ROOT/docs/bench/results.jsonl"
+"$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
+    --markdown "$ROOT/docs/benchmarks.md" --plots "$ROOT/docs/bench"
+log "done: docs/benchmarks.md, docs/bench/"

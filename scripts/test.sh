@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests (swift test), then integration tests that start the real
+# hub binary and drive it over real sockets (pytest, in a virtual environment made here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+ensure_packages "${HUB_PACKAGES[@]}"
+python3 -m venv --help >/dev/null 2>&1 || ensure_packages python3-venv
+
+swift build --build-tests
+swift test --skip-build --disable-swift-testing
+
+VENV=.venv-test
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
+    python3 -m venv "$VENV" || { ensure_packages python3-venv && python3 -m venv "$VENV"; }
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r Tests/integration/requirements.txt
+mkdir -p test-artifacts
+HUB_BINARY="$PWD/.build/debug/hub" "$VENV/bin/python" -m pytest Tests/integration -q -p no:cacheprovider "$@"
