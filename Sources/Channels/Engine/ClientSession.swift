@@ -643,8 +643,9 @@ public final class ClientSession: Sendable {
                 if let exp = state.expiresAt, now >= exp { return .disconnect(.expired) }
                 if let deadline = state.pongDeadline, now > deadline { return .disconnect(.noPong) }
                 for sub in state.subscriptions.values { if let exp = sub.expiresAt, now >= exp { return .disconnect(.subscriptionExpired) } }
-                if now >= state.nextPing {
-                    state.nextPing = now + node.config.pingInterval
+                // Half a tick of slack: the 1 s housekeeping tick must not stretch the interval.
+                if now + 0.5 >= state.nextPing {
+                    state.nextPing = max(state.nextPing + node.config.pingInterval, now + node.config.pingInterval - 0.5)
                     if state.pongDeadline == nil { state.pongDeadline = now + node.config.pongTimeout }
                     return .ping
                 }

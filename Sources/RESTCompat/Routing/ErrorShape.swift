@@ -17,7 +17,9 @@ public enum ErrorShape: Sendable, Equatable {
     public func response(_ status: Int, _ message: String, code: String? = nil, details: JSONValue? = nil) -> HTTPResponse {
         switch self {
         case .hub:
-            return .json(status, ["error": ["code": .int(Int64(status)), "message": .string(message)]])
+            // The server API speaks Centrifugo's codes: 101 for unauthorized.
+            let protocolCode: Int64 = status == 401 ? 101 : Int64(status)
+            return .json(status, ["error": ["code": .int(protocolCode), "message": .string(message)]])
         case .fastAPI:
             return .json(status, ["detail": .string(message)])
         case .teamCache:
