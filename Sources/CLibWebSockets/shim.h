@@ -2,11 +2,9 @@
 #define HUB_LWS_SHIM_H
 // The only C the hub adds over libwebsockets: one-line helpers for macros and flag
 // arithmetic that Swift cannot import. Everything else is called directly.
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <libwebsockets.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -66,8 +64,12 @@ static inline int hub_listen_socket(const char *host, int port) {
 
 /* Accepts one pending connection (non-blocking, close-on-exec); -1 when none waits. */
 static inline int hub_accept(int listen_fd) {
-    int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    /* accept + fcntl rather than accept4: accept4 needs _GNU_SOURCE, which changes glibc's
+     * fd_set definition and makes this module clash with the other C modules. */
+    int fd = accept(listen_fd, NULL, NULL);
     if (fd >= 0) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
