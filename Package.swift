@@ -87,9 +87,11 @@ let package = Package(
             dependencies: ["CEpoll", "COpenSSL", .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .testTarget(name: "ChannelsTests", dependencies: ["Channels"]),
-        .testTarget(name: "RESTCompatTests", dependencies: ["RESTCompat", "Channels", "RedisEngine"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "RedisEngine", "Channels"]),
+        // Child processes (redis-server, openssl, a writer to kill -9) for the unit tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ChannelsTests", dependencies: ["Channels", "TestSupport"]),
+        .testTarget(name: "RESTCompatTests", dependencies: ["RESTCompat", "Channels", "RedisEngine", "TestSupport"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "RedisEngine", "Channels", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -8,7 +8,8 @@ ensure_packages "${HUB_PACKAGES[@]}"
 python3 -m venv --help >/dev/null 2>&1 || ensure_packages python3-venv
 
 swift build --build-tests
-swift test --skip-build --disable-swift-testing
+# A deadline, so a hung test fails the run instead of eating the CI budget.
+timeout --kill-after=30 900 swift test --skip-build --disable-swift-testing
 
 VENV=.venv-test
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then

@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 @testable import Channels
 
 final class JWTTests: XCTestCase {
@@ -73,13 +74,7 @@ final class JWTTests: XCTestCase {
     }
 
     private func run(_ tool: String, _ args: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = args
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, "\(tool) \(args)")
+        XCTAssertEqual(try Subprocess.run(tool, args).status, 0, "\(tool) \(args)")
     }
 
     func testConstantTimeEquality() {

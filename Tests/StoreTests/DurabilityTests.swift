@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 @testable import Store
 
 /// `kill -9` in the middle of a stream of writes: every write acknowledged before the kill
@@ -21,19 +22,13 @@ final class SQLiteDurabilityTests: XCTestCase {
 
     func testAcknowledgedWritesSurviveKill9() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("durable-\(UUID().uuidString).db").path
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        child.arguments = ["StoreTests.SQLiteDurabilityTests/testWriterProcess"]
-        child.environment = ProcessInfo.processInfo.environment.merging(["STORE_WRITER_PATH": path]) { $1 }
-        let pipe = Pipe()
-        child.standardOutput = pipe
-        child.standardError = FileHandle.nullDevice
-        try child.run()
+        let child = try Subprocess(CommandLine.arguments[0], ["StoreTests.SQLiteDurabilityTests/testWriterProcess"],
+                                   environment: ProcessInfo.processInfo.environment.merging(["STORE_WRITER_PATH": path]) { $1 })
         var acknowledged: [String] = []
         var buffer = Data()
         let deadline = Date().addingTimeInterval(30)
         while acknowledged.count < 200 && Date() < deadline {
-            let chunk = pipe.fileHandleForReading.availableData
+            let chunk = child.output!.availableData
             if chunk.isEmpty { break }
             buffer.append(chunk)
             while let newline = buffer.firstIndex(of: 0x0A) {
@@ -42,8 +37,8 @@ final class SQLiteDurabilityTests: XCTestCase {
                 if line.hasPrefix("ack:") { acknowledged.append(line) }
             }
         }
-        kill(child.processIdentifier, SIGKILL)
-        child.waitUntilExit()
+        child.signal(SIGKILL)
+        child.wait()
         XCTAssertGreaterThanOrEqual(acknowledged.count, 200, "the writer acknowledged writes")
         let store = try SQLiteRecordStore(path: path)
         defer { store.close() }

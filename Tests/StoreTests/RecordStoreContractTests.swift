@@ -5,6 +5,7 @@ import XCTest
 @testable import Channels
 @testable import RedisEngine
 @testable import Store
+import TestSupport
 
 /// Waits for a completion-based store call.
 func completed<T: Sendable>(_ body: (@escaping @Sendable (Result<T, StoreError>) -> Void) -> Void, file: StaticString = #filePath, line: UInt = #line) throws -> T {
@@ -16,61 +17,6 @@ func completed<T: Sendable>(_ body: (@escaping @Sendable (Result<T, StoreError>)
     }
     guard done.wait(timeout: .now() + 10) == .success else { throw StoreError("timed out") }
     return try box.withLock { $0! }.get()
-}
-
-/// A real redis-server on a free port, for the tests' lifetime.
-final class RedisServer {
-    let port: Int
-    let process = Process()
-    let dir: URL
-
-    init() throws {
-        let socket = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        close(socket)
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(port)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.path]
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        for _ in 0..<100 {
-            let probe = Process()
-            probe.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
-            probe.arguments = ["-p", "\(port)", "ping"]
-            let pipe = Pipe()
-            probe.standardOutput = pipe
-            probe.standardError = FileHandle.nullDevice
-            try probe.run()
-            probe.waitUntilExit()
-            if String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("PONG") { return }
-            usleep(50_000)
-        }
-        throw StoreError("redis-server did not start")
-    }
-
-    func cli(_ args: String...) -> String {
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
-        probe.arguments = ["-p", "\(port)"] + args
-        let pipe = Pipe()
-        probe.standardOutput = pipe
-        try? probe.run()
-        probe.waitUntilExit()
-        return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    deinit {
-        process.terminate()
-        process.waitUntilExit()
-        try? FileManager.default.removeItem(at: dir)
-    }
 }
 
 /// The same contract, checked against both implementations.
