@@ -113,7 +113,9 @@ final class CacheJobRun: @unchecked Sendable {
     /// A file is done: `error` nil when every byte was read. `bytes` is what was read of it.
     func fileFinished(index: Int, file: CacheFile, bytes: Int64, error: String?) {
         let now = service.clock.now()
-        let (publishNow, allDone) = live.withLock { l -> (Bool, Bool) in
+        // The progress payload is taken under the same lock as the count, so a file-threshold
+        // publication shows exactly the count that triggered it.
+        let progressPayload = live.withLock { l -> JSONValue? in
             l.lastReport = now
             if error == nil { l.job.completedFiles += 1 } else {
                 l.job.failedFiles += 1
@@ -129,7 +131,8 @@ final class CacheJobRun: @unchecked Sendable {
             let allDone = l.job.completedFiles + l.job.failedFiles >= l.job.totalFiles
             let due = allDone || l.filesSincePublish >= service.settings.progressFileThreshold
                 || (now - l.lastPublish) * 1000 >= service.settings.progressTimeThreshold
-            return (due, allDone)
+            guard due else { return Optional<JSONValue>.none }  // not `nil`: JSONValue takes nil literals as JSON null
+            return Self.takeProgress(&l, now: now)
         }
         var event: JSONValue = ["event": .string(error == nil ? "completed" : "failed"), "jobId": .string(id),
                                 "index": .int(Int64(index)), "path": .string(file.path), "bytes": .int(bytes)]
@@ -138,8 +141,14 @@ final class CacheJobRun: @unchecked Sendable {
             event = .object(members)
         }
         service.publish(CacheChannels.files(id), event)
-        if publishNow { publishProgress(force: true) }
-        _ = allDone
+        if let progressPayload { service.publish(CacheChannels.progress(id), progressPayload) }
+    }
+
+    private static func takeProgress(_ l: inout Live, now: Double) -> JSONValue {
+        l.filesSincePublish = 0
+        l.lastPublish = now
+        l.bytesAtPublish = l.job.completedBytes
+        return CacheChannels.progressPayload(l.job, now: now)
     }
 
     /// Publishes progress when forced (a threshold was met) or when the time threshold has passed
@@ -149,10 +158,7 @@ final class CacheJobRun: @unchecked Sendable {
         let payload = live.withLock { l -> JSONValue? in
             let timeDue = (now - l.lastPublish) * 1000 >= service.settings.progressTimeThreshold && l.job.completedBytes != l.bytesAtPublish
             guard force || timeDue else { return nil }
-            l.filesSincePublish = 0
-            l.lastPublish = now
-            l.bytesAtPublish = l.job.completedBytes
-            return CacheChannels.progressPayload(l.job, now: now)
+            return Self.takeProgress(&l, now: now)
         }
         if let payload { service.publish(CacheChannels.progress(id), payload) }
     }
