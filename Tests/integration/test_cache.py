@@ -150,7 +150,8 @@ def test_every_error_body(hub_factory, tree):
     for headers in ({}, {"X-API-Key": "wrong"}):
         for method, path in (("POST", url), ("GET", url), ("GET", url + "/" + str(uuid.uuid4())),
                              ("DELETE", url + "/" + str(uuid.uuid4()))):
-            r = hub.http.request(method, path, headers=headers, json={"files": ["00_Media/video.mp4"]}, timeout=WAIT)
+            body = {"files": ["00_Media/video.mp4"]} if method == "POST" else None
+            r = hub.http.request(method, path, headers=headers, json=body, timeout=WAIT)
             assert (r.status_code, r.json()) == (401, {"success": False, "error": "Invalid or missing API key"})
     assert hub.api_result("history", {"channel": "cache:jobs", "limit": 10}).get("publications", []) == []
 
