@@ -44,6 +44,14 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Redis address for the redis engine, redis://[:password@]host[:port][/db]; repeat or comma-separate for shards.")
     var redisUrl: [String] = []
     @Option(help: "Seconds a crashed node's clients stay in presence with the redis engine (default 60).") var presenceTtl: Double?
+    @Option(help: "Cache jobs: the mount point (cache root) files are read from (also CACHE_ROOT).") var cacheRoot: String?
+    @Option(help: "Cache jobs: the X-API-Key of /api/v1/cache/* (also API_GATEWAY_KEY).") var cacheApiKey: String?
+    @Option(help: "Cache jobs: run the built-in cache worker, true or false (default true).") var cacheWorker: Bool?
+    @Option(help: "Cache jobs: files the built-in worker reads at once (default 4).") var cacheConcurrency: Int?
+    @Option(help: "Cache jobs: most MB/s the built-in worker reads, 0 for no limit (default 0).") var cacheMaxReadRate: Double?
+    @Option(help: "Cache jobs: publish progress after this many files (default 10; also CACHE_PROGRESS_FILE_THRESHOLD).") var cacheProgressFileThreshold: Int?
+    @Option(help: "Cache jobs: publish progress after this many ms (default 2000; also CACHE_PROGRESS_TIME_THRESHOLD).") var cacheProgressTimeThreshold: Double?
+    @Option(help: "Cache jobs: client mount prefixes stripped from absolute paths, comma-separated ('*' is one segment).") var cachePathPrefixes: String?
 
     mutating func run() throws {
         let config: HubConfig
@@ -107,6 +115,20 @@ struct HubCommand: ParsableCommand {
         let urls = redisUrl.isEmpty ? (env["HUB_REDIS_URL"].map { [$0] } ?? []) : redisUrl
         if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
         c.presenceTTL = try presenceTtl ?? envDouble("HUB_PRESENCE_TTL") ?? c.presenceTTL
+        // Seed 001's variables sit below the HUB_ ones: API_GATEWAY_PORT is the port when nothing else sets it.
+        if port == nil && env["HUB_PORT"] == nil, let gatewayPort = try envInt("API_GATEWAY_PORT") { c.port = gatewayPort }
+        c.cacheRoot = cacheRoot ?? env["HUB_CACHE_ROOT"] ?? env["CACHE_ROOT"] ?? c.cacheRoot
+        c.cacheAPIKey = cacheApiKey ?? env["HUB_CACHE_API_KEY"] ?? env["API_GATEWAY_KEY"] ?? c.cacheAPIKey
+        c.cacheWorker = try cacheWorker ?? envBool("HUB_CACHE_WORKER") ?? c.cacheWorker
+        c.cacheConcurrency = try cacheConcurrency ?? envInt("HUB_CACHE_CONCURRENCY") ?? c.cacheConcurrency
+        c.cacheMaxReadRate = try cacheMaxReadRate ?? envDouble("HUB_CACHE_MAX_READ_RATE") ?? c.cacheMaxReadRate
+        c.cacheProgressFileThreshold = try cacheProgressFileThreshold ?? envInt("HUB_CACHE_PROGRESS_FILE_THRESHOLD")
+            ?? envInt("CACHE_PROGRESS_FILE_THRESHOLD") ?? c.cacheProgressFileThreshold
+        c.cacheProgressTimeThreshold = try cacheProgressTimeThreshold ?? envDouble("HUB_CACHE_PROGRESS_TIME_THRESHOLD")
+            ?? envDouble("CACHE_PROGRESS_TIME_THRESHOLD") ?? c.cacheProgressTimeThreshold
+        if let prefixes = cachePathPrefixes ?? env["HUB_CACHE_PATH_PREFIXES"] {
+            c.cachePathPrefixes = prefixes.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        }
         try c.validate()
         return c
     }

@@ -70,15 +70,19 @@ final class HubServer {
                 throw HubError.startup("\(error)")
             }
         }
+        if engine.namespaces.namespaces["cache"] == nil { engine.namespaces.namespaces["cache"] = CacheChannels.defaultOptions }
         let node = Node(config: engine, broker: broker, presence: presence,
                         encoder: WebSocketFrameEncoder(), logger: Logger(label: "hub.channels"))
         redis?.0.start()
         let routerBox = RouterBox()
+        let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
+        CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
         let routes = Health(node: node).routes + ServerAPI(node: node).routes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
+            + TeamCacheAPI(service: cache).routes
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let metrics = MetricsRegistry()
-        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, tokens: engine.tokens),
+        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""], tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
         routerBox.router = router
         let counters = node.counters
@@ -96,9 +100,13 @@ final class HubServer {
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
+        cache.start()
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
+        }
+        if config.cacheAPIKey?.isEmpty ?? true {
+            logger.warning("no cache API key configured: /api/v1/cache/* refuses every call (set API_GATEWAY_KEY)")
         }
         if config.apiKey == nil {
             logger.warning("no API key configured: the server API (/api/*) refuses every call (set HUB_API_KEY)")
@@ -132,6 +140,7 @@ final class HubServer {
         }
         stop.wait()
         logger.notice("shutting down: closing \(node.clientCount) connections")
+        cache.shutdown()
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
         ticker.cancel()
@@ -139,6 +148,29 @@ final class HubServer {
         (store as? SQLiteRecordStore)?.close()
         logger.notice("stopped")
         _ = sources
+    }
+}
+
+extension HubConfig {
+    /// Cache job settings; the worker identity is kept in the data directory so a restarted hub
+    /// resumes the jobs it held.
+    var cacheSettings: CacheSettings {
+        var settings = CacheSettings()
+        settings.root = cacheRoot
+        settings.pathPrefixes = cachePathPrefixes
+        settings.worker = cacheWorker
+        settings.concurrency = cacheConcurrency
+        settings.maxReadRate = cacheMaxReadRate * 1_048_576
+        settings.progressFileThreshold = cacheProgressFileThreshold
+        settings.progressTimeThreshold = cacheProgressTimeThreshold
+        let idPath = dataDir + "/cache-worker-id"
+        if let bytes = FileBytes.read(idPath), bytes.count == 36 {
+            settings.workerID = String(decoding: bytes, as: UTF8.self)
+        } else if let file = fopen(idPath, "wb") {
+            _ = settings.workerID.withCString { fputs($0, file) }
+            fclose(file)
+        }
+        return settings
     }
 }
 

@@ -33,6 +33,15 @@ struct HubConfig: Sendable {
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
+    // Cache jobs (seed 001); the seed's own variable names are accepted too (docs/configuration.md).
+    var cacheRoot: String?
+    var cacheAPIKey: String?
+    var cacheWorker = true
+    var cacheConcurrency = 4
+    var cacheMaxReadRate: Double = 0
+    var cacheProgressFileThreshold = 10
+    var cacheProgressTimeThreshold: Double = 2000
+    var cachePathPrefixes = CacheRoot.defaultPrefixes
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -98,6 +107,16 @@ struct HubConfig: Sendable {
                     }
                     namespaces.namespaces[name] = try Self.channelOptions(entry, base: ChannelOptions(), context: "namespace \(name)")
                 }
+            case "cache_root": cacheRoot = try string(value, key)
+            case "cache_api_key": cacheAPIKey = try string(value, key)
+            case "cache_worker": cacheWorker = try bool(value, key)
+            case "cache_concurrency": cacheConcurrency = try int(value, key)
+            case "cache_max_read_rate": cacheMaxReadRate = try double(value, key)
+            case "cache_progress_file_threshold": cacheProgressFileThreshold = try int(value, key)
+            case "cache_progress_time_threshold": cacheProgressTimeThreshold = try double(value, key)
+            case "cache_path_prefixes":
+                guard let list = value.arrayValue else { throw HubError.config("cache_path_prefixes must be an array of strings") }
+                cachePathPrefixes = try list.map { try string($0, key) }
             default:
                 throw HubError.config("unknown config key '\(key)'")
             }
@@ -183,6 +202,11 @@ struct HubConfig: Sendable {
             for url in redisURLs where RedisShard.Address(url: url) == nil {
                 throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
             }
+        }
+        guard (1...64).contains(cacheConcurrency) else { throw HubError.config("cache_concurrency must be 1-64") }
+        guard cacheMaxReadRate >= 0 else { throw HubError.config("cache_max_read_rate must not be negative") }
+        guard cacheProgressFileThreshold >= 1, cacheProgressTimeThreshold >= 1 else {
+            throw HubError.config("cache progress thresholds must be at least 1 (file count, milliseconds)")
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
