@@ -33,6 +33,13 @@ struct HubConfig: Sendable {
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
+    // Seed 003 (June Agent): first admin, legacy anonymous chat, service requests.
+    var adminUser: String?
+    var adminPassword: String?
+    var chatAllowAnonymous = false
+    var serviceTimeout: Double = 30
+    var serviceCacheTTL: Double = 3600
+    var passwordIterations = 600_000
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -41,6 +48,29 @@ struct HubConfig: Sendable {
         options.historySize = 100
         options.historyTTL = 300
         return options
+    }
+
+    /// Seed 003's namespaces unless the config defines them: `chat:` conversation channels
+    /// (user-limited, short history for recovery) and `service:` worker channels (presence
+    /// shows who serves; only workers' tokens subscribe).
+    var withJuneNamespaces: ChannelNamespaces {
+        var result = namespaces
+        if result.namespaces["chat"] == nil {
+            var chat = ChannelOptions()
+            chat.historySize = 100
+            chat.historyTTL = 3600
+            chat.allowSubscribeForClient = false
+            result.namespaces["chat"] = chat
+        }
+        if result.namespaces["service"] == nil {
+            var service = ChannelOptions()
+            service.presence = true
+            service.allowSubscribeForClient = false
+            service.allowPresenceForSubscriber = false
+            service.allowHistoryForSubscriber = false
+            result.namespaces["service"] = service
+        }
+        return result
     }
 
     /// Applies a config file (JSON object, keys as in docs/configuration.md).
@@ -71,6 +101,12 @@ struct HubConfig: Sendable {
             case "cors_origins": corsOrigins = try string(value, key)
             case "engine": engine = try string(value, key)
             case "presence_ttl": presenceTTL = try double(value, key)
+            case "admin_user": adminUser = try string(value, key)
+            case "admin_password": adminPassword = try string(value, key)
+            case "chat_allow_anonymous": chatAllowAnonymous = try bool(value, key)
+            case "service_timeout": serviceTimeout = try double(value, key)
+            case "service_cache_ttl": serviceCacheTTL = try double(value, key)
+            case "password_iterations": passwordIterations = try int(value, key)
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -184,6 +220,11 @@ struct HubConfig: Sendable {
                 throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
             }
         }
+        guard serviceTimeout >= 0.1 && serviceTimeout <= 3600 else { throw HubError.config("service_timeout must be 0.1-3600 seconds") }
+        guard serviceCacheTTL >= 0 else { throw HubError.config("service_cache_ttl must be 0 (off) or more seconds") }
+        guard (10_000...10_000_000).contains(passwordIterations) else { throw HubError.config("password_iterations must be 10000-10000000") }
+        if (adminUser == nil) != (adminPassword == nil) { throw HubError.config("admin_user and admin_password go together") }
+        if let adminPassword, adminPassword.utf8.count < 8 { throw HubError.config("admin_password must be at least 8 characters") }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
