@@ -83,13 +83,6 @@ public final class AuthTokens: Sendable {
 
     /// Forgets revocations of tokens that have expired anyway; keeps the store bounded.
     public func sweep() {
-        let now = clock.now()
-        store.list(prefix: "june:revoked:", after: nil, limit: 1000) { [store] result in
-            guard case .success(let records) = result else { return }
-            for record in records {
-                let exp = (try? JSONParser.parse(record.value))?["exp"]?.doubleValue ?? 0
-                if exp < now { store.delete(record.key) { _ in } }
-            }
-        }
+        RecordSweep.run(store: store, prefix: "june:revoked:", now: clock.now()) { $0["exp"]?.doubleValue ?? 0 }
     }
 }

@@ -172,15 +172,23 @@ public final class ServiceCache: Sendable {
         store.put(key, value: JSONWriter.bytes(["expires_at": .double(clock.now() + ttl), "value": value])) { _ in }
     }
 
-    /// Deletes expired entries (a page at a time; called every few minutes).
+    /// Deletes expired entries, a page at a time through the whole prefix (every few minutes).
     public func sweep() {
-        let now = clock.now()
-        store.list(prefix: "june:cache:", after: nil, limit: 1000) { [store] result in
-            guard case .success(let records) = result else { return }
+        RecordSweep.run(store: store, prefix: "june:cache:", now: clock.now()) { $0["expires_at"]?.doubleValue ?? 0 }
+    }
+}
+
+/// Walks every record under a prefix and deletes those whose expiry has passed.
+enum RecordSweep {
+    static func run(store: any RecordStore, prefix: String, now: Double, after: String? = nil,
+                    expiry: @escaping @Sendable (JSONValue) -> Double) {
+        store.list(prefix: prefix, after: after, limit: 500) { result in
+            guard case .success(let records) = result, let last = records.last else { return }
             for record in records {
-                let expires = (try? JSONParser.parse(record.value))?["expires_at"]?.doubleValue ?? 0
+                let expires = (try? JSONParser.parse(record.value)).map(expiry) ?? 0
                 if expires <= now { store.delete(record.key) { _ in } }
             }
+            if records.count == 500 { run(store: store, prefix: prefix, now: now, after: last.key, expiry: expiry) }
         }
     }
 }
