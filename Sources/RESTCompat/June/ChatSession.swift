@@ -131,13 +131,18 @@ public final class ChatSession: Sendable {
             }
             authenticate(token: token)
         case .connecting:
-            let accepted = state.withLock { state -> Bool in
-                guard state.phase == .connecting else { return false }
-                guard state.queued.count < Self.maxQueued else { return true }
+            enum Outcome { case queued, full, ready }
+            let outcome = state.withLock { state -> Outcome in
+                guard state.phase == .connecting else { return .ready }
+                guard state.queued.count < Self.maxQueued else { return .full }
                 state.queued.append(message)
-                return true
+                return .queued
             }
-            if !accepted { handle(message: message) }
+            switch outcome {
+            case .queued: break
+            case .full: sendError("Too many messages before the session is ready", conversation: nil)
+            case .ready: handle(message: message)
+            }
         case .ready:
             process(message)
         }
