@@ -480,3 +480,46 @@ def test_anonymous_legacy_access_when_configured(hub_factory):
         assert printed[0]["content"] == "You said: Hello!"
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# two nodes sharing Redis
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    wait_for(up, message="redis-server")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_revocation_and_blocking_hold_on_every_node(hub_factory, redis_url):
+    node_a = Stack(hub_factory("--engine", "redis", "--redis-url", redis_url, env=FAST_HASH))
+    node_b = Stack(hub_factory("--engine", "redis", "--redis-url", redis_url, env=FAST_HASH))
+    node_a.create_user("uma")
+    tokens = node_a.login("uma", "password-123")
+    # Logged out on A: B refuses the refresh token too.
+    assert requests.post(node_a.hub.url + "/auth/logout", json={"refresh_token": tokens["refresh_token"]}).status_code == 200
+    assert requests.post(node_b.hub.url + "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+
+    async def body():
+        async with websockets.connect(f"ws://127.0.0.1:{node_b.hub.port}/ws/uma?token={tokens['access_token']}", proxy=None) as ws:
+            await asyncio.sleep(0.3)
+            r = requests.put(node_a.hub.url + "/admin/users/uma", headers=node_a.admin_headers(), json={"status": "blocked"})
+            assert r.status_code == 200
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), WAIT)
+    arun(body())
+    assert requests.post(node_b.hub.url + "/auth/login", json={"username": "uma", "password": "password-123"}).status_code == 403
