@@ -53,6 +53,12 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Cache jobs: publish progress after this many ms (default 2000; also CACHE_PROGRESS_TIME_THRESHOLD).") var cacheProgressTimeThreshold: Double?
     @Option(help: "Cache jobs: client mount prefixes stripped from absolute paths, comma-separated ('*' is one segment).") var cachePathPrefixes: String?
 
+    @Option(help: "User name of the first admin, created at start when missing (password: HUB_ADMIN_PASSWORD or the config file).") var adminUser: String?
+    @Flag(help: "Seed 003 legacy access: /ws/{user_id} without a token, /auth/login and /auth/token with a bare user_id.") var chatAllowAnonymous = false
+    @Option(help: "Seconds to wait for an LLM/TTS/STT/agent worker's answer before 504 (default 30).") var serviceTimeout: Double?
+    @Option(help: "Seconds service answers stay cached in the record store; 0 turns the cache off (default 3600).") var serviceCacheTtl: Double?
+    @Option(help: "PBKDF2-HMAC-SHA256 iterations for new password hashes (default 600000).") var passwordIterations: Int?
+
     mutating func run() throws {
         let config: HubConfig
         do {
@@ -129,6 +135,12 @@ struct HubCommand: ParsableCommand {
         if let prefixes = cachePathPrefixes ?? env["HUB_CACHE_PATH_PREFIXES"] {
             c.cachePathPrefixes = prefixes.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
         }
+        c.adminUser = adminUser ?? env["HUB_ADMIN_USER"] ?? c.adminUser
+        c.adminPassword = env["HUB_ADMIN_PASSWORD"] ?? c.adminPassword
+        c.chatAllowAnonymous = try chatAllowAnonymous ? true : (envBool("HUB_CHAT_ALLOW_ANONYMOUS") ?? c.chatAllowAnonymous)
+        c.serviceTimeout = try serviceTimeout ?? envDouble("HUB_SERVICE_TIMEOUT") ?? c.serviceTimeout
+        c.serviceCacheTTL = try serviceCacheTtl ?? envDouble("HUB_SERVICE_CACHE_TTL") ?? c.serviceCacheTTL
+        c.passwordIterations = try passwordIterations ?? envInt("HUB_PASSWORD_ITERATIONS") ?? c.passwordIterations
         try c.validate()
         return c
     }

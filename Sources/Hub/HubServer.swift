@@ -30,7 +30,7 @@ final class HubServer {
             throw HubError.startup("cannot create data directory \(config.dataDir)")
         }
         var engine = EngineConfig()
-        engine.namespaces = config.namespaces
+        engine.namespaces = config.withJuneNamespaces
         var rsaKey: String?
         if let path = config.tokenRSAPublicKeyPath {
             guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read RSA public key \(path)") }
@@ -77,11 +77,13 @@ final class HubServer {
         let routerBox = RouterBox()
         let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
+        let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
+        let metrics = MetricsRegistry()
+        let june = makeJune(node: node, store: store, limiter: limiter, metrics: metrics, tokens: engine.tokens)
         let routes = Health(node: node).routes + ServerAPI(node: node).routes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
-        let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
-        let metrics = MetricsRegistry()
+            + june.routes
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""], tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
         routerBox.router = router
@@ -96,7 +98,7 @@ final class HubServer {
         let settings = EdgeSettings(
             host: config.host, port: config.port, maxMessageSize: config.maxMessageSize, maxBodySize: config.maxBodySize,
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
-            corsOrigins: config.corsOrigins)
+            corsOrigins: config.corsOrigins, chat: june.chat)
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
@@ -126,6 +128,7 @@ final class HubServer {
             if ticks % 60 == 0 { node.sweepStreams() }
             if ticks % 5 == 1 { node.announce() }
             if let presence = redis?.1, ticks % presenceRefreshEvery == 0 { presence.refresh() }
+            if ticks % 300 == 0 { june.sweep() }
         }
         ticker.resume()
 
@@ -171,6 +174,45 @@ extension HubConfig {
             fclose(file)
         }
         return settings
+    }
+}
+
+extension HubServer {
+    /// Seed 003 (June Agent): users, tokens, chat and the AI services over channels.
+    struct June {
+        var routes: [Route]
+        var chat: ChatService
+        var sweep: @Sendable () -> Void
+    }
+
+    func makeJune(node: Node, store: any RecordStore, limiter: any RateLimiter, metrics: MetricsRegistry, tokens: TokenVerifier) -> June {
+        let users = UserDirectory(store: store, node: node, passwordIterations: config.passwordIterations)
+        let authTokens = AuthTokens(secret: config.tokenHMACSecret, accessVerifier: tokens, store: store,
+                                    audience: config.tokenAudience, issuer: config.tokenIssuer)
+        let services = ServiceDesk(node: node, timeout: config.serviceTimeout, metrics: metrics)
+        let cache = ServiceCache(store: store, ttl: config.serviceCacheTTL, metrics: metrics)
+        let chatLimits = config.rateLimitClasses.first { $0.name == "june-chat" }?.limits ?? []
+        // Anonymous legacy sessions connect with a token the hub signs for them.
+        let signer: (@Sendable (String) -> String?)? = authTokens.canIssue ? { @Sendable user in authTokens.access(user: user, role: "user") } : nil
+        let chat = ChatService(node: node, store: store, services: services, cache: cache, users: users, limiter: limiter,
+                               chatLimits: chatLimits, allowAnonymous: config.chatAllowAnonymous, signer: signer)
+        if let admin = config.adminUser, let password = config.adminPassword {
+            let log = logger
+            let done = DispatchSemaphore(value: 0)
+            users.ensureAdmin(username: admin, password: password) { result in
+                switch result {
+                case .success(true): log.notice("created the first admin user '\(admin)'")
+                case .success(false): break
+                case .failure(let error): log.error("could not create the admin user: \(error)")
+                }
+                done.signal()
+            }
+            done.wait()
+        }
+        let routes = JuneAuth(users: users, tokens: authTokens, verifier: tokens, allowLegacyLogin: config.chatAllowAnonymous).routes
+            + JuneUserAdmin(users: users).routes
+            + JuneAI(chat: chat, services: services, tokens: authTokens).routes
+        return June(routes: routes, chat: chat, sweep: { cache.sweep(); authTokens.sweep() })
     }
 }
 

@@ -87,6 +87,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     private let clients = Mutex<[String: ClientSession]>([:])
     private let users = Mutex<[String: Set<String>]>([:])
     private let rpcHandlers = Mutex<[String: RPCHandler]>([:])
+    private let controlHandlers = Mutex<[String: @Sendable (JSONValue) -> Void]>([:])
     private let startedAt: Double
 
     public init(config: EngineConfig, broker: any Broker, presence: any PresenceStore, encoder: any FrameEncoder,
@@ -148,6 +149,15 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     func rpcHandler(_ method: String) -> RPCHandler? { rpcHandlers.withLock { $0[method] } }
 
+    /// Handles control commands with this `op` arriving from any node (e.g. a service reply
+    /// reaching the node whose caller waits for it).
+    public func registerControl(_ op: String, handler: @escaping @Sendable (JSONValue) -> Void) {
+        controlHandlers.withLock { $0[op] = handler }
+    }
+
+    /// Sends a control command to every node, this one included.
+    public func publishControl(_ command: JSONValue) { broker.publishControl(command) }
+
     // MARK: Broker events
 
     public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
@@ -169,6 +179,10 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     /// Server API operations that concern every node arrive here through the broker.
     public func handleControl(_ command: JSONValue) {
+        if let op = command["op"]?.stringValue, let handler = controlHandlers.withLock({ $0[op] }) {
+            handler(command)
+            return
+        }
         guard let op = command["op"]?.stringValue, let user = command["user"]?.stringValue else { return }
         let client = command["client"]?.stringValue
         let targets = sessions(user: user, client: client)

@@ -42,6 +42,13 @@ struct HubConfig: Sendable {
     var cacheProgressFileThreshold = 10
     var cacheProgressTimeThreshold: Double = 2000
     var cachePathPrefixes = CacheRoot.defaultPrefixes
+    // Seed 003 (June Agent): first admin, legacy anonymous chat, service requests.
+    var adminUser: String?
+    var adminPassword: String?
+    var chatAllowAnonymous = false
+    var serviceTimeout: Double = 30
+    var serviceCacheTTL: Double = 3600
+    var passwordIterations = 600_000
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -50,6 +57,29 @@ struct HubConfig: Sendable {
         options.historySize = 100
         options.historyTTL = 300
         return options
+    }
+
+    /// Seed 003's namespaces unless the config defines them: `chat:` conversation channels
+    /// (user-limited, short history for recovery) and `service:` worker channels (presence
+    /// shows who serves; only workers' tokens subscribe).
+    var withJuneNamespaces: ChannelNamespaces {
+        var result = namespaces
+        if result.namespaces["chat"] == nil {
+            var chat = ChannelOptions()
+            chat.historySize = 100
+            chat.historyTTL = 3600
+            chat.allowSubscribeForClient = false
+            result.namespaces["chat"] = chat
+        }
+        if result.namespaces["service"] == nil {
+            var service = ChannelOptions()
+            service.presence = true
+            service.allowSubscribeForClient = false
+            service.allowPresenceForSubscriber = false
+            service.allowHistoryForSubscriber = false
+            result.namespaces["service"] = service
+        }
+        return result
     }
 
     /// Applies a config file (JSON object, keys as in docs/configuration.md).
@@ -80,6 +110,12 @@ struct HubConfig: Sendable {
             case "cors_origins": corsOrigins = try string(value, key)
             case "engine": engine = try string(value, key)
             case "presence_ttl": presenceTTL = try double(value, key)
+            case "admin_user": adminUser = try string(value, key)
+            case "admin_password": adminPassword = try string(value, key)
+            case "chat_allow_anonymous": chatAllowAnonymous = try bool(value, key)
+            case "service_timeout": serviceTimeout = try double(value, key)
+            case "service_cache_ttl": serviceCacheTTL = try double(value, key)
+            case "password_iterations": passwordIterations = try int(value, key)
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -208,6 +244,11 @@ struct HubConfig: Sendable {
         guard cacheProgressFileThreshold >= 1, cacheProgressTimeThreshold >= 1 else {
             throw HubError.config("cache progress thresholds must be at least 1 (file count, milliseconds)")
         }
+        guard serviceTimeout >= 0.1 && serviceTimeout <= 3600 else { throw HubError.config("service_timeout must be 0.1-3600 seconds") }
+        guard serviceCacheTTL >= 0 else { throw HubError.config("service_cache_ttl must be 0 (off) or more seconds") }
+        guard (10_000...10_000_000).contains(passwordIterations) else { throw HubError.config("password_iterations must be 10000-10000000") }
+        if (adminUser == nil) != (adminPassword == nil) { throw HubError.config("admin_user and admin_password go together") }
+        if let adminPassword, adminPassword.utf8.count < 8 { throw HubError.config("admin_password must be at least 8 characters") }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")

@@ -38,6 +38,8 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
     private let maxQueuedBytes: Int
     private let maxQueuedMessages: Int
     var session: ClientSession?
+    /// Set for `/ws/{user_id}` connections: the seed-format chat session driving `session`.
+    var chat: ChatSession?
     /// Frame being assembled from fragments (service thread only).
     var inbound: [UInt8] = []
 
@@ -140,6 +142,15 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
 /// The WebSocket frame header is added here, once per message: the frame bytes are then
 /// written as-is (`LWS_WRITE_RAW`) to every subscriber, so lws never touches shared memory.
 struct WebSocketFrameEncoder: FrameEncoder {
+    /// The payload of a frame `frame(_:)` made (the chat session reads what the engine sent).
+    static func payload(of frame: WireFrame) -> [UInt8] {
+        let bytes = frame.bytes
+        guard bytes.count >= 2 else { return [] }
+        let marker = bytes[1] & 0x7F
+        let start = marker < 126 ? 2 : (marker == 126 ? 4 : 10)
+        return start <= bytes.count ? Array(bytes[start...]) : []
+    }
+
     func frame(_ payload: [UInt8]) -> WireFrame {
         var bytes: [UInt8] = []
         let length = payload.count

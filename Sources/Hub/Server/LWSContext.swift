@@ -143,6 +143,35 @@ private let requestHeaders: [(lws_token_indexes, String)] = [
 /// Custom headers lws does not tokenise; the names routes read.
 private let customRequestHeaders = ["x-api-key", "x-request-id", "access-control-request-method", "access-control-request-headers"]
 
+/// The user id of a `/ws/{user_id}` path (percent-decoded), or nil for other paths.
+private func chatUserID(_ path: String) -> String? {
+    guard path.hasPrefix("/ws/") else { return nil }
+    let rest = path.dropFirst(4)
+    guard !rest.isEmpty, !rest.contains("/") else { return nil }
+    return HTTPRequest.percentDecode(rest)
+}
+
+private func bearerToken(_ wsi: OpaquePointer) -> String? {
+    guard let auth = header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) else { return nil }
+    let parts = auth.split(separator: " ", maxSplits: 1)
+    guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+    return String(parts[1])
+}
+
+/// One decoded query parameter of the request.
+private func queryValue(_ wsi: OpaquePointer, _ name: String) -> String? {
+    var index: Int32 = 0
+    var fragment = [CChar](repeating: 0, count: 4096)
+    while lws_hdr_copy_fragment(wsi, &fragment, Int32(fragment.count), WSI_TOKEN_HTTP_URI_ARGS, index) > 0 {
+        let pair = String(cString: fragment)
+        if let eq = pair.firstIndex(of: "="), pair[..<eq] == name {
+            return HTTPRequest.percentDecode(pair[pair.index(after: eq)...])
+        }
+        index += 1
+    }
+    return nil
+}
+
 /// The path of a WebSocket upgrade or HTTP request.
 private func requestPath(_ wsi: OpaquePointer) -> String? {
     header(wsi, WSI_TOKEN_GET_URI)
@@ -159,16 +188,24 @@ private func hubCallback(
         return 0
 
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        // Only the client-protocol endpoint upgrades to WebSocket.
-        guard let wsi, requestPath(wsi) == "/connection/websocket" else { return 1 }
-        return 0
+        // Only the client-protocol endpoint and seed 003's chat endpoint upgrade to WebSocket.
+        guard let wsi, let path = requestPath(wsi) else { return 1 }
+        if path == "/connection/websocket" { return 0 }
+        return chatUserID(path) != nil && loop.settings.chat != nil ? 0 : 1
 
     case LWS_CALLBACK_ESTABLISHED:
         guard let wsi else { return -1 }
         let connection = WebSocketConnection(
             loop: loop, wsi: wsi, remoteAddress: peerAddress(wsi),
             maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
-        connection.session = loop.node.accept(transport: connection)
+        if let path = requestPath(wsi), let userID = chatUserID(path), let chat = loop.settings.chat {
+            let session = ChatSession(userID: userID, chat: chat, transport: connection, unframe: WebSocketFrameEncoder.payload(of:))
+            connection.chat = session
+            connection.session = session.clientSession
+            session.start(token: bearerToken(wsi) ?? queryValue(wsi, "token"))
+        } else {
+            connection.session = loop.node.accept(transport: connection)
+        }
         store(connection, in: user)
         loop.connections[ObjectIdentifier(connection)] = connection
         return 0
@@ -185,7 +222,11 @@ private func hubCallback(
         if lws_is_final_fragment(wsi) != 0 && lws_remaining_packet_payload(wsi) == 0 {
             let message = connection.inbound
             connection.inbound = []
-            connection.session?.handle(message: message)
+            if let chat = connection.chat {
+                chat.handle(message: message)
+            } else {
+                connection.session?.handle(message: message)
+            }
         }
         return 0
 
@@ -197,8 +238,9 @@ private func hubCallback(
         if let connection = sessionIn(user) as? WebSocketConnection {
             loop.connections.removeValue(forKey: ObjectIdentifier(connection))
             connection.outbound.withLock { $0.closing = true }
-            connection.session?.closed()
+            if let chat = connection.chat { chat.closed() } else { connection.session?.closed() }
             connection.session = nil
+            connection.chat = nil
         }
         release(user)
         return 0

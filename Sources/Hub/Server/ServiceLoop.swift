@@ -14,6 +14,8 @@ struct EdgeSettings: Sendable {
     var maxQueuedBytes: Int
     var maxQueuedMessages: Int
     var corsOrigins: String
+    /// Seed 003's `/ws/{user_id}` chat endpoint; nil turns that WebSocket path off.
+    var chat: ChatService? = nil
 }
 
 /// One libwebsockets context on its own thread. Several loops listen on the same port
