@@ -49,6 +49,72 @@ def test_body_over_max_body_size_is_413(hub_factory):
     assert r.status_code == 200 and r.json()["result"]["offset"] == 1
 
 
+def _raw_exchange(port: int, parts, pause: float = 0.1):
+    """Sends `parts` on one connection with pauses between them (as clients that write the
+    headers and the body separately do), then a second request on the same connection.
+    Returns (first status line, second status line or the error)."""
+    import socket
+    import time
+
+    def read_response(sock):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return head.split(b"\r\n")[0].decode()
+
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        for part in parts:
+            sock.sendall(part)
+            time.sleep(pause)
+        first = read_response(sock)
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            second = read_response(sock)
+        except OSError as error:
+            second = type(error).__name__
+        return first, second
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/health"), ("DELETE", "/api/v1/cache/jobs/x"),
+                                         ("POST", "/api/info")])
+def test_keep_alive_after_a_body_sent_separately(hub, method, path):
+    """A body that arrives after the headers is read before the response completes, so the
+    next request on the same connection is answered (it used to go unanswered)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: {hub.api_key}\r\nContent-Length: 2\r\n\r\n"
+    first, second = _raw_exchange(hub.port, [head.encode(), b"{}"])
+    assert first is not None and first.startswith("HTTP/1.1 ")
+    assert second == "HTTP/1.1 200 OK"
+
+
+def test_413_closes_the_connection_and_the_hub_keeps_serving(hub_factory):
+    hub = hub_factory("--max-body-size", "1024")
+    head = b"POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+    first, second = _raw_exchange(hub.port, [head, b"x" * 5000])
+    assert first == "HTTP/1.1 413 Request Entity Too Large"
+    assert second in (None, "BrokenPipeError", "ConnectionResetError"), second
+    assert hub.get("/health").status_code == 200
+
+
+def test_chunked_request_body_is_411_not_a_hang(hub):
+    head = b"POST /api/info HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first, _ = _raw_exchange(hub.port, [head, b"2\r\n{}\r\n0\r\n\r\n"])
+    assert first == "HTTP/1.1 411 Length Required"
+    assert hub.get("/health").status_code == 200
+
+
 def test_cors_preflight_and_headers(hub):
     r = hub.http.options(hub.url + "/api/publish", timeout=WAIT, headers={
         "Origin": "http://example.com",

@@ -117,6 +117,8 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var body: [UInt8] = []
     var expectedLength = 0
     var tooLarge = false
+    /// A chunked request body, which this lws build cannot read: refused with 411.
+    var lengthRequired = false
     var dispatched = false
     let startedAt: Double
     /// Set once by the route (any thread); written out by the service thread.

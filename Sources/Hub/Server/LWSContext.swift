@@ -349,7 +349,11 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
         exchange.tooLarge = true
     }
     let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
-    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !exchange.tooLarge {
+    // Any method may carry a body (GET and DELETE bodies reach us from some clients): it must
+    // be read to its end before the response completes the transaction, or its late bytes
+    // would be parsed as the next request on this keep-alive connection.
+    if chunked { exchange.lengthRequired = true }
+    if declared > 0, !exchange.tooLarge, !chunked {
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
@@ -360,10 +364,20 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
 private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
     guard !exchange.dispatched else { return }
     exchange.dispatched = true
+    if exchange.lengthRequired {
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        var response = shape.response(411, "chunked request bodies are not supported: send Content-Length", code: "BAD_REQUEST")
+        response.headers.append(("connection", "close"))
+        exchange.respond(response)
+        return
+    }
     if exchange.tooLarge {
         // Answered in the error shape of the route the request was for.
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        exchange.respond(shape.response(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE"))
+        // The body is not read, so the connection cannot carry another request: say so and close.
+        var response = shape.response(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE")
+        response.headers.append(("connection", "close"))
+        exchange.respond(response)
         return
     }
     let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
@@ -399,7 +413,7 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
         if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
         logAccess(exchange, status: response.status, loop: loop)
         if response.body.isEmpty || isHead {
-            return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+            return finishTransaction(exchange, wsi: wsi)
         }
         lws_callback_on_writable(wsi)
         return 0
@@ -415,10 +429,17 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
     if lws_write(wsi, base, chunk, lws_write_protocol(rawValue: UInt32(mode))) != chunk { return -1 }
     exchange.bodySent += chunk
     if final {
-        return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+        return finishTransaction(exchange, wsi: wsi)
     }
     lws_callback_on_writable(wsi)
     return 0
+}
+
+/// Ends the response: keep-alive for the next request, or close when the request body was
+/// left unread (413).
+private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
+    if exchange.tooLarge || exchange.lengthRequired { return -1 }
+    return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
 }
 
 private func logAccess(_ exchange: HTTPExchange, status: Int, loop: ServiceLoop) {
