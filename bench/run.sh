@@ -43,6 +43,9 @@ done
 
 SCRATCH=${BENCH_SCRATCH:-.build-bench}
 HUB_REST_PATH=${HUB_REST_PATH:-/health}
+# The hub gets one service thread by default: it is pinned to one CPU like every peer, and a
+# second thread there only takes turns with the first (HUB_THREADS to try other counts).
+HUB_THREADS=${HUB_THREADS:-1}
 SERVER_CPU=0
 GENERATOR_CPU=1
 
@@ -120,7 +123,7 @@ start_server() {
             rm -rf "$RUN/hub-data"
             echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
             HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
-                --log-level warning --threads 2 --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
+                --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
                 --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub.log" 2>&1 &
             ;;
         nats)

@@ -198,6 +198,10 @@ private func hubCallback(
         let connection = WebSocketConnection(
             loop: loop, wsi: wsi, remoteAddress: peerAddress(wsi),
             maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
+        // Registered before the session starts: starting may already close the connection
+        // (a bad token) and ask for the writeable callback that sends the close frame.
+        store(connection, in: user)
+        loop.connections[ObjectIdentifier(connection)] = connection
         if let path = requestPath(wsi), let userID = chatUserID(path), let chat = loop.settings.chat {
             let session = ChatSession(userID: userID, chat: chat, transport: connection, unframe: WebSocketFrameEncoder.payload(of:))
             connection.chat = session
@@ -206,8 +210,6 @@ private func hubCallback(
         } else {
             connection.session = loop.node.accept(transport: connection)
         }
-        store(connection, in: user)
-        loop.connections[ObjectIdentifier(connection)] = connection
         return 0
 
     case LWS_CALLBACK_RECEIVE:
