@@ -44,6 +44,13 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Redis address for the redis engine, redis://[:password@]host[:port][/db]; repeat or comma-separate for shards.")
     var redisUrl: [String] = []
     @Option(help: "Seconds a crashed node's clients stay in presence with the redis engine (default 60).") var presenceTtl: Double?
+    @Option(help: "Seed 000's allowedToken: bearer token for the gateway routes.") var gatewayAllowedToken: String?
+    @Option(help: "Seed 000's adminToken: bearer token for /admin/statuses (passes everywhere allowedToken does).") var gatewayAdminToken: String?
+    @Option(help: "Folder served by GET /assets/{file_name} (default: none, every file is 404).") var gatewayAssetsDir: String?
+    @Option(help: "Seconds to connect to a gateway (default 3).") var gatewayConnectTimeout: Double?
+    @Option(help: "Seconds for a whole call to a gateway (default 10).") var gatewayTimeout: Double?
+    @Option(help: "Seconds between monitor polls of every gateway's /gateway/status (default 5).") var gatewayMonitorInterval: Double?
+    @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
 
     mutating func run() throws {
         let config: HubConfig
@@ -107,6 +114,13 @@ struct HubCommand: ParsableCommand {
         let urls = redisUrl.isEmpty ? (env["HUB_REDIS_URL"].map { [$0] } ?? []) : redisUrl
         if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
         c.presenceTTL = try presenceTtl ?? envDouble("HUB_PRESENCE_TTL") ?? c.presenceTTL
+        c.gatewayAllowedToken = gatewayAllowedToken ?? env["HUB_GATEWAY_ALLOWED_TOKEN"] ?? c.gatewayAllowedToken
+        c.gatewayAdminToken = gatewayAdminToken ?? env["HUB_GATEWAY_ADMIN_TOKEN"] ?? c.gatewayAdminToken
+        c.gatewayAssetsDir = gatewayAssetsDir ?? env["HUB_GATEWAY_ASSETS_DIR"] ?? c.gatewayAssetsDir
+        c.gatewayConnectTimeout = try gatewayConnectTimeout ?? envDouble("HUB_GATEWAY_CONNECT_TIMEOUT") ?? c.gatewayConnectTimeout
+        c.gatewayTimeout = try gatewayTimeout ?? envDouble("HUB_GATEWAY_TIMEOUT") ?? c.gatewayTimeout
+        c.gatewayMonitorInterval = try gatewayMonitorInterval ?? envDouble("HUB_GATEWAY_MONITOR_INTERVAL") ?? c.gatewayMonitorInterval
+        c.gatewayMonitorFailures = try gatewayMonitorFailures ?? envInt("HUB_GATEWAY_MONITOR_FAILURES") ?? c.gatewayMonitorFailures
         try c.validate()
         return c
     }

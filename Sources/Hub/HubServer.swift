@@ -31,6 +31,9 @@ final class HubServer {
         }
         var engine = EngineConfig()
         engine.namespaces = config.namespaces
+        if engine.namespaces.namespaces[GatewayService.namespace] == nil {
+            engine.namespaces.namespaces[GatewayService.namespace] = HubConfig.gatewayChannelOptions
+        }
         var rsaKey: String?
         if let path = config.tokenRSAPublicKeyPath {
             guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read RSA public key \(path)") }
@@ -74,11 +77,12 @@ final class HubServer {
                         encoder: WebSocketFrameEncoder(), logger: Logger(label: "hub.channels"))
         redis?.0.start()
         let routerBox = RouterBox()
-        let routes = Health(node: node).routes + ServerAPI(node: node).routes
+        let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
+        let routes = Health(node: node).routes + ServerAPI(node: node).routes + gateways.routes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let metrics = MetricsRegistry()
-        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, tokens: engine.tokens),
+        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
         routerBox.router = router
         let counters = node.counters
@@ -96,6 +100,7 @@ final class HubServer {
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
+        gateways.start()
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
@@ -134,6 +139,7 @@ final class HubServer {
         logger.notice("shutting down: closing \(node.clientCount) connections")
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
+        gateways.stop()
         ticker.cancel()
         redis?.0.stop()
         (store as? SQLiteRecordStore)?.close()

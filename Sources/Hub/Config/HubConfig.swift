@@ -33,6 +33,23 @@ struct HubConfig: Sendable {
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
+    // Gateway rooms (seeds 000 and 002).
+    var gatewayAllowedToken: String?
+    var gatewayAdminToken: String?
+    var gatewayAssetsDir: String?
+    var gatewayConnectTimeout: Double = 3
+    var gatewayTimeout: Double = 10
+    var gatewayMonitorInterval: Double = 5
+    var gatewayMonitorFailures = 3
+
+    /// The `gateways` namespace unless the config defines it: every change kept an hour
+    /// (up to 1000), so dashboards recover from a snapshot's position.
+    static var gatewayChannelOptions: ChannelOptions {
+        var options = ChannelOptions()
+        options.historySize = 1000
+        options.historyTTL = 3600
+        return options
+    }
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -71,6 +88,13 @@ struct HubConfig: Sendable {
             case "cors_origins": corsOrigins = try string(value, key)
             case "engine": engine = try string(value, key)
             case "presence_ttl": presenceTTL = try double(value, key)
+            case "gateway_allowed_token": gatewayAllowedToken = try string(value, key)
+            case "gateway_admin_token": gatewayAdminToken = try string(value, key)
+            case "gateway_assets_dir": gatewayAssetsDir = try string(value, key)
+            case "gateway_connect_timeout": gatewayConnectTimeout = try double(value, key)
+            case "gateway_timeout": gatewayTimeout = try double(value, key)
+            case "gateway_monitor_interval": gatewayMonitorInterval = try double(value, key)
+            case "gateway_monitor_failures": gatewayMonitorFailures = try int(value, key)
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -184,6 +208,11 @@ struct HubConfig: Sendable {
                 throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
             }
         }
+        guard gatewayConnectTimeout > 0, gatewayTimeout > 0, gatewayConnectTimeout <= gatewayTimeout else {
+            throw HubError.config("gateway_connect_timeout and gateway_timeout must be positive, the connect timeout at most the total")
+        }
+        guard gatewayMonitorInterval >= 0.1 else { throw HubError.config("gateway_monitor_interval must be at least 0.1 seconds") }
+        guard gatewayMonitorFailures >= 1 else { throw HubError.config("gateway_monitor_failures must be at least 1") }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
