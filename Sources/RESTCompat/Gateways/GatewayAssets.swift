@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import Synchronization
 
 /// Seed 000's `GET /assets/{file_name}`: files from one configured folder, nothing outside it.
 ///
@@ -10,10 +11,14 @@ import Glibc
 public struct GatewayAssets: Sendable {
     public let root: String?
     public let maxBytes: Int
+    /// Files are read whole, so memory is bounded by reads in flight × `maxBytes`.
+    public let maxReads: Int
+    let reading = SharedCounter()
 
-    public init(root: String?, maxBytes: Int = 256 * 1024 * 1024) {
+    public init(root: String?, maxBytes: Int = 256 * 1024 * 1024, maxReads: Int = 4) {
         self.root = root.flatMap { $0.isEmpty ? nil : $0 }
         self.maxBytes = maxBytes
+        self.maxReads = maxReads
     }
 
     static func notFound() -> HTTPResponse { ErrorShape.fastAPI.response(404, "File not found") }
@@ -32,8 +37,15 @@ public struct GatewayAssets: Sendable {
             return
         }
         guard let root else { reply(Self.notFound()); return }
-        DispatchQueue.global().async {
-            reply(Self.read(root: root, name: name, maxBytes: maxBytes))
+        guard reading.value.add(1, ordering: .acquiringAndReleasing).newValue <= maxReads else {
+            reading.value.subtract(1, ordering: .acquiringAndReleasing)
+            reply(ErrorShape.fastAPI.response(503, "Too many downloads in progress, retry shortly"))
+            return
+        }
+        DispatchQueue.global().async { [reading] in
+            let response = Self.read(root: root, name: name, maxBytes: maxBytes)
+            reading.value.subtract(1, ordering: .acquiringAndReleasing)
+            reply(response)
         }
     }
 
@@ -75,4 +87,9 @@ public struct GatewayAssets: Sendable {
 extension String {
     /// A literal `+` in a path segment is a plus, not a space (that is query encoding).
     var replacingPlus: String { self.split(separator: "+", omittingEmptySubsequences: false).joined(separator: "%2B") }
+}
+
+/// An atomic count shared by copies of a struct.
+final class SharedCounter: Sendable {
+    let value = Atomic<Int>(0)
 }

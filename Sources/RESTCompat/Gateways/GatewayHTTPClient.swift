@@ -168,6 +168,9 @@ public final class GatewayHTTPClient: @unchecked Sendable {
 
     private func run() {
         var fds: [pollfd] = []
+        // Which exchange each polled descriptor belonged to: a descriptor closed and reopened
+        // while handling this round's events must not get another's events.
+        var owners: [Exchange?] = []
         while true {
             let (submitted, stopped) = inbox.withLock { inbox -> ([Submitted], Bool) in
                 defer { inbox.items.removeAll() }
@@ -189,11 +192,14 @@ public final class GatewayHTTPClient: @unchecked Sendable {
             expire(now: now)
 
             fds.removeAll(keepingCapacity: true)
+            owners.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0))
+            owners.append(nil)
             var nextDeadline = now + 1
             for (fd, exchange) in active {
                 let events = exchange.phase == .reading ? POLLIN : POLLOUT
                 fds.append(pollfd(fd: fd, events: Int16(events), revents: 0))
+                owners.append(exchange)
                 nextDeadline = min(nextDeadline, exchange.request.deadline)
                 if exchange.phase == .connecting { nextDeadline = min(nextDeadline, exchange.connectDeadline) }
             }
@@ -212,7 +218,7 @@ public final class GatewayHTTPClient: @unchecked Sendable {
                 if index >= idleStart {
                     // An idle keep-alive connection became readable: the gateway closed it.
                     dropIdle(fd)
-                } else if let exchange = active[fd] {
+                } else if let exchange = owners[index], active[fd] === exchange {
                     advance(exchange, revents: fds[index].revents)
                 }
             }
@@ -281,12 +287,15 @@ public final class GatewayHTTPClient: @unchecked Sendable {
         }
     }
 
+    /// Closes an idle connection, if it is still idle (it may have been handed to an exchange
+    /// earlier in the same round).
     private func dropIdle(_ fd: Int32) {
         for (address, list) in idle where list.contains(where: { $0.fd == fd }) {
             let rest = list.filter { $0.fd != fd }
             idle[address] = rest.isEmpty ? nil : rest
+            close(fd)
+            return
         }
-        close(fd)
     }
 
     private func advance(_ exchange: Exchange, revents: Int16) {

@@ -65,7 +65,7 @@ public struct RoomProxy: Sendable {
                 service.unregister(id: id, reply: context.respond)
             },
             Route("GET", "/assets/{file_name}", auth: .none, errors: .fastAPI, summary: "Static download from the assets folder",
-                  tag: Self.tag, responses: [200: "The file", 400: "Invalid file name", 404: "File not found"],
+                  tag: Self.tag, responses: [200: "The file", 400: "Invalid file name", 404: "File not found", 503: "Too many downloads in progress"],
                   produces: "application/octet-stream") { context in
                 assets.serve(context.params["file_name"] ?? "", reply: context.respond)
             },
