@@ -365,6 +365,13 @@ def test_redis_records_are_seed_format_both_ways(hub_factory, simulators, redis_
              message="monitor writes media duration")
     fields = redis_cli(redis_url, "GET", "gateway:gw09").split("|")
     assert fields[:4] == [sim.gw_ip, "working", "media", "math101"] and len(fields) == 7
+    # a working record written by another tool becomes findable by room once the monitor has seen it
+    sim2 = simulators("gw10")
+    assert requests.post(f"http://{sim2.gw_ip}/gateway/start", json={"gw_id": "gw10", "room": "chem1"},
+                         timeout=WAIT).status_code == 200  # the gateway really is working
+    redis_cli(redis_url, "SET", "gateway:gw10", f"{sim2.gw_ip}|working|media|chem1|2025-01-01T12:00:00|0|0")
+    wait_for(lambda: hub.get("/status?room=chem1", headers=auth()).status_code == 200, message="room index repaired")
+    assert hub.get("/status?room=chem1", headers=auth()).json()["data"]["gw_id"] == sim2.gw_ip
 
 
 # --------------------------------------------------------------------------------------------

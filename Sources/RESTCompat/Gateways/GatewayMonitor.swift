@@ -122,7 +122,7 @@ public final class GatewayMonitor: Sendable {
                 remove(id: id, record: record, reason: "gateway reports it does not exist", finished: finished)
             case .success(let response) where (200..<300).contains(response.status):
                 state.withLock { _ = $0.failures.removeValue(forKey: id) }
-                apply(id: id, status: (try? JSONParser.parse(response.body)) ?? [:], finished: finished)
+                apply(id: id, record: record, status: (try? JSONParser.parse(response.body)) ?? [:], finished: finished)
             default:
                 let failures = state.withLock { state -> Int in
                     state.failures[id, default: 0] += 1
@@ -138,7 +138,7 @@ public final class GatewayMonitor: Sendable {
     }
 
     /// Copies what the gateway reports into its record; publishes only when something changed.
-    func apply(id: String, status: JSONValue, finished: @escaping @Sendable () -> Void) {
+    func apply(id: String, record listed: GatewayRecord, status: JSONValue, finished: @escaping @Sendable () -> Void) {
         let reported = status["processing_state"]?.stringValue ?? status["state"]?.stringValue ?? ""
         let duration = status["recording_time"]?.stringValue ?? status["media_duration"]?.stringValue
         let progress = status["transcript_progress"]?.stringValue
@@ -169,11 +169,18 @@ public final class GatewayMonitor: Sendable {
             }
             return next
         } completion: { [self] result in
+            var current = listed
             if case .success(let (before, after)?) = result {
                 if let room = before.room, after.room != room { service.releaseRoom(room, id: id) }
                 service.publish("update", id: id, record: after, rooms: before.room.map { [$0] } ?? [])
+                current = after
             }
-            finished()
+            // A working record another tool wrote has no room index yet: add it (only if absent).
+            if current.state == "working", let room = current.room {
+                service.store.compareAndSet(GatewayRecord.roomKey(room), expected: nil, new: Array(id.utf8)) { _ in finished() }
+            } else {
+                finished()
+            }
         }
     }
 
