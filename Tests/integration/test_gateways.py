@@ -222,7 +222,8 @@ def test_start_command_stop_through_a_gateway(hub_factory, simulators):
 
 
 def test_gateway_failures_release_the_gateway(hub_factory, simulators):
-    hub = gateway_hub(hub_factory, "--gateway-timeout", "1", "--gateway-connect-timeout", "0.5", failures=1000)
+    # one service thread: a call blocking it would stall every other request
+    hub = gateway_hub(hub_factory, "--threads", "1", "--gateway-timeout", "1", "--gateway-connect-timeout", "0.5", failures=1000)
     simulators("gw-err", hub=hub, extra=["--fail-start", "500"])
     r = post(hub, "/start", {"room": "r1"})
     assert r.status_code == 500 and r.json() == {"detail": "simulated launcher failure"}, "the gateway's own error"
@@ -231,7 +232,15 @@ def test_gateway_failures_release_the_gateway(hub_factory, simulators):
 
     simulators("gw-slow", hub=hub, extra=["--start-delay", "3"])
     began = time.monotonic()
-    r = post(hub, "/start", {"room": "r2"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, hub, "/start", {"room": "r2"})
+        time.sleep(0.2)
+        # while the gateway stalls, the hub keeps serving everyone else
+        t0 = time.monotonic()
+        assert requests.get(hub.url + "/health", timeout=WAIT).status_code == 200
+        assert requests.get(hub.url + "/status?gw_id=gw-slow", headers=auth(), timeout=WAIT).json()["data"]["gw_state"] == "working"
+        assert time.monotonic() - t0 < 0.5
+        r = pending.result()
     assert r.status_code == 504 and "gw-slow" in r.json()["detail"] and time.monotonic() - began < 2.5
     assert statuses(hub)["gw-slow"]["status"] == "started"
     post(hub, "/unregister", {"gw_id": "gw-slow"})

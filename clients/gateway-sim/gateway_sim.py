@@ -90,6 +90,7 @@ def invalid(field, msg):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the hub's client reuses connections
+    disable_nagle_algorithm = True  # headers and body go out as two writes; no 40 ms delayed-ACK stall
     server_version = "gateway-sim/1.0"
     sim: Simulator = None
 
