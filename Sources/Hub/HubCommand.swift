@@ -58,6 +58,13 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds to wait for an LLM/TTS/STT/agent worker's answer before 504 (default 30).") var serviceTimeout: Double?
     @Option(help: "Seconds service answers stay cached in the record store; 0 turns the cache off (default 3600).") var serviceCacheTtl: Double?
     @Option(help: "PBKDF2-HMAC-SHA256 iterations for new password hashes (default 600000).") var passwordIterations: Int?
+    @Option(help: "Seed 000's allowedToken: bearer token for the gateway routes.") var gatewayAllowedToken: String?
+    @Option(help: "Seed 000's adminToken: bearer token for /admin/statuses (passes everywhere allowedToken does).") var gatewayAdminToken: String?
+    @Option(help: "Folder served by GET /assets/{file_name} (default: none, every file is 404).") var gatewayAssetsDir: String?
+    @Option(help: "Seconds to connect to a gateway (default 3).") var gatewayConnectTimeout: Double?
+    @Option(help: "Seconds for a whole call to a gateway (default 10).") var gatewayTimeout: Double?
+    @Option(help: "Seconds between monitor polls of every gateway's /gateway/status (default 5).") var gatewayMonitorInterval: Double?
+    @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
 
     mutating func run() throws {
         let config: HubConfig
@@ -141,6 +148,13 @@ struct HubCommand: ParsableCommand {
         c.serviceTimeout = try serviceTimeout ?? envDouble("HUB_SERVICE_TIMEOUT") ?? c.serviceTimeout
         c.serviceCacheTTL = try serviceCacheTtl ?? envDouble("HUB_SERVICE_CACHE_TTL") ?? c.serviceCacheTTL
         c.passwordIterations = try passwordIterations ?? envInt("HUB_PASSWORD_ITERATIONS") ?? c.passwordIterations
+        c.gatewayAllowedToken = gatewayAllowedToken ?? env["HUB_GATEWAY_ALLOWED_TOKEN"] ?? c.gatewayAllowedToken
+        c.gatewayAdminToken = gatewayAdminToken ?? env["HUB_GATEWAY_ADMIN_TOKEN"] ?? c.gatewayAdminToken
+        c.gatewayAssetsDir = gatewayAssetsDir ?? env["HUB_GATEWAY_ASSETS_DIR"] ?? c.gatewayAssetsDir
+        c.gatewayConnectTimeout = try gatewayConnectTimeout ?? envDouble("HUB_GATEWAY_CONNECT_TIMEOUT") ?? c.gatewayConnectTimeout
+        c.gatewayTimeout = try gatewayTimeout ?? envDouble("HUB_GATEWAY_TIMEOUT") ?? c.gatewayTimeout
+        c.gatewayMonitorInterval = try gatewayMonitorInterval ?? envDouble("HUB_GATEWAY_MONITOR_INTERVAL") ?? c.gatewayMonitorInterval
+        c.gatewayMonitorFailures = try gatewayMonitorFailures ?? envInt("HUB_GATEWAY_MONITOR_FAILURES") ?? c.gatewayMonitorFailures
         try c.validate()
         return c
     }

@@ -31,6 +31,9 @@ final class HubServer {
         }
         var engine = EngineConfig()
         engine.namespaces = config.withJuneNamespaces
+        if engine.namespaces.namespaces[GatewayService.namespace] == nil {
+            engine.namespaces.namespaces[GatewayService.namespace] = HubConfig.gatewayChannelOptions
+        }
         var rsaKey: String?
         if let path = config.tokenRSAPublicKeyPath {
             guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read RSA public key \(path)") }
@@ -77,14 +80,16 @@ final class HubServer {
         let routerBox = RouterBox()
         let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
+        let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let metrics = MetricsRegistry()
         let june = makeJune(node: node, store: store, limiter: limiter, metrics: metrics, tokens: engine.tokens)
-        let routes = Health(node: node).routes + ServerAPI(node: node).routes
+        let routes = Health(node: node).routes + ServerAPI(node: node).routes + gateways.routes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes
-        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""], tokens: engine.tokens),
+        let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
+                                                                     bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
         routerBox.router = router
         let counters = node.counters
@@ -103,6 +108,7 @@ final class HubServer {
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
         cache.start()
+        gateways.start()
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
@@ -146,6 +152,7 @@ final class HubServer {
         cache.shutdown()
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
+        gateways.stop()
         ticker.cancel()
         redis?.0.stop()
         (store as? SQLiteRecordStore)?.close()

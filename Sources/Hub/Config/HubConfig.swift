@@ -49,6 +49,23 @@ struct HubConfig: Sendable {
     var serviceTimeout: Double = 30
     var serviceCacheTTL: Double = 3600
     var passwordIterations = 600_000
+    // Gateway rooms (seeds 000 and 002).
+    var gatewayAllowedToken: String?
+    var gatewayAdminToken: String?
+    var gatewayAssetsDir: String?
+    var gatewayConnectTimeout: Double = 3
+    var gatewayTimeout: Double = 10
+    var gatewayMonitorInterval: Double = 5
+    var gatewayMonitorFailures = 3
+
+    /// The `gateways` namespace unless the config defines it: every change kept an hour
+    /// (up to 1000), so dashboards recover from a snapshot's position.
+    static var gatewayChannelOptions: ChannelOptions {
+        var options = ChannelOptions()
+        options.historySize = 1000
+        options.historyTTL = 3600
+        return options
+    }
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -116,6 +133,13 @@ struct HubConfig: Sendable {
             case "service_timeout": serviceTimeout = try double(value, key)
             case "service_cache_ttl": serviceCacheTTL = try double(value, key)
             case "password_iterations": passwordIterations = try int(value, key)
+            case "gateway_allowed_token": gatewayAllowedToken = try string(value, key)
+            case "gateway_admin_token": gatewayAdminToken = try string(value, key)
+            case "gateway_assets_dir": gatewayAssetsDir = try string(value, key)
+            case "gateway_connect_timeout": gatewayConnectTimeout = try double(value, key)
+            case "gateway_timeout": gatewayTimeout = try double(value, key)
+            case "gateway_monitor_interval": gatewayMonitorInterval = try double(value, key)
+            case "gateway_monitor_failures": gatewayMonitorFailures = try int(value, key)
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -249,6 +273,11 @@ struct HubConfig: Sendable {
         guard (10_000...10_000_000).contains(passwordIterations) else { throw HubError.config("password_iterations must be 10000-10000000") }
         if (adminUser == nil) != (adminPassword == nil) { throw HubError.config("admin_user and admin_password go together") }
         if let adminPassword, adminPassword.utf8.count < 8 { throw HubError.config("admin_password must be at least 8 characters") }
+        guard gatewayConnectTimeout > 0, gatewayTimeout > 0, gatewayConnectTimeout <= gatewayTimeout else {
+            throw HubError.config("gateway_connect_timeout and gateway_timeout must be positive, the connect timeout at most the total")
+        }
+        guard gatewayMonitorInterval >= 0.1 else { throw HubError.config("gateway_monitor_interval must be at least 0.1 seconds") }
+        guard gatewayMonitorFailures >= 1 else { throw HubError.config("gateway_monitor_failures must be at least 1") }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
