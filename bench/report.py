@@ -421,10 +421,9 @@ def report(args: argparse.Namespace) -> None:
                      f"{r.get('non_2xx', 0)}{' ' + r['socket_errors'] if r.get('socket_errors') else ''}"])
     md += table(["server", "path", "requests/s", "p50 ms", "p99 ms", "server CPU", "non-2xx / socket errors"], body)
     md += ["", f"wrk -t1 -c{meta.get('wrk_connections')} -d{meta.get('wrk_seconds')}s --latency on CPU 1. "
-           f"**The hub's seed route `GET /status?gw_id=` does not exist yet**, so the hub row measures "
-           f"`{meta.get('hub_rest_path')}`, against the FastAPI + redis-py implementation of `/status?gw_id=` "
-           "(one Redis GET per request). Once RESTCompat serves it, run with "
-           "`HUB_REST_PATH='/status?gw_id=gw01'` (and a seeded store) for the like-for-like number.", ""]
+           f"The hub serves `{meta.get('hub_rest_path')}` from its record store (SQLite, the gateway registered "
+           "through seed 000's `POST /register` first); the FastAPI peer serves `/status?gw_id=` with one "
+           "redis-py GET per request.", ""]
 
     # Scenario 5 ---------------------------------------------------------------------------
     md += ["## 5. Two hub nodes on Redis", ""]
@@ -433,7 +432,19 @@ def report(args: argparse.Namespace) -> None:
         md += table(["scenario", "status"], [["two hub nodes sharing Redis (publish on one, deliver on the other)",
                                               f"**{cl[0]['error']}**"]])
     elif cl:
-        md += ["(results present, see results.jsonl)"]
+        body = []
+        for r in cl:
+            single = next((f for f in fan if f["server"] == "hub" and f.get("subscribers") == r.get("subscribers")
+                           and "max_deliveries_per_s" in f), None)
+            half = r.get("half") or {}
+            body.append([f"{r.get('subscribers', 0):,}",
+                         f"**{fmt_rate(r.get('max_deliveries_per_s'))}**" if "max_deliveries_per_s" in r else f"failed: {r.get('error', '?')}",
+                         fmt_rate(single["max_deliveries_per_s"]) if single else "not run",
+                         fmt_ms(half.get("p50_ms")), fmt_ms(half.get("p99_ms")), fmt_ms(half.get("p999_ms"))])
+        md += table(["subscribers (node B)", "cross-node deliveries/s (publisher on node A)", "single node (scenario 1)",
+                     "p50 ms (half rate)", "p99 ms (half rate)", "p99.9 ms (half rate)"], body)
+        md += ["", "Both nodes and redis-server share the server CPU; every publication goes node A → Redis "
+               "(Lua script: stream append + PUBLISH) → node B → its subscribers.", ""]
     else:
         md += ["Not run."]
     md += [""]
@@ -465,6 +476,13 @@ def report(args: argparse.Namespace) -> None:
             p99 = half["p99_ms"]
             verdict = f"**met** ({p99:.2f} ms)" if p99 < 10 else f"**missed** ({p99:.1f} ms, {p99 / 10:.1f}× the limit)"
             body.append([f"1 ({subs:,} subs): hub p99 < 10 ms at half load", f"{p99:.2f} ms", "10 ms", verdict])
+    for r in cl:
+        if "max_deliveries_per_s" not in r:
+            continue
+        single = next((f.get("max_deliveries_per_s") for f in fan if f["server"] == "hub"
+                       and f.get("subscribers") == r.get("subscribers")), None)
+        body.append(ratio_line(f"5 ({r.get('subscribers', 0):,} subs): cross-node ≥ ½ single node",
+                               r["max_deliveries_per_s"], single, 0.5, "/s", missing="scenario 1 not run"))
     hub_conn = next((r for r in co if r["server"] == "hub"), None)
     if hub_conn and hub_conn.get("kib_per_connection") is not None:
         k = hub_conn["kib_per_connection"]

@@ -10,7 +10,7 @@
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
 # test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
-# measures, default /health; swap in /status?gw_id=gw01 once RESTCompat serves it).
+# measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements).
 #
 # Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
 # Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
 done
 
 SCRATCH=${BENCH_SCRATCH:-.build-bench}
-HUB_REST_PATH=${HUB_REST_PATH:-/health}
+HUB_REST_PATH=${HUB_REST_PATH:-/status?gw_id=gw01}
 # The hub gets one service thread by default: it is pinned to one CPU like every peer, and a
 # second thread there only takes turns with the first (HUB_THREADS to try other counts).
 HUB_THREADS=${HUB_THREADS:-1}
@@ -122,7 +122,8 @@ start_server() {
             PORT=$HUB_PORT
             rm -rf "$RUN/hub-data"
             echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
-            HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
+            HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
+                taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
                 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
                 --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub.log" 2>&1 &
             ;;
@@ -245,7 +246,11 @@ scenario_connections() {
 scenario_rest() {
     local kind=$1 url label
     case "$kind" in
-        hub) start_server hub; url="http://127.0.0.1:$PORT$HUB_REST_PATH"; label=hub ;;
+        hub)
+            start_server hub; url="http://127.0.0.1:$PORT$HUB_REST_PATH"; label=hub
+            # the same gateway record the FastAPI peer reads from Redis, registered the seed's way
+            curl -fsS -X POST -H 'Authorization: Bearer bench' -H 'Content-Type: application/json' \
+                -d '{"gw_id":"gw01","gw_ip":"10.0.0.1","gw_type":"recorder"}' "http://127.0.0.1:$PORT/register" >/dev/null ;;
         fastapi) start_redis; start_server rest-fastapi; url="http://127.0.0.1:$PORT/status?gw_id=gw01"; label=fastapi ;;
         *) return 0 ;;
     esac
@@ -264,14 +269,41 @@ scenario_rest() {
     stop_redis
 }
 
-# Scenario 5 needs two hub nodes sharing Redis (--engine redis). Until that engine exists the
-# report carries a marked row. To enable: start redis, two hubs with --engine redis --redis-url
-# on two ports, subscribers on one node and the publisher on the other (hub-bench takes one
-# --port; give it a --publisher-port), and emit the same JSON fields as scenario_fanout.
+# Scenario 5: two hub nodes sharing Redis (--engine redis), both pinned to the server CPU like every
+# server here; the subscribers on node B, the publisher on node A, so every delivery crosses Redis.
+# Same fields as scenario 1, so the report sets it beside the single-node figure.
 scenario_cluster() {
-    local kind=$1
+    local kind=$1 subs node_b_pid
     [ "$kind" = hub ] || return 0
-    echo '{"scenario":"cluster","phase":"summary","server":"hub","kind":"hub","error":"not yet available: needs the Redis engine"}' >> "$RESULTS"
+    for subs in $FANOUT_SUBS; do
+        start_redis
+        rm -rf "$RUN/hub-data-a" "$RUN/hub-data-b"
+        echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
+        local common=(--host 127.0.0.1 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json"
+                      --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT/0"
+                      --client-queue-max-bytes 16777216 --client-queue-max-messages 100000)
+        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $HUB_PORT --node-name node-a \
+            --data-dir "$RUN/hub-data-a" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
+        SERVER_PID=$!
+        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $((HUB_PORT + 10)) --node-name node-b \
+            --data-dir "$RUN/hub-data-b" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
+        node_b_pid=$!
+        wait_port $HUB_PORT && wait_port $((HUB_PORT + 10))
+        sleep 0.5
+        log "cluster: $subs subscribers on node B, publisher on node A"
+        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+        generator fanout --server hub --label hub-cluster --port $((HUB_PORT + 10)) --publisher-port $HUB_PORT \
+            --server-pid "$node_b_pid" --subscribers "$subs" \
+            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "cluster $subs: generator failed" >&2
+        # the generator writes scenario "fanout"; relabel its lines for the report
+        sed -i -e '/"server":"hub-cluster"/s/"scenario":"fanout"/"scenario":"cluster"/' "$RESULTS"
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        kill "$node_b_pid" 2>/dev/null || true
+        wait "$node_b_pid" 2>/dev/null || true
+        stop_server
+        stop_redis
+    done
 }
 
 # ---------------------------------------------------------------------------------------------

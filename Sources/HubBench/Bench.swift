@@ -8,6 +8,8 @@ struct Target {
     var label: String
     var host: String
     var port: UInt16
+    /// The publisher's port: another node than the subscribers' in the cluster scenario.
+    var publisherPort: UInt16
     var secret: String
     var serverPID: Int32?
     var output: String?
@@ -231,7 +233,7 @@ final class Bench {
     }
 
     func connectPublisher() throws {
-        let result = loop.connect(index: -1, host: target.host, port: target.port, source: nil,
+        let result = loop.connect(index: -1, host: target.host, port: target.publisherPort, source: nil,
                                   path: wire.path(channels: []), subprotocol: wire.subprotocol)
         guard case .success(let connection) = result else { throw BenchError("publisher: \(result)") }
         connection.isPublisher = true

@@ -19,6 +19,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Name in the results (default: --server).") var label: String?
     @Option var host = "127.0.0.1"
     @Option var port: Int
+    @Option(help: "Port the publisher connects to (default --port): another node of the same cluster.") var publisherPort: Int?
     @Option(help: "HMAC secret for hub tokens.") var secret = "s"
     @Option(help: "Server PID, for its CPU time and resident memory.") var serverPid: Int32?
     @Option(help: "Append JSON lines to this file.") var out: String?
@@ -29,7 +30,8 @@ struct CommonOptions: ParsableArguments {
 
     func target() throws -> Target {
         guard let kind = ServerKind(rawValue: server) else { throw ValidationError("unknown --server \(server)") }
-        return Target(kind: kind, label: label ?? server, host: host, port: UInt16(port), secret: secret,
+        return Target(kind: kind, label: label ?? server, host: host, port: UInt16(port),
+                      publisherPort: UInt16(publisherPort ?? port), secret: secret,
                       serverPID: serverPid, output: out, concurrency: concurrency, perSource: perSource,
                       payloadSize: payloadSize, connectTimeout: connectTimeout)
     }
