@@ -25,6 +25,7 @@ static inline int hub_lws_write_text(void) { return LWS_WRITE_TEXT; }
 static inline int hub_lws_write_raw(void) { return LWS_WRITE_RAW; }
 static inline int hub_lws_write_http_final(void) { return LWS_WRITE_HTTP_FINAL; }
 static inline int hub_lws_write_http(void) { return LWS_WRITE_HTTP; }
+static inline int hub_lws_write_http_headers(void) { return LWS_WRITE_HTTP_HEADERS; }
 
 
 /* Adopts our own SO_REUSEPORT listening socket into a context as a raw descriptor, so lws

@@ -30,6 +30,13 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
     }
 
     private let queue = Mutex(Queue())
+    /// Committed values by key (nil: known absent), so a `get` is answered on the caller's
+    /// thread without a hop to the store thread: legacy REST reads (`GET /status`) are mostly
+    /// repeated reads of a few records. Only the store thread fills it — after a read, or after
+    /// the commit of a write and before its completion runs, so an acknowledged write is always
+    /// what a later `get` sees. Bounded: cleared when it reaches `cacheCapacity` keys.
+    private let cache = Mutex<[String: [UInt8]?]>([:])
+    private let cacheCapacity = 65_536
     private var signal = pthread_cond_t()
     private var signalLock = pthread_mutex_t()
     private var thread: pthread_t?
@@ -75,7 +82,13 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
         thread = nil
     }
 
-    public func get(_ key: String, completion: @escaping @Sendable (Result<[UInt8]?, StoreError>) -> Void) { enqueue(.get(key, completion)) }
+    public func get(_ key: String, completion: @escaping @Sendable (Result<[UInt8]?, StoreError>) -> Void) {
+        if let hit = cache.withLock({ $0[key] }) {
+            completion(.success(hit))
+            return
+        }
+        enqueue(.get(key, completion))
+    }
     public func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) { enqueue(.put(key, value, completion)) }
     public func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) { enqueue(.delete(key, completion)) }
     public func list(prefix: String, after: String?, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) {
@@ -136,14 +149,17 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
             return
         }
         var outcomes: [() -> Void] = []
+        var committed: [(String, [UInt8]?)] = []
         for operation in writes {
             switch operation {
             case .put(let key, let value, let completion):
                 let ok = step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, value)
+                if ok { committed.append((key, value)) }
                 outcomes.append { completion(ok ? .success(()) : .failure(self.lastError())) }
             case .delete(let key, let completion):
                 let ok = step("DELETE FROM records WHERE key = ?1", key, nil)
                 let existed = sqlite3_changes(db) > 0
+                if ok { committed.append((key, nil)) }
                 outcomes.append { completion(ok ? .success(existed) : .failure(self.lastError())) }
             case .compareAndSet(let key, let expected, let new, let completion):
                 let current = read(key)
@@ -157,16 +173,19 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
                 }
                 let ok = new.map { step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, $0) }
                     ?? step("DELETE FROM records WHERE key = ?1", key, nil)
+                if ok { committed.append((key, new)) }
                 outcomes.append { completion(ok ? .success(true) : .failure(self.lastError())) }
             default:
                 break
             }
         }
         if exec("COMMIT") {
+            remember(committed)
             for outcome in outcomes { outcome() }
         } else {
             let error = lastError()
             _ = exec("ROLLBACK")
+            cache.withLock { cache in for (key, _) in committed { cache[key] = nil } }
             for operation in writes { fail(operation, error) }
         }
     }
@@ -174,11 +193,22 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
     private func perform(_ operation: Operation) {
         switch operation {
         case .get(let key, let completion):
-            completion(read(key))
+            let result = read(key)
+            if case .success(let value) = result { remember([(key, value)]) }
+            completion(result)
         case .list(let prefix, let after, let limit, let completion):
             completion(list(prefix: prefix, after: after, limit: limit))
         default:
             break
+        }
+    }
+
+    /// Store thread only: records committed or read values in the cache.
+    private func remember(_ values: [(String, [UInt8]?)]) {
+        guard !values.isEmpty else { return }
+        cache.withLock { cache in
+            if cache.count + values.count > cacheCapacity { cache.removeAll(keepingCapacity: true) }
+            for (key, value) in values { cache[key] = .some(value) }
         }
     }
 

@@ -71,6 +71,36 @@ final class SQLiteRecordStoreTests: RecordStoreContract {
         again.close()
     }
 
+    /// Reads are served from the store's cache after the first one: every acknowledged write,
+    /// delete and compare-and-set must be what the next read sees, never a stale cached value.
+    func testReadsAfterAcknowledgedWritesNeverSeeStaleValues() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID().uuidString).db").path
+        let store = try SQLiteRecordStore(path: path)
+        defer { store.close() }
+        XCTAssertNil(try completed { store.get("k", completion: $0) })  // caches "absent"
+        try completed { store.put("k", value: [1], completion: $0) }
+        XCTAssertEqual(try completed { store.get("k", completion: $0) }, [1])
+        for round in 2..<200 {
+            try completed { store.put("k", value: [UInt8(round)], completion: $0) }
+            XCTAssertEqual(try completed { store.get("k", completion: $0) }, [UInt8(round)])
+        }
+        XCTAssertTrue(try completed { store.compareAndSet("k", expected: [199], new: [7], completion: $0) })
+        XCTAssertEqual(try completed { store.get("k", completion: $0) }, [7])
+        XCTAssertFalse(try completed { store.compareAndSet("k", expected: [199], new: [8], completion: $0) })
+        XCTAssertEqual(try completed { store.get("k", completion: $0) }, [7])
+        XCTAssertTrue(try completed { store.delete("k", completion: $0) })
+        XCTAssertNil(try completed { store.get("k", completion: $0) })
+        // Writers racing readers: once every write is acknowledged, the read is the last value.
+        let group = DispatchGroup()
+        for i in 0..<500 {
+            group.enter()
+            store.put("race", value: Array("\(i)".utf8)) { _ in group.leave() }
+            store.get("race") { _ in }
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(try completed { store.get("race", completion: $0) }.map { String(decoding: $0, as: UTF8.self) }, "499")
+    }
+
     func testUnwritableLocationIsAClearError() {
         XCTAssertThrowsError(try SQLiteRecordStore(path: "/proc/nope/store.db")) { error in
             XCTAssertTrue("\(error)".contains("cannot open store"))

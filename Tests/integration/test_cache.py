@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hubtest import REPO_ROOT, WAIT, arun, wait_for
+from hubtest import REPO_ROOT, WAIT, arun, free_port, wait_for
 
 KEY = "demo-api-key-2024"
 SMALL_FILES = 2000
@@ -413,3 +413,38 @@ def test_external_worker_claims_over_channels(hub_factory, tree):
     job = get_job(hub, job_id).json()["job"]
     assert job["status"] == "completed" and job["progress"]["size"]["completedBytes"] == 24690
     assert [e["event"] for e in history(hub, f"cache:files:{job_id}")] == ["started", "completed"] * 2
+
+
+def test_two_nodes_on_redis_run_each_job_once(hub_factory, tree, tmp_path):
+    """Both nodes' built-in workers compete for the same queue in Redis: every job runs on one
+    node only (one `started`, each file read once) and both nodes answer for every job."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", message="redis-server")
+        args = ("--engine", "redis", "--redis-url", f"redis://127.0.0.1:{port}/0")
+        a = cache_hub(hub_factory, tree, *args, "--node-name", "cache-a")
+        b = cache_hub(hub_factory, tree, *args, "--node-name", "cache-b")
+        jobs = []
+        for n in range(6):
+            files = [f"00_Media/Farm/ProRes422/{'' if i < 40 else 'ABCD'[(i - 40) % 4] + '/'}Farm{i:05d}.mov"
+                     for i in range(n * 20, n * 20 + 20)]
+            r = post_job(a if n % 2 else b, {"files": files})
+            assert r.status_code == 201, r.text
+            jobs.append((r.json()["jobId"], files))
+        for job_id, files in jobs:
+            for hub in (a, b):
+                final = job_until(hub, job_id, lambda j: j["status"] == "completed")["job"]
+                assert final["progress"]["files"]["completed"] == 20
+            events = history(a, f"cache:files:{job_id}")
+            started = sorted(e["path"] for e in events if e["event"] == "started")
+            assert started == sorted(files), f"job {job_id}: files read {len(started)} times for 20 files"
+        lifecycle = history(b, "cache:jobs")
+        for job_id, _ in jobs:
+            assert [e["event"] for e in lifecycle if e["jobId"] == job_id] == ["created", "started", "finished"]
+    finally:
+        redis.terminate()
+        redis.wait(10)

@@ -388,10 +388,15 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
     loop.router.handle(request) { [weak exchange] response in exchange?.respond(response) }
 }
 
-/// Writes the response: headers in one writeable callback, then the body in chunks.
+/// Writes the response. One that fits the scratch buffer goes out in one write (headers and
+/// body together: one syscall and one loop turn per request, which the REST benchmark showed
+/// mattered); a larger one gets its headers in one writeable callback, then the body in chunks.
 private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
     guard let response = exchange.response.withLock({ $0 }) else { return 0 }
     let isHead = exchange.method == "HEAD"
+    if !exchange.headersSent, let written = writeWhole(response, exchange, wsi: wsi, loop: loop, isHead: isHead) {
+        return written
+    }
     if !exchange.headersSent {
         exchange.headersSent = true
         let start = loop.scratch + loop.pre
@@ -435,6 +440,49 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
     }
     lws_callback_on_writable(wsi)
     return 0
+}
+
+/// Headers and body in one write when they fit the scratch buffer (nil: they do not). The
+/// content length goes in as a plain header, so lws does no body accounting of its own here.
+private func writeWhole(_ response: HTTPResponse, _ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop,
+                        isHead: Bool) -> Int32? {
+    let headerBudget = 8 * 1024
+    let body = isHead ? 0 : response.body.count
+    guard body + headerBudget <= loop.scratchCapacity,
+          response.headers.reduce(0, { $0 + $1.0.utf8.count + $1.1.utf8.count + 4 }) + 256 <= headerBudget else { return nil }
+    exchange.headersSent = true
+    let start = loop.scratch + loop.pre
+    var cursor: UnsafeMutablePointer<UInt8>? = start
+    let end = start + headerBudget
+    guard lws_add_http_header_status(wsi, UInt32(response.status), &cursor, end) == 0,
+          addHeader(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, response.contentType, &cursor, end),
+          addHeader(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, String(response.body.count), &cursor, end)
+    else { return -1 }
+    for (name, value) in response.headers where name.lowercased() != "content-type" {
+        let ok = (name.lowercased() + ":").withCString { n in
+            value.withCString { v in
+                lws_add_http_header_by_name(wsi, UnsafeRawPointer(n).assumingMemoryBound(to: UInt8.self),
+                                            UnsafeRawPointer(v).assumingMemoryBound(to: UInt8.self), Int32(strlen(v)), &cursor, end) == 0
+            }
+        }
+        if !ok { return -1 }
+    }
+    guard lws_finalize_http_header(wsi, &cursor, end) == 0, var tail = cursor else { return -1 }
+    if body > 0 {
+        response.body.withUnsafeBufferPointer { tail.update(from: $0.baseAddress!, count: body) }
+        tail += body
+    }
+    let length = tail - start
+    if lws_write(wsi, start, length, lws_write_protocol(rawValue: UInt32(hub_lws_write_http_headers()))) != length { return -1 }
+    logAccess(exchange, status: response.status, loop: loop)
+    return finishTransaction(exchange, wsi: wsi)
+}
+
+private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value: String,
+                       _ cursor: inout UnsafeMutablePointer<UInt8>?, _ end: UnsafeMutablePointer<UInt8>) -> Bool {
+    value.withCString { v in
+        lws_add_http_header_by_token(wsi, token, UnsafeRawPointer(v).assumingMemoryBound(to: UInt8.self), Int32(strlen(v)), &cursor, end) == 0
+    }
 }
 
 /// Ends the response: keep-alive for the next request, or close when the request body was

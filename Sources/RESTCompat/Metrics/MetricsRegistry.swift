@@ -22,6 +22,12 @@ public final class MetricsRegistry: Sendable {
         var buckets = [Int](repeating: 0, count: Histogram.bounds.count)
         var count = 0
         var sum = 0.0
+
+        mutating func record(_ seconds: Double) {
+            for (i, bound) in Histogram.bounds.enumerated() where seconds <= bound { buckets[i] += 1 }
+            count += 1
+            sum += seconds
+        }
     }
 
     private let state = Mutex(State())
@@ -42,11 +48,7 @@ public final class MetricsRegistry: Sendable {
     public func observe(_ name: String, labels: [(String, String)] = [], seconds: Double) {
         let series = Series(name: name, labels: labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" })
         state.withLock { state in
-            var histogram = state.histograms[series] ?? Histogram()
-            for (i, bound) in Histogram.bounds.enumerated() where seconds <= bound { histogram.buckets[i] += 1 }
-            histogram.count += 1
-            histogram.sum += seconds
-            state.histograms[series] = histogram
+            state.histograms[series, default: Histogram()].record(seconds)
         }
     }
 
@@ -56,6 +58,8 @@ public final class MetricsRegistry: Sendable {
     }
 
     static func escape(_ value: String) -> String {
+        // Route labels and statuses never need escaping: skip the copy (it is per request).
+        if !value.utf8.contains(where: { $0 == UInt8(ascii: "\\") || $0 == UInt8(ascii: "\"") || $0 == 0x0A }) { return value }
         var out = ""
         for c in value {
             switch c {

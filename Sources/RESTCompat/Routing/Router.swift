@@ -57,7 +57,8 @@ public struct RouteContext: Sendable {
 /// The router enforces the declaration and the OpenAPI document is generated from it.
 public struct Route: Sendable {
     public var method: String
-    public var pattern: String
+    /// The path pattern; its segments are split once, here, not per request.
+    public var pattern: String { didSet { segments = Route.split(pattern) } }
     public var auth: AuthScheme
     public var errors: ErrorShape
     public var rateLimit: String?
@@ -86,17 +87,22 @@ public struct Route: Sendable {
         self.responses = responses
         self.produces = produces
         self.handler = handler
+        self.segments = Route.split(pattern)
     }
 
-    var segments: [Substring] { pattern.split(separator: "/", omittingEmptySubsequences: true) }
+    private(set) var segments: [Substring]
+
+    static func split(_ path: String) -> [Substring] { path.split(separator: "/", omittingEmptySubsequences: true) }
 
     var pathParameters: [String] {
         segments.filter { $0.first == "{" && $0.last == "}" }.map { String($0.dropFirst().dropLast()) }
     }
 
     /// Path parameters when the path matches the pattern, nil otherwise.
-    func match(_ path: String) -> [String: String]? {
-        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+    func match(_ path: String) -> [String: String]? { match(parts: Route.split(path)) }
+
+    /// Path parameters when the (already split) path matches, nil otherwise.
+    func match(parts: [Substring]) -> [String: String]? {
         let pattern = segments
         guard parts.count == pattern.count else { return nil }
         var params: [String: String] = [:]
@@ -152,7 +158,8 @@ public final class Router: Sendable {
             response.headers.append(("x-request-id", requestID))
             response.headers.append(("access-control-allow-origin", corsOrigins))
             response.headers.append(("access-control-expose-headers", "x-request-id, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after"))
-            for (name, value) in Router.securityHeaders where !response.headers.contains(where: { $0.0.lowercased() == name }) {
+            // Routes set their own headers in lower case (a CSP of their own wins).
+            for (name, value) in Router.securityHeaders where !response.headers.contains(where: { $0.0 == name }) {
                 response.headers.append((name, value))
             }
             metrics.increment("hub_http_requests_total", labels: [("route", label), ("method", request.method), ("status", String(response.status))])
@@ -169,8 +176,12 @@ public final class Router: Sendable {
             return
         }
         var pathMatched = false
-        for route in routes {
-            guard let params = route.match(request.path) else { continue }
+        let parts = Route.split(request.path)
+        // By index: binding each Route (a struct of a dozen fields) to a loop variable copied
+        // it, retains and all, for every route tried.
+        for index in routes.indices {
+            guard let params = routes[index].match(parts: parts) else { continue }
+            let route = routes[index]
             pathMatched = true
             guard route.method == request.method || (route.method == "GET" && request.method == "HEAD") else { continue }
             routeLabel = route.method + " " + route.pattern
