@@ -269,9 +269,10 @@ def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -
         line = (f"- Many channels ({hub['connections']:,} connections): the hub sustained "
                 f"{fmt_rate(hub['max_deliveries_per_s'])} deliveries/s, p99 {fmt_ms(hub['half']['p99_ms'])} ms at half rate")
         if peer:
+            ahead = hub["max_deliveries_per_s"] >= peer[1]
             line += (f"; {NAMES.get(peer[0], peer[0])} {fmt_rate(peer[1])} — the hub is "
-                     + ("ahead" if hub["max_deliveries_per_s"] >= peer[1] else "behind") + " here (see the profile: "
-                     "its poll(2) loop walks every connection per wake-up)")
+                     + ("ahead here" if ahead else "behind here (see the profile: lws's poll(2) loop walks every "
+                                                   "connection per wake-up)"))
         out.append(line + ".")
     hub = next((r for r in co if r["server"] == "hub" and r.get("kib_per_connection") is not None), None)
     if hub:
@@ -497,8 +498,8 @@ def report(args: argparse.Namespace) -> None:
         body.append(["4: hub p99 ≤ FastAPI p99", f"{fmt_ms(hub_rest.get('p99_ms'))} ms", f"{fmt_ms(fa_rest.get('p99_ms'))} ms",
                      "**met**" if p_ok else "**missed**"])
     md += table(["target", "hub", "reference", "verdict"], body)
-    md += ["", "Scenario 4 compares the hub's `" + str(meta.get("hub_rest_path")) + "` with the peer's `/status` "
-           "until the hub serves the seed route, so its ratio is provisional.", ""]
+    md += ["", "Scenario 4: both sides serve seed 000's `/status?gw_id=gw01` (the hub: `" + str(meta.get("hub_rest_path"))
+           + "` from its record store; the peer: one redis-py GET per request).", ""]
 
     # Bottleneck check ---------------------------------------------------------------------
     md += ["## Who is the bottleneck", ""]
