@@ -115,6 +115,9 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var body: [UInt8] = []
     var expectedLength = 0
     var tooLarge = false
+    /// Set for a `.multipart` route: the body streams into it instead of `body`.
+    var intake: MultipartIntake?
+    var remoteAddress = ""
     var dispatched = false
     let startedAt: Double
     /// Set once by the route (any thread); written out by the service thread.

@@ -99,6 +99,8 @@ private func release(_ user: UnsafeMutableRawPointer?) {
     if let raw = slot.pointee {
         let session = Unmanaged<EdgeSession>.fromOpaque(raw)
         session.takeUnretainedValue().gone = true
+        // An upload cut off mid-body leaves no temp files behind.
+        (session.takeUnretainedValue() as? HTTPExchange)?.intake?.abandon()
         session.release()
         slot.pointee = nil
     }
@@ -209,6 +211,13 @@ private func hubCallback(
 
     case LWS_CALLBACK_HTTP_BODY:
         guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        if let intake = exchange.intake {
+            // Streamed to disk off this thread; reading pauses while the disk is behind.
+            if let input, length > 0, intake.append(UnsafeRawBufferPointer(start: input, count: length)), let wsi {
+                lws_rx_flow_control(wsi, 0)
+            }
+            return 0
+        }
         if exchange.body.count + length > loop.settings.maxBodySize {
             exchange.tooLarge = true
         } else if let input, length > 0 {
@@ -302,11 +311,22 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
+    exchange.remoteAddress = peerAddress(wsi)
     let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
+    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+    if let intake = loop.router.multipartIntake(method: method, path: path, headers: exchange.headers, remoteAddress: exchange.remoteAddress,
+                                                resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
+        // A multipart upload: its own limits, streamed instead of buffered.
+        exchange.intake = intake
+        if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !intake.refusedUpFront {
+            return 0
+        }
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
     if declared > loop.settings.maxBodySize {
         exchange.tooLarge = true
     }
-    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
     if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !exchange.tooLarge {
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
@@ -325,8 +345,18 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
         return
     }
     let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
-                              body: exchange.body, remoteAddress: peerAddress(wsi))
+                              body: exchange.body, remoteAddress: exchange.remoteAddress)
     exchange.body = []
+    if let intake = exchange.intake {
+        // Handled on the upload queue once the last bytes are on disk.
+        let router = loop.router
+        intake.finish { [weak exchange] upload in
+            var request = request
+            request.upload = upload
+            router.handle(request) { [weak exchange] response in exchange?.respond(response) }
+        }
+        return
+    }
     loop.router.handle(request) { [weak exchange] response in exchange?.respond(response) }
 }
 

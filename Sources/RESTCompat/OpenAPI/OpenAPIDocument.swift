@@ -28,7 +28,7 @@ public enum OpenAPIDocument {
             switch route.body {
             case .json(let schema)?:
                 operation.append(("requestBody", ["required": true, "content": ["application/json": ["schema": schema]]]))
-            case .multipart(let schema)?:
+            case .multipart(let schema, _)?:
                 operation.append(("requestBody", ["required": true, "content": ["multipart/form-data": ["schema": schema]]]))
             case nil:
                 break
