@@ -115,6 +115,8 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var body: [UInt8] = []
     var expectedLength = 0
     var tooLarge = false
+    /// A chunked request body: answered 411, then the connection closes.
+    var lengthRequired = false
     /// Set for a `.multipart` route: the body streams into it instead of `body`.
     var intake: MultipartIntake?
     var remoteAddress = ""

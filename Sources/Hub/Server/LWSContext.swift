@@ -314,11 +314,17 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     exchange.remoteAddress = peerAddress(wsi)
     let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
     let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+    if chunked {
+        // This lws build does not de-chunk request bodies: refuse clearly instead of hanging.
+        exchange.lengthRequired = true
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
     if let intake = loop.router.multipartIntake(method: method, path: path, headers: exchange.headers, remoteAddress: exchange.remoteAddress,
                                                 resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
         // A multipart upload: its own limits, streamed instead of buffered.
         exchange.intake = intake
-        if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !intake.refusedUpFront {
+        if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0, !intake.refusedUpFront {
             return 0
         }
         dispatch(exchange, wsi: wsi, loop: loop)
@@ -327,7 +333,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     if declared > loop.settings.maxBodySize {
         exchange.tooLarge = true
     }
-    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !exchange.tooLarge {
+    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0, !exchange.tooLarge {
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
@@ -338,6 +344,11 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
 private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
     guard !exchange.dispatched else { return }
     exchange.dispatched = true
+    if exchange.lengthRequired {
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        exchange.respond(shape.response(411, "chunked request bodies are not supported: send Content-Length"))
+        return
+    }
     if exchange.tooLarge {
         // Answered in the error shape of the route the request was for.
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
@@ -387,6 +398,7 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
         if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
         logAccess(exchange, status: response.status, loop: loop)
         if response.body.isEmpty || isHead {
+            if exchange.lengthRequired { return -1 }
             return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
         }
         lws_callback_on_writable(wsi)
@@ -403,6 +415,8 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
     if lws_write(wsi, base, chunk, lws_write_protocol(rawValue: UInt32(mode))) != chunk { return -1 }
     exchange.bodySent += chunk
     if final {
+        // The unread chunked body would be taken for the next request: close instead.
+        if exchange.lengthRequired { return -1 }
         return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
     }
     lws_callback_on_writable(wsi)
