@@ -117,6 +117,8 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var tooLarge = false
     /// A chunked request body: answered 411, then the connection closes.
     var lengthRequired = false
+    /// The body was refused unread (411, 413 up front): close once the answer is out.
+    var closeAfterResponse = false
     /// Set for a `.multipart` route: the body streams into it instead of `body`.
     var intake: MultipartIntake?
     var remoteAddress = ""

@@ -317,6 +317,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     if chunked {
         // This lws build does not de-chunk request bodies: refuse clearly instead of hanging.
         exchange.lengthRequired = true
+        exchange.closeAfterResponse = true
         dispatch(exchange, wsi: wsi, loop: loop)
         return 0
     }
@@ -324,7 +325,9 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
                                                 resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
         // A multipart upload: its own limits, streamed instead of buffered.
         exchange.intake = intake
-        if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0, !intake.refusedUpFront {
+        if intake.refusedUpFront {
+            exchange.closeAfterResponse = true
+        } else if declared > 0 {
             return 0
         }
         dispatch(exchange, wsi: wsi, loop: loop)
@@ -332,8 +335,10 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     }
     if declared > loop.settings.maxBodySize {
         exchange.tooLarge = true
-    }
-    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0, !exchange.tooLarge {
+        exchange.closeAfterResponse = true
+    } else if declared > 0 {
+        // Whatever the method: lws reads a declared body before the next request, and
+        // answering before it is read leaves lws re-announcing a completion forever.
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
@@ -398,7 +403,7 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
         if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
         logAccess(exchange, status: response.status, loop: loop)
         if response.body.isEmpty || isHead {
-            if exchange.lengthRequired { return -1 }
+            if exchange.closeAfterResponse { return -1 }
             return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
         }
         lws_callback_on_writable(wsi)
@@ -415,8 +420,8 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
     if lws_write(wsi, base, chunk, lws_write_protocol(rawValue: UInt32(mode))) != chunk { return -1 }
     exchange.bodySent += chunk
     if final {
-        // The unread chunked body would be taken for the next request: close instead.
-        if exchange.lengthRequired { return -1 }
+        // An unread body would be taken for the next request: close instead.
+        if exchange.closeAfterResponse { return -1 }
         return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
     }
     lws_callback_on_writable(wsi)

@@ -17,8 +17,9 @@ public struct QueryParameter: Sendable {
 
 /// What a route takes as its body.
 public enum RequestBody: Sendable {
-    /// A JSON document described by a JSON schema.
-    case json(JSONValue)
+    /// A JSON document described by a JSON schema; `required: false` when the route takes an
+    /// empty body as `{}` (the server API does, as Centrifugo).
+    case json(JSONValue, required: Bool = true)
     /// `multipart/form-data` described by a JSON schema; file parts are streamed to disk and
     /// the handler gets `RouteContext.form` (see `MultipartForm`). `maxFileBytes` lowers the
     /// configured per-file limit for this route.
