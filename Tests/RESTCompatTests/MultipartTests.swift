@@ -21,8 +21,9 @@ final class MultipartTests: XCTestCase {
 
     func leftovers() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] }
 
-    func settings(body: Int = 1 << 30, file: Int = 1 << 30, field: Int = 1 << 20, parts: Int = 1000) -> UploadSettings {
-        UploadSettings(directory: directory, limits: MultipartLimits(maxBodyBytes: body, maxFileBytes: file, maxFieldBytes: field, maxParts: parts))
+    func settings(body: Int = 1 << 30, file: Int = 1 << 30, field: Int = 1 << 20, fields: Int = 4 << 20, parts: Int = 1000) -> UploadSettings {
+        UploadSettings(directory: directory, limits: MultipartLimits(maxBodyBytes: body, maxFileBytes: file, maxFieldBytes: field,
+                                                                     maxFieldsTotalBytes: fields, maxParts: parts))
     }
 
     let boundary = "----hubBoundary7MA4YWxk"
@@ -127,6 +128,9 @@ final class MultipartTests: XCTestCase {
         XCTAssertEqual(form.fields.map(\.name), parts.map(\.name), "in the order sent")
         XCTAssertThrowsError(try receive([whole[...]], settings: settings(parts: 100))) { error in
             XCTAssertEqual(error as? MultipartError, .tooManyParts(limit: 100))
+        }
+        XCTAssertThrowsError(try receive([whole[...]], settings: settings(fields: 3000)), "each small, too much together") { error in
+            XCTAssertEqual(error as? MultipartError, .fieldsTooLarge(limit: 3000))
         }
     }
 

@@ -70,12 +70,16 @@ public struct MultipartLimits: Sendable, Equatable {
     public var maxFileBytes: Int
     /// One text field, bytes.
     public var maxFieldBytes: Int
+    /// All text fields together, bytes: what one form may hold in memory.
+    public var maxFieldsTotalBytes: Int
     public var maxParts: Int
 
-    public init(maxBodyBytes: Int, maxFileBytes: Int, maxFieldBytes: Int = 1024 * 1024, maxParts: Int = 1000) {
+    public init(maxBodyBytes: Int, maxFileBytes: Int, maxFieldBytes: Int = 1024 * 1024, maxFieldsTotalBytes: Int = 4 * 1024 * 1024,
+                maxParts: Int = 1000) {
         self.maxBodyBytes = maxBodyBytes
         self.maxFileBytes = maxFileBytes
         self.maxFieldBytes = maxFieldBytes
+        self.maxFieldsTotalBytes = maxFieldsTotalBytes
         self.maxParts = maxParts
     }
 }
@@ -109,6 +113,7 @@ public enum MultipartError: Error, Sendable, Equatable {
     case bodyTooLarge(limit: Int)
     case fileTooLarge(field: String, limit: Int)
     case fieldTooLarge(field: String, limit: Int)
+    case fieldsTooLarge(limit: Int)
     case tooManyParts(limit: Int)
     /// The upload could not be written (disk full, directory gone); the message is for the log.
     case storage(String)
@@ -130,6 +135,8 @@ public enum MultipartError: Error, Sendable, Equatable {
         case .fieldTooLarge(let field, let limit):
             return RouteError(413, "form field '\(field)' larger than \(limit) bytes", code: "FILE_TOO_LARGE",
                               details: ["field": .string(field), "max_bytes": .int(Int64(limit))])
+        case .fieldsTooLarge(let limit):
+            return RouteError(413, "form fields larger than \(limit) bytes together", code: "FILE_TOO_LARGE")
         case .tooManyParts(let limit):
             return RouteError(413, "more than \(limit) parts in the form", code: "FILE_TOO_LARGE")
         case .storage:

@@ -81,6 +81,7 @@ public final class MultipartReceiver {
         var files: [UploadedFile] = []
         var current = Current.none
         var parts = 0
+        var fieldBytes = 0
 
         init(directory: String, limits: MultipartLimits) {
             self.directory = directory
@@ -109,6 +110,8 @@ public final class MultipartReceiver {
                 return
             case .field(let name, var value):
                 if value.count + bytes.count > limits.maxFieldBytes { throw .fieldTooLarge(field: name, limit: limits.maxFieldBytes) }
+                fieldBytes += bytes.count
+                if fieldBytes > limits.maxFieldsTotalBytes { throw .fieldsTooLarge(limit: limits.maxFieldsTotalBytes) }
                 current = .none  // keeps `value` uniquely referenced while it grows
                 value.append(contentsOf: bytes)
                 current = .field(name: name, bytes: value)
