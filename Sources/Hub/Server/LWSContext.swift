@@ -99,6 +99,8 @@ private func release(_ user: UnsafeMutableRawPointer?) {
     if let raw = slot.pointee {
         let session = Unmanaged<EdgeSession>.fromOpaque(raw)
         session.takeUnretainedValue().gone = true
+        // An upload cut off mid-body leaves no temp files behind.
+        (session.takeUnretainedValue() as? HTTPExchange)?.intake?.abandon()
         session.release()
         slot.pointee = nil
     }
@@ -253,6 +255,13 @@ private func hubCallback(
 
     case LWS_CALLBACK_HTTP_BODY:
         guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        if let intake = exchange.intake {
+            // Streamed to disk off this thread; reading pauses while the disk is behind.
+            if let input, length > 0, intake.append(UnsafeRawBufferPointer(start: input, count: length)), let wsi {
+                lws_rx_flow_control(wsi, 0)
+            }
+            return 0
+        }
         if exchange.body.count + length > loop.settings.maxBodySize {
             exchange.tooLarge = true
         } else if let input, length > 0 {
@@ -346,16 +355,34 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
+    exchange.remoteAddress = peerAddress(wsi)
     let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
+    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+    if chunked {
+        // This lws build does not de-chunk request bodies: refuse clearly instead of hanging.
+        exchange.lengthRequired = true
+        exchange.closeAfterResponse = true
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
+    if let intake = loop.router.multipartIntake(method: method, path: path, headers: exchange.headers, remoteAddress: exchange.remoteAddress,
+                                                resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
+        // A multipart upload: its own limits, streamed instead of buffered.
+        exchange.intake = intake
+        if intake.refusedUpFront {
+            exchange.closeAfterResponse = true
+        } else if declared > 0 {
+            return 0
+        }
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
     if declared > loop.settings.maxBodySize {
         exchange.tooLarge = true
-    }
-    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
-    // Any method may carry a body (GET and DELETE bodies reach us from some clients): it must
-    // be read to its end before the response completes the transaction, or its late bytes
-    // would be parsed as the next request on this keep-alive connection.
-    if chunked { exchange.lengthRequired = true }
-    if declared > 0, !exchange.tooLarge, !chunked {
+        exchange.closeAfterResponse = true
+    } else if declared > 0 {
+        // Whatever the method: lws reads a declared body before the next request, and
+        // answering before it is read leaves lws re-announcing a completion forever.
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
@@ -383,8 +410,18 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
         return
     }
     let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
-                              body: exchange.body, remoteAddress: peerAddress(wsi))
+                              body: exchange.body, remoteAddress: exchange.remoteAddress)
     exchange.body = []
+    if let intake = exchange.intake {
+        // Handled on the upload queue once the last bytes are on disk.
+        let router = loop.router
+        intake.finish { [weak exchange] upload in
+            var request = request
+            request.upload = upload
+            router.handle(request) { [weak exchange] response in exchange?.respond(response) }
+        }
+        return
+    }
     loop.router.handle(request) { [weak exchange] response in exchange?.respond(response) }
 }
 
@@ -488,7 +525,8 @@ private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value
 /// Ends the response: keep-alive for the next request, or close when the request body was
 /// left unread (413).
 private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
-    if exchange.tooLarge || exchange.lengthRequired { return -1 }
+    // An unread body would be taken for the next request: close instead.
+    if exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse { return -1 }
     return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
 }
 
