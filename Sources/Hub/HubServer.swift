@@ -44,6 +44,9 @@ final class HubServer {
         engine.connectTimeout = config.connectTimeout
         engine.maxSubscriptionsPerClient = config.maxSubscriptions
         engine.nodeName = config.nodeName
+        if engine.namespaces.namespaces["meetings"] == nil {
+            engine.namespaces.namespaces["meetings"] = MeetingsPipeline.channelOptions
+        }
         engine.version = HubVersion.string
 
         let broker: any Broker
@@ -74,9 +77,10 @@ final class HubServer {
                         encoder: WebSocketFrameEncoder(), logger: Logger(label: "hub.channels"))
         redis?.0.start()
         let routerBox = RouterBox()
-        let routes = Health(node: node).routes + ServerAPI(node: node).routes
-            + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
+        let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
+        let routes = Health(node: node).routes + ServerAPI(node: node).routes + meetings.routes
+            + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
         let metrics = MetricsRegistry()
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
@@ -96,6 +100,7 @@ final class HubServer {
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
+        meetings.start()
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
@@ -135,10 +140,36 @@ final class HubServer {
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
         ticker.cancel()
+        meetings.stop()
         redis?.0.stop()
         (store as? SQLiteRecordStore)?.close()
         logger.notice("stopped")
         _ = sources
+    }
+}
+
+extension HubServer {
+    /// The meetings pipeline (seed 004): storage under --data-dir/meetings, Telegram keys.
+    func makeMeetings(node: Node, store: any RecordStore, limiter: any RateLimiter) throws -> MeetingsPipeline {
+        var settings = MeetingsSettings()
+        settings.maxUploadBytes = config.meetingsMaxUploadBytes
+        settings.linkTTL = config.meetingsLinkTTL
+        settings.tokenTTL = config.meetingsTokenTTL
+        settings.taskLease = config.meetingsTaskLease
+        settings.telegramBotToken = config.telegramBotToken.flatMap { $0.isEmpty ? nil : $0 }
+        settings.telegramAuthMaxAge = config.telegramAuthMaxAge
+        settings.adminTelegramIDs = Set(config.meetingsAdminTelegramIDs)
+        settings.tokenSecret = config.tokenHMACSecret.flatMap { $0.isEmpty ? nil : $0 }
+        if let path = config.telegramPassportKeyPath {
+            guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read Telegram Passport key \(path)") }
+            let pem = String(decoding: bytes, as: UTF8.self)
+            guard Crypto.isUsablePrivateKey(pem: pem) else { throw HubError.config("\(path) holds no usable PEM private key") }
+            settings.telegramPassportKeyPEM = pem
+        }
+        let storage: LocalFolderStorage
+        do { storage = try LocalFolderStorage(root: config.dataDir + "/meetings") } catch { throw HubError.startup("\(error)") }
+        return MeetingsPipeline(node: node, store: store, storage: storage, settings: settings, limiter: limiter,
+                                rateLimitClasses: config.rateLimitClasses, logger: Logger(label: "hub.meetings"))
     }
 }
 

@@ -33,6 +33,15 @@ struct HubConfig: Sendable {
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
+    // Meetings pipeline (seed 004).
+    var meetingsMaxUploadBytes: Int64 = 500 * 1024 * 1024
+    var meetingsLinkTTL: Double = 3600
+    var meetingsTokenTTL: Double = 86_400
+    var meetingsTaskLease: Double = 120
+    var telegramBotToken: String?
+    var telegramPassportKeyPath: String?
+    var telegramAuthMaxAge: Double = 86_400
+    var meetingsAdminTelegramIDs: [Int64] = []
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -71,6 +80,18 @@ struct HubConfig: Sendable {
             case "cors_origins": corsOrigins = try string(value, key)
             case "engine": engine = try string(value, key)
             case "presence_ttl": presenceTTL = try double(value, key)
+            case "meetings_max_upload_bytes": meetingsMaxUploadBytes = Int64(try int(value, key))
+            case "meetings_link_ttl": meetingsLinkTTL = try double(value, key)
+            case "meetings_token_ttl": meetingsTokenTTL = try double(value, key)
+            case "meetings_task_lease": meetingsTaskLease = try double(value, key)
+            case "telegram_bot_token": telegramBotToken = try string(value, key)
+            case "telegram_passport_key": telegramPassportKeyPath = try string(value, key)
+            case "telegram_auth_max_age": telegramAuthMaxAge = try double(value, key)
+            case "meetings_admin_telegram_ids":
+                guard let ids = value.arrayValue?.compactMap(\.intValue), ids.count == value.arrayValue?.count else {
+                    throw HubError.config("meetings_admin_telegram_ids must be an array of integers")
+                }
+                meetingsAdminTelegramIDs = ids
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -183,6 +204,10 @@ struct HubConfig: Sendable {
             for url in redisURLs where RedisShard.Address(url: url) == nil {
                 throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
             }
+        }
+        guard meetingsMaxUploadBytes >= 1024 else { throw HubError.config("meetings_max_upload_bytes must be at least 1024") }
+        guard meetingsLinkTTL >= 1, meetingsTokenTTL >= 60, meetingsTaskLease >= 1, telegramAuthMaxAge >= 1 else {
+            throw HubError.config("meetings_link_ttl, meetings_task_lease and telegram_auth_max_age must be at least 1 second, meetings_token_ttl at least 60")
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
