@@ -9,6 +9,15 @@ extension MeetingsPipeline {
 
     var userRoutes: [Route] {
         [
+            Route("POST", "/v1/files", auth: Self.user, errors: .meetings, rateLimit: "meetings-uploads",
+                  summary: "Upload a recording (audio/video); it is queued for processing", tag: Self.tag,
+                  query: [QueryParameter("title", description: "meeting title (default: the file name)"),
+                          QueryParameter("filename", description: "file name for raw-body uploads"),
+                          QueryParameter("metadata", description: "JSON object stored with the meeting")],
+                  responses: [201: "`{file_id, meeting_id, status: \"pending\"}`", 400: "Bad metadata", 401: "No or bad token",
+                              413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE", 429: "Rate limited (10/hour)"]) { [self] context in
+                serve(context) { [self] () throws(RouteError) in try await upload(context) }
+            },
             Route("GET", "/v1/files/{file_id}/status", auth: Self.user, errors: .meetings, rateLimit: "meetings-status",
                   summary: "Processing status and progress of an uploaded file", tag: Self.tag,
                   responses: [200: "`{status, progress}`", 401: "No or bad token", 404: "No such file (or not yours)",
@@ -153,6 +162,34 @@ extension MeetingsPipeline {
                 context.json(200, systemConfig)
             },
         ]
+    }
+
+    /// `POST /v1/files` with the recording as the raw request body (`curl --data-binary @x.wav`).
+    func upload(_ context: RouteContext) async throws(RouteError) -> HTTPResponse {
+        let owner = try Self.owner(context.caller)
+        let request = context.request
+        let type = request.header("content-type")?.lowercased() ?? ""
+        if type.hasPrefix("multipart/form-data") {
+            throw RouteError(415, "multipart uploads are not available on this build: send the file as the raw body "
+                                + "(curl --data-binary @meeting.wav -H 'Content-Type: audio/wav')", code: "INVALID_FILE_TYPE")
+        }
+        var metadata: JSONValue = [:]
+        if let text = request.queryValue("metadata"), !text.isEmpty {
+            guard let parsed = try? JSONParser.parse(text), parsed.objectValue != nil else {
+                throw RouteError(400, "metadata must be a JSON object", code: "BAD_REQUEST", details: ["field": "metadata"])
+            }
+            metadata = parsed
+        }
+        guard Int64(request.body.count) <= settings.maxUploadBytes else {
+            throw RouteError(413, "file exceeds the \(settings.maxUploadBytes)-byte limit", code: "FILE_TOO_LARGE",
+                             details: ["max_bytes": .int(settings.maxUploadBytes)])
+        }
+        let path = try await stage(request.body)
+        let filename = request.queryValue("filename") ?? request.header("x-filename") ?? "recording"
+        let meeting = try await ingest(StagedUpload(path: path, size: Int64(request.body.count), filename: filename),
+                                       owner: owner, title: request.queryValue("title"), metadata: metadata)
+        return .json(201, ["file_id": .string(meeting.fileID), "meeting_id": .string(meeting.meetingID),
+                           "status": .string(meeting.status.rawValue)])
     }
 
     static func owner(_ caller: Caller) throws(RouteError) -> String {
