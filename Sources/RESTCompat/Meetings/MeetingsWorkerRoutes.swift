@@ -139,7 +139,8 @@ extension MeetingsPipeline {
             case .claimed where task.worker != worker && (task.leaseUntil ?? 0) >= now:
                 throw RouteError(409, "task claimed by another worker", code: "CONFLICT", details: ["worker": .string(task.worker ?? "")])
             default:
-                if task.state == .queued { task.attempts += 1 }
+                // A new holder is a new attempt; the same worker claiming again is not.
+                if task.state == .queued || task.worker != worker { task.attempts += 1 }
                 task.state = .claimed
                 task.worker = worker
                 task.leaseUntil = now + lease
