@@ -170,6 +170,7 @@ extension HubServer {
         if mkdir(settings.stagingDirectory, 0o750) != 0 && errno != EEXIST {
             throw HubError.startup("cannot create \(settings.stagingDirectory)")
         }
+        LocalFolderStorage.emptyFolder(settings.stagingDirectory)  // partial uploads from before a crash
         let storage: LocalFolderStorage
         do { storage = try LocalFolderStorage(root: config.dataDir + "/meetings") } catch { throw HubError.startup("\(error)") }
         return MeetingsPipeline(node: node, store: store, storage: storage, settings: settings, limiter: limiter,

@@ -156,6 +156,20 @@ public final class LocalFolderStorage: ObjectStorage {
         }
     }
 
+    /// Removes everything inside a folder, keeping the folder (staged uploads left by a crash).
+    public static func emptyFolder(_ path: String) {
+        guard let dir = opendir(path) else { return }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(dir)
+        for name in names { removeTree(path + "/" + name) }
+    }
+
     private static func removeTree(_ path: String) {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
