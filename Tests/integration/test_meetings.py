@@ -536,3 +536,55 @@ def test_telegram_passport_credentials_are_decrypted_and_exchanged_for_a_token(m
     envelope(sign_in(passport_payload(passport_key[1], forged)), 401, "UNAUTHORIZED")
     envelope(sign_in({"credentials": {"data": "!!", "hash": "", "secret": ""}}), 400, "BAD_REQUEST")
     envelope(mhub.post_raw("/v1/auth/telegram/nonce", {"telegram_user_id": 1}, with_key=False), 401, "UNAUTHORIZED")
+
+
+# --------------------------------------------------------------------------------------------
+# several nodes
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    from hubtest import free_port
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+        wait_for(up, message="redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_with_two_nodes_a_task_is_claimed_once_and_progress_reaches_either_node(hub_factory, redis_url, speech):
+    from concurrent.futures import ThreadPoolExecutor
+    a = hub_factory("--engine", "redis", "--redis-url", redis_url)
+    b = hub_factory("--engine", "redis", "--redis-url", redis_url)
+    created = upload(a, "alice", speech[:400]).json()
+    fid, mid = created["file_id"], created["meeting_id"]
+    channel = b.get(f"/v1/meetings/{mid}", headers=bearer(b, "alice")).json()["channel"]
+
+    async def scenario():
+        watcher = await a.client(user="alice")
+        await watcher.subscribe(channel)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: claim(a if i % 2 else b, fid, f"w{i}").status_code, range(8)))
+        assert sorted(results) == [200] + [409] * 7, results
+        winner = next(f"w{i}" for i in range(8) if results[i] == 200)
+        r = worker_call(b, "POST", f"/v1/worker/tasks/{fid}/progress", json={"worker": winner, "progress": 55})
+        assert r.status_code == 200
+        seen = []
+        while not seen or seen[-1].get("progress") != 55:
+            seen.append((await watcher.push(kind="pub", channel=channel))["pub"]["data"])
+        await watcher.close()
+
+    arun(scenario())
+    assert status_of(a, "alice", fid)["progress"] == 55
