@@ -390,6 +390,12 @@ def test_a_task_is_claimed_once_and_returns_to_the_queue_when_its_worker_goes_qu
                          data=b"x"), 400, "BAD_REQUEST")
     envelope(hub.http.post(f"{hub.url}/v1/worker/tasks/{fid}/claim", json={"worker": "w3"}, timeout=WAIT),
              401, "UNAUTHORIZED")
+    done = worker_call(hub, "POST", f"/v1/worker/tasks/{fid}/complete", json={"worker": "w2", "duration": 1.5})
+    assert done.status_code == 200 and status_of(hub, "alice", fid)["status"] == "completed"
+    envelope(claim(hub, fid, "w3"), 404, "NOT_FOUND")  # a finished task is gone
+    envelope(worker_call(hub, "POST", f"/v1/worker/tasks/{fid}/fail", json={"worker": "w2", "reason": "late"}),
+             404, "NOT_FOUND")
+    assert status_of(hub, "alice", fid)["status"] == "completed"
 
 
 # --------------------------------------------------------------------------------------------

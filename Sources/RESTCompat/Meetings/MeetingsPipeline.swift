@@ -315,8 +315,8 @@ public final class MeetingsPipeline: Sendable {
         next.leaseUntil = nil
         next.queuedAt = now
         let exhausted = task.attempts >= settings.maxAttempts
-        next.state = exhausted ? .done : .queued
-        guard (try? await store.swap(record.key, expected: record.value, new: next.bytes)) == true else { return }
+        next.state = .queued
+        guard (try? await store.swap(record.key, expected: record.value, new: exhausted ? nil : next.bytes)) == true else { return }
         logger.notice("meetings task lease expired", metadata: ["file_id": "\(task.fileID)", "worker": "\(task.worker ?? "")",
                                                                 "attempts": "\(task.attempts)", "requeued": "\(!exhausted)"])
         let reason = "worker \(task.worker ?? "?") stopped reporting; " + (exhausted ? "giving up after \(task.attempts) attempts" : "queued again")

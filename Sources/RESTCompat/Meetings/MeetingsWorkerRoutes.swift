@@ -135,7 +135,7 @@ extension MeetingsPipeline {
             guard var task = TaskRecord(bytes: bytes) else { throw Self.notFound("task") }
             switch task.state {
             case .done:
-                throw RouteError(409, "task already finished", code: "CONFLICT")
+                throw Self.notFound("task")
             case .claimed where task.worker != worker && (task.leaseUntil ?? 0) >= now:
                 throw RouteError(409, "task claimed by another worker", code: "CONFLICT", details: ["worker": .string(task.worker ?? "")])
             default:
@@ -188,14 +188,17 @@ extension MeetingsPipeline {
         return meeting
     }
 
-    /// Checks `worker` holds the claim on the file's task and renews it (or marks it done).
+    /// Checks `worker` holds the claim on the file's task and renews it, or, when finishing,
+    /// removes the task (a finished task leaves only its meeting behind, so the sweep and the
+    /// queue listing never grow with history).
     func holdClaim(_ rawFileID: String, worker: String, finishing: Bool) async throws(RouteError) -> TaskRecord {
         let fileID = rawFileID.lowercased()
         guard MeetingIDs.isUUID(fileID) else { throw Self.notFound("task") }
-        let now = self.now
-        let lease = settings.taskLease
-        let bytes = try await store.update(MeetingKeys.task(fileID)) { (bytes: [UInt8]) throws(RouteError) -> [UInt8]? in
-            guard var task = TaskRecord(bytes: bytes) else { throw Self.notFound("task") }
+        let key = MeetingKeys.task(fileID)
+        for _ in 0..<16 {
+            let current: [UInt8]?
+            do { current = try await store.value(key) } catch { throw .store(error) }
+            guard let current, var task = TaskRecord(bytes: current) else { throw Self.notFound("task") }
             guard task.state == .claimed, task.worker == worker else {
                 throw RouteError(409, "this worker does not hold the task's claim", code: "CONFLICT")
             }
@@ -203,12 +206,13 @@ extension MeetingsPipeline {
                 task.state = .done
                 task.leaseUntil = nil
             } else {
-                task.leaseUntil = now + lease
+                task.leaseUntil = now + settings.taskLease
             }
-            return task.bytes
+            let swapped: Bool
+            do { swapped = try await store.swap(key, expected: current, new: finishing ? nil : task.bytes) } catch { throw .store(error) }
+            if swapped { return task }
         }
-        guard let bytes, let task = TaskRecord(bytes: bytes) else { throw Self.notFound("task") }
-        return task
+        throw RouteError(503, "task \(fileID) is changing too fast; try again", code: "INTERNAL_ERROR")
     }
 
     func media(_ context: RouteContext) async throws(RouteError) -> HTTPResponse {
