@@ -594,3 +594,15 @@ def test_with_two_nodes_a_task_is_claimed_once_and_progress_reaches_either_node(
 
     arun(scenario())
     assert status_of(a, "alice", fid)["progress"] == 55
+
+
+def test_the_dashboard_page_and_script_are_served(hub):
+    page = hub.get("/dashboard/meetings")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/dashboard/meetings.js">' in page.text
+    assert "connect-src 'self' ws: wss:" in page.headers["content-security-policy"]
+    script = hub.get("/dashboard/meetings.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    # It speaks the endpoints and protocol the hub serves.
+    for needle in ("/v1/meetings?limit=100", "/connection/websocket", "subscribe: {channel: meeting.channel}", "/v1/files?"):
+        assert needle in script.text, needle

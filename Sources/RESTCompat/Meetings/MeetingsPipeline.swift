@@ -76,7 +76,7 @@ public final class MeetingsPipeline: Sendable {
         self.logger = logger
     }
 
-    public var routes: [Route] { userRoutes + authRoutes + workerRoutes }
+    public var routes: [Route] { userRoutes + authRoutes + workerRoutes + dashboardRoutes }
 
     var now: Double { node.clock.now() }
 
