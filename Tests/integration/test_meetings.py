@@ -402,7 +402,7 @@ def test_a_task_is_claimed_once_and_returns_to_the_queue_when_its_worker_goes_qu
 # profiles and speakers
 
 
-def test_profiles_and_speaker_links_belong_to_their_user(hub):
+def test_profiles_and_speaker_links_belong_to_their_user(hub, speech):
     a, b = bearer(hub, "alice"), bearer(hub, "bob")
     r = hub.http.post(hub.url + "/v1/users/profiles", json={"display_name": "Alice A."}, headers=a, timeout=WAIT)
     assert r.status_code == 200
@@ -418,6 +418,19 @@ def test_profiles_and_speaker_links_belong_to_their_user(hub):
     envelope(hub.http.put(f"{hub.url}/v1/users/profiles/{profile_id}", json={"display_name": "Mallory"}, headers=b,
                           timeout=WAIT), 404, "NOT_FOUND")
     assert hub.get("/v1/users/profiles", headers=a).json()["profiles"][0]["display_name"] == "Alice"
+
+    # A voice sample: the raw recording as the PUT body, typed by its content.
+    url = f"{hub.url}/v1/users/profiles/{profile_id}"
+    r = hub.http.put(url, params={"display_name": "Alice V."}, data=speech, headers={**a, "Content-Type": "audio/wav"},
+                     timeout=WAIT)
+    assert r.status_code == 200 and r.json()["voice_sample_size"] == len(speech), r.text
+    envelope(hub.http.put(url, data=b"not audio at all", headers={**a, "Content-Type": "audio/wav"}, timeout=WAIT),
+             415, "INVALID_FILE_TYPE")
+    envelope(hub.http.put(url, data=speech, headers={**b, "Content-Type": "audio/wav"}, timeout=WAIT), 404, "NOT_FOUND")
+    stored = hub.get("/v1/users/profiles", headers=a).json()["profiles"][0]
+    assert stored["display_name"] == "Alice V." and stored["has_voice_sample"] and stored["voice_sample_size"] == len(speech)
+    assert (meetings_dir(hub) / "profiles" / profile_id / "voice-sample").read_bytes() == speech
+    assert files_under(hub.workdir / "data" / "uploads") == []
 
     speaker = "5b0c6e1e-8d4e-4f3a-9c55-2f1d0b7a6e01"
     r = hub.http.post(hub.url + "/v1/speakers/link", json={"speaker_id": speaker, "user_profile_id": profile_id},

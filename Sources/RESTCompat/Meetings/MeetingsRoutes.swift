@@ -1,4 +1,5 @@
 import Channels
+import Glibc
 import Store
 
 /// Seed 004's user-facing endpoints. Every id-addressed route answers 404 for another user's
@@ -115,17 +116,27 @@ extension MeetingsPipeline {
                 }
             },
             Route("PUT", "/v1/users/profiles/{profile_id}", auth: Self.user, errors: .meetings,
-                  summary: "Rename a profile", tag: Self.tag,
+                  summary: "Rename a profile (JSON), or store its voice sample (raw audio body)", tag: Self.tag,
+                  query: [QueryParameter("display_name", description: "new name, with a raw voice-sample body")],
                   body: .json(["type": "object", "required": ["display_name"], "properties": ["display_name": ["type": "string"]]]),
                   responses: [200: "`{profile_id, display_name}`", 400: "Bad display_name", 401: "No or bad token",
-                              404: "No such profile (or not yours)"]) { [self] context in
+                              404: "No such profile (or not yours)", 413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in
-                    let body = try context.jsonObject()
-                    let name = try Self.displayName(body)
-                    let profile = try await updateProfile(context.params["profile_id"] ?? "", caller: context.caller) { profile in
-                        profile.displayName = name
+                    let id = context.params["profile_id"] ?? ""
+                    let type = context.request.header("content-type")?.lowercased() ?? ""
+                    if type.contains("json") || type.isEmpty && context.request.body.first == UInt8(ascii: "{") {
+                        let name = try Self.displayName(try context.jsonObject())
+                        let profile = try await updateProfile(id, caller: context.caller) { $0.displayName = name }
+                        return .json(200, ["profile_id": .string(profile.profileID), "display_name": .string(profile.displayName)])
                     }
-                    return .json(200, ["profile_id": .string(profile.profileID), "display_name": .string(profile.displayName)])
+                    let name = try context.request.queryValue("display_name").map { text throws(RouteError) in
+                        try Self.displayName(["display_name": .string(text)])
+                    }
+                    let path = try await stage(context.request.body)
+                    let profile = try await attachVoiceSample(id, caller: context.caller, name: name,
+                                                              StagedUpload(path: path, size: Int64(context.request.body.count), filename: "voice"))
+                    return .json(200, .compact([("profile_id", .string(profile.profileID)), ("display_name", .string(profile.displayName)),
+                                                ("voice_sample_size", profile.voiceSampleSize.map(JSONValue.int))]))
                 }
             },
             Route("POST", "/v1/speakers/link", auth: Self.user, errors: .meetings, summary: "Link a speaker to one of your profiles",
@@ -363,6 +374,40 @@ extension MeetingsPipeline {
         }
         guard let updated, let profile = ProfileRecord(bytes: updated) else { throw Self.notFound("profile") }
         return profile
+    }
+
+    /// Stores a staged voice sample for a profile the caller owns (type from content, size
+    /// bounded like uploads); the staged file is removed on any failure.
+    func attachVoiceSample(_ rawID: String, caller: Caller, name: String?, _ upload: StagedUpload) async throws(RouteError) -> ProfileRecord {
+        var moved = false
+        defer { if !moved { unlink(upload.path) } }
+        let id = rawID.lowercased()
+        guard MeetingIDs.isUUID(id) else { throw Self.notFound("profile") }
+        let existing: [UInt8]?
+        do { existing = try await store.value(MeetingKeys.profile(id)) } catch { throw .store(error) }
+        guard let existing, let current = ProfileRecord(bytes: existing), current.owner == caller.user || Self.isAdmin(caller) else {
+            throw Self.notFound("profile")
+        }
+        guard upload.size <= settings.maxUploadBytes else {
+            throw RouteError(413, "voice sample exceeds the \(settings.maxUploadBytes)-byte limit", code: "FILE_TOO_LARGE",
+                             details: ["max_bytes": .int(settings.maxUploadBytes)])
+        }
+        guard upload.size > 0, let type = MediaType.detect(Self.readHead(upload.path, count: MediaType.sniffLength)) else {
+            throw RouteError(415, "the voice sample must be audio (wav, mp3, ogg, flac, m4a, …)", code: "INVALID_FILE_TYPE",
+                             details: ["accepted": .array(MediaType.supported.map(JSONValue.string))])
+        }
+        let key = "profiles/\(id)/voice-sample"
+        let size: Int64
+        do { size = try await storage.importFile(key: key, from: upload.path) } catch {
+            throw RouteError(500, "could not store the voice sample", code: "INTERNAL_ERROR")
+        }
+        moved = true
+        return try await updateProfile(id, caller: caller) { profile in
+            if let name { profile.displayName = name }
+            profile.voiceSampleKey = key
+            profile.voiceSampleType = type
+            profile.voiceSampleSize = size
+        }
     }
 
     func linkSpeaker(_ context: RouteContext) async throws(RouteError) -> HTTPResponse {
