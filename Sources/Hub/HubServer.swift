@@ -100,7 +100,7 @@ final class HubServer {
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
-        meetings.start()
+        meetings.start(interval: max(0.5, min(5, config.meetingsTaskLease / 2)))
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")

@@ -619,3 +619,17 @@ def test_the_dashboard_page_and_script_are_served(hub):
     # It speaks the endpoints and protocol the hub serves.
     for needle in ("/v1/meetings?limit=100", "/connection/websocket", "subscribe: {channel: meeting.channel}", "/v1/files?"):
         assert needle in script.text, needle
+
+
+def test_a_task_whose_workers_keep_going_quiet_is_given_up_as_failed(hub_factory, speech):
+    hub = hub_factory("--meetings-task-lease", "1")
+    fid = upload(hub, "alice", speech[:400]).json()["file_id"]
+    for attempt, worker in enumerate(["w1", "w2", "w3"], start=1):
+        r = claim(hub, fid, worker)
+        assert r.status_code == 200 and r.json()["attempt"] == attempt
+        if attempt < 3:
+            time.sleep(1.1)
+    final = wait_for(lambda: (s := status_of(hub, "alice", fid))["status"] == "failed" and s, timeout=5,
+                     message="the file to be given up")
+    assert "giving up after 3 attempts" in final["error"], final
+    envelope(claim(hub, fid, "w4"), 404, "NOT_FOUND")
