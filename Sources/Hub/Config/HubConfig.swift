@@ -206,8 +206,11 @@ struct HubConfig: Sendable {
             }
         }
         guard meetingsMaxUploadBytes >= 1024 else { throw HubError.config("meetings_max_upload_bytes must be at least 1024") }
-        guard meetingsLinkTTL >= 1, meetingsTokenTTL >= 60, meetingsTaskLease >= 1, telegramAuthMaxAge >= 1 else {
-            throw HubError.config("meetings_link_ttl, meetings_task_lease and telegram_auth_max_age must be at least 1 second, meetings_token_ttl at least 60")
+        let year: Double = 366 * 86_400
+        guard (1...year).contains(meetingsLinkTTL), (60...year).contains(meetingsTokenTTL), (1...86_400).contains(meetingsTaskLease),
+              (1...year).contains(telegramAuthMaxAge)
+        else {
+            throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {

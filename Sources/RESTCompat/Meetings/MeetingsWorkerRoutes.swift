@@ -90,7 +90,7 @@ extension MeetingsPipeline {
                         meeting.progress = 100
                         meeting.stage = "done"
                         meeting.error = nil
-                        if let duration = body["duration"]?.doubleValue, duration >= 0 { meeting.duration = duration }
+                        if let duration = body["duration"]?.doubleValue, duration.isFinite, duration >= 0 { meeting.duration = duration }
                         if let format = body["format"]?.stringValue { meeting.format = String(format.prefix(100)) }
                     }
                     return .json(200, ["status": .string(meeting.status.rawValue), "progress": .int(Int64(meeting.progress))])

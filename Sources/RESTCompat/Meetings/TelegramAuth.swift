@@ -36,7 +36,7 @@ struct TelegramAuth: Sendable {
         guard ConstantTime.equal(expected, hash.lowercased()) else {
             throw RouteError(401, "Telegram login data failed its signature check", code: "UNAUTHORIZED")
         }
-        guard let authDate = fields.first(where: { $0.0 == "auth_date" }).flatMap({ Double($0.1) }) else {
+        guard let authDate = fields.first(where: { $0.0 == "auth_date" }).flatMap({ Int64($0.1) }).map(Double.init) else {
             throw RouteError(401, "Telegram login data has no auth_date", code: "UNAUTHORIZED")
         }
         let age = now - authDate
