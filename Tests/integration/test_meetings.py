@@ -236,6 +236,10 @@ def test_uploads_are_typed_by_content_and_bounded_in_size(hub_factory, speech):
     assert files_under(meetings_dir(hub)) == []
     assert files_under(hub.workdir / "data" / "uploads") == []
     envelope(hub.http.post(hub.url + "/v1/files", data=speech, timeout=WAIT), 401, "UNAUTHORIZED")
+    # A body over the edge's limit is refused while it is read, in the same envelope.
+    small = hub_factory("--max-body-size", "4096")
+    envelope(upload(small, "alice", speech), 413, "FILE_TOO_LARGE")
+    assert small.get("/v1/meetings", headers=bearer(small, "alice")).json()["total"] == 0
 
 
 def test_an_interrupted_upload_leaves_no_record_and_no_file(hub, speech):
