@@ -254,12 +254,28 @@ def test_an_interrupted_upload_leaves_no_record_and_no_file(hub, speech):
     assert upload(hub, "alice", speech).status_code == 201  # and the hub still takes uploads
 
 
-def test_uploads_are_rate_limited_per_user(hub_factory, speech):
-    hub = hub_factory(config={"rate_limits": {"meetings-uploads": ["2/hour"]}})
-    assert [upload(hub, "alice", speech[:400]).status_code for _ in range(2)] == [201, 201]
+def test_uploads_status_checks_and_downloads_are_rate_limited_per_user(hub_factory, speech):
+    hub = hub_factory(config={"rate_limits": {"meetings-uploads": ["2/hour"], "meetings-status": ["2/minute"],
+                                              "meetings-downloads": ["1/hour"]}})
+    created = [upload(hub, "alice", speech[:400]) for _ in range(2)]
+    assert [r.status_code for r in created] == [201, 201]
     err = envelope(upload(hub, "alice", speech[:400]), 429, "RATE_LIMITED")
     assert err["details"]["retry_after"] > 0
     assert upload(hub, "bob", speech[:400]).status_code == 201
+
+    fid = created[0].json()["file_id"]
+    assert [hub.get(f"/v1/files/{fid}/status", headers=bearer(hub, "alice")).status_code for _ in range(2)] == [200, 200]
+    limited = hub.get(f"/v1/files/{fid}/status", headers=bearer(hub, "alice"))
+    envelope(limited, 429, "RATE_LIMITED")
+    assert int(limited.headers["retry-after"]) > 0
+
+    assert claim(hub, fid).status_code == 200
+    assert worker_call(hub, "PUT", f"/v1/worker/tasks/{fid}/artifacts/a.txt", params={"worker": "w1"},
+                       data=b"a").status_code == 200
+    mid = created[0].json()["meeting_id"]
+    url = hub.get(f"/v1/meetings/{mid}/artifacts", headers=bearer(hub, "alice")).json()["artifacts"][0]["download_url"]
+    assert hub.get(url).status_code == 200
+    envelope(hub.get(url), 429, "RATE_LIMITED")  # counted per user, whoever holds the link
 
 
 # --------------------------------------------------------------------------------------------
