@@ -36,6 +36,9 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds a new connection has to send connect (default 10).") var connectTimeout: Double?
     @Option(help: "Largest WebSocket message accepted, bytes (default 65536); larger closes with 1009.") var maxMessageSize: Int?
     @Option(help: "Largest HTTP request body, bytes (default 10485760); larger gets 413.") var maxBodySize: Int?
+    @Option(help: "Directory multipart uploads are streamed into before a route keeps or drops them (default <data-dir>/uploads).") var uploadDir: String?
+    @Option(help: "Largest multipart/form-data body, bytes (default 536870912); larger gets 413.") var maxUploadSize: Int?
+    @Option(help: "Largest file in a multipart/form-data body, bytes (default 536870912); larger gets 413.") var maxUploadFileSize: Int?
     @Option(help: "Outbound queue limit per connection, bytes (default 1048576); over it the client is disconnected as slow.") var clientQueueMaxBytes: Int?
     @Option(help: "Outbound queue limit per connection, messages (default 10000).") var clientQueueMaxMessages: Int?
     @Option(help: "Subscriptions allowed per connection (default 128).") var maxSubscriptions: Int?
@@ -107,6 +110,9 @@ struct HubCommand: ParsableCommand {
         c.connectTimeout = try connectTimeout ?? envDouble("HUB_CONNECT_TIMEOUT") ?? c.connectTimeout
         c.maxMessageSize = try maxMessageSize ?? envInt("HUB_MAX_MESSAGE_SIZE") ?? c.maxMessageSize
         c.maxBodySize = try maxBodySize ?? envInt("HUB_MAX_BODY_SIZE") ?? c.maxBodySize
+        c.uploadDir = uploadDir ?? env["HUB_UPLOAD_DIR"] ?? c.uploadDir
+        c.maxUploadSize = try maxUploadSize ?? envInt("HUB_MAX_UPLOAD_SIZE") ?? c.maxUploadSize
+        c.maxUploadFileSize = try maxUploadFileSize ?? envInt("HUB_MAX_UPLOAD_FILE_SIZE") ?? c.maxUploadFileSize
         c.clientQueueMaxBytes = try clientQueueMaxBytes ?? envInt("HUB_CLIENT_QUEUE_MAX_BYTES") ?? c.clientQueueMaxBytes
         c.clientQueueMaxMessages = try clientQueueMaxMessages ?? envInt("HUB_CLIENT_QUEUE_MAX_MESSAGES") ?? c.clientQueueMaxMessages
         c.maxSubscriptions = try maxSubscriptions ?? envInt("HUB_MAX_SUBSCRIPTIONS") ?? c.maxSubscriptions

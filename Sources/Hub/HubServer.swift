@@ -29,6 +29,8 @@ final class HubServer {
         if mkdir(config.dataDir, 0o755) != 0 && errno != EEXIST {
             throw HubError.startup("cannot create data directory \(config.dataDir)")
         }
+        let uploads = config.uploads
+        try UploadDirectory.prepare(uploads.directory)
         var engine = EngineConfig()
         engine.namespaces = config.namespaces
         var rsaKey: String?
@@ -83,7 +85,8 @@ final class HubServer {
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
         let metrics = MetricsRegistry()
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, tokens: engine.tokens),
-                            limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins)
+                            limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
+                            uploads: uploads)
         routerBox.router = router
         let counters = node.counters
         metrics.gauge("hub_connections", help: "Client connections on this node.") { Double(node.clientCount) }
@@ -201,4 +204,25 @@ enum LWSLog {
 /// Lets routes that describe the router (OpenAPI, metrics) reach it once it exists.
 final class RouterBox: @unchecked Sendable {
     var router: Router?
+}
+
+/// The directory multipart uploads stream into.
+enum UploadDirectory {
+    /// Creates it, and deletes temp files a crashed run left: every upload in it belongs to a
+    /// request in flight, and at startup there are none.
+    static func prepare(_ path: String) throws {
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw HubError.startup("cannot create upload directory \(path): \(String(cString: strerror(errno)))")
+        }
+        guard let directory = opendir(path) else {
+            throw HubError.startup("cannot read upload directory \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasPrefix("upload-") { unlink(path + "/" + name) }
+        }
+    }
 }

@@ -24,6 +24,10 @@ struct HubConfig: Sendable {
     var connectTimeout: Double = 10
     var maxMessageSize = 65_536
     var maxBodySize = 10 * 1024 * 1024
+    /// Where multipart uploads are streamed; nil means `<data_dir>/uploads`.
+    var uploadDir: String?
+    var maxUploadSize = 512 * 1024 * 1024
+    var maxUploadFileSize = 512 * 1024 * 1024
     var clientQueueMaxBytes = 1024 * 1024
     var clientQueueMaxMessages = 10_000
     var maxSubscriptions = 128
@@ -74,6 +78,9 @@ struct HubConfig: Sendable {
             case "connect_timeout": connectTimeout = try double(value, key)
             case "max_message_size": maxMessageSize = try int(value, key)
             case "max_body_size": maxBodySize = try int(value, key)
+            case "upload_dir": uploadDir = try string(value, key)
+            case "max_upload_size": maxUploadSize = try int(value, key)
+            case "max_upload_file_size": maxUploadFileSize = try int(value, key)
             case "client_queue_max_bytes": clientQueueMaxBytes = try int(value, key)
             case "client_queue_max_messages": clientQueueMaxMessages = try int(value, key)
             case "max_subscriptions": maxSubscriptions = try int(value, key)
@@ -190,12 +197,20 @@ struct HubConfig: Sendable {
         return classes
     }
 
+    /// The upload directory and limits the router gives `.multipart` routes.
+    var uploads: UploadSettings {
+        UploadSettings(directory: uploadDir ?? dataDir + "/uploads",
+                       limits: MultipartLimits(maxBodyBytes: maxUploadSize, maxFileBytes: maxUploadFileSize))
+    }
+
     /// Checks the values together once everything is merged.
     func validate() throws {
         guard (1...65535).contains(port) else { throw HubError.config("port must be 1-65535") }
         guard (1...64).contains(threads) else { throw HubError.config("threads must be 1-64") }
         guard maxMessageSize >= 1024 else { throw HubError.config("max_message_size must be at least 1024") }
         guard maxBodySize >= 1024 else { throw HubError.config("max_body_size must be at least 1024") }
+        guard maxUploadSize >= 1024, maxUploadFileSize >= 1 else { throw HubError.config("max_upload_size must be at least 1024 and max_upload_file_size at least 1") }
+        if let uploadDir, uploadDir.isEmpty { throw HubError.config("upload_dir must not be empty") }
         guard clientQueueMaxBytes >= maxMessageSize else { throw HubError.config("client_queue_max_bytes must be at least max_message_size") }
         guard pingInterval >= 1, pongTimeout >= 1, connectTimeout >= 1 else { throw HubError.config("ping_interval, pong_timeout and connect_timeout must be at least 1 second") }
         guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }

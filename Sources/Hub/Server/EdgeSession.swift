@@ -115,6 +115,13 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var body: [UInt8] = []
     var expectedLength = 0
     var tooLarge = false
+    /// A chunked request body: answered 411, then the connection closes.
+    var lengthRequired = false
+    /// The body was refused unread (411, 413 up front): close once the answer is out.
+    var closeAfterResponse = false
+    /// Set for a `.multipart` route: the body streams into it instead of `body`.
+    var intake: MultipartIntake?
+    var remoteAddress = ""
     var dispatched = false
     let startedAt: Double
     /// Set once by the route (any thread); written out by the service thread.

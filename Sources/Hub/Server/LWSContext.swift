@@ -99,6 +99,8 @@ private func release(_ user: UnsafeMutableRawPointer?) {
     if let raw = slot.pointee {
         let session = Unmanaged<EdgeSession>.fromOpaque(raw)
         session.takeUnretainedValue().gone = true
+        // An upload cut off mid-body leaves no temp files behind.
+        (session.takeUnretainedValue() as? HTTPExchange)?.intake?.abandon()
         session.release()
         slot.pointee = nil
     }
@@ -209,6 +211,13 @@ private func hubCallback(
 
     case LWS_CALLBACK_HTTP_BODY:
         guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        if let intake = exchange.intake {
+            // Streamed to disk off this thread; reading pauses while the disk is behind.
+            if let input, length > 0, intake.append(UnsafeRawBufferPointer(start: input, count: length)), let wsi {
+                lws_rx_flow_control(wsi, 0)
+            }
+            return 0
+        }
         if exchange.body.count + length > loop.settings.maxBodySize {
             exchange.tooLarge = true
         } else if let input, length > 0 {
@@ -302,12 +311,34 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
+    exchange.remoteAddress = peerAddress(wsi)
     let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
+    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+    if chunked {
+        // This lws build does not de-chunk request bodies: refuse clearly instead of hanging.
+        exchange.lengthRequired = true
+        exchange.closeAfterResponse = true
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
+    if let intake = loop.router.multipartIntake(method: method, path: path, headers: exchange.headers, remoteAddress: exchange.remoteAddress,
+                                                resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
+        // A multipart upload: its own limits, streamed instead of buffered.
+        exchange.intake = intake
+        if intake.refusedUpFront {
+            exchange.closeAfterResponse = true
+        } else if declared > 0 {
+            return 0
+        }
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
     if declared > loop.settings.maxBodySize {
         exchange.tooLarge = true
-    }
-    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
-    if ["POST", "PUT", "PATCH", "DELETE"].contains(method), declared > 0 || chunked, !exchange.tooLarge {
+        exchange.closeAfterResponse = true
+    } else if declared > 0 {
+        // Whatever the method: lws reads a declared body before the next request, and
+        // answering before it is read leaves lws re-announcing a completion forever.
         exchange.expectedLength = declared
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
@@ -318,6 +349,11 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
 private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
     guard !exchange.dispatched else { return }
     exchange.dispatched = true
+    if exchange.lengthRequired {
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        exchange.respond(shape.response(411, "chunked request bodies are not supported: send Content-Length"))
+        return
+    }
     if exchange.tooLarge {
         // Answered in the error shape of the route the request was for.
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
@@ -325,8 +361,18 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
         return
     }
     let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
-                              body: exchange.body, remoteAddress: peerAddress(wsi))
+                              body: exchange.body, remoteAddress: exchange.remoteAddress)
     exchange.body = []
+    if let intake = exchange.intake {
+        // Handled on the upload queue once the last bytes are on disk.
+        let router = loop.router
+        intake.finish { [weak exchange] upload in
+            var request = request
+            request.upload = upload
+            router.handle(request) { [weak exchange] response in exchange?.respond(response) }
+        }
+        return
+    }
     loop.router.handle(request) { [weak exchange] response in exchange?.respond(response) }
 }
 
@@ -357,6 +403,7 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
         if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
         logAccess(exchange, status: response.status, loop: loop)
         if response.body.isEmpty || isHead {
+            if exchange.closeAfterResponse { return -1 }
             return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
         }
         lws_callback_on_writable(wsi)
@@ -373,6 +420,8 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
     if lws_write(wsi, base, chunk, lws_write_protocol(rawValue: UInt32(mode))) != chunk { return -1 }
     exchange.bodySent += chunk
     if final {
+        // An unread body would be taken for the next request: close instead.
+        if exchange.closeAfterResponse { return -1 }
         return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
     }
     lws_callback_on_writable(wsi)

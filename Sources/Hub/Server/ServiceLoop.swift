@@ -34,6 +34,8 @@ final class ServiceLoop: @unchecked Sendable {
 
     /// Sessions whose writeable callback was asked for from another thread.
     private let pendingWrites = Mutex<[EdgeSession]>([])
+    /// Sessions whose reading was paused (upload backpressure) and may go on.
+    private let pendingResumes = Mutex<[EdgeSession]>([])
     private let tickRequested = Atomic<Bool>(false)
     private let stopRequested = Atomic<Bool>(false)
     let running = Atomic<Bool>(true)
@@ -104,6 +106,12 @@ final class ServiceLoop: @unchecked Sendable {
         if wasEmpty, let context { lws_cancel_service(context) }
     }
 
+    /// Lets a session paused with `lws_rx_flow_control` read again; from any thread.
+    func requestResume(_ session: EdgeSession) {
+        pendingResumes.withLock { $0.append(session) }
+        if let context { lws_cancel_service(context) }
+    }
+
     func requestTick() {
         tickRequested.store(true, ordering: .releasing)
         if let context { lws_cancel_service(context) }
@@ -123,6 +131,14 @@ final class ServiceLoop: @unchecked Sendable {
         }
         for session in sessions where !session.gone {
             if let wsi = session.wsi { lws_callback_on_writable(wsi) }
+        }
+        let resumed = pendingResumes.withLock { list -> [EdgeSession] in
+            let taken = list
+            list.removeAll()
+            return taken
+        }
+        for session in resumed where !session.gone {
+            if let wsi = session.wsi { lws_rx_flow_control(wsi, 1) }
         }
         if tickRequested.exchange(false, ordering: .acquiringAndReleasing) {
             node.tick(sessions: connections.values.compactMap(\.session))

@@ -26,9 +26,9 @@ public enum OpenAPIDocument {
             }
             if !parameters.isEmpty { operation.append(("parameters", .array(parameters))) }
             switch route.body {
-            case .json(let schema)?:
-                operation.append(("requestBody", ["required": true, "content": ["application/json": ["schema": schema]]]))
-            case .multipart(let schema)?:
+            case .json(let schema, let required)?:
+                operation.append(("requestBody", ["required": .bool(required), "content": ["application/json": ["schema": schema]]]))
+            case .multipart(let schema, _)?:
                 operation.append(("requestBody", ["required": true, "content": ["multipart/form-data": ["schema": schema]]]))
             case nil:
                 break

@@ -1,7 +1,8 @@
 import Channels
 
 /// An HTTP request as the routes see it, already read whole by the edge (bodies are
-/// bounded there by the configured limit).
+/// bounded there by the configured limit), except a `.multipart` route's body, which the
+/// edge streams to disk as it arrives and hands over as `upload`.
 public struct HTTPRequest: Sendable {
     public var method: String
     public var path: String
@@ -10,9 +11,12 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     public var body: [UInt8]
     public var remoteAddress: String
+    /// The streamed multipart body of a `.multipart` route (the edge sets it; `body` is then empty).
+    public var upload: MultipartUpload?
 
     public init(method: String, path: String, query: [(String, String)] = [], headers: [String: String] = [:],
-                body: [UInt8] = [], remoteAddress: String = "") {
+                body: [UInt8] = [], remoteAddress: String = "", upload: MultipartUpload? = nil) {
+        self.upload = upload
         self.method = method
         self.path = path
         self.query = query

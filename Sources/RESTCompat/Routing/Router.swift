@@ -17,10 +17,13 @@ public struct QueryParameter: Sendable {
 
 /// What a route takes as its body.
 public enum RequestBody: Sendable {
-    /// A JSON document described by a JSON schema.
-    case json(JSONValue)
-    /// `multipart/form-data`; file parts are streamed to disk (see `MultipartForm`).
-    case multipart(JSONValue)
+    /// A JSON document described by a JSON schema; `required: false` when the route takes an
+    /// empty body as `{}` (the server API does, as Centrifugo).
+    case json(JSONValue, required: Bool = true)
+    /// `multipart/form-data` described by a JSON schema; file parts are streamed to disk and
+    /// the handler gets `RouteContext.form` (see `MultipartForm`). `maxFileBytes` lowers the
+    /// configured per-file limit for this route.
+    case multipart(JSONValue, maxFileBytes: Int? = nil)
 }
 
 /// Everything a handler gets: the request, path parameters, the authenticated caller, and
@@ -31,6 +34,9 @@ public struct RouteContext: Sendable {
     public let caller: Caller
     public let errors: ErrorShape
     let responder: Responder
+
+    /// The parsed `multipart/form-data` body of a `.multipart` route (always set for one).
+    public var form: MultipartForm? { request.upload?.form }
 
     public func respond(_ response: HTTPResponse) { responder(response) }
     public func json(_ status: Int, _ value: JSONValue) { responder(.json(status, value)) }
@@ -121,10 +127,14 @@ public final class Router: Sendable {
     public let metrics: MetricsRegistry
     private let corsOrigins: String
     private let clock: any Clock
+    /// Where `.multipart` routes' files go and how large uploads may be.
+    public let uploads: UploadSettings
 
     public init(routes: [Route], credentials: Credentials, limiter: any RateLimiter = MemoryRateLimiter(),
                 limitClasses: [RateLimitClass] = [], metrics: MetricsRegistry = MetricsRegistry(), corsOrigins: String = "*",
-                clock: any Clock = SystemClock()) {
+                clock: any Clock = SystemClock(),
+                uploads: UploadSettings = UploadSettings(directory: "/tmp", limits: MultipartLimits(maxBodyBytes: 10 << 20, maxFileBytes: 10 << 20))) {
+        self.uploads = uploads
         self.routes = routes
         self.credentials = credentials
         self.limiter = limiter
@@ -140,6 +150,20 @@ public final class Router: Sendable {
     /// The route a request will be served by, if any (the edge asks before reading a body).
     public func route(method: String, path: String) -> Route? {
         routes.first { ($0.method == method || ($0.method == "GET" && method == "HEAD")) && $0.match(path) != nil }
+    }
+
+    /// For a request to a `.multipart` route with a multipart body, the intake the edge
+    /// streams the body into as it arrives; nil for every other request (the edge buffers
+    /// those under its own limit). A caller the route's auth refuses gets an intake that
+    /// drops the body unread: nothing of theirs reaches the disk.
+    public func multipartIntake(method: String, path: String, headers: [String: String], remoteAddress: String,
+                                resume: @escaping @Sendable () -> Void) -> MultipartIntake? {
+        guard let route = route(method: method, path: path), case .multipart = route.body,
+              let contentType = headers["content-type"], contentType.lowercased().hasPrefix("multipart/") else { return nil }
+        let probe = HTTPRequest(method: method, path: path, headers: headers, remoteAddress: remoteAddress)
+        let admitted = if case .success = Authenticator.check(probe, scheme: route.auth, credentials: credentials, now: clock.now()) { true } else { false }
+        return MultipartIntake(contentType: contentType, declaredLength: headers["content-length"].flatMap { Int($0) },
+                               settings: uploads, limits: uploads.limits(for: route), store: admitted, resume: resume)
     }
 
     public func handle(_ request: HTTPRequest, respond: @escaping Responder) {
@@ -158,6 +182,8 @@ public final class Router: Sendable {
             metrics.increment("hub_http_requests_total", labels: [("route", label), ("method", request.method), ("status", String(response.status))])
             metrics.observe("hub_http_request_duration_seconds", labels: [("route", label)], seconds: clock.now() - started)
             respond(response)
+            // The handler has answered: temp files it did not move go now.
+            request.upload?.form?.removeFiles()
         }
         if request.method == "OPTIONS" {
             let allowed = routes.filter { $0.match(request.path) != nil }.map(\.method)
@@ -187,9 +213,33 @@ public final class Router: Sendable {
                 finish(route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
                 return
             }
-            let run: @Sendable ([(String, String)]) -> Void = { headers in
-                let context = RouteContext(request: request, params: params, caller: caller, errors: route.errors) { response in
+            let run: @Sendable ([(String, String)]) -> Void = { [uploads] headers in
+                var request = request
+                var bufferedForm: MultipartForm?
+                if case .multipart = route.body {
+                    // The edge streamed it already; a body that came whole (not through the
+                    // edge) is parsed here, under the same limits.
+                    let upload = request.upload ?? {
+                        do throws(MultipartError) {
+                            let form = try MultipartReceiver.receive(body: request.body, contentType: request.header("content-type") ?? "",
+                                                                     settings: uploads, limits: uploads.limits(for: route))
+                            bufferedForm = form
+                            return .received(form)
+                        } catch {
+                            return .failed(error)
+                        }
+                    }()
+                    if case .failed(let error) = upload {
+                        let failure = error.routeError
+                        finish(route.errors.response(failure.status, failure.message, code: failure.code, details: failure.details), headers, label)
+                        return
+                    }
+                    request.upload = upload
+                    request.body = []
+                }
+                let context = RouteContext(request: request, params: params, caller: caller, errors: route.errors) { [bufferedForm] response in
                     finish(response, headers, label)
+                    bufferedForm?.removeFiles()
                 }
                 route.handler(context)
             }

@@ -19,7 +19,7 @@ public struct ServerAPI: Sendable {
     public var routes: [Route] {
         Self.methods.map { method in
             Route("POST", "/api/\(method)", auth: .serverAPIKey, summary: "Server API: \(method)", tag: "server-api",
-                  body: .json(["type": "object"]),
+                  body: .json(["type": "object"], required: false),
                   responses: [200: "Result (`result`) or protocol error (`error`)", 400: "Body is not a JSON object"]) { context in
                 handle(method: method, request: context.request, respond: context.respond)
             }
