@@ -169,11 +169,6 @@ extension HubServer {
             guard Crypto.isUsablePrivateKey(pem: pem) else { throw HubError.config("\(path) holds no usable PEM private key") }
             settings.telegramPassportKeyPEM = pem
         }
-        settings.stagingDirectory = config.dataDir + "/uploads"
-        if mkdir(settings.stagingDirectory, 0o750) != 0 && errno != EEXIST {
-            throw HubError.startup("cannot create \(settings.stagingDirectory)")
-        }
-        LocalFolderStorage.emptyFolder(settings.stagingDirectory)  // partial uploads from before a crash
         let storage: LocalFolderStorage
         do { storage = try LocalFolderStorage(root: config.dataDir + "/meetings") } catch { throw HubError.startup("\(error)") }
         return MeetingsPipeline(node: node, store: store, storage: storage, settings: settings, limiter: limiter,

@@ -130,16 +130,20 @@ final class MeetingsTests: XCTestCase {
         var engine = EngineConfig()
         engine.namespaces.namespaces["meetings"] = MeetingsPipeline.channelOptions
         let node = Node(config: engine, broker: MemoryBroker(), presence: MemoryPresenceStore(), encoder: PlainEncoder())
-        var settings = MeetingsSettings()
-        settings.stagingDirectory = dir
+        let settings = MeetingsSettings()
         let pipeline = MeetingsPipeline(node: node, store: store, storage: try LocalFolderStorage(root: dir + "/meetings"),
                                         settings: settings, limiter: MemoryRateLimiter(), rateLimitClasses: [],
                                         logger: Logger(label: "test"))
-        let router = Router(routes: pipeline.routes, credentials: Credentials(serverAPIKey: "key", tokens: TokenVerifier(hmacSecret: "s")))
+        let router = Router(routes: pipeline.routes, credentials: Credentials(serverAPIKey: "key", tokens: TokenVerifier(hmacSecret: "s")),
+                            uploads: UploadSettings(directory: dir, limits: MultipartLimits(maxBodyBytes: 1 << 20, maxFileBytes: 1 << 20)))
         let token = TokenSigner.hs256(claims: ["sub": "alice", "exp": .int(Int64(node.clock.now() + 600))], secret: "s")
         let wav = Array("RIFF\u{0}\u{0}\u{0}\u{0}WAVEfmt ".utf8) + [UInt8](repeating: 0, count: 64)
-        let created = Self.call(router, HTTPRequest(method: "POST", path: "/v1/files", headers: ["authorization": "Bearer " + token], body: wav))
-        XCTAssertEqual(created.status, 201)
+        let form = Array("--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.wav\"\r\n\r\n".utf8) + wav
+            + Array("\r\n--b--\r\n".utf8)
+        let created = Self.call(router, HTTPRequest(method: "POST", path: "/v1/files",
+                                                    headers: ["authorization": "Bearer " + token,
+                                                              "content-type": "multipart/form-data; boundary=b"], body: form))
+        XCTAssertEqual(created.status, 201, String(decoding: created.body, as: UTF8.self))
         let fileID = try XCTUnwrap((try JSONParser.parse(created.body))["file_id"]?.stringValue)
 
         let statuses = Mutex<[Int]>([])

@@ -51,10 +51,11 @@ def bearer(hub, sub: str, **claims: Any) -> Dict[str, str]:
     return {"Authorization": f"Bearer {hub.token(sub, **claims)}"}
 
 
-def upload(hub, user: str, data: bytes, **params: Any):
-    """POST /v1/files with the recording as the raw request body."""
-    return hub.http.post(hub.url + "/v1/files", params=params, headers=bearer(hub, user),
-                         data=data, timeout=WAIT * 2)
+def upload(hub, user: str, data: bytes, filename: str = "meeting.wav", **fields: Any):
+    """POST /v1/files as a real multipart/form-data upload: the recording in part `file`,
+    other form fields (title, metadata) beside it."""
+    return hub.http.post(hub.url + "/v1/files", headers=bearer(hub, user), data=fields,
+                         files={"file": (filename, data, "application/octet-stream")}, timeout=WAIT * 2)
 
 
 def worker_call(hub, method: str, path: str, **kwargs: Any):
@@ -228,29 +229,43 @@ def test_uploads_are_typed_by_content_and_bounded_in_size(hub_factory, speech):
     hub = hub_factory("--meetings-max-upload-bytes", str(len(speech) - 1))
     envelope(upload(hub, "alice", b"just some text, not audio" * 10, filename="meeting.wav"), 415, "INVALID_FILE_TYPE")
     envelope(upload(hub, "alice", b"%PDF-1.7\n" + b"0" * 100), 415, "INVALID_FILE_TYPE")
+    # Over the limit: refused while the part streams in, the partial file removed.
     err = envelope(upload(hub, "alice", speech), 413, "FILE_TOO_LARGE")
     assert err["details"]["max_bytes"] == len(speech) - 1
     envelope(upload(hub, "alice", speech[:200], metadata="[1,2]"), 400, "BAD_REQUEST")
+    missing = hub.http.post(hub.url + "/v1/files", headers=bearer(hub, "alice"), data={"title": "no file"},
+                            files={"other": ("x.wav", speech[:200])}, timeout=WAIT)
+    assert envelope(missing, 400, "BAD_REQUEST")["details"]["field"] == "file"
+    # Not multipart at all.
+    envelope(hub.http.post(hub.url + "/v1/files", headers={**bearer(hub, "alice"), "Content-Type": "audio/wav"},
+                           data=speech[:200], timeout=WAIT), 400, "BAD_REQUEST")
     # None of it left a meeting or a byte behind.
     assert hub.get("/v1/meetings", headers=bearer(hub, "alice")).json()["total"] == 0
     assert files_under(meetings_dir(hub)) == []
     assert files_under(hub.workdir / "data" / "uploads") == []
-    envelope(hub.http.post(hub.url + "/v1/files", data=speech, timeout=WAIT), 401, "UNAUTHORIZED")
-    # A body over the edge's limit is refused while it is read, in the same envelope.
-    small = hub_factory("--max-body-size", "4096")
+    envelope(hub.http.post(hub.url + "/v1/files", files={"file": ("m.wav", speech)}, timeout=WAIT), 401, "UNAUTHORIZED")
+    # The hub-wide multipart body limit answers in the same envelope.
+    small = hub_factory("--max-upload-size", "4096")
     envelope(upload(small, "alice", speech), 413, "FILE_TOO_LARGE")
     assert small.get("/v1/meetings", headers=bearer(small, "alice")).json()["total"] == 0
+    assert files_under(small.workdir / "data" / "uploads") == []
 
 
 def test_an_interrupted_upload_leaves_no_record_and_no_file(hub, speech):
+    uploads = hub.workdir / "data" / "uploads"
+    head = (b"--cut\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.wav\"\r\n"
+            b"Content-Type: audio/wav\r\n\r\n")
+    total = len(head) + len(speech) * 4 + len(b"\r\n--cut--\r\n")
     with socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT) as s:
         s.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {hub.token('alice')}\r\n"
-                   f"Content-Type: audio/wav\r\nContent-Length: {len(speech) * 4}\r\n\r\n").encode())
-        s.sendall(speech)  # a quarter of what was announced, then the client goes away
-    time.sleep(0.3)
+                   f"Content-Type: multipart/form-data; boundary=cut\r\nContent-Length: {total}\r\n\r\n").encode())
+        s.sendall(head + speech)  # a quarter of the file, then the client goes away
+        # The part is being streamed to disk while the client is still there.
+        wait_for(lambda: any(p.stat().st_size > 0 for p in uploads.glob("upload-*")), message="the part on disk")
+    wait_for(lambda: files_under(uploads) == [], message="the partial upload to be removed")
     assert hub.alive()
     assert hub.get("/v1/meetings", headers=bearer(hub, "alice")).json()["total"] == 0
-    assert files_under(meetings_dir(hub)) == [] and files_under(hub.workdir / "data" / "uploads") == []
+    assert files_under(meetings_dir(hub)) == []
     assert upload(hub, "alice", speech).status_code == 201  # and the hub still takes uploads
 
 
@@ -424,29 +439,35 @@ def test_a_task_is_claimed_once_and_returns_to_the_queue_when_its_worker_goes_qu
 
 def test_profiles_and_speaker_links_belong_to_their_user(hub, speech):
     a, b = bearer(hub, "alice"), bearer(hub, "bob")
-    r = hub.http.post(hub.url + "/v1/users/profiles", json={"display_name": "Alice A."}, headers=a, timeout=WAIT)
-    assert r.status_code == 200
+    def form(**fields):
+        return {"files": {k: (None, v) if isinstance(v, str) else ("voice.wav", v) for k, v in fields.items()}}
+
+    r = hub.http.post(hub.url + "/v1/users/profiles", headers=a, timeout=WAIT, **form(display_name="Alice A."))
+    assert r.status_code == 200, r.text
     profile_id = r.json()["profile_id"]
-    hub.http.post(hub.url + "/v1/users/profiles", json={"display_name": "Bob"}, headers=b, timeout=WAIT)
+    assert r.json() == {"profile_id": profile_id, "display_name": "Alice A."}
+    r = hub.http.post(hub.url + "/v1/users/profiles", headers=b, timeout=WAIT, **form(display_name="Bob", voice_sample=speech))
+    assert r.status_code == 200 and r.json()["voice_sample_size"] == len(speech)
     mine = hub.get("/v1/users/profiles", headers=a).json()["profiles"]
     assert [(p["profile_id"], p["display_name"]) for p in mine] == [(profile_id, "Alice A.")]
-    envelope(hub.http.post(hub.url + "/v1/users/profiles", json={"display_name": ""}, headers=a, timeout=WAIT),
+    envelope(hub.http.post(hub.url + "/v1/users/profiles", headers=a, timeout=WAIT, **form(display_name="")),
              400, "BAD_REQUEST")
+    envelope(hub.http.post(hub.url + "/v1/users/profiles", headers=a, timeout=WAIT,
+                           **form(display_name="X", voice_sample=b"not audio")), 415, "INVALID_FILE_TYPE")
+    assert len(hub.get("/v1/users/profiles", headers=a).json()["profiles"]) == 1  # the refused one left nothing
 
-    r = hub.http.put(f"{hub.url}/v1/users/profiles/{profile_id}", json={"display_name": "Alice"}, headers=a, timeout=WAIT)
+    url = f"{hub.url}/v1/users/profiles/{profile_id}"
+    r = hub.http.put(url, headers=a, timeout=WAIT, **form(display_name="Alice"))
     assert r.status_code == 200 and r.json() == {"profile_id": profile_id, "display_name": "Alice"}
-    envelope(hub.http.put(f"{hub.url}/v1/users/profiles/{profile_id}", json={"display_name": "Mallory"}, headers=b,
-                          timeout=WAIT), 404, "NOT_FOUND")
+    envelope(hub.http.put(url, headers=b, timeout=WAIT, **form(display_name="Mallory")), 404, "NOT_FOUND")
+    envelope(hub.http.put(url, headers=a, timeout=WAIT, **form(title="nothing to change")), 400, "BAD_REQUEST")
     assert hub.get("/v1/users/profiles", headers=a).json()["profiles"][0]["display_name"] == "Alice"
 
-    # A voice sample: the raw recording as the PUT body, typed by its content.
-    url = f"{hub.url}/v1/users/profiles/{profile_id}"
-    r = hub.http.put(url, params={"display_name": "Alice V."}, data=speech, headers={**a, "Content-Type": "audio/wav"},
-                     timeout=WAIT)
+    # A voice sample: a file part, typed by its content.
+    r = hub.http.put(url, headers=a, timeout=WAIT, **form(display_name="Alice V.", voice_sample=speech))
     assert r.status_code == 200 and r.json()["voice_sample_size"] == len(speech), r.text
-    envelope(hub.http.put(url, data=b"not audio at all", headers={**a, "Content-Type": "audio/wav"}, timeout=WAIT),
-             415, "INVALID_FILE_TYPE")
-    envelope(hub.http.put(url, data=speech, headers={**b, "Content-Type": "audio/wav"}, timeout=WAIT), 404, "NOT_FOUND")
+    envelope(hub.http.put(url, headers=a, timeout=WAIT, **form(voice_sample=b"not audio at all")), 415, "INVALID_FILE_TYPE")
+    envelope(hub.http.put(url, headers=b, timeout=WAIT, **form(voice_sample=speech)), 404, "NOT_FOUND")
     stored = hub.get("/v1/users/profiles", headers=a).json()["profiles"][0]
     assert stored["display_name"] == "Alice V." and stored["has_voice_sample"] and stored["voice_sample_size"] == len(speech)
     assert (meetings_dir(hub) / "profiles" / profile_id / "voice-sample").read_bytes() == speech
@@ -637,7 +658,7 @@ def test_the_dashboard_page_and_script_are_served(hub):
     script = hub.get("/dashboard/meetings.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     # It speaks the endpoints and protocol the hub serves.
-    for needle in ("/v1/meetings?limit=100", "/connection/websocket", "subscribe: {channel: meeting.channel}", "/v1/files?"):
+    for needle in ("/v1/meetings?limit=100", "/connection/websocket", "subscribe: {channel: meeting.channel}", 'form.append("file", file)'):
         assert needle in script.text, needle
 
 

@@ -137,8 +137,10 @@ extension MeetingsPipeline {
           const file = $("file").files[0];
           if (!file) return;
           $("uploaded").textContent = "uploading…";
-          api("/v1/files?filename=" + encodeURIComponent(file.name) + "&title=" + encodeURIComponent(file.name),
-              {method: "POST", body: file})
+          const form = new FormData();
+          form.append("file", file);
+          form.append("title", file.name);
+          api("/v1/files", {method: "POST", body: form})
             .then((created) => api("/v1/meetings/" + created.meeting_id))
             .then((m) => { $("uploaded").textContent = ""; show(m); watch(m); })
             .catch((e) => { $("uploaded").textContent = e.message; });

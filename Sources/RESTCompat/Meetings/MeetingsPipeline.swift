@@ -24,9 +24,6 @@ public struct MeetingsSettings: Sendable {
     public var adminTelegramIDs: Set<Int64> = []
     /// The hub's JWT secret: tokens are issued with it and link keys derived from it.
     public var tokenSecret: String?
-    /// Where uploads are staged before they move into storage (same filesystem as the
-    /// local storage root, so the move is a rename).
-    public var stagingDirectory = "./data/uploads"
 
     public init() {}
 }
@@ -137,7 +134,7 @@ public final class MeetingsPipeline: Sendable {
 
     // MARK: Uploads
 
-    /// A file part already streamed to disk by the edge.
+    /// A file part already streamed to disk by the edge (`MultipartForm`).
     public struct StagedUpload: Sendable {
         public var path: String
         public var size: Int64
@@ -199,29 +196,6 @@ public final class MeetingsPipeline: Sendable {
     func taskEvent(_ meeting: MeetingRecord) -> JSONValue {
         ["type": "task", "file_id": .string(meeting.fileID), "meeting_id": .string(meeting.meetingID),
          "filename": .string(meeting.filename), "content_type": .string(meeting.contentType), "size": .int(meeting.size)]
-    }
-
-    /// Writes a body already in memory to a staged file, off the caller's thread.
-    func stage(_ bytes: [UInt8]) async throws(RouteError) -> String {
-        let path = settings.stagingDirectory + "/" + RandomIDs.short() + RandomIDs.short()
-        let ok = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
-                guard fd >= 0 else { continuation.resume(returning: false); return }
-                var written = 0
-                while written < bytes.count {
-                    let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { break }
-                    written += n
-                }
-                close(fd)
-                if written < bytes.count { unlink(path) }
-                continuation.resume(returning: written == bytes.count)
-            }
-        }
-        guard ok else { throw RouteError(500, "could not stage the upload", code: "INTERNAL_ERROR") }
-        return path
     }
 
     static func readHead(_ path: String, count: Int) -> [UInt8] {

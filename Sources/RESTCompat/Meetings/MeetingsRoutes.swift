@@ -11,12 +11,15 @@ extension MeetingsPipeline {
     var userRoutes: [Route] {
         [
             Route("POST", "/v1/files", auth: Self.user, errors: .meetings, rateLimit: "meetings-uploads",
-                  summary: "Upload a recording (audio/video); it is queued for processing", tag: Self.tag,
-                  query: [QueryParameter("title", description: "meeting title (default: the file name)"),
-                          QueryParameter("filename", description: "file name for raw-body uploads"),
-                          QueryParameter("metadata", description: "JSON object stored with the meeting")],
-                  responses: [201: "`{file_id, meeting_id, status: \"pending\"}`", 400: "Bad metadata", 401: "No or bad token",
-                              413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE", 429: "Rate limited (10/hour)"]) { [self] context in
+                  summary: "Upload a recording (audio/video, multipart part `file`); it is queued for processing", tag: Self.tag,
+                  body: .multipart(["type": "object", "required": ["file"], "properties": [
+                      "file": ["type": "string", "format": "binary"],
+                      "title": ["type": "string", "description": "meeting title (default: the file name)"],
+                      "metadata": ["type": "string", "description": "a JSON object kept with the meeting"],
+                  ]], maxFileBytes: Int(clamping: settings.maxUploadBytes)),
+                  responses: [201: "`{file_id, meeting_id, status: \"pending\"}`", 400: "No file part, bad metadata or a broken body",
+                              401: "No or bad token", 413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE",
+                              429: "Rate limited (10/hour)"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in try await upload(context) }
             },
             Route("GET", "/v1/files/{file_id}/status", auth: Self.user, errors: .meetings, rateLimit: "meetings-status",
@@ -83,20 +86,25 @@ extension MeetingsPipeline {
                   produces: "application/octet-stream") { [self] context in
                 serve(context) { [self] () throws(RouteError) in try await download(context) }
             },
-            Route("POST", "/v1/users/profiles", auth: Self.user, errors: .meetings, summary: "Create a user (voice) profile",
-                  tag: Self.tag, body: .json(["type": "object", "required": ["display_name"],
-                                              "properties": ["display_name": ["type": "string"]]]),
-                  responses: [200: "`{profile_id}`", 400: "Bad display_name", 401: "No or bad token"]) { [self] context in
+            Route("POST", "/v1/users/profiles", auth: Self.user, errors: .meetings,
+                  summary: "Create a user profile, optionally with a voice sample (multipart)", tag: Self.tag,
+                  body: .multipart(Self.profileForm(required: ["display_name"]), maxFileBytes: Int(clamping: settings.maxUploadBytes)),
+                  responses: [200: "`{profile_id, display_name}`", 400: "Bad display_name", 401: "No or bad token",
+                              413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in
-                    let body = try context.jsonObject()
-                    let name = try Self.displayName(body)
+                    let form = context.form ?? MultipartForm()
+                    let name = try Self.displayName(["display_name": form.field("display_name").map(JSONValue.string) ?? .null])
+                    let sample = try Self.voiceSample(form)
                     let profile = ProfileRecord(profileID: MeetingIDs.make(now: now), owner: try Self.owner(context.caller),
                                                 displayName: name, now: now)
+                    if let sample { try await checkVoiceSample(sample) }
                     do {
                         try await store.store(MeetingKeys.profileOwnerPrefix(profile.owner) + profile.profileID, [])
                         try await store.store(MeetingKeys.profile(profile.profileID), JSONWriter.bytes(profile.json))
                     } catch { throw .store(error) }
-                    return .json(200, ["profile_id": .string(profile.profileID), "display_name": .string(profile.displayName)])
+                    var stored = profile
+                    if let sample { stored = try await attachVoiceSample(profile.profileID, caller: context.caller, name: nil, sample) }
+                    return .json(200, Self.profileAnswer(stored))
                 }
             },
             Route("GET", "/v1/users/profiles", auth: Self.user, errors: .meetings, summary: "Your user profiles", tag: Self.tag,
@@ -116,27 +124,27 @@ extension MeetingsPipeline {
                 }
             },
             Route("PUT", "/v1/users/profiles/{profile_id}", auth: Self.user, errors: .meetings,
-                  summary: "Rename a profile (JSON), or store its voice sample (raw audio body)", tag: Self.tag,
-                  query: [QueryParameter("display_name", description: "new name, with a raw voice-sample body")],
-                  body: .json(["type": "object", "required": ["display_name"], "properties": ["display_name": ["type": "string"]]]),
-                  responses: [200: "`{profile_id, display_name}`", 400: "Bad display_name", 401: "No or bad token",
-                              404: "No such profile (or not yours)", 413: "FILE_TOO_LARGE", 415: "INVALID_FILE_TYPE"]) { [self] context in
+                  summary: "Rename a profile and/or store its voice sample (multipart)", tag: Self.tag,
+                  body: .multipart(Self.profileForm(required: []), maxFileBytes: Int(clamping: settings.maxUploadBytes)),
+                  responses: [200: "`{profile_id, display_name}`", 400: "Bad display_name or nothing to change",
+                              401: "No or bad token", 404: "No such profile (or not yours)", 413: "FILE_TOO_LARGE",
+                              415: "INVALID_FILE_TYPE"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in
+                    let form = context.form ?? MultipartForm()
                     let id = context.params["profile_id"] ?? ""
-                    let type = context.request.header("content-type")?.lowercased() ?? ""
-                    if type.contains("json") || type.isEmpty && context.request.body.first == UInt8(ascii: "{") {
-                        let name = try Self.displayName(try context.jsonObject())
-                        let profile = try await updateProfile(id, caller: context.caller) { $0.displayName = name }
-                        return .json(200, ["profile_id": .string(profile.profileID), "display_name": .string(profile.displayName)])
-                    }
-                    let name = try context.request.queryValue("display_name").map { text throws(RouteError) in
+                    let name = try form.field("display_name").map { text throws(RouteError) in
                         try Self.displayName(["display_name": .string(text)])
                     }
-                    let path = try await stage(context.request.body)
-                    let profile = try await attachVoiceSample(id, caller: context.caller, name: name,
-                                                              StagedUpload(path: path, size: Int64(context.request.body.count), filename: "voice"))
-                    return .json(200, .compact([("profile_id", .string(profile.profileID)), ("display_name", .string(profile.displayName)),
-                                                ("voice_sample_size", profile.voiceSampleSize.map(JSONValue.int))]))
+                    let profile: ProfileRecord
+                    if let sample = try Self.voiceSample(form) {
+                        profile = try await attachVoiceSample(id, caller: context.caller, name: name, sample)
+                    } else if let name {
+                        profile = try await updateProfile(id, caller: context.caller) { $0.displayName = name }
+                    } else {
+                        throw RouteError(400, "send display_name and/or a voice_sample file", code: "BAD_REQUEST",
+                                         details: ["field": "display_name"])
+                    }
+                    return .json(200, Self.profileAnswer(profile))
                 }
             },
             Route("POST", "/v1/speakers/link", auth: Self.user, errors: .meetings, summary: "Link a speaker to one of your profiles",
@@ -175,32 +183,56 @@ extension MeetingsPipeline {
         ]
     }
 
-    /// `POST /v1/files` with the recording as the raw request body (`curl --data-binary @x.wav`).
+    /// `POST /v1/files`: the recording is the multipart part `file`, already streamed to disk
+    /// by the edge (over-size parts were refused while streaming and removed).
     func upload(_ context: RouteContext) async throws(RouteError) -> HTTPResponse {
         let owner = try Self.owner(context.caller)
-        let request = context.request
-        let type = request.header("content-type")?.lowercased() ?? ""
-        if type.hasPrefix("multipart/form-data") {
-            throw RouteError(415, "multipart uploads are not available on this build: send the file as the raw body "
-                                + "(curl --data-binary @meeting.wav -H 'Content-Type: audio/wav')", code: "INVALID_FILE_TYPE")
+        let form = context.form ?? MultipartForm()
+        guard let file = form.file("file") else {
+            throw RouteError(400, "the recording goes in a file part named 'file' (curl -F file=@meeting.wav)",
+                             code: "BAD_REQUEST", details: ["field": "file"])
         }
         var metadata: JSONValue = [:]
-        if let text = request.queryValue("metadata"), !text.isEmpty {
+        if let text = form.field("metadata") ?? context.request.queryValue("metadata"), !text.isEmpty {
             guard let parsed = try? JSONParser.parse(text), parsed.objectValue != nil else {
                 throw RouteError(400, "metadata must be a JSON object", code: "BAD_REQUEST", details: ["field": "metadata"])
             }
             metadata = parsed
         }
-        guard Int64(request.body.count) <= settings.maxUploadBytes else {
-            throw RouteError(413, "file exceeds the \(settings.maxUploadBytes)-byte limit", code: "FILE_TOO_LARGE",
-                             details: ["max_bytes": .int(settings.maxUploadBytes)])
-        }
-        let path = try await stage(request.body)
-        let filename = request.queryValue("filename") ?? request.header("x-filename") ?? "recording"
-        let meeting = try await ingest(StagedUpload(path: path, size: Int64(request.body.count), filename: filename),
-                                       owner: owner, title: request.queryValue("title"), metadata: metadata)
+        let meeting = try await ingest(StagedUpload(path: file.path, size: Int64(file.size), filename: file.filename),
+                                       owner: owner, title: form.field("title") ?? context.request.queryValue("title"),
+                                       metadata: metadata)
         return .json(201, ["file_id": .string(meeting.fileID), "meeting_id": .string(meeting.meetingID),
                            "status": .string(meeting.status.rawValue)])
+    }
+
+    static func profileForm(required: [String]) -> JSONValue {
+        ["type": "object", "required": .array(required.map(JSONValue.string)), "properties": [
+            "display_name": ["type": "string", "maxLength": 100],
+            "voice_sample": ["type": "string", "format": "binary", "description": "a short recording of the user's voice"],
+        ]]
+    }
+
+    static func voiceSample(_ form: MultipartForm) throws(RouteError) -> StagedUpload? {
+        guard let file = form.file("voice_sample") else { return nil }
+        return StagedUpload(path: file.path, size: Int64(file.size), filename: file.filename)
+    }
+
+    static func profileAnswer(_ profile: ProfileRecord) -> JSONValue {
+        .compact([("profile_id", .string(profile.profileID)), ("display_name", .string(profile.displayName)),
+                  ("voice_sample_size", profile.voiceSampleSize.map(JSONValue.int))])
+    }
+
+    /// Refuses a voice sample that is empty, too large or not audio/video, before anything is written.
+    func checkVoiceSample(_ upload: StagedUpload) async throws(RouteError) {
+        guard upload.size <= settings.maxUploadBytes else {
+            throw RouteError(413, "voice sample exceeds the \(settings.maxUploadBytes)-byte limit", code: "FILE_TOO_LARGE",
+                             details: ["max_bytes": .int(settings.maxUploadBytes)])
+        }
+        guard upload.size > 0, MediaType.detect(Self.readHead(upload.path, count: MediaType.sniffLength)) != nil else {
+            throw RouteError(415, "the voice sample must be audio (wav, mp3, ogg, flac, m4a, …)", code: "INVALID_FILE_TYPE",
+                             details: ["accepted": .array(MediaType.supported.map(JSONValue.string))])
+        }
     }
 
     static func owner(_ caller: Caller) throws(RouteError) -> String {
@@ -388,14 +420,8 @@ extension MeetingsPipeline {
         guard let existing, let current = ProfileRecord(bytes: existing), current.owner == caller.user || Self.isAdmin(caller) else {
             throw Self.notFound("profile")
         }
-        guard upload.size <= settings.maxUploadBytes else {
-            throw RouteError(413, "voice sample exceeds the \(settings.maxUploadBytes)-byte limit", code: "FILE_TOO_LARGE",
-                             details: ["max_bytes": .int(settings.maxUploadBytes)])
-        }
-        guard upload.size > 0, let type = MediaType.detect(Self.readHead(upload.path, count: MediaType.sniffLength)) else {
-            throw RouteError(415, "the voice sample must be audio (wav, mp3, ogg, flac, m4a, …)", code: "INVALID_FILE_TYPE",
-                             details: ["accepted": .array(MediaType.supported.map(JSONValue.string))])
-        }
+        try await checkVoiceSample(upload)
+        let type = MediaType.detect(Self.readHead(upload.path, count: MediaType.sniffLength)) ?? "application/octet-stream"
         let key = "profiles/\(id)/voice-sample"
         let size: Int64
         do { size = try await storage.importFile(key: key, from: upload.path) } catch {
