@@ -3,8 +3,10 @@ import Channels
 /// Telegram sign-in: the hub checks what Telegram gave the user offline and issues its own
 /// HS256 access token (`sub` = `tg:<telegram id>`), which every other meetings route takes.
 extension MeetingsPipeline {
+    /// Only what is configured is served: without a bot token there is no login route, without
+    /// a Passport key no nonce or passport route (404, and absent from /openapi.json).
     var authRoutes: [Route] {
-        [
+        let all = [
             Route("POST", "/v1/auth/telegram/login", auth: .none, errors: .meetings, rateLimit: "meetings-auth",
                   summary: "Exchange Telegram Login Widget data for an access token", tag: Self.tag,
                   body: .json(["type": "object", "required": ["id", "auth_date", "hash"],
@@ -64,6 +66,9 @@ extension MeetingsPipeline {
                 }
             },
         ]
+        return all.filter { route in
+            route.pattern.hasSuffix("/login") ? settings.telegramBotToken != nil : settings.telegramPassportKeyPEM != nil
+        }
     }
 
     func issueToken(_ identity: TelegramIdentity) throws(RouteError) -> HTTPResponse {

@@ -75,6 +75,7 @@ public final class MeetingsPipeline: Sendable {
 
     public var routes: [Route] { userRoutes + authRoutes + workerRoutes + dashboardRoutes }
 
+
     var now: Double { node.clock.now() }
 
     /// Runs an async handler body and answers with its response or its error.

@@ -207,10 +207,11 @@ extension MeetingsPipeline {
     }
 
     static func profileForm(required: [String]) -> JSONValue {
-        ["type": "object", "required": .array(required.map(JSONValue.string)), "properties": [
-            "display_name": ["type": "string", "maxLength": 100],
-            "voice_sample": ["type": "string", "format": "binary", "description": "a short recording of the user's voice"],
-        ]]
+        // OpenAPI 3.0 wants `required` absent rather than empty.
+        .compact([("type", "object"), ("required", required.isEmpty ? nil : .array(required.map(JSONValue.string))),
+                  ("properties", ["display_name": ["type": "string", "maxLength": 100],
+                                  "voice_sample": ["type": "string", "format": "binary",
+                                                   "description": "a short recording of the user's voice"]])])
     }
 
     static func voiceSample(_ form: MultipartForm) throws(RouteError) -> StagedUpload? {
