@@ -15,7 +15,7 @@ extension MeetingsPipeline {
                                               "photo_url": ["type": "string"], "auth_date": ["type": "integer"],
                                               "hash": ["type": "string"]]]),
                   responses: [200: "`{access_token, token_type, expires_in, user_id, role}`",
-                              401: "Signature or freshness check failed", 503: "No bot token configured"]) { [self] context in
+                              401: "Signature or freshness check failed", 503: "No token secret to sign with"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in
                     let body = try context.jsonObject()
                     var fields: [(String, String)] = []
@@ -52,7 +52,7 @@ extension MeetingsPipeline {
                                "properties": ["credentials": ["type": "object"], "data": ["type": "array"]]]),
                   responses: [200: "`{access_token, token_type, expires_in, user_id, role}`",
                               400: "Malformed credentials", 401: "Decryption, integrity or nonce check failed",
-                              503: "No Passport key configured"]) { [self] context in
+                              503: "No token secret to sign with"]) { [self] context in
                 serve(context) { [self] () throws(RouteError) in
                     let body = try context.jsonObject()
                     let identity = try telegram.verifyPassport(body, now: now)
