@@ -12,4 +12,4 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl)
+HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)

@@ -6,4 +6,5 @@
 #include <openssl/pem.h>
 #include <openssl/bio.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #endif

@@ -68,6 +68,14 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds for a whole call to a gateway (default 10).") var gatewayTimeout: Double?
     @Option(help: "Seconds between monitor polls of every gateway's /gateway/status (default 5).") var gatewayMonitorInterval: Double?
     @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
+    @Option(help: "Meetings: largest upload, bytes (default 524288000); larger gets 413 FILE_TOO_LARGE.") var meetingsMaxUploadBytes: Int?
+    @Option(help: "Meetings: seconds an artifact download link stays valid (default 3600).") var meetingsLinkTtl: Double?
+    @Option(help: "Meetings: lifetime of access tokens issued after a Telegram check, seconds (default 86400).") var meetingsTokenTtl: Double?
+    @Option(help: "Meetings: seconds a worker keeps a task without reporting before it is requeued (default 120).") var meetingsTaskLease: Double?
+    @Option(help: "Meetings: Telegram bot token for Login Widget checks (prefer HUB_TELEGRAM_BOT_TOKEN).") var telegramBotToken: String?
+    @Option(help: "Meetings: PEM file with the bot's RSA private key for Telegram Passport.") var telegramPassportKey: String?
+    @Option(help: "Meetings: oldest Login Widget auth_date accepted, seconds (default 86400).") var telegramAuthMaxAge: Double?
+    @Option(help: "Meetings: comma-separated Telegram user ids that get the admin role.") var meetingsAdminTelegramIds: String?
 
     mutating func run() throws {
         let config: HubConfig
@@ -161,6 +169,19 @@ struct HubCommand: ParsableCommand {
         c.gatewayTimeout = try gatewayTimeout ?? envDouble("HUB_GATEWAY_TIMEOUT") ?? c.gatewayTimeout
         c.gatewayMonitorInterval = try gatewayMonitorInterval ?? envDouble("HUB_GATEWAY_MONITOR_INTERVAL") ?? c.gatewayMonitorInterval
         c.gatewayMonitorFailures = try gatewayMonitorFailures ?? envInt("HUB_GATEWAY_MONITOR_FAILURES") ?? c.gatewayMonitorFailures
+        c.meetingsMaxUploadBytes = try Int64(meetingsMaxUploadBytes ?? envInt("HUB_MEETINGS_MAX_UPLOAD_BYTES") ?? Int(c.meetingsMaxUploadBytes))
+        c.meetingsLinkTTL = try meetingsLinkTtl ?? envDouble("HUB_MEETINGS_LINK_TTL") ?? c.meetingsLinkTTL
+        c.meetingsTokenTTL = try meetingsTokenTtl ?? envDouble("HUB_MEETINGS_TOKEN_TTL") ?? c.meetingsTokenTTL
+        c.meetingsTaskLease = try meetingsTaskLease ?? envDouble("HUB_MEETINGS_TASK_LEASE") ?? c.meetingsTaskLease
+        c.telegramBotToken = telegramBotToken ?? env["HUB_TELEGRAM_BOT_TOKEN"] ?? c.telegramBotToken
+        c.telegramPassportKeyPath = telegramPassportKey ?? env["HUB_TELEGRAM_PASSPORT_KEY"] ?? c.telegramPassportKeyPath
+        c.telegramAuthMaxAge = try telegramAuthMaxAge ?? envDouble("HUB_TELEGRAM_AUTH_MAX_AGE") ?? c.telegramAuthMaxAge
+        if let ids = meetingsAdminTelegramIds ?? env["HUB_MEETINGS_ADMIN_TELEGRAM_IDS"] {
+            c.meetingsAdminTelegramIDs = try ids.split(separator: ",").map { part in
+                guard let id = Int64(String(part).trimmingSpaces) else { throw HubError.config("meetings admin telegram ids must be integers") }
+                return id
+            }
+        }
         try c.validate()
         return c
     }

@@ -49,6 +49,9 @@ final class HubServer {
         engine.connectTimeout = config.connectTimeout
         engine.maxSubscriptionsPerClient = config.maxSubscriptions
         engine.nodeName = config.nodeName
+        if engine.namespaces.namespaces["meetings"] == nil {
+            engine.namespaces.namespaces["meetings"] = MeetingsPipeline.channelOptions
+        }
         engine.version = HubVersion.string
 
         let broker: any Broker
@@ -84,12 +87,14 @@ final class HubServer {
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
         let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
+        let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
         let metrics = MetricsRegistry()
         let june = makeJune(node: node, store: store, limiter: limiter, metrics: metrics, tokens: engine.tokens)
         let routes = Health(node: node).routes + ServerAPI(node: node).routes + gateways.routes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes
+            + meetings.routes
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
                                                                      bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
@@ -112,6 +117,7 @@ final class HubServer {
         for loop in loops { try loop.start() }
         cache.start()
         gateways.start()
+        meetings.start(interval: max(0.5, min(5, config.meetingsTaskLease / 2)))
 
         if !engine.tokens.isConfigured && !config.allowAnonymous {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
@@ -157,6 +163,7 @@ final class HubServer {
         for loop in loops { loop.join() }
         gateways.stop()
         ticker.cancel()
+        meetings.stop()
         redis?.0.stop()
         (store as? SQLiteRecordStore)?.close()
         logger.notice("stopped")
@@ -223,6 +230,31 @@ extension HubServer {
             + JuneUserAdmin(users: users).routes
             + JuneAI(chat: chat, services: services, tokens: authTokens).routes
         return June(routes: routes, chat: chat, sweep: { cache.sweep(); authTokens.sweep() })
+    }
+}
+
+extension HubServer {
+    /// The meetings pipeline (seed 004): storage under --data-dir/meetings, Telegram keys.
+    func makeMeetings(node: Node, store: any RecordStore, limiter: any RateLimiter) throws -> MeetingsPipeline {
+        var settings = MeetingsSettings()
+        settings.maxUploadBytes = config.meetingsMaxUploadBytes
+        settings.linkTTL = config.meetingsLinkTTL
+        settings.tokenTTL = config.meetingsTokenTTL
+        settings.taskLease = config.meetingsTaskLease
+        settings.telegramBotToken = config.telegramBotToken.flatMap { $0.isEmpty ? nil : $0 }
+        settings.telegramAuthMaxAge = config.telegramAuthMaxAge
+        settings.adminTelegramIDs = Set(config.meetingsAdminTelegramIDs)
+        settings.tokenSecret = config.tokenHMACSecret.flatMap { $0.isEmpty ? nil : $0 }
+        if let path = config.telegramPassportKeyPath {
+            guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read Telegram Passport key \(path)") }
+            let pem = String(decoding: bytes, as: UTF8.self)
+            guard Crypto.isUsablePrivateKey(pem: pem) else { throw HubError.config("\(path) holds no usable PEM private key") }
+            settings.telegramPassportKeyPEM = pem
+        }
+        let storage: LocalFolderStorage
+        do { storage = try LocalFolderStorage(root: config.dataDir + "/meetings") } catch { throw HubError.startup("\(error)") }
+        return MeetingsPipeline(node: node, store: store, storage: storage, settings: settings, limiter: limiter,
+                                rateLimitClasses: config.rateLimitClasses, logger: Logger(label: "hub.meetings"))
     }
 }
 

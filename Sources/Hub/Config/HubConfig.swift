@@ -70,6 +70,15 @@ struct HubConfig: Sendable {
         options.historyTTL = 3600
         return options
     }
+    // Meetings pipeline (seed 004).
+    var meetingsMaxUploadBytes: Int64 = 500 * 1024 * 1024
+    var meetingsLinkTTL: Double = 3600
+    var meetingsTokenTTL: Double = 86_400
+    var meetingsTaskLease: Double = 120
+    var telegramBotToken: String?
+    var telegramPassportKeyPath: String?
+    var telegramAuthMaxAge: Double = 86_400
+    var meetingsAdminTelegramIDs: [Int64] = []
 
     /// The default namespace keeps a short history so dashboards recover after a blip.
     static var defaultChannelOptions: ChannelOptions {
@@ -147,6 +156,18 @@ struct HubConfig: Sendable {
             case "gateway_timeout": gatewayTimeout = try double(value, key)
             case "gateway_monitor_interval": gatewayMonitorInterval = try double(value, key)
             case "gateway_monitor_failures": gatewayMonitorFailures = try int(value, key)
+            case "meetings_max_upload_bytes": meetingsMaxUploadBytes = Int64(try int(value, key))
+            case "meetings_link_ttl": meetingsLinkTTL = try double(value, key)
+            case "meetings_token_ttl": meetingsTokenTTL = try double(value, key)
+            case "meetings_task_lease": meetingsTaskLease = try double(value, key)
+            case "telegram_bot_token": telegramBotToken = try string(value, key)
+            case "telegram_passport_key": telegramPassportKeyPath = try string(value, key)
+            case "telegram_auth_max_age": telegramAuthMaxAge = try double(value, key)
+            case "meetings_admin_telegram_ids":
+                guard let ids = value.arrayValue?.compactMap(\.intValue), ids.count == value.arrayValue?.count else {
+                    throw HubError.config("meetings_admin_telegram_ids must be an array of integers")
+                }
+                meetingsAdminTelegramIDs = ids
             case "rate_limits":
                 guard let classes = value.objectValue else { throw HubError.config("rate_limits must be an object of class → [\"10/minute\", …]") }
                 for (name, list) in classes {
@@ -293,6 +314,13 @@ struct HubConfig: Sendable {
         }
         guard gatewayMonitorInterval >= 0.1 else { throw HubError.config("gateway_monitor_interval must be at least 0.1 seconds") }
         guard gatewayMonitorFailures >= 1 else { throw HubError.config("gateway_monitor_failures must be at least 1") }
+        guard meetingsMaxUploadBytes >= 1024 else { throw HubError.config("meetings_max_upload_bytes must be at least 1024") }
+        let year: Double = 366 * 86_400
+        guard (1...year).contains(meetingsLinkTTL), (60...year).contains(meetingsTokenTTL), (1...86_400).contains(meetingsTaskLease),
+              (1...year).contains(telegramAuthMaxAge)
+        else {
+            throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
+        }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")

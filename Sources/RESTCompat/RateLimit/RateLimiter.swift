@@ -62,6 +62,7 @@ extension RateLimitClass {
         RateLimitClass("meetings-uploads", [RateLimit(10, per: 3600)]),
         RateLimitClass("meetings-status", [RateLimit(60, per: 60)]),
         RateLimitClass("meetings-downloads", [RateLimit(100, per: 3600)]),
+        RateLimitClass("meetings-auth", [RateLimit(20, per: 60)]),
     ]
 }
 
