@@ -108,3 +108,17 @@ def test_bad_upload_limits_stop_the_hub_at_start(hub_factory):
     cp = hub_factory.run("--max-upload-size", "10")
     assert cp.returncode == 64
     assert "max_upload_size must be at least 1024" in cp.stderr + cp.stdout
+
+
+def test_post_without_content_length_is_answered_and_the_connection_closed(hub):
+    """No length means no body; lws would otherwise wait for one and swallow the next request."""
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=5) as s:
+        s.sendall(f"POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {hub.api_key}\r\n\r\n".encode())
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b'"result"' in answer
