@@ -181,9 +181,9 @@ public final class Router: Sendable {
             }
             metrics.increment("hub_http_requests_total", labels: [("route", label), ("method", request.method), ("status", String(response.status))])
             metrics.observe("hub_http_request_duration_seconds", labels: [("route", label)], seconds: clock.now() - started)
-            respond(response)
-            // The handler has answered: temp files it did not move go now.
+            // The handler has answered: temp files it did not move go before the answer does.
             request.upload?.form?.removeFiles()
+            respond(response)
         }
         if request.method == "OPTIONS" {
             let allowed = routes.filter { $0.match(request.path) != nil }.map(\.method)
@@ -238,8 +238,8 @@ public final class Router: Sendable {
                     request.body = []
                 }
                 let context = RouteContext(request: request, params: params, caller: caller, errors: route.errors) { [bufferedForm] response in
-                    finish(response, headers, label)
                     bufferedForm?.removeFiles()
+                    finish(response, headers, label)
                 }
                 route.handler(context)
             }
