@@ -89,3 +89,36 @@ def test_multipart_body_to_a_json_route_is_buffered_and_refused_as_not_json(hub)
                       headers={"X-API-Key": hub.api_key}, timeout=5)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == 107
+
+
+def test_upload_directory_is_prepared_and_crash_leftovers_removed(hub_factory, tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "upload-leftover-from-a-crash").write_bytes(b"x" * 100)
+    (uploads / "notes.txt").write_text("not ours")
+    hub = hub_factory("--upload-dir", str(uploads), "--max-upload-size", "2048", "--max-upload-file-size", "1024")
+    assert hub.get("/health").status_code == 200
+    assert sorted(p.name for p in uploads.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "new-uploads"
+    hub_factory("--upload-dir", str(fresh))
+    assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
+
+
+def test_bad_upload_limits_stop_the_hub_at_start(hub_factory):
+    cp = hub_factory.run("--max-upload-size", "10")
+    assert cp.returncode == 64
+    assert "max_upload_size must be at least 1024" in cp.stderr + cp.stdout
+
+
+def test_post_without_content_length_is_answered_and_the_connection_closed(hub):
+    """No length means no body; lws would otherwise wait for one and swallow the next request."""
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=5) as s:
+        s.sendall(f"POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {hub.api_key}\r\n\r\n".encode())
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b'"result"' in answer

@@ -365,6 +365,11 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
         dispatch(exchange, wsi: wsi, loop: loop)
         return 0
     }
+    if exchange.headers["content-length"] == nil, ["POST", "PUT", "PATCH"].contains(method) {
+        // No length means no body, but lws then expects one (up to 100 MiB) and would take
+        // the next request for it: answer, then close.
+        exchange.closeAfterResponse = true
+    }
     if let intake = loop.router.multipartIntake(method: method, path: path, headers: exchange.headers, remoteAddress: exchange.remoteAddress,
                                                 resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
         // A multipart upload: its own limits, streamed instead of buffered.
