@@ -428,6 +428,38 @@ def test_audio_round_trip_through_chat(stack):
     arun(body())
 
 
+def test_transcribe_endpoint_and_full_round_trip(stack):
+    """The seed's /api/v1/audio/transcribe: a WAV espeak-ng spoke, as a multipart upload →
+    pocketsphinx transcript; with full_round_trip the LLM answers it and TTS speaks the answer."""
+    token = stack.user_token("tess")
+    spoken = base64.b64decode(requests.post(stack.hub.url + "/api/v1/tts/speak", headers=bearer(token),
+                                            json={"text": "hello world how are you today", "language": "en"}).json()["audio_b64"])
+    url = stack.hub.url + "/api/v1/audio/transcribe"
+    # the seed's Python example: file in `audio`, options as query parameters
+    r = requests.post(url, headers=bearer(token), files={"audio": ("audio.wav", spoken)}, params={"language": "en"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"transcript", "detected_language"} and body["detected_language"] == "en"
+    assert "hello" in body["transcript"] and "world" in body["transcript"], body
+    # the seed's curl example: options as form fields
+    r = requests.post(url, headers=bearer(token), files={"audio": ("audio.wav", spoken)},
+                      data={"full_round_trip": "true", "language": "en"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {"transcript", "detected_language", "llm_response", "audio_b64", "sample_rate"} <= set(body)
+    assert body["llm_response"] and body["sample_rate"] == 16000
+    with wave.open(io.BytesIO(base64.b64decode(body["audio_b64"]))) as w:
+        assert w.getframerate() == 16000 and w.getnframes() > 8000
+    # bad input: no audio part, a JSON body, a bad language, no token
+    r = requests.post(url, headers=bearer(token), files={"other": ("x.wav", spoken)})
+    assert r.status_code == 400 and "audio" in r.json()["detail"]
+    r = requests.post(url, headers=bearer(token), json={"audio": "x"})
+    assert r.status_code == 400
+    r = requests.post(url, headers=bearer(token), files={"audio": ("a.wav", spoken)}, params={"language": "english"})
+    assert r.status_code == 400 and "language" in r.json()["detail"]
+    assert requests.post(url, files={"audio": ("a.wav", spoken)}).status_code == 401
+
+
 # ------------------------------------------------------------------------------------------
 # workers missing, slow or dying
 

@@ -44,6 +44,18 @@ public struct JuneAI: Sendable {
                   responses: [200: "{audio_b64, sample_rate}"].merging(Self.serviceErrors) { $1 }) { ctx in
                 speak(ctx)
             },
+            Route("POST", "/api/v1/audio/transcribe", auth: .jwt(roles: []), errors: .fastAPI, rateLimit: "june-transcribe",
+                  summary: "Transcribe an audio file; with full_round_trip also answer it with the LLM and speak the answer",
+                  tag: "june-ai",
+                  query: [QueryParameter("full_round_trip", description: "true: transcript → LLM → TTS (also accepted as a form field)"),
+                          QueryParameter("language", description: "ISO 639-1 code (also accepted as a form field)")],
+                  body: .multipart(["type": "object", "required": ["audio"], "properties": [
+                      "audio": ["type": "string", "format": "binary"], "full_round_trip": ["type": "string"], "language": ["type": "string"],
+                  ]], maxFileBytes: Self.maxAudioBytes),
+                  responses: [200: "{transcript, detected_language} (+ llm_response, audio_b64, sample_rate)", 413: "Audio too large"]
+                    .merging(Self.serviceErrors) { $1 }) { ctx in
+                transcribe(ctx)
+            },
             Route("POST", "/api/services/token", auth: .serverAPIKey, summary: "Connection token for a service worker (subscribes it to service:<name>)",
                   tag: "services", body: .json(["type": "object", "required": ["service"], "properties": ["service": ["type": "string", "enum": .array(ServiceDesk.services.map { .string($0) })]]]),
                   responses: [200: "{token, channel}", 400: "Unknown service", 401: "Bad API key", 503: "No token secret configured"]) { ctx in
@@ -57,6 +69,65 @@ public struct JuneAI: Sendable {
                 workerReply(ctx)
             },
         ]
+    }
+
+    /// Largest audio file `/api/v1/audio/transcribe` takes (it is sent to the worker base64).
+    static let maxAudioBytes = 25 * 1024 * 1024
+
+    private func transcribe(_ ctx: RouteContext) {
+        ctx.guarded { () throws(RouteError) in
+            guard let form = ctx.form, let audio = form.files.first(where: { $0.fieldName == "audio" }) else {
+                throw RouteError(400, "audio file is required (multipart field 'audio')")
+            }
+            func option(_ name: String) -> String? {
+                ctx.request.queryValue(name) ?? form.fields.first { $0.name == name }?.value
+            }
+            let roundTrip = ["true", "1", "yes"].contains((option("full_round_trip") ?? "false").lowercased())
+            let language = option("language").flatMap { $0.isEmpty ? nil : $0 }
+            if let language, !JuneInput.isLanguage(language) { throw RouteError(400, "language must be an ISO 639-1 code such as en, es, fr") }
+            guard audio.size > 0 else { throw RouteError(400, "audio file is empty") }
+            // Read now: the upload's temp file goes once the handler has answered.
+            guard let bytes = JuneInput.readFile(audio.path, limit: Self.maxAudioBytes) else { throw RouteError(400, "audio file could not be read") }
+            whenActive(ctx) { _ in
+                chat.transcribe(audio: bytes, language: language) { result in
+                    switch result {
+                    case .failure(let error): ctx.fail(error)
+                    case .success(let value):
+                        guard let transcript = value["transcript"]?.stringValue else {
+                            ctx.fail(RouteError(502, "The transcription worker answered without a transcript"))
+                            return
+                        }
+                        let detected = value["detected_language"]?.stringValue ?? language ?? "en"
+                        guard roundTrip else {
+                            ctx.json(200, ["transcript": .string(transcript), "detected_language": .string(detected)])
+                            return
+                        }
+                        answerAndSpeak(ctx, transcript: transcript, language: detected)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The round trip's second half: the LLM answers the transcript, TTS speaks the answer.
+    private func answerAndSpeak(_ ctx: RouteContext, transcript: String, language: String) {
+        chat.generate(prompt: transcript) { result in
+            switch result {
+            case .failure(let error): ctx.fail(error)
+            case .success(let value):
+                guard let text = value["text"]?.stringValue else { ctx.fail(RouteError(502, "The LLM worker answered without text")); return }
+                chat.synthesize(text: text, language: language, voice: "default") { spoken in
+                    switch spoken {
+                    case .failure(let error): ctx.fail(error)
+                    case .success(let audio):
+                        guard let b64 = audio["audio_b64"]?.stringValue else { ctx.fail(RouteError(502, "The TTS worker answered without audio")); return }
+                        ctx.json(200, ["transcript": .string(transcript), "detected_language": .string(language),
+                                       "llm_response": .string(text), "audio_b64": .string(b64),
+                                       "sample_rate": .int(audio["sample_rate"]?.intValue ?? 16000)])
+                    }
+                }
+            }
+        }
     }
 
     /// Refuses blocked users even while their access token is still valid.
