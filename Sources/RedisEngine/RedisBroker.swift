@@ -28,6 +28,9 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         shards = addresses.map { RedisShard(address: $0, logger: logger) }
         for shard in shards {
             shard.onMessage = { [unowned self] channel, payload in self.deliver(redisChannel: channel, payload: payload) }
+            shard.onResubscribed = { [unowned self, unowned shard] redisChannels in
+                self.checkPositions(on: shard, redisChannels: redisChannels)
+            }
             shard.wanted = { [unowned self] redisChannel in
                 guard redisChannel.hasPrefix(Self.channelPrefix) else { return false }
                 return self.eventHandler?.hasLocalSubscribers(channel: String(redisChannel.dropFirst(Self.channelPrefix.count))) ?? false
@@ -148,6 +151,30 @@ public final class RedisBroker: Broker, @unchecked Sendable {
             if kind == UInt8(ascii: "j") { handler.handleJoin(channel: channel, info: info) } else { handler.handleLeave(channel: channel, info: info) }
         default:
             return
+        }
+    }
+
+    /// After a reconnection: reads where each resubscribed channel's stream is now and hands
+    /// the positions to the node in one batch. A stream that moved on (publications made
+    /// while this node was not subscribed) or was lost (Redis restarted empty) makes its
+    /// subscribers recover instead of waiting, unaware, for the next publication.
+    private func checkPositions(on shard: RedisShard, redisChannels: [String]) {
+        let channels = redisChannels.filter { $0.hasPrefix(Self.channelPrefix) }.map { String($0.dropFirst(Self.channelPrefix.count)) }
+        guard !channels.isEmpty else { return }
+        // Replies come back in order on the shard's I/O thread; the last one hands the batch over.
+        let batch = Mutex<(remaining: Int, positions: [(channel: String, position: StreamPosition?)])>((channels.count, []))
+        for channel in channels {
+            shard.send(["HMGET", Self.metaKey(channel), "e", "s"]) { [weak self] reply in
+                let done = batch.withLock { batch -> [(channel: String, position: StreamPosition?)]? in
+                    batch.remaining -= 1
+                    if case .array(let fields) = reply, fields.count == 2 {
+                        let position = fields[0].text.map { StreamPosition(offset: UInt64(fields[1].int ?? 0), epoch: $0) }
+                        batch.positions.append((channel, position))
+                    }
+                    return batch.remaining == 0 ? batch.positions : nil
+                }
+                if let done, let self { self.eventHandler?.handleStreamPositions(done) }
+            }
         }
     }
 

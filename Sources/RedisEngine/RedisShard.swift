@@ -83,6 +83,9 @@ public final class RedisShard: @unchecked Sendable {
     var onConnected: (@Sendable () -> Void)?
     /// Whether the node still wants a channel (it has local subscribers).
     var wanted: (@Sendable (String) -> Bool)?
+    /// Called on the I/O thread once Redis confirmed every channel resubscribed after a
+    /// reconnection: from then on nothing published there can pass this node unseen.
+    var onResubscribed: (@Sendable (_ channels: [String]) -> Void)?
 
     private struct Inbox {
         var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
@@ -107,6 +110,10 @@ public final class RedisShard: @unchecked Sendable {
     private var backoff = 0.05
     private var nextAttempt = 0.0
     private var reportedDown = false
+    private var everConnected = false
+    /// Channels resubscribed after a reconnection and not yet confirmed.
+    private var resubscribing: Set<String> = []
+    private var resubscribed: [String] = []
 
     public init(address: Address, logger: Logger) {
         self.address = address
@@ -203,12 +210,18 @@ public final class RedisShard: @unchecked Sendable {
             var healthy = true
             if fds[1].revents & Int16(POLLOUT) != 0 || hasPendingOutput(command) { healthy = flush(command) && healthy }
             if fds[2].revents & Int16(POLLOUT) != 0 || hasPendingOutput(pubsub) { healthy = flush(pubsub) && healthy }
-            if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            // Messages before replies: a publication Redis sent before answering a read is then
+            // seen before that answer (fewer needless recoveries after a position check).
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
-            if !healthy { disconnect(reason: String(cString: withUnsafePointer(to: command.pointee.errstr) { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) })) }
+            if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            if !healthy { disconnect(reason: errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
         disconnect(reason: "stopping", quiet: true)
         close(wakeFD)
+    }
+
+    private func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
+        withUnsafePointer(to: context.pointee.errstr) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
     }
 
     private func hasPendingOutput(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
@@ -244,6 +257,11 @@ public final class RedisShard: @unchecked Sendable {
         var all = Array(channels)
         for channel in subscribedWanted() where !channels.contains(channel) { all.append(channel) }
         subscribeChannels(all)
+        if everConnected && !all.isEmpty {
+            resubscribing = Set(all)
+            resubscribed = all
+        }
+        everConnected = true
         logger.notice("redis \(address) connected\(reportedDown ? " again" : "")")
         reportedDown = false
         onConnected?()
@@ -288,6 +306,8 @@ public final class RedisShard: @unchecked Sendable {
         knownChannels.formUnion(subscribed)
         subscribed = []
         confirmed = []
+        resubscribing = []
+        resubscribed = []
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
             inbox.connected = false
             let queued = inbox.commands.map(\.1)
@@ -415,7 +435,15 @@ public final class RedisShard: @unchecked Sendable {
             case "message":
                 if let channel = parts[1].text, case .string(let payload) = parts[2] { onMessage?(channel, payload) }
             case "subscribe":
-                if let channel = parts[1].text { confirmed.insert(channel); confirmedNow.append(channel) }
+                if let channel = parts[1].text {
+                    confirmed.insert(channel)
+                    confirmedNow.append(channel)
+                    if resubscribing.remove(channel) != nil, resubscribing.isEmpty {
+                        let channels = resubscribed
+                        resubscribed = []
+                        onResubscribed?(channels)
+                    }
+                }
             default:
                 break
             }

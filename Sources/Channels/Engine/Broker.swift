@@ -8,6 +8,10 @@ public protocol BrokerEventHandler: AnyObject, Sendable {
     func handleLeave(channel: String, info: ClientInfo)
     func handleControl(_ command: JSONValue)
     func hasLocalSubscribers(channel: String) -> Bool
+    /// After the broker lost and regained its connection: the current position of each
+    /// channel it resubscribed (nil: the stream is gone), read once delivery was guaranteed
+    /// again. Subscribers that may have missed publications meanwhile are told to recover.
+    func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)])
 }
 
 /// Moves publications between publishers and the nodes that have subscribers, and keeps

@@ -163,6 +163,23 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         }
     }
 
+    public func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)]) {
+        var channels = 0
+        var told = 0
+        for (channel, position) in positions {
+            let behind = subscribers.check(channel: channel, position: position)
+            guard !behind.isEmpty else { continue }
+            channels += 1
+            told += behind.count
+            for session in behind { session.serverUnsubscribe(channel: channel, reason: .insufficientState) }
+        }
+        // One line per reconnect, however many channels moved on.
+        if told > 0 {
+            logger.notice("streams moved on while the broker was away; subscribers resubscribe to recover",
+                          metadata: ["channels": "\(channels)", "subscribers": "\(told)"])
+        }
+    }
+
     public func hasLocalSubscribers(channel: String) -> Bool {
         subscribers.subscriberCount(channel) > 0
     }

@@ -1,0 +1,380 @@
+"""The Redis engine end to end: several real `hub` processes sharing real `redis-server`s.
+
+Each test starts its own redis-server(s) on free ports (no persistence: `--save "" --appendonly
+no`, so a restart loses everything, which is what the fault tests want) and two hubs with
+`--engine redis`. Channel names are unique per test so nothing leaks between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from hubtest import ARTIFACTS, WAIT, Hub, arun, async_wait_for, free_port, wait_for
+
+REDIS_SERVER = "redis-server"
+REDIS_CLI = "redis-cli"
+
+# Short enough for the crash tests to run in seconds; the hub's minimum is 5.
+PRESENCE_TTL = 5
+# Nodes announce every min(5, presence_ttl / 3) s and drop out of /api/info after three missed
+# announcements (docs/configuration.md, --presence-ttl): 3 s with a 5 s presence TTL.
+NODE_TTL = 3
+
+HUB_CONFIG = {"channel": {"allow_publish_for_client": True}}
+
+
+class RedisServer:
+    """One real redis-server on a fixed port; can be SIGKILLed and started again on that port."""
+
+    def __init__(self, workdir: Path, name: str):
+        self.port = free_port()
+        self.workdir = workdir
+        self.name = name
+        self.proc: Optional[subprocess.Popen] = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.starts += 1
+        log = ARTIFACTS / f"redis-{self.name}-{self.port}.{self.starts}.log"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+             "--logfile", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, message=f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on port {self.port} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run([REDIS_CLI, "-p", str(self.port), *args], capture_output=True,
+                             text=True, timeout=WAIT)
+        assert out.returncode == 0, f"redis-cli {args}: {out.stderr}"
+        return out.stdout.strip()
+
+
+@pytest.fixture
+def redis_factory(tmp_path_factory):
+    """redis_factory() -> a started RedisServer; all are stopped at teardown."""
+    servers: List[RedisServer] = []
+
+    def start() -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), name=str(len(servers) + 1))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def start_node(hub_factory, name: str, *redis: RedisServer, url_arg: Optional[List[str]] = None) -> Hub:
+    args = url_arg if url_arg is not None else ["--redis-url", ",".join(r.url for r in redis)]
+    return hub_factory("--engine", "redis", *args, "--node-name", name,
+                       "--presence-ttl", str(PRESENCE_TTL), config=HUB_CONFIG)
+
+
+@pytest.fixture
+def cluster(redis_factory, hub_factory):
+    """One Redis, two hub nodes a and b on it."""
+    redis = redis_factory()
+    a = start_node(hub_factory, "a", redis)
+    b = start_node(hub_factory, "b", redis)
+    return redis, a, b
+
+
+def channel_name(prefix: str = "room") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def fnv1a_shard(channel: str, count: int) -> int:
+    """The hub's shard choice (RedisBroker.shardIndex): FNV-1a 32-bit of the UTF-8 name."""
+    h = 2166136261
+    for byte in channel.encode():
+        h ^= byte
+        h = (h * 16777619) & 0xFFFFFFFF
+    return h % count
+
+
+def numsub(redis: RedisServer, channel: str) -> int:
+    """How many connections are SUBSCRIBEd to the channel's PUB/SUB channel on this Redis."""
+    lines = redis.cli("PUBSUB", "NUMSUB", f"hub:ch:{channel}").splitlines()
+    return int(lines[1]) if len(lines) == 2 else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Fan-out, history, presence and recovery across nodes
+
+
+def test_publication_on_one_node_reaches_subscribers_on_the_other_in_order_once(cluster):
+    _, a, b = cluster
+    ch = channel_name()
+
+    async def body():
+        alice = await a.client("alice")
+        await alice.subscribe(ch)
+        carol = await b.client("carol")  # a local subscriber on the publishing node too
+        await carol.subscribe(ch)
+        bob = await b.client("bob")
+        for n in range(5):
+            b.publish(ch, {"n": n})                                       # server API on B
+            await bob.result("publish", {"channel": ch, "data": {"n": 100 + n}})  # client publish on B
+        expected = [n for i in range(5) for n in (i, 100 + i)]
+        for client in (alice, carol):
+            pubs = await client.pubs(10, channel=ch)
+            assert [p["data"]["n"] for p in pubs] == expected
+            assert [p["offset"] for p in pubs] == list(range(1, 11))
+        # The client publish carries its publisher's info across nodes.
+        assert pubs[1]["info"]["user"] == "bob"
+        await alice.no_push(0.5)  # exactly once: nothing more arrives
+        await carol.no_push(0.1)
+
+    arun(body())
+
+
+def test_presence_and_history_agree_across_nodes(cluster):
+    _, a, b = cluster
+    ch = channel_name()
+
+    async def body():
+        alice = await a.client("alice")
+        await alice.subscribe(ch)
+        bob = await b.client("bob")
+        await bob.subscribe(ch)
+        clients = {alice.connect_reply["client"]: "alice", bob.connect_reply["client"]: "bob"}
+        for hub in (a, b):
+            presence = hub.api_result("presence", {"channel": ch})["presence"]
+            assert {c: info["user"] for c, info in presence.items()} == clients
+            assert hub.api_result("presence_stats", {"channel": ch}) == {"num_clients": 2, "num_users": 2}
+        # And through the client protocol, from a subscriber on each node.
+        for client in (alice, bob):
+            presence = (await client.result("presence", {"channel": ch}))["presence"]
+            assert {c: info["user"] for c, info in presence.items()} == clients
+
+        for n in range(3):
+            a.publish(ch, {"n": n})
+        for n in range(3, 5):
+            b.publish(ch, {"n": n})
+        await alice.pubs(5, channel=ch)
+        await bob.pubs(5, channel=ch)
+        from_a = a.api_result("history", {"channel": ch, "limit": 10})
+        from_b = b.api_result("history", {"channel": ch, "limit": 10})
+        assert from_a == from_b
+        assert [p["data"]["n"] for p in from_a["publications"]] == [0, 1, 2, 3, 4]
+        assert [p["offset"] for p in from_a["publications"]] == [1, 2, 3, 4, 5]
+        assert from_a["offset"] == 5 and from_a["epoch"]
+        # Clients on either node read the same history.
+        for client in (alice, bob):
+            history = await client.result("history", {"channel": ch, "limit": 10})
+            assert history["publications"] == from_a["publications"]
+            assert (history["offset"], history["epoch"]) == (5, from_a["epoch"])
+
+    arun(body())
+
+
+def test_client_that_drops_from_one_node_recovers_on_the_other(cluster):
+    _, a, b = cluster
+    ch = channel_name()
+
+    async def body():
+        alice = await a.client("alice")
+        sub = await alice.subscribe(ch)
+        epoch = sub["epoch"]
+        a.publish(ch, {"n": 1})
+        b.publish(ch, {"n": 2})
+        seen = await alice.pubs(2, channel=ch)
+        assert [p["offset"] for p in seen] == [1, 2]
+        await alice.close()
+
+        # Missed while away: published on both nodes.
+        a.publish(ch, {"n": 3})
+        b.publish(ch, {"n": 4})
+        a.publish(ch, {"n": 5})
+
+        alice = await b.client("alice")
+        sub = await alice.subscribe(ch, recover=True, offset=2, epoch=epoch)
+        assert sub.get("recovered") is True and sub.get("was_recovering") is True
+        assert sub["epoch"] == epoch and sub["offset"] == 5
+        assert [p["data"]["n"] for p in sub.get("publications", [])] == [3, 4, 5]
+        assert [p["offset"] for p in sub["publications"]] == [3, 4, 5]
+        # Live again, nothing recovered arrives a second time.
+        a.publish(ch, {"n": 6})
+        (live,) = await alice.pubs(1, channel=ch)
+        assert (live["offset"], live["data"]["n"]) == (6, 6)
+        await alice.no_push(0.5)
+
+    arun(body())
+
+
+# --------------------------------------------------------------------------------------------
+# Redis killed and restarted under load
+
+
+class Publisher(threading.Thread):
+    """Publishes {"n": i} through /api/publish on one hub every `interval` s until stopped,
+    remembering each outcome: (n, offset, epoch) when acknowledged, (n, error) when not."""
+
+    def __init__(self, hub: Hub, channel: str, interval: float = 0.03):
+        super().__init__(daemon=True)
+        self.hub, self.channel, self.interval = hub, channel, interval
+        self.acked: List[tuple] = []
+        self.failed: List[tuple] = []
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            out = self.hub.api("publish", {"channel": self.channel, "data": {"n": n}})
+            with self.lock:
+                if "error" in out:
+                    self.failed.append((n, out["error"]))
+                else:
+                    self.acked.append((n, out["result"]["offset"], out["result"]["epoch"]))
+            n += 1
+            self.halt.wait(self.interval)
+
+    def count(self, epoch: Optional[str] = None, failed: bool = False) -> int:
+        with self.lock:
+            if failed:
+                return len(self.failed)
+            return len([x for x in self.acked if epoch is None or x[2] == epoch])
+
+
+async def pubs_until_unsubscribe(client, channel: str, timeout: float = 10) -> tuple:
+    """Publications of the channel up to its unsubscribe push: (pubs, unsubscribe)."""
+    deadline = time.monotonic() + timeout
+    pubs = []
+    while True:
+        push = await client.push(timeout=max(0.01, deadline - time.monotonic()), channel=channel)
+        if "pub" in push:
+            pubs.append(push["pub"])
+        elif "unsubscribe" in push:
+            return pubs, push["unsubscribe"]
+
+
+def redis_log_lines(hub: Hub) -> List[str]:
+    return [line for line in hub.log().splitlines() if "hub.redis" in line]
+
+
+def test_redis_killed_and_restarted_mid_stream(cluster):
+    redis, a, b = cluster
+    ch = channel_name()
+
+    async def body():
+        alice = await a.client("alice")  # subscriber on A; the publisher is on B
+        old_epoch = (await alice.subscribe(ch))["epoch"]
+        carol = await b.client("carol")  # subscriber on the publishing node
+        await carol.subscribe(ch)
+        publisher = Publisher(b, ch)
+        publisher.start()
+        try:
+            await async_wait_for(lambda: publisher.count() >= 10, message="10 acknowledged publications")
+            redis.kill()
+            # Both nodes notice and refuse what needs Redis with a clear error, without hanging.
+            await async_wait_for(lambda: publisher.count(failed=True) >= 10,
+                                 message="publishes failing while Redis is down")
+            for _, error in publisher.failed:
+                assert error["code"] == 100 and "redis" in error["message"], error
+            out = a.api("publish", {"channel": ch, "data": {}})
+            assert out["error"]["code"] == 100 and "unavailable" in out["error"]["message"], out
+            # Local service goes on: health, new connections and connect work; subscribe needs
+            # Redis and says so (error 100, the documented behaviour, docs/protocol.md).
+            for hub in (a, b):
+                assert hub.get("/health").status_code == 200
+                dave = await hub.client("dave")
+                err = await dave.error("subscribe", {"channel": channel_name()})
+                assert err["code"] == 100 and "redis" in err["message"] and "unavailable" in err["message"], err
+                await dave.close()
+            assert (await alice.call("ping", {})).get("ping") == {}
+
+            redis.start()  # same port, empty: the stream lost its data
+            # Both nodes reconnect (backoff at most 2 s) and resubscribe their channels.
+            await async_wait_for(lambda: all(any("connected again" in l for l in redis_log_lines(h)) for h in (a, b)),
+                                 timeout=10, message="both nodes reconnected")
+            await async_wait_for(lambda: publisher.count() > publisher.count(old_epoch), timeout=10,
+                                 message="publishes acknowledged again after the restart")
+        finally:
+            publisher.halt.set()
+            publisher.join(WAIT)
+        acked_old = [x for x in publisher.acked if x[2] == old_epoch]
+        acked_new = [x for x in publisher.acked if x[2] != old_epoch]
+        new_epoch = acked_new[0][2]
+        assert [x[1] for x in acked_new] == list(range(1, len(acked_new) + 1)), \
+            "the lost stream starts again at offset 1 in a new epoch"
+
+        for client in (alice, carol):
+            # Every old-epoch publication in order, each once, then the unsubscribe that makes
+            # SDKs resubscribe: never a silent jump into the new epoch. (The one publication
+            # acknowledged in the instant Redis died may not have reached a node; the
+            # unsubscribe covers that too.)
+            pubs, unsubscribe = await pubs_until_unsubscribe(client, ch)
+            assert unsubscribe["code"] == 2500, unsubscribe
+            offsets = [p["offset"] for p in pubs]
+            assert offsets == list(range(1, len(pubs) + 1))
+            assert len(pubs) >= len(acked_old) - 1
+            by_offset = {p["offset"]: p["data"]["n"] for p in pubs}
+            for n, offset, _ in acked_old:
+                if offset in by_offset:
+                    assert by_offset[offset] == n
+            # Resubscribing with the old position: not recovered, told the new epoch.
+            sub = await client.subscribe(ch, recover=True, offset=offsets[-1], epoch=old_epoch)
+            assert sub.get("was_recovering") is True and sub.get("recovered") is not True
+            assert sub["epoch"] == new_epoch and sub["offset"] == len(acked_new)
+
+        # Cross-node delivery works again, in both directions.
+        b.publish(ch, {"n": "after-1"})
+        a.publish(ch, {"n": "after-2"})
+        for client in (alice, carol):
+            pubs = await client.pubs(2, channel=ch)
+            assert [(p["offset"], p["data"]["n"]) for p in pubs] == \
+                [(len(acked_new) + 1, "after-1"), (len(acked_new) + 2, "after-2")]
+            await client.no_push(0.2)
+
+    arun(body())
+    for hub in (a, b):
+        assert hub.alive(), f"hub crashed: {hub.log()[-2000:]}"
+        lines = redis_log_lines(hub)
+        # The outage is logged once (lost, maybe unreachable while retrying, connected again),
+        # not once per failed publish or retry.
+        assert len([l for l in lines if "connection lost" in l]) == 1, lines
+        assert len([l for l in lines if "unreachable" in l]) <= 1, lines
+        assert len([l for l in lines if "connected again" in l]) == 1, lines
+        assert len(lines) <= 4, lines
