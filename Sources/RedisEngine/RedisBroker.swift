@@ -21,8 +21,12 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     static let channelPrefix = "hub:ch:"
     static let controlChannel = "hub:control"
 
-    public init(addresses: [RedisShard.Address], clock: any Clock = SystemClock(), logger: Logger) {
+    /// Seconds a node stays in the directory after its last announcement.
+    let nodeTTL: Int
+
+    public init(addresses: [RedisShard.Address], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
         precondition(!addresses.isEmpty)
+        self.nodeTTL = nodeTTL
         self.clock = clock
         self.logger = logger
         shards = addresses.map { RedisShard(address: $0, logger: logger) }
@@ -286,7 +290,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         """)
 
     public func announce(node: NodeInfo) {
-        let expiresAt = String(Int(clock.now()) + 15)
+        let expiresAt = String(Int(clock.now()) + nodeTTL)
         shards[0].send(["HSET", "hub:nodes", node.uid, JSONWriter.string(node.json)]) { _ in }
         shards[0].send(["ZADD", "hub:nodes:exp", expiresAt, node.uid]) { _ in }
     }

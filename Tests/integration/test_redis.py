@@ -378,3 +378,89 @@ def test_redis_killed_and_restarted_mid_stream(cluster):
         assert len([l for l in lines if "unreachable" in l]) <= 1, lines
         assert len([l for l in lines if "connected again" in l]) == 1, lines
         assert len(lines) <= 4, lines
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding
+
+
+def test_two_shards_each_carry_their_channels_across_nodes(hub_factory, redis_factory):
+    first, second = redis_factory(), redis_factory()
+    # Both ways of naming several shards: one comma-separated value, or the flag repeated.
+    a = start_node(hub_factory, "a", first, second)
+    b = start_node(hub_factory, "b", url_arg=["--redis-url", first.url, "--redis-url", second.url])
+    names: Dict[int, str] = {}
+    while len(names) < 2:
+        ch = channel_name()
+        names.setdefault(fnv1a_shard(ch, 2), ch)
+
+    async def body():
+        alice = await a.client("alice")
+        for shard, ch in sorted(names.items()):
+            await alice.subscribe(ch)
+            b.publish(ch, {"shard": shard, "n": 1})
+            a.publish(ch, {"shard": shard, "n": 2})
+            pubs = await alice.pubs(2, channel=ch)
+            assert [(p["offset"], p["data"]["n"]) for p in pubs] == [(1, 1), (2, 2)]
+            history = [hub.api_result("history", {"channel": ch, "limit": 10}) for hub in (a, b)]
+            assert history[0] == history[1] and history[0]["offset"] == 2
+            presence = b.api_result("presence", {"channel": ch})["presence"]
+            assert [info["user"] for info in presence.values()] == ["alice"]
+        await alice.no_push(0.3)
+
+    arun(body())
+    # Each channel's stream, position, presence and PUB/SUB subscription live on its shard only.
+    for shard, ch in names.items():
+        home, other = (first, second) if shard == 0 else (second, first)
+        for key in (f"hub:stream:{ch}", f"hub:meta:{ch}", f"hub:presence:{ch}"):
+            assert home.cli("EXISTS", key) == "1", f"{key} missing on shard {shard}"
+            assert other.cli("EXISTS", key) == "0", f"{key} on the wrong shard"
+        assert home.cli("XLEN", f"hub:stream:{ch}") == "2"
+        assert numsub(home, ch) == 1 and numsub(other, ch) == 0
+    # The node directory lives on the first shard.
+    wait_for(lambda: first.cli("HLEN", "hub:nodes") == "2", message="both nodes announced on the first shard")
+    assert second.cli("EXISTS", "hub:nodes") == "0"
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes know each other; a crashed node's traces expire
+
+
+def node_names(hub: Hub) -> List[str]:
+    return sorted(n["name"] for n in hub.api_result("info")["nodes"])
+
+
+def test_info_lists_live_nodes_and_a_killed_node_leaves_info_and_presence(cluster):
+    _, a, b = cluster
+    ch = channel_name()
+    wait_for(lambda: node_names(a) == ["a", "b"] and node_names(b) == ["a", "b"],
+             message="both nodes listed by both")
+    nodes = {n["name"]: n for n in a.api_result("info")["nodes"]}
+    assert nodes["a"]["uid"] != nodes["b"]["uid"] and nodes["a"]["version"]
+
+    async def body():
+        alice = await a.client("alice")
+        await alice.subscribe(ch)
+        bob = await b.client("bob")
+        await bob.subscribe(ch)
+        # B's announcement carries its live numbers (refreshed within one announce interval).
+        await async_wait_for(lambda: {n["name"]: n for n in a.api_result("info")["nodes"]}["b"]["num_clients"] == 1,
+                             timeout=NODE_TTL + 2, message="node b announcing its client")
+        users = lambda: sorted(i["user"] for i in a.api_result("presence", {"channel": ch})["presence"].values())
+        assert users() == ["alice", "bob"]
+
+        killed_at = time.monotonic()
+        assert b.stop(signal.SIGKILL) == -signal.SIGKILL
+        # No goodbye from B: its entries expire. Presence within presence_ttl, the node within
+        # three announce intervals (plus the second of rounding both are kept in).
+        await async_wait_for(lambda: users() == ["alice"], timeout=PRESENCE_TTL + 2,
+                             message="bob gone from presence")
+        await async_wait_for(lambda: node_names(a) == ["a"], timeout=NODE_TTL + 2,
+                             message="node b gone from /api/info")
+        assert time.monotonic() - killed_at <= PRESENCE_TTL + 2
+        # A live node's own clients stay: they are refreshed well within the TTL.
+        await asyncio.sleep(1.5)
+        assert users() == ["alice"] and node_names(a) == ["a"]
+        assert (await alice.call("ping", {})).get("ping") == {}
+
+    arun(body())
