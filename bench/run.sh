@@ -7,6 +7,8 @@
 #   bench/run.sh --quick         smaller sizes, shorter steps (under 2 minutes once built)
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
 #   --no-install / --no-build    skip the apt/pip step or the release builds
+#   --no-docs                    leave docs/ alone: the report goes to bench/results/latest/benchmarks.md
+#                                (for partial runs, e.g. --servers hub --scenarios "fanout cluster")
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
 # test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
@@ -23,6 +25,7 @@ BENCH=$ROOT/bench
 MODE=full
 INSTALL=1
 BUILD=1
+DOCS=1
 ALL_SERVERS="hub nats mosquitto fastapi lws"
 ALL_SCENARIOS="fanout channels connections rest cluster"
 SERVERS=$ALL_SERVERS
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
+        --no-docs) DOCS=0 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
@@ -48,7 +52,7 @@ GENERATOR_CPU=1
 
 # Ports (all on 127.0.0.1).
 HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004
-REST_PORT=18005 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883
+REST_PORT=18005 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883 HUB_B_PORT=18006
 
 log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -185,7 +189,7 @@ stop_redis() {
     REDIS_PID=""
 }
 
-cleanup() { stop_server; stop_redis; }
+cleanup() { stop_server; stop_hub_nodes; stop_redis; }
 trap cleanup EXIT
 
 generator() {
@@ -261,14 +265,50 @@ scenario_rest() {
     stop_redis
 }
 
-# Scenario 5 needs two hub nodes sharing Redis (--engine redis). Until that engine exists the
-# report carries a marked row. To enable: start redis, two hubs with --engine redis --redis-url
-# on two ports, subscribers on one node and the publisher on the other (hub-bench takes one
-# --port; give it a --publisher-port), and emit the same JSON fields as scenario_fanout.
+# Scenario 5: two hub nodes sharing one Redis (--engine redis), the subscribers on node B and the
+# publisher on node A, so every delivery crosses Redis. Same generator, sizes and JSON fields as
+# scenario 1 (scenario "cluster"): server_cpu is node B's, other_cpu node A's plus Redis's.
+NODE_A_PID="" NODE_B_PID=""
+start_hub_node() {
+    local name=$1 port=$2
+    rm -rf "$RUN/hub-data-$name"
+    echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
+    HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port "$port" \
+        --log-level warning --threads 2 --config "$RUN/hub.json" --data-dir "$RUN/hub-data-$name" \
+        --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT/0" --node-name "$name" \
+        --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub-$name.log" 2>&1 &
+}
+
+stop_hub_nodes() {
+    local pid i
+    for pid in $NODE_A_PID $NODE_B_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in $NODE_A_PID $NODE_B_PID; do
+        for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    NODE_A_PID="" NODE_B_PID=""
+}
+
 scenario_cluster() {
-    local kind=$1
+    local kind=$1 subs
     [ "$kind" = hub ] || return 0
-    echo '{"scenario":"cluster","phase":"summary","server":"hub","kind":"hub","error":"not yet available: needs the Redis engine"}' >> "$RESULTS"
+    for subs in $FANOUT_SUBS; do
+        start_redis
+        start_hub_node a $HUB_PORT; NODE_A_PID=$!
+        start_hub_node b $HUB_B_PORT; NODE_B_PID=$!
+        wait_port $HUB_PORT; wait_port $HUB_B_PORT
+        sleep 0.3
+        log "cluster hub: $subs subscribers on node B (port $HUB_B_PORT), publisher on node A (port $HUB_PORT), one Redis"
+        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+        generator fanout --scenario cluster --server hub --port $HUB_B_PORT --publisher-port $HUB_PORT \
+            --server-pid "$NODE_B_PID" --other-pids "$NODE_A_PID,$REDIS_PID" --subscribers "$subs" \
+            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "cluster $subs: generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_hub_nodes
+        stop_redis
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +343,8 @@ fi
 
 RUN=$BENCH/results/latest
 rm -rf "$RUN"
-mkdir -p "$RUN" "$ROOT/docs/bench"
+mkdir -p "$RUN"
+[ "$DOCS" = 1 ] && mkdir -p "$ROOT/docs/bench"
 RESULTS=$RUN/results.jsonl
 : > "$RESULTS"
 STARTED=$(date +%s)
@@ -332,6 +373,14 @@ fi
 
 ELAPSED=$(( $(date +%s) - STARTED ))
 STEAL_PCT=$(echo "$STEAL0 $(steal_snapshot)" | awk '{ d=$4-$2; printf "%.1f", (d>0 ? 100*($3-$1)/d : 0) }')
+if [ "$DOCS" = 0 ]; then
+    log "all scenarios done in ${ELAPSED}s; writing $RUN/benchmarks.md (docs/ untouched)"
+    mkdir -p "$RUN/plots"
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
+        --markdown "$RUN/benchmarks.md" --plots "$RUN/plots"
+    log "done: $RUN/benchmarks.md"
+    exit 0
+fi
 log "all scenarios done in ${ELAPSED}s; writing docs/benchmarks.md"
 cp "$RESULTS" "$ROOT/docs/bench/results.jsonl"
 "$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \

@@ -15,6 +15,8 @@ struct Target {
     var perSource: Int
     var payloadSize: Int
     var connectTimeout: Double
+    var publisherPort: UInt16
+    var otherPIDs: [Int32]
 }
 
 /// Pacing and pass/fail rules of one stepped measurement.
@@ -37,6 +39,7 @@ struct StepResult {
     var deliveriesPerSecond: Double = 0
     var p50: Double = 0, p99: Double = 0, p999: Double = 0, max: Double = 0, mean: Double = 0  // ms
     var serverCPU: Double?          // % of one core while publishing
+    var otherCPU: Double?           // the same for --other-pids together (publisher's node, Redis)
     var generatorCPU: Double = 0
     var stealPercent: Double = 0    // hypervisor steal over both CPUs while publishing
     var lost = 0                    // subscribers that went away during the step
@@ -51,6 +54,7 @@ struct StepResult {
             "generator_cpu": generatorCPU, "steal_pct": stealPercent, "lost": lost, "ok": ok, "reason": reason,
         ]
         if let serverCPU { j["server_cpu"] = serverCPU }
+        if let otherCPU { j["other_cpu"] = otherCPU }
         return j
     }
 }
@@ -231,7 +235,7 @@ final class Bench {
     }
 
     func connectPublisher() throws {
-        let result = loop.connect(index: -1, host: target.host, port: target.port, source: nil,
+        let result = loop.connect(index: -1, host: target.host, port: target.publisherPort, source: nil,
                                   path: wire.path(channels: []), subprotocol: wire.subprotocol)
         guard case .success(let connection) = result else { throw BenchError("publisher: \(result)") }
         connection.isPublisher = true
@@ -281,6 +285,7 @@ final class Bench {
         windowStart = start - baseNs
         lastDelivery = windowStart
         let serverCPU0 = target.serverPID.flatMap { CPUTime.of(pid: $0) }
+        let otherCPU0 = target.otherPIDs.compactMap { CPUTime.of(pid: $0) }
         let selfCPU0 = CPUTime.ofSelf()
         let steal0 = CPUTime.stealTicks()
         let interval = 1e9 / rate
@@ -314,6 +319,10 @@ final class Bench {
         let wall = Double(publishEnd - start) / 1e9
         if let pid = target.serverPID, let c0 = serverCPU0, let c1 = CPUTime.of(pid: pid) {
             result.serverCPU = (c1 - c0) / wall * 100
+        }
+        let otherCPU1 = target.otherPIDs.compactMap { CPUTime.of(pid: $0) }
+        if !target.otherPIDs.isEmpty, otherCPU1.count == otherCPU0.count {
+            result.otherCPU = (otherCPU1.reduce(0, +) - otherCPU0.reduce(0, +)) / wall * 100
         }
         result.generatorCPU = (CPUTime.ofSelf() - selfCPU0) / wall * 100
         let steal1 = CPUTime.stealTicks()
@@ -425,6 +434,7 @@ final class Bench {
             summary["max_deliveries_per_s"] = b.deliveriesPerSecond
             summary["max_rate"] = b.rate
             summary["max_server_cpu"] = b.serverCPU ?? NSNull()
+            if let other = b.otherCPU { summary["max_other_cpu"] = other }
             summary["max_generator_cpu"] = b.generatorCPU
             summary["max_steal_pct"] = b.stealPercent
             summary["max_p99_ms"] = b.p99

@@ -26,12 +26,18 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Connections per source address (127.0.0.2, .3, …).") var perSource = 100
     @Option(help: "Payload bytes per publication.") var payloadSize = 128
     @Option(help: "Seconds allowed for opening all connections.") var connectTimeout = 180.0
+    @Option(help: "Port the publisher connects to (default --port): another hub node, for the two-node scenario.")
+    var publisherPort: Int?
+    @Option(help: "More PIDs (comma-separated: the publisher's node, Redis) whose CPU is reported as other_cpu.")
+    var otherPids: String?
 
     func target() throws -> Target {
         guard let kind = ServerKind(rawValue: server) else { throw ValidationError("unknown --server \(server)") }
         return Target(kind: kind, label: label ?? server, host: host, port: UInt16(port), secret: secret,
                       serverPID: serverPid, output: out, concurrency: concurrency, perSource: perSource,
-                      payloadSize: payloadSize, connectTimeout: connectTimeout)
+                      payloadSize: payloadSize, connectTimeout: connectTimeout,
+                      publisherPort: UInt16(publisherPort ?? port),
+                      otherPIDs: (otherPids ?? "").split(separator: ",").compactMap { Int32($0) })
     }
 }
 
@@ -54,6 +60,8 @@ struct FanOut: ParsableCommand {
     @OptionGroup var common: CommonOptions
     @OptionGroup var steps: StepOptions
     @Option var subscribers = 1000
+    @Option(help: "Scenario name in the results: fanout, or cluster when --publisher-port names another node.")
+    var scenario = "fanout"
 
     func run() throws {
         let bench = Bench(target: try common.target())
@@ -62,7 +70,7 @@ struct FanOut: ParsableCommand {
         try bench.connectPublisher()
         bench.log("ready: \(bench.readyCount) subscribers in \(String(format: "%.2f", connectSeconds)) s")
         let base: [String: Any] = ["subscribers": subscribers, "ready": bench.readyCount, "connect_s": connectSeconds]
-        bench.stepUp(scenario: "fanout", base: base, plan: steps.plan, channels: [Array(channel.utf8)], pick: { _ in 0 },
+        bench.stepUp(scenario: scenario, base: base, plan: steps.plan, channels: [Array(channel.utf8)], pick: { _ in 0 },
                      fanout: { [bench.readyCount] }, perPublish: Double(subscribers),
                      refill: { bench.establish(count: subscribers) { _ in [channel] } })
     }
