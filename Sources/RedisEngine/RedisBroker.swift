@@ -123,9 +123,9 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("l".utf8) + JSONWriter.bytes(info.json)]) { _ in }
     }
 
-    public func publishControl(_ command: JSONValue) {
-        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { [logger] reply in
-            if reply.isError { logger.warning("control message not sent: redis unavailable") }
+    public func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { reply in
+            completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(()))
         }
     }
 

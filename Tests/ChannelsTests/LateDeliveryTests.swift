@@ -36,7 +36,7 @@ final class LateDeliveryBroker: Broker, BrokerEventHandler, @unchecked Sendable 
     func removeHistory(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) { inner.removeHistory(channel: channel, completion: completion) }
     func subscribe(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) { completion(.success(())) }
     func unsubscribe(channel: String) {}
-    func publishControl(_ command: JSONValue) {}
+    func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) { completion(.success(())) }
     func announce(node: NodeInfo) {}
     func nodes(completion: @escaping @Sendable (Result<[NodeInfo], ProtocolError>) -> Void) { completion(.success([])) }
     func sweep(now: Double) {}

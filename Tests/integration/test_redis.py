@@ -315,6 +315,11 @@ def test_redis_killed_and_restarted_mid_stream(cluster):
                 assert error["code"] == 100 and "redis" in error["message"], error
             out = a.api("publish", {"channel": ch, "data": {}})
             assert out["error"]["code"] == 100 and "unavailable" in out["error"]["message"], out
+            # Commands for every node travel through Redis: refused, not acknowledged and dropped.
+            for method, params in (("disconnect", {"user": "alice"}),
+                                   ("subscribe", {"user": "alice", "channel": channel_name()})):
+                out = a.api(method, params)
+                assert out.get("error", {}).get("code") == 100, (method, out)
             # Local service goes on: health, new connections and connect work; subscribe needs
             # Redis and says so (error 100, the documented behaviour, docs/protocol.md).
             for hub in (a, b):

@@ -45,8 +45,9 @@ public protocol Broker: AnyObject, Sendable {
     /// the handler (`hasLocalSubscribers`) before it stops receiving.
     func unsubscribe(channel: String)
 
-    /// Sends a control command to every node (this one included).
-    func publishControl(_ command: JSONValue)
+    /// Sends a control command to every node (this one included). Completes once it is on
+    /// its way to every node, or with the error that kept it from leaving this one.
+    func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void)
 
     /// Announces this node and lists every live node.
     func announce(node: NodeInfo)

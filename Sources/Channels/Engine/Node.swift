@@ -272,20 +272,28 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         presence.stats(channel: channel, completion: completion)
     }
 
-    /// Subscribes a user's connections (or one client) on every node to a channel.
-    public func serverSubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+    /// Subscribes a user's connections (or one client) on every node to a channel. The
+    /// completion reports whether the command reached the broker (the server API answers
+    /// with it: nothing is acknowledged that never left this node).
+    public func serverSubscribe(user: String, client: String?, channel: String,
+                                completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) throws(ProtocolError) {
         _ = try options(for: channel)
-        broker.publishControl(.compact([("op", "subscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+        broker.publishControl(.compact([("op", "subscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]),
+                              completion: completion)
     }
 
-    public func serverUnsubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+    public func serverUnsubscribe(user: String, client: String?, channel: String,
+                                  completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) throws(ProtocolError) {
         _ = try options(for: channel)
-        broker.publishControl(.compact([("op", "unsubscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+        broker.publishControl(.compact([("op", "unsubscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]),
+                              completion: completion)
     }
 
-    public func disconnect(user: String, client: String?, reason: DisconnectReason) {
+    public func disconnect(user: String, client: String?, reason: DisconnectReason,
+                           completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) {
         broker.publishControl(.compact([("op", "disconnect"), ("user", .string(user)), ("client", client.map { .string($0) }),
-                                        ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]))
+                                        ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]),
+                              completion: completion)
     }
 
     /// Channels with subscribers on this node matching a `*`-glob pattern (empty: all).
