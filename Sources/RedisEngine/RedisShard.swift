@@ -104,7 +104,14 @@ public final class RedisShard: @unchecked Sendable {
     private var command: UnsafeMutablePointer<redisContext>?
     private var pubsub: UnsafeMutablePointer<redisContext>?
     private var inflight: [@Sendable (RedisValue) -> Void] = []
+    /// When each command in `inflight` was queued (parallel array).
+    private var inflightSince: [Double] = []
     private var inflightHead = 0
+    /// A Redis that keeps the connection open but stops answering (stopped, partitioned) is
+    /// treated as down after this long: callers get an error instead of waiting forever,
+    /// and queued commands cannot pile up without bound. The node's announcements keep a
+    /// command in flight every few seconds, so a silent Redis is noticed even when idle.
+    static let replyTimeout = 5.0
     private var subscribed: Set<String> = []
     private var confirmed: Set<String> = []
     private var backoff = 0.05
@@ -208,13 +215,18 @@ public final class RedisShard: @unchecked Sendable {
             _ = poll(&fds, 3, 1000)
             if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
             var healthy = true
+            var failure: String?
             if fds[1].revents & Int16(POLLOUT) != 0 || hasPendingOutput(command) { healthy = flush(command) && healthy }
             if fds[2].revents & Int16(POLLOUT) != 0 || hasPendingOutput(pubsub) { healthy = flush(pubsub) && healthy }
             // Messages before replies: a publication Redis sent before answering a read is then
             // seen before that answer (fewer needless recoveries after a position check).
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
             if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
-            if !healthy { disconnect(reason: errorText(command.pointee.err != 0 ? command : pubsub)) }
+            if healthy, inflightHead < inflight.count, now() - inflightSince[inflightHead] > Self.replyTimeout {
+                healthy = false
+                failure = "no reply within \(Int(Self.replyTimeout)) s; a command sent meanwhile may still take effect"
+            }
+            if !healthy { disconnect(reason: failure ?? errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
         disconnect(reason: "stopping", quiet: true)
         close(wakeFD)
@@ -280,9 +292,13 @@ public final class RedisShard: @unchecked Sendable {
             redisFree(context)
             return nil
         }
+        // The handshake is blocking (on this thread) but bounded: a Redis that accepts TCP
+        // connections without answering (stopped, overloaded) counts as unreachable.
+        guard redisSetTimeout(context, timeval(tv_sec: 2, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
         var setup: [[String]] = []
         if let password = address.password { setup.append(["AUTH", password]) }
         if address.db != 0 { setup.append(["SELECT", String(address.db)]) }
+        setup.append(["PING"])
         for arguments in setup {
             append(context, arguments.map { Array($0.utf8) })
             var raw: UnsafeMutableRawPointer?
@@ -302,6 +318,7 @@ public final class RedisShard: @unchecked Sendable {
         pubsub = nil
         let failed = inflight[inflightHead...]
         inflight = []
+        inflightSince = []
         inflightHead = 0
         knownChannels.formUnion(subscribed)
         subscribed = []
@@ -348,9 +365,11 @@ public final class RedisShard: @unchecked Sendable {
             for key in taken.2.keys { inbox.subscribeWaiters.removeValue(forKey: key) }
             return taken
         }
+        let queuedAt = now()
         for (arguments, callback) in commands {
             append(command, arguments)
             inflight.append(callback)
+            inflightSince.append(queuedAt)
         }
         for waiters in waiting.values { for waiter in waiters { waiter(.success(())) } }
         if !dirty.isEmpty {
@@ -415,6 +434,7 @@ public final class RedisShard: @unchecked Sendable {
             inflightHead += 1
             if inflightHead == inflight.count {
                 inflight.removeAll(keepingCapacity: true)
+                inflightSince.removeAll(keepingCapacity: true)
                 inflightHead = 0
             }
             callback(reply)

@@ -74,8 +74,18 @@ class RedisServer:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(5)
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered (a hung or partitioned Redis)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -383,6 +393,61 @@ def test_redis_killed_and_restarted_mid_stream(cluster):
         assert len([l for l in lines if "unreachable" in l]) <= 1, lines
         assert len([l for l in lines if "connected again" in l]) == 1, lines
         assert len(lines) <= 4, lines
+
+
+def test_redis_that_stops_answering_counts_as_down_and_nothing_hangs(cluster):
+    redis, a, b = cluster
+    ch = channel_name()
+
+    async def body():
+        alice = await a.client("alice")
+        epoch = (await alice.subscribe(ch))["epoch"]
+        b.publish(ch, {"n": 1})
+        assert [p["offset"] for p in await alice.pubs(1, channel=ch)] == [1]
+        redis.pause()
+        try:
+            # The first call waits for the reply timeout (5 s), then fails; the next ones fail
+            # at once while the node retries, instead of queueing without bound.
+            started = time.monotonic()
+            r = b.post_raw("/api/publish", {"channel": ch, "data": {"n": 2}}, timeout=15)
+            waited = time.monotonic() - started
+            assert r.status_code == 200 and r.json()["error"]["code"] == 100, r.text
+            assert waited < 9, f"publish hung for {waited:.1f} s"
+            await async_wait_for(lambda: "error" in a.post_raw("/api/publish", {"channel": ch, "data": {}}, timeout=15).json(),
+                                 timeout=10, message="node A noticing the silent Redis too")
+            started = time.monotonic()
+            assert "error" in b.api("history", {"channel": ch, "limit": 1})
+            assert time.monotonic() - started < 1
+            assert (await alice.call("ping", {})).get("ping") == {}
+        finally:
+            redis.resume()
+        # Back: same data (nothing was lost), so the stream goes on in the same epoch. Whether
+        # the timed-out publish took effect when Redis woke is unknowable to the caller; if it
+        # did, alice gets it (live or by recovering after an unsubscribe 2500), never a gap.
+        out = await async_wait_for(lambda: (lambda o: o if "result" in o else None)(
+            b.api("publish", {"channel": ch, "data": {"n": 3}})), timeout=10, message="publishing again")
+        top = out["result"]["offset"]
+        pubs = []
+        while not pubs or pubs[-1]["offset"] < top:
+            push = await alice.push(channel=ch)
+            if "unsubscribe" in push:
+                # The stream moved on while A was away: recover from the last offset seen.
+                assert push["unsubscribe"]["code"] == 2500
+                sub = await alice.subscribe(ch, recover=True, offset=(pubs[-1]["offset"] if pubs else 1), epoch=epoch)
+                assert sub.get("recovered") is True and sub["epoch"] == epoch
+                pubs += sub.get("publications", [])
+                break
+            pubs.append(push["pub"])
+        assert [p["offset"] for p in pubs] == list(range(2, top + 1)), "no gap, no duplicate"
+        assert pubs[-1]["data"]["n"] == 3 and [p["data"]["n"] for p in pubs[:-1]] in ([], [2])
+        await alice.no_push(0.3)
+
+    arun(body())
+    for hub in (a, b):
+        assert hub.alive()
+        lines = redis_log_lines(hub)
+        assert len([l for l in lines if "connection lost" in l]) == 1, lines
+        assert len([l for l in lines if "unreachable" in l]) <= 1, lines
 
 
 # --------------------------------------------------------------------------------------------
