@@ -327,7 +327,8 @@ def test_redis_killed_and_restarted_mid_stream(cluster):
             assert out["error"]["code"] == 100 and "unavailable" in out["error"]["message"], out
             # Commands for every node travel through Redis: refused, not acknowledged and dropped.
             for method, params in (("disconnect", {"user": "alice"}),
-                                   ("subscribe", {"user": "alice", "channel": channel_name()})):
+                                   ("subscribe", {"user": "alice", "channel": channel_name()}),
+                                   ("presence", {"channel": ch}), ("history", {"channel": ch}), ("info", {})):
                 out = a.api(method, params)
                 assert out.get("error", {}).get("code") == 100, (method, out)
             # Local service goes on: health, new connections and connect work; subscribe needs
@@ -374,6 +375,9 @@ def test_redis_killed_and_restarted_mid_stream(cluster):
             assert sub.get("was_recovering") is True and sub.get("recovered") is not True
             assert sub["epoch"] == new_epoch and sub["offset"] == len(acked_new)
 
+        # The node directory is rebuilt from the next announcements.
+        await async_wait_for(lambda: node_names(a) == ["a", "b"], timeout=NODE_TTL + 2,
+                             message="both nodes listed again")
         # Cross-node delivery works again, in both directions.
         b.publish(ch, {"n": "after-1"})
         a.publish(ch, {"n": "after-2"})
