@@ -30,7 +30,8 @@ PRESENCE_TTL = 5
 # announcements (docs/configuration.md, --presence-ttl): 3 s with a 5 s presence TTL.
 NODE_TTL = 3
 
-HUB_CONFIG = {"channel": {"allow_publish_for_client": True}}
+HUB_CONFIG = {"channel": {"allow_publish_for_client": True},
+              "namespaces": [{"name": "short", "history_size": 3, "history_ttl": 30}]}
 
 
 class RedisServer:
@@ -249,6 +250,29 @@ def test_client_that_drops_from_one_node_recovers_on_the_other(cluster):
         (live,) = await alice.pubs(1, channel=ch)
         assert (live["offset"], live["data"]["n"]) == (6, 6)
         await alice.no_push(0.5)
+
+    arun(body())
+
+
+def test_history_in_redis_is_bounded_by_size_and_ttl(cluster):
+    redis, a, b = cluster
+    ch = channel_name("short:room")
+    for n in range(1, 6):
+        (a if n % 2 else b).publish(ch, {"n": n})
+    history = b.api_result("history", {"channel": ch, "limit": 10})
+    assert [p["offset"] for p in history["publications"]] == [3, 4, 5] and history["offset"] == 5
+    assert redis.cli("XLEN", f"hub:stream:{ch}") == "3"
+    assert 0 < int(redis.cli("TTL", f"hub:stream:{ch}")) <= 30
+    assert redis.cli("HGET", f"hub:meta:{ch}", "e") == history["epoch"]
+
+    async def body():
+        # Too far behind for the 3 kept: told so, on either node, with the current position.
+        alice = await b.client("alice")
+        sub = await alice.subscribe(ch, recover=True, offset=1, epoch=history["epoch"])
+        assert sub.get("recovered") is not True and sub["offset"] == 5 and sub["epoch"] == history["epoch"]
+        bob = await a.client("bob")
+        sub = await bob.subscribe(ch, recover=True, offset=3, epoch=history["epoch"])
+        assert sub.get("recovered") is True and [p["offset"] for p in sub["publications"]] == [4, 5]
 
     arun(body())
 
