@@ -57,8 +57,12 @@ final class HubServer {
         let broker: any Broker
         let presence: any PresenceStore
         var redis: (RedisBroker, RedisPresenceStore)?
+        // A node announces itself every few seconds and drops out of /api/info after three
+        // missed announcements: with a short presence TTL a crashed node vanishes as fast.
+        let announceEvery = max(1, min(5, Int(config.presenceTTL / 3)))
         if config.engine == "redis" {
-            let redisBroker = RedisBroker(addresses: config.redisURLs.compactMap(RedisShard.Address.init(url:)), logger: Logger(label: "hub.redis"))
+            let redisBroker = RedisBroker(addresses: config.redisURLs.compactMap(RedisShard.Address.init(url:)),
+                                          nodeTTL: 3 * announceEvery, logger: Logger(label: "hub.redis"))
             let redisPresence = RedisPresenceStore(broker: redisBroker, ttl: config.presenceTTL)
             redis = (redisBroker, redisPresence)
             broker = redisBroker
@@ -141,7 +145,7 @@ final class HubServer {
             for loop in loops { loop.requestTick() }
             ticks += 1
             if ticks % 60 == 0 { node.sweepStreams() }
-            if ticks % 5 == 1 { node.announce() }
+            if (ticks - 1) % announceEvery == 0 { node.announce() }
             if let presence = redis?.1, ticks % presenceRefreshEvery == 0 { presence.refresh() }
             if ticks % 300 == 0 { june.sweep() }
         }

@@ -21,13 +21,20 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     static let channelPrefix = "hub:ch:"
     static let controlChannel = "hub:control"
 
-    public init(addresses: [RedisShard.Address], clock: any Clock = SystemClock(), logger: Logger) {
+    /// Seconds a node stays in the directory after its last announcement.
+    let nodeTTL: Int
+
+    public init(addresses: [RedisShard.Address], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
         precondition(!addresses.isEmpty)
+        self.nodeTTL = nodeTTL
         self.clock = clock
         self.logger = logger
         shards = addresses.map { RedisShard(address: $0, logger: logger) }
         for shard in shards {
             shard.onMessage = { [unowned self] channel, payload in self.deliver(redisChannel: channel, payload: payload) }
+            shard.onResubscribed = { [unowned self, unowned shard] redisChannels in
+                self.checkPositions(on: shard, redisChannels: redisChannels)
+            }
             shard.wanted = { [unowned self] redisChannel in
                 guard redisChannel.hasPrefix(Self.channelPrefix) else { return false }
                 return self.eventHandler?.hasLocalSubscribers(channel: String(redisChannel.dropFirst(Self.channelPrefix.count))) ?? false
@@ -116,9 +123,9 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("l".utf8) + JSONWriter.bytes(info.json)]) { _ in }
     }
 
-    public func publishControl(_ command: JSONValue) {
-        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { [logger] reply in
-            if reply.isError { logger.warning("control message not sent: redis unavailable") }
+    public func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { reply in
+            completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(()))
         }
     }
 
@@ -148,6 +155,30 @@ public final class RedisBroker: Broker, @unchecked Sendable {
             if kind == UInt8(ascii: "j") { handler.handleJoin(channel: channel, info: info) } else { handler.handleLeave(channel: channel, info: info) }
         default:
             return
+        }
+    }
+
+    /// After a reconnection: reads where each resubscribed channel's stream is now and hands
+    /// the positions to the node in one batch. A stream that moved on (publications made
+    /// while this node was not subscribed) or was lost (Redis restarted empty) makes its
+    /// subscribers recover instead of waiting, unaware, for the next publication.
+    private func checkPositions(on shard: RedisShard, redisChannels: [String]) {
+        let channels = redisChannels.filter { $0.hasPrefix(Self.channelPrefix) }.map { String($0.dropFirst(Self.channelPrefix.count)) }
+        guard !channels.isEmpty else { return }
+        // Replies come back in order on the shard's I/O thread; the last one hands the batch over.
+        let batch = Mutex<(remaining: Int, positions: [(channel: String, position: StreamPosition?)])>((channels.count, []))
+        for channel in channels {
+            shard.send(["HMGET", Self.metaKey(channel), "e", "s"]) { [weak self] reply in
+                let done = batch.withLock { batch -> [(channel: String, position: StreamPosition?)]? in
+                    batch.remaining -= 1
+                    if case .array(let fields) = reply, fields.count == 2 {
+                        let position = fields[0].text.map { StreamPosition(offset: UInt64(fields[1].int ?? 0), epoch: $0) }
+                        batch.positions.append((channel, position))
+                    }
+                    return batch.remaining == 0 ? batch.positions : nil
+                }
+                if let done, let self { self.eventHandler?.handleStreamPositions(done) }
+            }
         }
     }
 
@@ -259,7 +290,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         """)
 
     public func announce(node: NodeInfo) {
-        let expiresAt = String(Int(clock.now()) + 15)
+        let expiresAt = String(Int(clock.now()) + nodeTTL)
         shards[0].send(["HSET", "hub:nodes", node.uid, JSONWriter.string(node.json)]) { _ in }
         shards[0].send(["ZADD", "hub:nodes:exp", expiresAt, node.uid]) { _ in }
     }

@@ -1,6 +1,7 @@
 import Channels
 import Logging
 import RESTCompat
+import Synchronization
 
 /// Rate limits counted in Redis, so every node enforces one shared count. One Lua script
 /// reads every window, decides, and increments only when the request is allowed: no
@@ -9,6 +10,8 @@ import RESTCompat
 public final class RedisRateLimiter: RateLimiter, @unchecked Sendable {
     let shard: RedisShard
     let logger: Logger
+    /// Set while Redis does not answer: the outage is logged once, not once per request.
+    private let failing = Atomic<Bool>(false)
 
     public init(broker: RedisBroker, logger: Logger) {
         shard = broker.shards[0]
@@ -35,12 +38,15 @@ public final class RedisRateLimiter: RateLimiter, @unchecked Sendable {
     public func hit(key: String, limits: [RateLimit], now: Double, completion: @escaping @Sendable (RateDecision) -> Void) {
         let keys = limits.map { limit in "hub:rl:\(key)|\(limit.window)|\(Int(now) / limit.window)" }
         let arguments = limits.flatMap { [Array(String($0.count).utf8), Array(String($0.window + 1).utf8)] }
-        Self.script.run(on: shard, keys: keys, arguments: arguments) { [logger] reply in
+        Self.script.run(on: shard, keys: keys, arguments: arguments) { [self] reply in
             guard case .array(let values) = reply, values.count == limits.count else {
-                logger.warning("rate limiter unavailable; allowing the request")
+                if !self.failing.exchange(true, ordering: .relaxed) {
+                    self.logger.warning("rate limiter unavailable; allowing requests until Redis answers again")
+                }
                 completion(RateDecision(allowed: true, limit: limits.first?.count ?? 0, remaining: 0, reset: Int(now), retryAfter: 0))
                 return
             }
+            if self.failing.exchange(false, ordering: .relaxed) { self.logger.notice("rate limiter counting in Redis again") }
             completion(RateDecision.decide(limits: limits, counts: values.map { Int($0.int ?? 0) }, now: now))
         }
     }

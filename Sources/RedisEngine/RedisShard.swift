@@ -83,6 +83,9 @@ public final class RedisShard: @unchecked Sendable {
     var onConnected: (@Sendable () -> Void)?
     /// Whether the node still wants a channel (it has local subscribers).
     var wanted: (@Sendable (String) -> Bool)?
+    /// Called on the I/O thread once Redis confirmed every channel resubscribed after a
+    /// reconnection: from then on nothing published there can pass this node unseen.
+    var onResubscribed: (@Sendable (_ channels: [String]) -> Void)?
 
     private struct Inbox {
         var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
@@ -101,12 +104,23 @@ public final class RedisShard: @unchecked Sendable {
     private var command: UnsafeMutablePointer<redisContext>?
     private var pubsub: UnsafeMutablePointer<redisContext>?
     private var inflight: [@Sendable (RedisValue) -> Void] = []
+    /// When each command in `inflight` was queued (parallel array).
+    private var inflightSince: [Double] = []
     private var inflightHead = 0
+    /// A Redis that keeps the connection open but stops answering (stopped, partitioned) is
+    /// treated as down after this long: callers get an error instead of waiting forever,
+    /// and queued commands cannot pile up without bound. The node's announcements keep a
+    /// command in flight every few seconds, so a silent Redis is noticed even when idle.
+    static let replyTimeout = 5.0
     private var subscribed: Set<String> = []
     private var confirmed: Set<String> = []
     private var backoff = 0.05
     private var nextAttempt = 0.0
     private var reportedDown = false
+    private var everConnected = false
+    /// Channels resubscribed after a reconnection and not yet confirmed.
+    private var resubscribing: Set<String> = []
+    private var resubscribed: [String] = []
 
     public init(address: Address, logger: Logger) {
         self.address = address
@@ -201,14 +215,25 @@ public final class RedisShard: @unchecked Sendable {
             _ = poll(&fds, 3, 1000)
             if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
             var healthy = true
+            var failure: String?
             if fds[1].revents & Int16(POLLOUT) != 0 || hasPendingOutput(command) { healthy = flush(command) && healthy }
             if fds[2].revents & Int16(POLLOUT) != 0 || hasPendingOutput(pubsub) { healthy = flush(pubsub) && healthy }
-            if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            // Messages before replies: a publication Redis sent before answering a read is then
+            // seen before that answer (fewer needless recoveries after a position check).
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
-            if !healthy { disconnect(reason: String(cString: withUnsafePointer(to: command.pointee.errstr) { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) })) }
+            if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            if healthy, inflightHead < inflight.count, now() - inflightSince[inflightHead] > Self.replyTimeout {
+                healthy = false
+                failure = "no reply within \(Int(Self.replyTimeout)) s; a command sent meanwhile may still take effect"
+            }
+            if !healthy { disconnect(reason: failure ?? errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
         disconnect(reason: "stopping", quiet: true)
         close(wakeFD)
+    }
+
+    private func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
+        withUnsafePointer(to: context.pointee.errstr) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
     }
 
     private func hasPendingOutput(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
@@ -244,6 +269,11 @@ public final class RedisShard: @unchecked Sendable {
         var all = Array(channels)
         for channel in subscribedWanted() where !channels.contains(channel) { all.append(channel) }
         subscribeChannels(all)
+        if everConnected && !all.isEmpty {
+            resubscribing = Set(all)
+            resubscribed = all
+        }
+        everConnected = true
         logger.notice("redis \(address) connected\(reportedDown ? " again" : "")")
         reportedDown = false
         onConnected?()
@@ -262,9 +292,13 @@ public final class RedisShard: @unchecked Sendable {
             redisFree(context)
             return nil
         }
+        // The handshake is blocking (on this thread) but bounded: a Redis that accepts TCP
+        // connections without answering (stopped, overloaded) counts as unreachable.
+        guard redisSetTimeout(context, timeval(tv_sec: 2, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
         var setup: [[String]] = []
         if let password = address.password { setup.append(["AUTH", password]) }
         if address.db != 0 { setup.append(["SELECT", String(address.db)]) }
+        setup.append(["PING"])
         for arguments in setup {
             append(context, arguments.map { Array($0.utf8) })
             var raw: UnsafeMutableRawPointer?
@@ -284,10 +318,13 @@ public final class RedisShard: @unchecked Sendable {
         pubsub = nil
         let failed = inflight[inflightHead...]
         inflight = []
+        inflightSince = []
         inflightHead = 0
         knownChannels.formUnion(subscribed)
         subscribed = []
         confirmed = []
+        resubscribing = []
+        resubscribed = []
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
             inbox.connected = false
             let queued = inbox.commands.map(\.1)
@@ -328,9 +365,11 @@ public final class RedisShard: @unchecked Sendable {
             for key in taken.2.keys { inbox.subscribeWaiters.removeValue(forKey: key) }
             return taken
         }
+        let queuedAt = now()
         for (arguments, callback) in commands {
             append(command, arguments)
             inflight.append(callback)
+            inflightSince.append(queuedAt)
         }
         for waiters in waiting.values { for waiter in waiters { waiter(.success(())) } }
         if !dirty.isEmpty {
@@ -395,6 +434,7 @@ public final class RedisShard: @unchecked Sendable {
             inflightHead += 1
             if inflightHead == inflight.count {
                 inflight.removeAll(keepingCapacity: true)
+                inflightSince.removeAll(keepingCapacity: true)
                 inflightHead = 0
             }
             callback(reply)
@@ -415,7 +455,15 @@ public final class RedisShard: @unchecked Sendable {
             case "message":
                 if let channel = parts[1].text, case .string(let payload) = parts[2] { onMessage?(channel, payload) }
             case "subscribe":
-                if let channel = parts[1].text { confirmed.insert(channel); confirmedNow.append(channel) }
+                if let channel = parts[1].text {
+                    confirmed.insert(channel)
+                    confirmedNow.append(channel)
+                    if resubscribing.remove(channel) != nil, resubscribing.isEmpty {
+                        let channels = resubscribed
+                        resubscribed = []
+                        onResubscribed?(channels)
+                    }
+                }
             default:
                 break
             }

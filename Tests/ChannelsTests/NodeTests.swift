@@ -63,7 +63,9 @@ final class DeferredHistoryBroker: Broker, @unchecked Sendable {
     func subscribe(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) { completion(.success(())) }
     func unsubscribe(channel: String) {}
     func sweep(now: Double) {}
-    func publishControl(_ command: JSONValue) { inner.publishControl(command) }
+    func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
+        inner.publishControl(command, completion: completion)
+    }
     func announce(node: NodeInfo) {}
     func nodes(completion: @escaping @Sendable (Result<[NodeInfo], ProtocolError>) -> Void) { completion(.success([])) }
 }

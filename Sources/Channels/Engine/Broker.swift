@@ -8,6 +8,10 @@ public protocol BrokerEventHandler: AnyObject, Sendable {
     func handleLeave(channel: String, info: ClientInfo)
     func handleControl(_ command: JSONValue)
     func hasLocalSubscribers(channel: String) -> Bool
+    /// After the broker lost and regained its connection: the current position of each
+    /// channel it resubscribed (nil: the stream is gone), read once delivery was guaranteed
+    /// again. Subscribers that may have missed publications meanwhile are told to recover.
+    func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)])
 }
 
 /// Moves publications between publishers and the nodes that have subscribers, and keeps
@@ -41,8 +45,9 @@ public protocol Broker: AnyObject, Sendable {
     /// the handler (`hasLocalSubscribers`) before it stops receiving.
     func unsubscribe(channel: String)
 
-    /// Sends a control command to every node (this one included).
-    func publishControl(_ command: JSONValue)
+    /// Sends a control command to every node (this one included). Completes once it is on
+    /// its way to every node, or with the error that kept it from leaving this one.
+    func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void)
 
     /// Announces this node and lists every live node.
     func announce(node: NodeInfo)

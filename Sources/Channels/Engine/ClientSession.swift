@@ -147,10 +147,10 @@ public final class ClientSession: Sendable {
 
     // MARK: Connect and refresh
 
-    /// A subscribe result and the stream offset it told the client about.
+    /// A subscribe result and the stream position it told the client about.
     struct SubscribeReply: Sendable {
         var result: JSONValue
-        var promisedOffset: UInt64?
+        var promised: StreamPosition?
     }
 
     private struct Identity {
@@ -260,7 +260,7 @@ public final class ClientSession: Sendable {
             if let id {
                 send(PushEncoding.reply(id: id, method: "connect", result: result))
             }
-            for (channel, reply) in subs { activate(channel: channel, after: reply.promisedOffset) }
+            for (channel, reply) in subs { activate(channel: channel, after: reply.promised) }
         }
         if serverChannels.isEmpty { finish(); return }
         for (channel, options, position) in serverChannels {
@@ -373,7 +373,7 @@ public final class ClientSession: Sendable {
                     result = .object(members)
                 }
                 reply(id: id, method: "subscribe", result)
-                activate(channel: channel, after: subscribed.promisedOffset)
+                activate(channel: channel, after: subscribed.promised)
             case .failure(let error):
                 state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
                 fail(id: id, error)
@@ -405,7 +405,7 @@ public final class ClientSession: Sendable {
                               fail: @escaping @Sendable (ProtocolError) -> Void,
                               completion: @escaping @Sendable (Result<SubscribeReply, ProtocolError>) -> Void) {
         guard options.historyEnabled else {
-            completion(.success(SubscribeReply(result: [:], promisedOffset: nil)))
+            completion(.success(SubscribeReply(result: [:], promised: nil)))
             return
         }
         let recoverable = options.recoveryEnabled
@@ -418,7 +418,7 @@ public final class ClientSession: Sendable {
                 ("publications", (recovery?.publications.isEmpty ?? true) ? nil : .array(recovery!.publications.map(\.json))),
                 ("recovered", recovery?.recovered == true ? .bool(true) : nil),
                 ("was_recovering", recovery != nil ? .bool(true) : nil),
-            ]), promisedOffset: position.offset)
+            ]), promised: position)
         }
         guard let position, recoverable else {
             node.broker.history(channel: channel, filter: HistoryFilter(limit: 0), options: options) { outcome in
@@ -451,13 +451,13 @@ public final class ClientSession: Sendable {
 
     /// Sends what was published while the subscribe reply was being prepared, then goes live;
     /// then announces the subscriber (presence, join).
-    private func activate(channel: String, after promised: UInt64?) {
+    private func activate(channel: String, after promised: StreamPosition?) {
         guard let options = try? node.options(for: channel) else { return }
         // Anything at or below the offset the reply promised was in the reply or is older.
         var gap = false
         let active = node.subscribers.activate(self, in: channel, after: promised) { due in
             // Held-back publications must continue the promised position exactly.
-            if let promised, let first = due.first, first.offset != promised + 1 {
+            if let promised, let first = due.first, first.offset != promised.offset + 1 {
                 gap = true
                 return
             }
@@ -514,7 +514,7 @@ public final class ClientSession: Sendable {
             switch outcome {
             case .success(let subscribed):
                 send(PushEncoding.push(channel: channel, kind: "subscribe", body: subscribed.result))
-                activate(channel: channel, after: subscribed.promisedOffset)
+                activate(channel: channel, after: subscribed.promised)
             case .failure:
                 state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
             }

@@ -102,8 +102,9 @@ public final class MemoryBroker: Broker {
 
     public func unsubscribe(channel: String) {}
 
-    public func publishControl(_ command: JSONValue) {
+    public func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
         eventHandler?.handleControl(command)
+        completion(.success(()))
     }
 
     private let announced = Mutex<NodeInfo?>(nil)

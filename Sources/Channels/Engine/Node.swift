@@ -156,7 +156,8 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     }
 
     /// Sends a control command to every node, this one included.
-    public func publishControl(_ command: JSONValue) { broker.publishControl(command) }
+    /// (Fire and forget: a caller that must know it left this node waits on its own reply.)
+    public func publishControl(_ command: JSONValue) { broker.publishControl(command) { _ in } }
 
     // MARK: Broker events
 
@@ -170,6 +171,23 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
             logger.notice("publications lost before reaching this node; subscribers resubscribe to recover",
                           metadata: ["channel": "\(channel)", "subscribers": "\(behind.count)"])
             for session in behind { session.serverUnsubscribe(channel: channel, reason: .insufficientState) }
+        }
+    }
+
+    public func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)]) {
+        var channels = 0
+        var told = 0
+        for (channel, position) in positions {
+            let behind = subscribers.check(channel: channel, position: position)
+            guard !behind.isEmpty else { continue }
+            channels += 1
+            told += behind.count
+            for session in behind { session.serverUnsubscribe(channel: channel, reason: .insufficientState) }
+        }
+        // One line per reconnect, however many channels moved on.
+        if told > 0 {
+            logger.notice("streams moved on while the broker was away; subscribers resubscribe to recover",
+                          metadata: ["channels": "\(channels)", "subscribers": "\(told)"])
         }
     }
 
@@ -269,20 +287,28 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         presence.stats(channel: channel, completion: completion)
     }
 
-    /// Subscribes a user's connections (or one client) on every node to a channel.
-    public func serverSubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+    /// Subscribes a user's connections (or one client) on every node to a channel. The
+    /// completion reports whether the command reached the broker (the server API answers
+    /// with it: nothing is acknowledged that never left this node).
+    public func serverSubscribe(user: String, client: String?, channel: String,
+                                completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) throws(ProtocolError) {
         _ = try options(for: channel)
-        broker.publishControl(.compact([("op", "subscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+        broker.publishControl(.compact([("op", "subscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]),
+                              completion: completion)
     }
 
-    public func serverUnsubscribe(user: String, client: String?, channel: String) throws(ProtocolError) {
+    public func serverUnsubscribe(user: String, client: String?, channel: String,
+                                  completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) throws(ProtocolError) {
         _ = try options(for: channel)
-        broker.publishControl(.compact([("op", "unsubscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]))
+        broker.publishControl(.compact([("op", "unsubscribe"), ("user", .string(user)), ("client", client.map { .string($0) }), ("channel", .string(channel))]),
+                              completion: completion)
     }
 
-    public func disconnect(user: String, client: String?, reason: DisconnectReason) {
+    public func disconnect(user: String, client: String?, reason: DisconnectReason,
+                           completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) {
         broker.publishControl(.compact([("op", "disconnect"), ("user", .string(user)), ("client", client.map { .string($0) }),
-                                        ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]))
+                                        ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]),
+                              completion: completion)
     }
 
     /// Channels with subscribers on this node matching a `*`-glob pattern (empty: all).

@@ -13,6 +13,10 @@ final class SubscriberRegistry: Sendable {
         var pending: [ObjectIdentifier: [Publication]] = [:]
         /// Position of the last publication delivered here, to notice lost ones.
         var last: StreamPosition?
+        /// Offsets just-activated subscribers were promised: a publication at or below it
+        /// reached them in their subscribe reply (or is older), so it is not sent again. The
+        /// broker may hand a publication over after the history read that already counted it.
+        var floors: [ObjectIdentifier: UInt64] = [:]
     }
 
     private let shards: [Guarded<[String: Members]>]
@@ -41,19 +45,43 @@ final class SubscriberRegistry: Sendable {
         }
     }
 
-    /// Ends the pending state: publications held back with an offset above `after` (all of
-    /// them for channels without offsets) are handed to `deliver` in order, under the lock,
-    /// so nothing published meanwhile can overtake them. Returns false when the subscriber
-    /// left in the meantime.
-    func activate(_ session: ClientSession, in channel: String, after offset: UInt64?, deliver: ([Publication]) -> Void) -> Bool {
+    /// Ends the pending state: publications held back with an offset above the promised
+    /// position (all of them for channels without offsets) are handed to `deliver` in order,
+    /// under the lock, so nothing published meanwhile can overtake them. Returns false when
+    /// the subscriber left in the meantime.
+    ///
+    /// The promised position becomes the channel's last known one when none was seen yet, so
+    /// a stream that moves on without this node noticing (lost publications, a new epoch
+    /// after Redis lost its data) is detected even before the next publication arrives.
+    func activate(_ session: ClientSession, in channel: String, after promised: StreamPosition?, deliver: ([Publication]) -> Void) -> Bool {
         shard(channel).withLock { map in
             let id = ObjectIdentifier(session)
             guard var members = map.removeValue(forKey: channel) else { return false }
             defer { map[channel] = members }
             guard members.slots[id] != nil, let held = members.pending.removeValue(forKey: id) else { return false }
-            let due = offset.map { top in held.filter { $0.offset > top } } ?? held
+            let due = promised.map { top in held.filter { $0.offset > top.offset } } ?? held
+            if let promised {
+                if members.last == nil { members.last = promised }
+                if members.last?.epoch == promised.epoch, let last = members.last, last.offset < promised.offset {
+                    members.floors[id] = promised.offset
+                }
+            }
             deliver(due)
             return true
+        }
+    }
+
+    /// The broker read the stream's current position (after reconnecting to it); nil: the
+    /// stream is gone. Returns the live subscribers that may have missed publications (the
+    /// stream moved past what was delivered here, or into another epoch), to be told to
+    /// resubscribe and recover.
+    func check(channel: String, position: StreamPosition?) -> [ClientSession] {
+        shard(channel).withLock { map -> [ClientSession] in
+            guard var members = map[channel], let last = members.last else { return [] }
+            if let position, position.epoch == last.epoch, position.offset <= last.offset { return [] }
+            members.last = position
+            map[channel] = members
+            return members.sessions.filter { members.pending[ObjectIdentifier($0)] == nil }
         }
     }
 
@@ -66,6 +94,7 @@ final class SubscriberRegistry: Sendable {
                 return false
             }
             members.pending.removeValue(forKey: id)
+            members.floors.removeValue(forKey: id)
             let last = members.sessions.count - 1
             if slot != last {
                 let moved = members.sessions[last]
@@ -91,12 +120,19 @@ final class SubscriberRegistry: Sendable {
         shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession]) in
             guard var members = map[channel] else { return (0, [], []) }
             var gap = false
+            // At or below the last position known here: every live subscriber has it already
+            // (delivered, or counted in its subscribe reply); only pending ones may still need it.
+            var known = false
             var changed = !members.pending.isEmpty
             if let position {
-                if let last = members.last, last.epoch != position.epoch || position.offset != last.offset + 1 {
-                    gap = position.epoch != last.epoch || position.offset > last.offset + 1
+                if let last = members.last, last.epoch == position.epoch, position.offset <= last.offset {
+                    known = true
+                } else {
+                    if let last = members.last {
+                        gap = position.epoch != last.epoch || position.offset > last.offset + 1
+                    }
+                    members.last = position
                 }
-                members.last = position
                 changed = true
             }
             var frame: WireFrame?
@@ -109,7 +145,12 @@ final class SubscriberRegistry: Sendable {
                     if let publication { members.pending[ObjectIdentifier(session)]!.append(publication) }
                     continue
                 }
+                if known { continue }
                 if gap { behind.append(session); continue }
+                if !members.floors.isEmpty, let position, let floor = members.floors[ObjectIdentifier(session)] {
+                    if position.offset >= floor { members.floors.removeValue(forKey: ObjectIdentifier(session)) }
+                    if position.offset <= floor { continue }
+                }
                 if frame == nil { frame = makeFrame() }
                 if session.transport.enqueue(frame!) { delivered += 1 } else { slow.append(session) }
             }

@@ -64,19 +64,22 @@ public struct ServerAPI: Sendable {
                 guard let data = params["data"] else { throw ProtocolError.badRequest.with(message: "data required") }
                 broadcast(channels: channels, data: data, tags: tags(params), answer: answer)
             case "subscribe":
-                try node.serverSubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel"))
-                answer(.success([:]))
+                try node.serverSubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel")) { sent in
+                    answer(sent.map { [:] })
+                }
             case "unsubscribe":
-                try node.serverUnsubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel"))
-                answer(.success([:]))
+                try node.serverUnsubscribe(user: try required("user"), client: params["client"]?.stringValue, channel: try required("channel")) { sent in
+                    answer(sent.map { [:] })
+                }
             case "disconnect":
                 var reason = DisconnectReason.forceNoReconnect
                 if let custom = params["disconnect"], let code = custom["code"]?.intValue {
                     guard (3000...4999).contains(code) else { throw ProtocolError.badRequest.with(message: "disconnect code must be 3000-4999") }
                     reason = DisconnectReason(code: UInt16(code), reason: custom["reason"]?.stringValue ?? "")
                 }
-                node.disconnect(user: try required("user"), client: params["client"]?.stringValue, reason: reason)
-                answer(.success([:]))
+                node.disconnect(user: try required("user"), client: params["client"]?.stringValue, reason: reason) { sent in
+                    answer(sent.map { [:] })
+                }
             case "presence":
                 node.presence(channel: try required("channel")) { outcome in
                     answer(outcome.map { clients in ["presence": .object(clients.map { ($0.client, $0.json) })] })
