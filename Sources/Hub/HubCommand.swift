@@ -2,6 +2,7 @@ import ArgumentParser
 import Channels
 import Glibc
 import Logging
+import RESTCompat
 
 @main
 struct HubCommand: ParsableCommand {
@@ -203,22 +204,5 @@ enum Environment {
             cursor += 1
         }
         return result
-    }
-}
-
-enum FileBytes {
-    /// Reads a whole (small) file: config files and keys.
-    static func read(_ path: String) -> [UInt8]? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n > 0 { bytes.append(contentsOf: buffer[0..<n]) }
-            if n < buffer.count { break }
-            if bytes.count > 16 * 1024 * 1024 { return nil }
-        }
-        return ferror(file) == 0 ? bytes : nil
     }
 }

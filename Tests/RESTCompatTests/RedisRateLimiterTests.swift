@@ -10,13 +10,19 @@ import TestSupport
 /// Two limiters on their own Redis connections are two hub nodes: together they must hold
 /// the documented limit, never more.
 final class RedisRateLimiterTests: XCTestCase {
-    func testTwoNodesShareOneCount() throws {
-        let redis = try RedisServer()
+    /// Two brokers (two nodes) on `redis`, connected.
+    private func connectedBrokers(_ redis: RedisServer) -> [RedisBroker] {
         let address = RedisShard.Address(url: redis.url)!
         let brokers = (0..<2).map { _ in RedisBroker(addresses: [address], logger: Logger(label: "t")) }
         for broker in brokers { broker.start() }
-        defer { for broker in brokers { broker.stop() } }
         for broker in brokers { for _ in 0..<100 where !broker.shards[0].isConnected { usleep(20_000) } }
+        return brokers
+    }
+
+    func testTwoNodesShareOneCount() throws {
+        let redis = try RedisServer()
+        let brokers = connectedBrokers(redis)
+        defer { for broker in brokers { broker.stop() } }
         let limiters = brokers.map { RedisRateLimiter(broker: $0, logger: Logger(label: "t")) }
         let allowed = Atomic<Int>(0)
         let group = DispatchGroup()
@@ -36,11 +42,8 @@ final class RedisRateLimiterTests: XCTestCase {
     /// first burst, the hour the burst after the minute turned.
     func testMinuteAndHourLimitsAcrossNodes() throws {
         let redis = try RedisServer()
-        let address = RedisShard.Address(url: redis.url)!
-        let brokers = (0..<2).map { _ in RedisBroker(addresses: [address], logger: Logger(label: "t")) }
-        for broker in brokers { broker.start() }
+        let brokers = connectedBrokers(redis)
         defer { for broker in brokers { broker.stop() } }
-        for broker in brokers { for _ in 0..<100 where !broker.shards[0].isConnected { usleep(20_000) } }
         let limiters = brokers.map { RedisRateLimiter(broker: $0, logger: Logger(label: "t")) }
         let limits = [RateLimit(3, per: 60), RateLimit(4, per: 3600)]
         let hourStart = (Date().timeIntervalSince1970 / 3600).rounded(.down) * 3600

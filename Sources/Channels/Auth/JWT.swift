@@ -188,10 +188,17 @@ public enum Base64URL {
 /// SHA-1 digests, for content addressing only (Redis script ids), never for security.
 public enum SHA1 {
     public static func hex(_ data: [UInt8]) -> String {
+        Digest.hex(data, EVP_sha1())
+    }
+}
+
+/// One OpenSSL digest of `data`, as lower-case hex (SHA1 and SHA256 share it).
+enum Digest {
+    static func hex(_ data: [UInt8], _ algorithm: OpaquePointer?) -> String {
         var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         data.withUnsafeBytes { raw in
-            _ = EVP_Digest(raw.baseAddress, raw.count, &digest, &length, EVP_sha1(), nil)
+            _ = EVP_Digest(raw.baseAddress, raw.count, &digest, &length, algorithm, nil)
         }
         return digest.prefix(Int(length)).map { byte in
             let s = String(byte, radix: 16)

@@ -58,14 +58,6 @@ public enum RandomBytes {
 /// SHA-256 digests, for cache keys (content addressing).
 public enum SHA256 {
     public static func hex(_ data: [UInt8]) -> String {
-        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
-        var length: UInt32 = 0
-        data.withUnsafeBytes { raw in
-            _ = EVP_Digest(raw.baseAddress, raw.count, &digest, &length, EVP_sha256(), nil)
-        }
-        return digest.prefix(Int(length)).map { byte in
-            let s = String(byte, radix: 16)
-            return s.count == 1 ? "0" + s : s
-        }.joined()
+        Digest.hex(data, EVP_sha256())
     }
 }

@@ -87,7 +87,7 @@ public struct JuneAI: Sendable {
             if let language, !JuneInput.isLanguage(language) { throw RouteError(400, "language must be an ISO 639-1 code such as en, es, fr") }
             guard audio.size > 0 else { throw RouteError(400, "audio file is empty") }
             // Read now: the upload's temp file goes once the handler has answered.
-            guard let bytes = JuneInput.readFile(audio.path, limit: Self.maxAudioBytes) else { throw RouteError(400, "audio file could not be read") }
+            guard let bytes = FileBytes.read(audio.path, limit: Self.maxAudioBytes) else { throw RouteError(400, "audio file could not be read") }
             whenActive(ctx) { _ in
                 chat.transcribe(audio: bytes, language: language) { result in
                     switch result {

@@ -62,20 +62,3 @@ extension RouteContext {
         do { try body() } catch { fail(error) }
     }
 }
-
-extension JuneInput {
-    /// A whole upload read into memory, at most `limit` bytes (nil when unreadable or larger).
-    static func readFile(_ path: String, limit: Int) -> [UInt8]? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n > 0 { bytes.append(contentsOf: buffer[0..<n]) }
-            if bytes.count > limit { return nil }
-            if n < buffer.count { break }
-        }
-        return bytes
-    }
-}
