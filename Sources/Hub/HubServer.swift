@@ -230,7 +230,7 @@ extension HubServer {
             }
             done.wait()
         }
-        let routes = JuneAuth(users: users, tokens: authTokens, verifier: tokens, allowLegacyLogin: config.chatAllowAnonymous).routes
+        let routes = JuneAuth(users: users, tokens: authTokens, allowLegacyLogin: config.chatAllowAnonymous).routes
             + JuneUserAdmin(users: users).routes
             + JuneAI(chat: chat, services: services, tokens: authTokens).routes
         return June(routes: routes, chat: chat, sweep: { cache.sweep(); authTokens.sweep() })

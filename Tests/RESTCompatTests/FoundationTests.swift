@@ -38,6 +38,7 @@ final class FoundationTests: XCTestCase {
                 }
             },
             Route("GET", "/health", auth: .none, summary: "health", handler: ok),
+            Route("POST", "/auth/token", auth: .optionalJWT, errors: .fastAPI, summary: "token", handler: ok),
         ]
         let credentials = Credentials(
             serverAPIKey: "hub-key", apiKeys: ["teamcache": "demo-api-key-2024"],
@@ -72,6 +73,18 @@ final class FoundationTests: XCTestCase {
         XCTAssertEqual(call(r, "GET", "/status", headers: ["authorization": "Bearer 12345"]).status, 401)
         XCTAssertEqual(call(r, "GET", "/admin/statuses", headers: ["authorization": "Bearer 1234"]).status, 403)
         XCTAssertEqual(call(r, "GET", "/admin/statuses", headers: ["authorization": "Bearer admin-secret-key"]).status, 200)
+    }
+
+    func testAnOptionalJWTIsEitherValidOrAbsent() {
+        let r = router()
+        XCTAssertEqual(json(call(r, "POST", "/auth/token")), ["ok": true, "user": .null], "no bearer: the route decides")
+        XCTAssertEqual(json(call(r, "POST", "/auth/token", headers: ["authorization": "Bearer " + jwt("ana")])), ["ok": true, "user": "ana"])
+        let forged = call(r, "POST", "/auth/token", headers: ["authorization": "Bearer " + jwt("ana") + "x"])
+        XCTAssertEqual(forged.status, 401)
+        XCTAssertEqual(json(forged), ["detail": "Could not validate credentials"])
+        XCTAssertEqual(header(forged, "www-authenticate"), "Bearer")
+        let expired = call(r, "POST", "/auth/token", headers: ["authorization": "Bearer " + jwt("ana", exp: clock.now() - 10)])
+        XCTAssertEqual(expired.status, 401)
     }
 
     func testAPIKeyAndRateLimitAsSeed001Documents() {
@@ -172,6 +185,10 @@ final class FoundationTests: XCTestCase {
         XCTAssertNotNil(spec["paths"]?["/api/v1/cache/jobs"]?["get"]?["responses"]?["429"])
         XCTAssertEqual(spec["components"]?["securitySchemes"]?["jwt"]?["bearerFormat"], "JWT")
         XCTAssertEqual(spec["paths"]?["/health"]?["get"]?["security"], [])
+        // x-auth carries what `security` cannot: admin-only tokens and JWT roles.
+        XCTAssertEqual(spec["paths"]?["/admin/statuses"]?["get"]?["x-auth"]?["scheme"], "bearerToken")
+        XCTAssertEqual(spec["paths"]?["/admin/statuses"]?["get"]?["x-auth"]?["admin"], true)
+        XCTAssertEqual(spec["paths"]?["/health"]?["get"]?["x-auth"], ["scheme": "none"])
     }
 
     func testRateLimitParsing() {

@@ -6,13 +6,16 @@ test-artifacts/ (at the repository root) for debugging. Helpers live in hubtest.
 """
 
 import os
+import time
 
 import pytest
 
+import hubtest
 from hubtest import HUB_BINARY, Hub, HubFactory
 
 
 def pytest_sessionstart(session):
+    hubtest.SESSION_START = time.time()
     if not os.access(HUB_BINARY, os.X_OK):
         raise pytest.UsageError(f"hub binary not found at {HUB_BINARY}: run `swift build` "
                                 "or set HUB_BINARY")

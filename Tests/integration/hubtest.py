@@ -41,6 +41,24 @@ TEST_BODY_TIMEOUT = 60.0
 
 _hub_counter = itertools.count(1)
 
+# Every credential the suite hands a hub (flags, environment, config file), so that
+# test_zz_secrets_in_logs.py can check none of them reaches a log. SESSION_START is set by
+# conftest.py: logs older than this run are not searched.
+SECRETS_USED: set = set()
+SESSION_START = 0.0
+_SECRET_NAME = re.compile(r"secret|password|token|api_key|apikey|api-key", re.I)
+
+
+def note_secrets(named: Iterable[Any]) -> None:
+    """Records the values of (name, value) pairs whose name says they are credentials; paths
+    (a key file's location) and short values (which occur in logs by chance) are left out."""
+    for name, value in named:
+        if isinstance(value, dict):
+            note_secrets(value.items())
+        elif isinstance(value, str) and _SECRET_NAME.search(str(name)) and len(value) >= 8 \
+                and not value.startswith("/"):
+            SECRETS_USED.add(value)
+
 
 # --------------------------------------------------------------------------------------------
 # tokens
@@ -477,6 +495,9 @@ class HubFactory:
         if api_key is not None:
             full_env["HUB_API_KEY"] = api_key
         full_env.update(env or {})
+        note_secrets([("secret", secret), ("api_key", api_key), *(env or {}).items(),
+                      *(config.items() if isinstance(config, dict) else []),
+                      *zip(argv, argv[1:])])  # `--some-token VALUE` pairs
         return argv, full_env, port, log_path, workdir
 
     def __call__(self, *args: str, env: Optional[Dict[str, str]] = None,

@@ -402,8 +402,8 @@ def test_cache_hits_show_in_metrics(stack):
     body = {"text": "cache me", "language": "en", "voice_id": "default"}
     first = requests.post(stack.hub.url + "/api/v1/tts/speak", headers=bearer(token), json=body).json()
     second = requests.post(stack.hub.url + "/api/v1/tts/speak", headers=bearer(token), json=body).json()
-    assert first == second
-    assert hits() == before + 1
+    assert first == second, (first, second)
+    assert hits() == before + 1, (first, [l for l in requests.get(stack.hub.url + "/metrics").text.splitlines() if "service" in l])
 
 
 def test_audio_round_trip_through_chat(stack):

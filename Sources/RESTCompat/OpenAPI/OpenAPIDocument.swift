@@ -38,6 +38,8 @@ public enum OpenAPIDocument {
             var documented = route.responses
             switch route.auth {
             case .none: break
+            case .optionalJWT:
+                documented[401] = documented[401] ?? "Invalid credentials"
             case .jwt(let roles):
                 documented[401] = documented[401] ?? "Missing or invalid credentials"
                 if !roles.isEmpty { documented[403] = documented[403] ?? "Insufficient role" }
@@ -71,7 +73,14 @@ public enum OpenAPIDocument {
             case .jwt:
                 addScheme("jwt", ["type": "http", "scheme": "bearer", "bearerFormat": "JWT"])
                 operation.append(("security", [["jwt": []]]))
+            case .optionalJWT:
+                // `{}` in the list: the requirement may be left out altogether.
+                addScheme("jwt", ["type": "http", "scheme": "bearer", "bearerFormat": "JWT"])
+                operation.append(("security", [["jwt": []], [:]]))
             }
+            // The scheme with its parameters (which roles, admin-only), so tools and the
+            // authorization matrix test derive every route's expected answers from here.
+            operation.append(("x-auth", authDescriptor(route.auth)))
             let method = route.method.lowercased()
             if let index = paths.firstIndex(where: { $0.0 == route.pattern }) {
                 paths[index].1.append((method, .object(operation)))
@@ -86,6 +95,17 @@ public enum OpenAPIDocument {
             "paths": .object(paths.map { ($0.0, .object($0.1)) }),
             "components": ["securitySchemes": .object(schemes)],
         ]
+    }
+
+    static func authDescriptor(_ auth: AuthScheme) -> JSONValue {
+        switch auth {
+        case .none: return ["scheme": "none"]
+        case .serverAPIKey: return ["scheme": "serverAPIKey"]
+        case .apiKey(let name): return ["scheme": "apiKey", "name": .string(name)]
+        case .bearerToken(let name, let admin): return ["scheme": "bearerToken", "name": .string(name), "admin": .bool(admin)]
+        case .jwt(let roles): return ["scheme": "jwt", "roles": .array(roles.map { .string($0) })]
+        case .optionalJWT: return ["scheme": "optionalJWT"]
+        }
     }
 
     static func operationID(_ route: Route) -> String {

@@ -14,6 +14,10 @@ public enum AuthScheme: Sendable, Equatable {
     /// A JWT access token (`Authorization: Bearer`) signed with the hub's token key; `roles`
     /// empty means any authenticated user, otherwise the token's role must be one of them.
     case jwt(roles: [String])
+    /// A JWT when one is presented (then it must be valid, else 401); without one the caller is
+    /// anonymous and the route decides. Only seed 003's backward-compatible `/auth/token`,
+    /// whose answer depends on whether a bearer came.
+    case optionalJWT
 }
 
 /// Secrets the auth schemes compare against. Never logged.
@@ -88,6 +92,10 @@ enum Authenticator {
                 return .success(Caller(rateKey: "token:allowed", role: "user"))
             }
             return .failure(RouteError(401, ""))
+        case .optionalJWT:
+            guard bearer(request) != nil else { return .success(anonymous) }
+            return check(request, scheme: .jwt(roles: []), credentials: credentials, now: now)
+                .mapError { _ in RouteError(401, "Could not validate credentials") }
         case .jwt(let roles):
             guard let token = bearer(request) else { return .failure(RouteError(401, "")) }
             let claims: JSONValue

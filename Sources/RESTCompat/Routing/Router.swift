@@ -221,6 +221,7 @@ public final class Router: Sendable {
                 let message = refusal.message.isEmpty ? route.errors.unauthorizedMessage : refusal.message
                 var challenge: [(String, String)] = []
                 if refusal.status == 401, case .jwt = route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                if refusal.status == 401, case .optionalJWT = route.auth { challenge.append(("www-authenticate", "Bearer")) }
                 if refusal.status == 401, case .bearerToken = route.auth { challenge.append(("www-authenticate", "Bearer")) }
                 finish(route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
                 return
