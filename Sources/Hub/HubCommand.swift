@@ -55,6 +55,7 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Cache jobs: most MB/s the built-in worker reads, 0 for no limit (default 0).") var cacheMaxReadRate: Double?
     @Option(help: "Cache jobs: publish progress after this many files (default 10; also CACHE_PROGRESS_FILE_THRESHOLD).") var cacheProgressFileThreshold: Int?
     @Option(help: "Cache jobs: publish progress after this many ms (default 2000; also CACHE_PROGRESS_TIME_THRESHOLD).") var cacheProgressTimeThreshold: Double?
+    @Option(help: "Cache jobs: seconds a finished job is kept before it is deleted, 0 keeps them all (default 604800).") var cacheJobRetention: Double?
     @Option(help: "Cache jobs: client mount prefixes stripped from absolute paths, comma-separated ('*' is one segment).") var cachePathPrefixes: String?
 
     @Option(help: "User name of the first admin, created at start when missing (password: HUB_ADMIN_PASSWORD or the config file).") var adminUser: String?
@@ -154,6 +155,7 @@ struct HubCommand: ParsableCommand {
             ?? envInt("CACHE_PROGRESS_FILE_THRESHOLD") ?? c.cacheProgressFileThreshold
         c.cacheProgressTimeThreshold = try cacheProgressTimeThreshold ?? envDouble("HUB_CACHE_PROGRESS_TIME_THRESHOLD")
             ?? envDouble("CACHE_PROGRESS_TIME_THRESHOLD") ?? c.cacheProgressTimeThreshold
+        c.cacheJobRetention = try cacheJobRetention ?? envDouble("HUB_CACHE_JOB_RETENTION") ?? c.cacheJobRetention
         if let prefixes = cachePathPrefixes ?? env["HUB_CACHE_PATH_PREFIXES"] {
             c.cachePathPrefixes = prefixes.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
         }

@@ -187,6 +187,7 @@ extension HubConfig {
         settings.maxReadRate = cacheMaxReadRate * 1_048_576
         settings.progressFileThreshold = cacheProgressFileThreshold
         settings.progressTimeThreshold = cacheProgressTimeThreshold
+        settings.retention = cacheJobRetention
         let idPath = dataDir + "/cache-worker-id"
         if let bytes = FileBytes.read(idPath), bytes.count == 36 {
             settings.workerID = String(decoding: bytes, as: UTF8.self)

@@ -450,3 +450,32 @@ def test_two_nodes_on_redis_run_each_job_once(hub_factory, tree, tmp_path):
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def test_finished_jobs_are_deleted_after_the_retention_and_unfinished_ones_kept(hub_factory, tree):
+    """--cache-job-retention: a cancelled (finished) job goes after it, with its file list; a
+    pending one older than the retention stays. Without this the store grew with every job."""
+    hub = cache_hub(hub_factory, tree, "--cache-worker", "false", "--cache-job-retention", "2")
+    r = post_job(hub, {"files": ["00_Media/video.mp4"]})
+    assert r.status_code == 201, r.text
+    pending = r.json()["jobId"]
+    cancelled = post_job(hub, {"directories": ["00_Media/Farm"], "recursive": True}).json()["jobId"]
+    assert hub.http.delete(f"{hub.url}/api/v1/cache/jobs/{cancelled}", headers={"X-API-Key": KEY}, timeout=WAIT).status_code == 200
+    assert get_job(hub, cancelled).json()["job"]["status"] == "cancelled"
+    started = time.monotonic()
+    gone = wait_for(lambda: get_job(hub, cancelled).status_code == 404, timeout=10, interval=0.2,
+                    message="the cancelled job to expire")
+    assert gone and time.monotonic() - started >= 1.5, "deleted before its retention ran out"
+    assert get_job(hub, cancelled).json() == {"success": False, "error": "Job not found"}
+    listed = hub.http.get(hub.url + "/api/v1/cache/jobs", headers={"X-API-Key": KEY}, timeout=WAIT).json()
+    assert [j["id"] for j in listed["jobs"]] == [pending]
+    assert get_job(hub, pending).json()["job"]["status"] == "pending"
+    # The file list went with it; the pending job's is still there (read from the hub's store).
+    import sqlite3
+    db = sqlite3.connect(f"file:{hub.workdir / 'data' / 'hub.db'}?mode=ro", uri=True)
+    try:
+        keys = [k for (k,) in db.execute("SELECT key FROM records WHERE key LIKE 'cache/%'")]
+    finally:
+        db.close()
+    assert not [k for k in keys if cancelled in k], keys
+    assert f"cache/job/{pending}" in keys and any(k.startswith(f"cache/files/{pending}/") for k in keys)

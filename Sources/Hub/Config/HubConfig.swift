@@ -45,6 +45,7 @@ struct HubConfig: Sendable {
     var cacheMaxReadRate: Double = 0
     var cacheProgressFileThreshold = 10
     var cacheProgressTimeThreshold: Double = 2000
+    var cacheJobRetention: Double = 7 * 86_400
     var cachePathPrefixes = CacheRoot.defaultPrefixes
     // Seed 003 (June Agent): first admin, legacy anonymous chat, service requests.
     var adminUser: String?
@@ -202,6 +203,7 @@ struct HubConfig: Sendable {
             case "cache_max_read_rate": cacheMaxReadRate = try double(value, key)
             case "cache_progress_file_threshold": cacheProgressFileThreshold = try int(value, key)
             case "cache_progress_time_threshold": cacheProgressTimeThreshold = try double(value, key)
+            case "cache_job_retention": cacheJobRetention = try double(value, key)
             case "cache_path_prefixes":
                 guard let list = value.arrayValue else { throw HubError.config("cache_path_prefixes must be an array of strings") }
                 cachePathPrefixes = try list.map { try string($0, key) }
@@ -301,6 +303,7 @@ struct HubConfig: Sendable {
         }
         guard (1...64).contains(cacheConcurrency) else { throw HubError.config("cache_concurrency must be 1-64") }
         guard cacheMaxReadRate >= 0 else { throw HubError.config("cache_max_read_rate must not be negative") }
+        guard cacheJobRetention >= 0 else { throw HubError.config("cache_job_retention must not be negative") }
         guard cacheProgressFileThreshold >= 1, cacheProgressTimeThreshold >= 1 else {
             throw HubError.config("cache progress thresholds must be at least 1 (file count, milliseconds)")
         }

@@ -27,6 +27,9 @@ public struct CacheSettings: Sendable {
     /// This node's worker identity, kept across restarts (in the data directory) so a restarted
     /// hub resumes its own jobs at once.
     public var workerID = RandomID.uuid()
+    /// Seconds a finished (completed, failed, cancelled) job is kept after it ended, then
+    /// deleted with its file list; 0 keeps every job forever.
+    public var retention: Double = 7 * 86_400
 
     public init() {}
 }
@@ -45,6 +48,9 @@ public final class CacheJobService: @unchecked Sendable {
     private let scheduler = DispatchQueue(label: "hub.cache.scheduler")
     private let runs = Mutex<[String: CacheJobRun]>([:])
     private let scanning = Atomic<Bool>(false)
+    private let sweeping = Atomic<Bool>(false)
+    /// When the last sweep for expired jobs started (read and written on `scheduler` only).
+    private var lastSweep: Double = 0
     private let stopped = Atomic<Bool>(false)
     private var timer: DispatchSourceTimer?
 
@@ -98,6 +104,43 @@ public final class CacheJobService: @unchecked Sendable {
             ])
         }
         scanForWork()
+        sweepFinished()
+    }
+
+    /// Deletes finished jobs past their retention, so the store does not grow with every job
+    /// ever run. Every node sweeps (deleting twice is harmless); a sweep pages through the job
+    /// records and runs at most every minute (more often for short retentions).
+    func sweepFinished() {
+        guard settings.retention > 0, !stopped.load(ordering: .acquiring) else { return }
+        let now = clock.now()
+        guard now - lastSweep >= min(60, max(1, settings.retention / 4)) else { return }
+        guard sweeping.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        lastSweep = now
+        sweepPage(after: nil, now: now)
+    }
+
+    private func sweepPage(after: String?, now: Double) {
+        let pageSize = 200
+        store.list(prefix: CacheKeys.jobPrefix, after: after, limit: pageSize) { [self] result in
+            guard case .success(let records) = result else {
+                sweeping.store(false, ordering: .releasing)
+                return
+            }
+            for record in records {
+                guard let job = CacheJob(bytes: record.value), job.status.isFinal,
+                      now - (job.completedAt ?? job.createdAt) > settings.retention else { continue }
+                // The file list first, the record last: only readers use the list, and a
+                // record whose list is gone is retried at the next sweep.
+                for n in 0..<job.chunks { store.delete(CacheKeys.chunk(job.id, n)) { _ in } }
+                store.delete(record.key) { _ in }
+                logger.debug("cache: job \(job.id) expired (\(job.status.rawValue))")
+            }
+            if records.count == pageSize, let last = records.last, !stopped.load(ordering: .acquiring) {
+                sweepPage(after: last.key, now: now)
+            } else {
+                sweeping.store(false, ordering: .releasing)
+            }
+        }
     }
 
     /// Looks for one job for the built-in worker when it is idle.
