@@ -223,3 +223,24 @@ def test_env_secret_overrides_file_secret(hub_factory):
             await c.send("connect", {"token": conn_token("alice", secret="file-secret")})
             assert await c.closed() == 3500
     arun(main())
+
+
+def test_default_threads_follow_the_cpu_affinity(hub_factory):
+    """Pinned to one core (as taskset or a container's cpuset does), the hub starts one service
+    thread, not one per core of the machine; unpinned, one per core it may use."""
+    import os
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # the hub inherits the mask at spawn
+        pinned = hub_factory()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    free = hub_factory()
+    assert "threads=1 " in wait_for_notice(pinned)
+    assert f"threads={len(allowed)} " in wait_for_notice(free)
+
+
+def wait_for_notice(hub) -> str:
+    from hubtest import wait_for
+    return wait_for(lambda: next((l for l in hub.log().splitlines() if "hub serving" in l), None),
+                    message="the startup notice")

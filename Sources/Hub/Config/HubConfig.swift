@@ -9,7 +9,7 @@ import RESTCompat
 struct HubConfig: Sendable {
     var host = "0.0.0.0"
     var port = 8000
-    var threads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    var threads = HubConfig.usableCores()
     var dataDir = "./data"
     var logLevel = "info"
     var nodeName = "hub"
@@ -111,6 +111,23 @@ struct HubConfig: Sendable {
             result.namespaces["service"] = service
         }
         return result
+    }
+
+    /// The cores this process may run on: its affinity mask (as `taskset`, `numactl` or a
+    /// container's cpuset leave it), not every core of the machine, so a hub pinned to one core
+    /// starts one service thread. Read from /proc/self/status (Swift's Glibc leaves out
+    /// `sched_getaffinity`); every online core where that is unavailable.
+    static func usableCores() -> Int {
+        let online = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        guard let status = FileBytes.read("/proc/self/status", limit: 1 << 20),
+              let line = String(decoding: status, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
+        else { return online }
+        var count = 0
+        for character in line.dropFirst("Cpus_allowed:".count) where character != "," && character != " " && character != "\t" {
+            guard let nibble = character.hexDigitValue else { return online }
+            count += nibble.nonzeroBitCount
+        }
+        return max(1, min(count, online))
     }
 
     /// Applies a config file (JSON object, keys as in docs/configuration.md).
