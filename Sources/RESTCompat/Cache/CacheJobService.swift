@@ -231,9 +231,10 @@ public final class CacheJobService: @unchecked Sendable {
 
     // MARK: channels
 
-    func publish(_ channel: String, _ data: JSONValue) {
+    func publish(_ channel: String, _ data: JSONValue, then: (@Sendable () -> Void)? = nil) {
         node.publish(channel: channel, data: data) { [logger] result in
             if case .failure(let error) = result { logger.warning("cache: publish to \(channel) failed: \(error)") }
+            then?()
         }
     }
 
@@ -285,13 +286,17 @@ public final class CacheJobService: @unchecked Sendable {
                 }
                 store.put(CacheKeys.job(job.id), value: job.bytes) { [self] result in
                     guard case .success = result else { completion(.failure(failed)); return }
-                    store.put(CacheKeys.queue(job), value: Array(job.id.utf8)) { [self] _ in
-                        // The job record is durable; a lost queue entry would only delay it, but the
-                        // scheduler also finds it: it is there in every case but a failing disk.
-                        completion(.success(job))
-                        publishJobEvent("created", job)
-                        publish(CacheChannels.queue, CacheChannels.queuePayload(job, event: "queued"))
-                        scheduler.async { [self] in scanForWork() }
+                    // `created` is published (and through Redis, accepted) before the job is
+                    // queued: no node can claim it, and publish `started`, before `created` is
+                    // in the channel.
+                    publish(CacheChannels.jobs, CacheChannels.jobPayload(job, event: "created", now: clock.now())) { [self] in
+                        store.put(CacheKeys.queue(job), value: Array(job.id.utf8)) { [self] _ in
+                            // The job record is durable; a lost queue entry would only delay it, but the
+                            // scheduler also finds it: it is there in every case but a failing disk.
+                            completion(.success(job))
+                            publish(CacheChannels.queue, CacheChannels.queuePayload(job, event: "queued"))
+                            scheduler.async { [self] in scanForWork() }
+                        }
                     }
                 }
             }
