@@ -276,6 +276,15 @@ def test_uploads_status_checks_and_downloads_are_rate_limited_per_user(hub_facto
     assert [r.status_code for r in created] == [201, 201]
     err = envelope(upload(hub, "alice", speech[:400]), 429, "RATE_LIMITED")
     assert err["details"]["retry_after"] > 0
+    # Over the limit, the next upload is refused before its body is read: the answer comes
+    # with only the headers sent, and nothing is written (the 400 MB never need to arrive).
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT) as raw:
+        raw.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer(hub, 'alice')['Authorization']}\r\n"
+                     "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 400000000\r\n\r\n").encode())
+        head = raw.recv(65536).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 429"), head[:200]
+    assert '"RATE_LIMITED"' in head and "retry-after:" in head.lower()
+    assert files_under(Path(hub.workdir) / "data" / "uploads") == []
     assert upload(hub, "bob", speech[:400]).status_code == 201
 
     fid = created[0].json()["file_id"]

@@ -117,6 +117,8 @@ public enum MultipartError: Error, Sendable, Equatable {
     case tooManyParts(limit: Int)
     /// The upload could not be written (disk full, directory gone); the message is for the log.
     case storage(String)
+    /// The caller is over the route's rate limit: refused before any byte is read or written.
+    case rateLimited(retryAfter: Int)
 
     /// The answer, in the route's error shape: 413 for sizes, 400 for a broken body.
     public var routeError: RouteError {
@@ -141,6 +143,8 @@ public enum MultipartError: Error, Sendable, Equatable {
             return RouteError(413, "more than \(limit) parts in the form", code: "FILE_TOO_LARGE")
         case .storage:
             return RouteError(500, "could not store the upload")
+        case .rateLimited:
+            return RouteError(429, "Rate limit exceeded", code: "RATE_LIMITED")
         }
     }
 }

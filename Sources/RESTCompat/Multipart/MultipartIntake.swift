@@ -28,12 +28,15 @@ public final class MultipartIntake: Sendable {
     private let limits: MultipartLimits
     private let resume: @Sendable () -> Void
 
+    /// `refusal`: already refused (a rate-limited caller); the edge answers before reading.
     init(contentType: String, declaredLength: Int?, settings: UploadSettings, limits: MultipartLimits, store: Bool,
-         resume: @escaping @Sendable () -> Void) {
+         refusal: MultipartError? = nil, resume: @escaping @Sendable () -> Void) {
         self.limits = limits
         self.resume = resume
-        receiver = store ? ConfinedReceiver(MultipartReceiver(contentType: contentType, settings: settings, limits: limits)) : nil
-        if let declaredLength, declaredLength > limits.maxBodyBytes {
+        receiver = store && refusal == nil ? ConfinedReceiver(MultipartReceiver(contentType: contentType, settings: settings, limits: limits)) : nil
+        if let refusal {
+            state.withLock { $0.failure = refusal }
+        } else if let declaredLength, declaredLength > limits.maxBodyBytes {
             state.withLock { $0.failure = .bodyTooLarge(limit: limits.maxBodyBytes) }
         }
     }

@@ -1,4 +1,5 @@
 import Channels
+import Synchronization
 
 /// A query parameter a route reads, for validation messages and the OpenAPI document.
 public struct QueryParameter: Sendable {
@@ -135,6 +136,11 @@ public final class Router: Sendable {
     private let clock: any Clock
     /// Where `.multipart` routes' files go and how large uploads may be.
     public let uploads: UploadSettings
+    /// Callers a rate limit refused, until their window resets (`class|rate key` → Unix time),
+    /// so their next upload is refused before its body is read rather than after it was
+    /// written to disk. Node-local and bounded (`maxRememberedRefusals`); expired entries go.
+    private let refusedUntil = Mutex<[String: Double]>([:])
+    static let maxRememberedRefusals = 10_000
 
     public init(routes: [Route], credentials: Credentials, limiter: any RateLimiter = MemoryRateLimiter(),
                 limitClasses: [RateLimitClass] = [], metrics: MetricsRegistry = MetricsRegistry(), corsOrigins: String = "*",
@@ -167,9 +173,16 @@ public final class Router: Sendable {
         guard let route = route(method: method, path: path), case .multipart = route.body,
               let contentType = headers["content-type"], contentType.lowercased().hasPrefix("multipart/") else { return nil }
         let probe = HTTPRequest(method: method, path: path, headers: headers, remoteAddress: remoteAddress)
-        let admitted = if case .success = Authenticator.check(probe, scheme: route.auth, credentials: credentials, now: clock.now()) { true } else { false }
+        let now = clock.now()
+        var refusal: MultipartError?
+        let caller = try? Authenticator.check(probe, scheme: route.auth, credentials: credentials, now: now).get()
+        if let caller, let className = route.rateLimit,
+           let until = refusedUntil.withLock({ $0[className + "|" + caller.rateKey] }), until > now {
+            refusal = .rateLimited(retryAfter: max(1, Int((until - now).rounded(.up))))
+        }
         return MultipartIntake(contentType: contentType, declaredLength: headers["content-length"].flatMap { Int($0) },
-                               settings: uploads, limits: uploads.limits(for: route), store: admitted, resume: resume)
+                               settings: uploads, limits: uploads.limits(for: route), store: caller != nil, refusal: refusal,
+                               resume: resume)
     }
 
     public func handle(_ request: HTTPRequest, respond: @escaping Responder) {
@@ -242,6 +255,11 @@ public final class Router: Sendable {
                             return .failed(error)
                         }
                     }()
+                    if case .failed(.rateLimited(let retryAfter)) = upload {
+                        // Refused at the edge while over the limit; the window ended since.
+                        finish(route.errors.rateLimited(retryAfter: retryAfter), headers + [("retry-after", String(retryAfter))], label)
+                        return
+                    }
                     if case .failed(let error) = upload {
                         let failure = error.routeError
                         finish(route.errors.response(failure.status, failure.message, code: failure.code, details: failure.details), headers, label)
@@ -260,7 +278,8 @@ public final class Router: Sendable {
                 run([])
                 return
             }
-            limiter.hit(key: className + "|" + caller.rateKey, limits: limitClass.limits, now: clock.now()) { [metrics] decision in
+            let limitKey = className + "|" + caller.rateKey
+            limiter.hit(key: limitKey, limits: limitClass.limits, now: clock.now()) { [metrics, self] decision in
                 let headers = [
                     ("x-ratelimit-limit", String(decision.limit)), ("x-ratelimit-remaining", String(decision.remaining)),
                     ("x-ratelimit-reset", String(decision.reset)),
@@ -269,6 +288,7 @@ public final class Router: Sendable {
                     run(headers)
                 } else {
                     metrics.increment("hub_rate_limited_total", labels: [("class", className)])
+                    if case .multipart = route.body { rememberRefusal(limitKey, retryAfter: decision.retryAfter) }
                     finish(route.errors.rateLimited(retryAfter: decision.retryAfter), headers + [("retry-after", String(decision.retryAfter))], label)
                 }
             }
@@ -276,6 +296,14 @@ public final class Router: Sendable {
         }
         let shape = ErrorShape.hub
         finish(pathMatched ? shape.response(405, "method not allowed") : shape.response(404, "not found"), [], routeLabel)
+    }
+
+    private func rememberRefusal(_ limitKey: String, retryAfter: Int) {
+        let now = clock.now()
+        refusedUntil.withLock { refused in
+            if refused.count >= Router.maxRememberedRefusals { refused = refused.filter { $0.value > now } }
+            if refused.count < Router.maxRememberedRefusals { refused[limitKey] = now + Double(retryAfter) }
+        }
     }
 
     /// Seed 003's security headers, on every response (a route may set its own CSP).
