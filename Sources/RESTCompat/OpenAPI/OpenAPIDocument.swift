@@ -37,7 +37,7 @@ public enum OpenAPIDocument {
             let errorContent: JSONValue = ["application/json": ["schema": route.errors.schema]]
             var documented = route.responses
             switch route.auth {
-            case .none: break
+            case .none, .optional: break
             case .jwt(let roles):
                 documented[401] = documented[401] ?? "Missing or invalid credentials"
                 if !roles.isEmpty { documented[403] = documented[403] ?? "Insufficient role" }
@@ -71,6 +71,11 @@ public enum OpenAPIDocument {
             case .jwt:
                 addScheme("jwt", ["type": "http", "scheme": "bearer", "bearerFormat": "JWT"])
                 operation.append(("security", [["jwt": []]]))
+            case .optional(.bearerToken(let name, _)):
+                addScheme("\(name)Bearer", ["type": "http", "scheme": "bearer"])
+                operation.append(("security", [[:], .object([("\(name)Bearer", [])])]))
+            case .optional:
+                operation.append(("security", []))
             }
             let method = route.method.lowercased()
             if let index = paths.firstIndex(where: { $0.0 == route.pattern }) {
