@@ -167,9 +167,11 @@ public final class ServiceCache: Sendable {
         }
     }
 
-    public func save(_ key: String, _ value: JSONValue) {
-        guard ttl > 0 else { return }
-        store.put(key, value: JSONWriter.bytes(["expires_at": .double(clock.now() + ttl), "value": value])) { _ in }
+    /// Stores an answer; `then` runs once the store has it (or failed to), so the same request
+    /// sent right after the answer went out is a hit.
+    public func save(_ key: String, _ value: JSONValue, then: @escaping @Sendable () -> Void = {}) {
+        guard ttl > 0 else { then(); return }
+        store.put(key, value: JSONWriter.bytes(["expires_at": .double(clock.now() + ttl), "value": value])) { _ in then() }
     }
 
     /// Deletes expired entries, a page at a time through the whole prefix (every few minutes).
@@ -200,8 +202,8 @@ extension ServiceDesk {
         cache.lookup(key, service: service) { [self] hit in
             if let hit { completion(.success(hit)); return }
             request(service, payload: payload) { result in
-                if case .success(let value) = result { cache.save(key, value) }
-                completion(result)
+                guard case .success(let value) = result else { completion(result); return }
+                cache.save(key, value) { completion(result) }
             }
         }
     }
