@@ -378,9 +378,22 @@ def test_a_service_going_down_and_up_is_pushed_and_reported(hub_factory):
             worker.wait(5)
             down = await next_event(feed, "admin:services", "service_down")
             assert down["service"] == "tts" and down["workers"] == 0
-            assert s.call("GET", "/admin/monitoring/services", admin).json()["tts"] == {"healthy": False, "uptime": 0, "workers": 0}
+            assert s.call("GET", "/admin/monitoring/services", admin).json()["tts"] == {
+                "healthy": False, "uptime": 0, "workers": 0, "answering": True}
             await feed.ws.close()
         arun(body())
+
+        # Connected is not enough: a worker that lets a request time out is not healthy.
+        s.start_llm()
+        s.start_worker("llm")
+        user = s.token("ivy")
+        r = s.call("POST", "/api/v1/llm/generate", user, json={"prompt": "sleep:4"})
+        assert r.status_code == 504
+        llm = s.call("GET", "/admin/monitoring/services", admin).json()["llm"]
+        assert (llm["healthy"], llm["answering"], llm["workers"]) == (False, False, 1)
+        assert s.call("POST", "/api/v1/llm/generate", user, json={"prompt": "hello"}).status_code == 200
+        llm = s.call("GET", "/admin/monitoring/services", admin).json()["llm"]
+        assert (llm["healthy"], llm["answering"]) == (True, True)
     finally:
         s.stop()
 

@@ -1,5 +1,6 @@
 import Channels
 import Store
+import Synchronization
 
 /// A chat message as `ChatService` stores it (`june:msg:<user>:<conversation>:<ms>-<seq>`).
 public struct StoredMessage: Sendable, Equatable {
@@ -183,12 +184,20 @@ public final class ConversationArchive: Sendable {
         }
     }
 
+    /// Deletes every key; all are queued at once so the embedded store commits them together.
+    /// Completes once every delete has, with the first failure if any.
     private func deleteAll(_ keys: [String], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) {
-        guard let key = keys.first else { completion(.success(())); return }
-        store.delete(key) { [self] result in
-            switch result {
-            case .failure(let error): completion(.failure(error))
-            case .success: deleteAll(Array(keys.dropFirst()), completion: completion)
+        guard !keys.isEmpty else { completion(.success(())); return }
+        let outstanding = Mutex((left: keys.count, failure: StoreError?.none))
+        for key in keys {
+            store.delete(key) { result in
+                let finished = outstanding.withLock { state -> (Bool, StoreError?) in
+                    if case .failure(let error) = result, state.failure == nil { state.failure = error }
+                    state.left -= 1
+                    return (state.left == 0, state.failure)
+                }
+                guard finished.0 else { return }
+                completion(finished.1.map { .failure($0) } ?? .success(()))
             }
         }
     }
@@ -252,7 +261,7 @@ public struct TextSearch: Sendable {
         for token in tokens where words.contains(token) { counts[token, default: 0] += 1 }
         guard !counts.isEmpty else { return 0 }
         var score = 10 * counts.count + counts.values.reduce(0) { $0 + min($1, 5) }
-        if words.count > 1, tokens.joined(separator: " ").contains(phrase) { score += 5 }
+        if words.count > 1, (" " + tokens.joined(separator: " ") + " ").contains(" " + phrase + " ") { score += 5 }
         return score
     }
 

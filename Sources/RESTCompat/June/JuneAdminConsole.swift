@@ -295,15 +295,19 @@ public struct JuneAdminConsole: Sendable {
 
     /// Seed 003's services object: the gateway (this hub) and each worker service.
     func servicesStatus(_ completion: @escaping @Sendable (JSONValue) -> Void) {
-        workers { [node, monitor] counts in
+        workers { [node, monitor, services] counts in
             let now = node.clock.now()
             let known = monitor.snapshot
-            var members: [(String, JSONValue)] = [("gateway", ["healthy": true, "uptime": .int(Int64(node.info().uptime)), "workers": 1])]
+            var members: [(String, JSONValue)] = [("gateway", [
+                "healthy": true, "uptime": .int(Int64(node.info().uptime)), "workers": 1, "answering": true,
+            ])]
             for service in ServiceMonitor.monitored {
                 let workers = counts[service] ?? 0
+                let answering = services.isAnswering(service)
                 let since = known[service].flatMap { $0.up ? $0.since : nil } ?? now
                 members.append((service, [
-                    "healthy": .bool(workers > 0), "uptime": .int(Int64(workers > 0 ? max(0, now - since) : 0)), "workers": .int(Int64(workers)),
+                    "healthy": .bool(workers > 0 && answering), "uptime": .int(Int64(workers > 0 ? max(0, now - since) : 0)),
+                    "workers": .int(Int64(workers)), "answering": .bool(answering),
                 ]))
             }
             completion(.object(members))

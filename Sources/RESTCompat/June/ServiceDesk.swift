@@ -40,6 +40,8 @@ public final class ServiceDesk: Sendable {
     public let timeout: Double
     let metrics: MetricsRegistry
     private let pending = Mutex<[String: Pending]>([:])
+    /// When each service last failed to answer in time on this node (timeout or worker gone).
+    private let lastMiss = Mutex<[String: Double]>([:])
     private let turn = Atomic<Int>(0)
     private let timers = DispatchQueue(label: "hub.services.timers")
 
@@ -121,7 +123,20 @@ public final class ServiceDesk: Sendable {
         entry.completion(result)
     }
 
+    /// Whether the service's workers answer: no request to it on this node timed out, or lost its
+    /// worker, in the last `window` seconds.
+    public func isAnswering(_ service: String, window: Double = 60) -> Bool {
+        guard let missed = lastMiss.withLock({ $0[service] }) else { return true }
+        return node.clock.now() - missed > window
+    }
+
     private func count(_ service: String, _ outcome: String) {
+        if outcome == "timeout" || outcome == "worker_gone" {
+            let now = node.clock.now()
+            lastMiss.withLock { $0[service] = now }
+        } else if outcome == "ok" || outcome == "error" {
+            lastMiss.withLock { _ = $0.removeValue(forKey: service) }
+        }
         metrics.increment("hub_service_requests_total", labels: [("service", service), ("outcome", outcome)])
     }
 }
