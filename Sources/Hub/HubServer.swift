@@ -258,6 +258,12 @@ extension HubServer {
         let commands = BotCommands(store: store, node: node)
         policy.answerCommands { text, answer in commands.reply(to: text, completion: answer) }
         let monitor = ServiceMonitor(node: node, store: store, events: events)
+        metrics.gauge("hub_service_workers", help: "Workers connected per seed 003 service, as the service monitor last saw them.") {
+            monitor.snapshot.sorted { $0.key < $1.key }.map { ([("service", $0.key)], Double($0.value.workers)) }
+        }
+        metrics.gauge("hub_service_up", help: "1 while a seed 003 service has a worker, else 0.") {
+            monitor.snapshot.sorted { $0.key < $1.key }.map { ([("service", $0.key)], $0.value.up ? 1 : 0) }
+        }
         let console = JuneAdminConsole(archive: ConversationArchive(store: store, events: events), config: systemConfig, bot: botConfig,
                                        commands: commands, monitor: monitor, tokens: authTokens, node: node, store: store, services: services)
         let routes = JuneAuth(users: users, tokens: authTokens, verifier: tokens, allowLegacyLogin: config.chatAllowAnonymous).routes

@@ -349,6 +349,8 @@ def test_health_status_metrics_and_monitoring_follow_the_workers(stack):
     assert stack.hub.get("/status", headers=bearer(stack.user)).json()["services"]["llm"] == "online"
     metrics = stack.hub.get("/metrics")
     assert metrics.status_code == 200 and "hub_http_requests_total" in metrics.text
+    assert 'hub_service_up{service="llm"} 1' in metrics.text.splitlines()
+    assert 'hub_service_workers{service="tts"} 1' in metrics.text.splitlines()
 
     services = stack.call("GET", "/admin/monitoring/services", stack.admin).json()
     assert set(services) == {"gateway", "stt", "tts", "llm", "agent"}
@@ -378,6 +380,7 @@ def test_a_service_going_down_and_up_is_pushed_and_reported(hub_factory):
             worker.wait(5)
             down = await next_event(feed, "admin:services", "service_down")
             assert down["service"] == "tts" and down["workers"] == 0
+            wait_for(lambda: 'hub_service_up{service="tts"} 0' in s.hub.get("/metrics").text.splitlines(), timeout=3)
             assert s.call("GET", "/admin/monitoring/services", admin).json()["tts"] == {
                 "healthy": False, "uptime": 0, "workers": 0, "answering": True}
             await feed.ws.close()
