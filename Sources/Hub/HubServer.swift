@@ -77,7 +77,7 @@ final class HubServer {
             store = RedisRecordStore(broker: redis.0)
         } else {
             do {
-                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db")
+                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db", textIndex: ConversationArchive.textIndex)
             } catch {
                 throw HubError.startup("\(error)")
             }

@@ -262,6 +262,25 @@ def test_real_chats_show_up_in_analytics_conversations_and_bot_stats(stack):
     assert stats["user_messages"] + stats["bot_messages"] <= stats["total_messages"]
 
 
+def test_search_on_the_embedded_store_ranks_by_relevance(stack):
+    # The embedded store answers from its FTS5 index (bm25); the corpus is real chats, each
+    # also echoed by the fake LLM ("You said: …").
+    kim = stack.token("kim")
+    stack.chat(kim, "question about the refund policy: is the refund policy fair", "k1")
+    stack.chat(kim, "where is my parcel", "k2")
+    stack.chat(kim, "a refund, please", "k3")
+    stack.chat(kim, "nothing to see here", "k4")
+    results = stack.call("GET", "/admin/conversations/search?query=refund+policy", stack.moderator).json()["results"]
+    assert [h["conversation_id"] for h in results] == ["k1", "k3"]
+    assert results[0]["score"] > results[1]["score"] > 0
+    assert results[0]["matching_messages"] == 2 and results[0]["matches"][0]["content"].count("refund") >= 2
+    assert [h["conversation_id"] for h in stack.call("GET", "/admin/conversations/search?query=Parcel",
+                                                     stack.admin).json()["results"]] == ["k2"]
+    assert len(stack.call("GET", "/admin/conversations/search?query=refund&limit=1", stack.admin).json()["results"]) == 1
+    r = stack.call("GET", '/admin/conversations/search?query="OR" NEAR(refund', stack.admin)
+    assert r.status_code == 200 and [h["conversation_id"] for h in r.json()["results"]][:2] in (["k1", "k3"], ["k3", "k1"])
+
+
 def test_deleting_a_conversation_removes_its_messages(stack):
     erin = stack.token("erin")
     stack.chat(erin, "first words", "gone")

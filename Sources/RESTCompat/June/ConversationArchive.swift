@@ -212,11 +212,28 @@ public final class ConversationArchive: Sendable {
         } done: { done($0) }
     }
 
-    /// Ranked text search over message content; see `TextSearch` for the score.
+    /// What the embedded store indexes for `search` (message content).
+    public static let textIndex = TextIndex(prefix: allMessages, field: "content")
+
+    /// Ranked text search over message content: the store's own index when it has one
+    /// (SQLite FTS5, bm25), otherwise a scan scored by `TextSearch`.
     public func search(_ query: String, limit: Int, completion: @escaping @Sendable (Result<[TextSearch.Hit], StoreError>) -> Void) {
         let search = TextSearch(query: query)
+        if let indexed = store as? any TextSearchable, indexed.textIndex == Self.textIndex {
+            // The best messages decide; enough of them that `limit` conversations are usually found.
+            indexed.search(words: search.words, limit: min(1000, limit * 20)) { result in
+                completion(result.map { found in
+                    var ranking = TextSearch.Ranking(limit: limit)
+                    for (record, relevance) in found {
+                        if let message = StoredMessage(record: record) { ranking.consider(message, score: max(relevance, 1e-9)) }
+                    }
+                    return ranking.hits
+                })
+            }
+            return
+        }
         foldMessages(into: TextSearch.Ranking(limit: limit)) { ranking, message in
-            ranking.consider(message, score: search.score(message.content))
+            ranking.consider(message, score: Double(search.score(message.content)))
         } done: { completion($0.map { $0.hits }) }
     }
 }
@@ -227,7 +244,7 @@ public final class ConversationArchive: Sendable {
 /// case-insensitively. A conversation ranks by its best message (ties: more matching messages,
 /// then the most recent); each hit lists its three best messages.
 public struct TextSearch: Sendable {
-    let words: [String]
+    public let words: [String]
     let phrase: String
 
     public init(query: String) {
@@ -268,19 +285,19 @@ public struct TextSearch: Sendable {
     public struct Hit: Sendable {
         public var userID: String
         public var conversationID: String
-        public var score: Int
+        public var score: Double
         public var matchingMessages: Int
         public var lastMatch: Double
-        public var best: [(score: Int, message: StoredMessage)]
+        public var best: [(score: Double, message: StoredMessage)]
 
         var json: JSONValue {
             [
-                "conversation_id": .string(conversationID), "user_id": .string(userID), "score": .int(Int64(score)),
+                "conversation_id": .string(conversationID), "user_id": .string(userID), "score": .double((score * 1000).rounded() / 1000),
                 "matching_messages": .int(Int64(matchingMessages)),
                 "matches": .array(best.map { entry in
                     ["message_id": .string(entry.message.messageID), "role": .string(entry.message.role),
                      "content": .string(String(entry.message.content.prefix(500))), "created_at": .string(ISOTime.string(entry.message.createdAt)),
-                     "score": .int(Int64(entry.score))]
+                     "score": .double((entry.score * 1000).rounded() / 1000)]
                 }),
             ]
         }
@@ -291,7 +308,7 @@ public struct TextSearch: Sendable {
         let limit: Int
         var byConversation: [String: Hit] = [:]
 
-        mutating func consider(_ message: StoredMessage, score: Int) {
+        mutating func consider(_ message: StoredMessage, score: Double) {
             guard score > 0 else { return }
             var kept = message
             kept.content = String(message.content.prefix(500))
