@@ -91,7 +91,10 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         func body(_ row: String) -> String {
             "CASE WHEN json_valid(CAST(\(row).value AS TEXT)) THEN json_extract(CAST(\(row).value AS TEXT), \(path)) END"
         }
-        let add = "INSERT INTO text_index_docs(key) VALUES (new.key); "
+        // Clears any leftover entry for the key first, so an insert never trips on one.
+        let add = "DELETE FROM text_index WHERE rowid = (SELECT docid FROM text_index_docs WHERE key = new.key); "
+            + "DELETE FROM text_index_docs WHERE key = new.key; "
+            + "INSERT INTO text_index_docs(key) VALUES (new.key); "
             + "INSERT INTO text_index(rowid, body) VALUES ((SELECT docid FROM text_index_docs WHERE key = new.key), \(body("new")));"
         let remove = "DELETE FROM text_index WHERE rowid = (SELECT docid FROM text_index_docs WHERE key = old.key); "
             + "DELETE FROM text_index_docs WHERE key = old.key;"
