@@ -90,6 +90,7 @@ MATRIX = [
     ("GET", "/admin/conversations/nothing", None, {"admin", "moderator"}),
     ("GET", "/admin/conversations/search?query=hello", None, {"admin", "moderator"}),
     ("DELETE", "/admin/conversations/nothing", None, {"admin"}),
+    ("GET", "/conversations/analytics/metrics?user_id=mona&chat_id=none", None, {"admin", "moderator"}),  # users: their own only
     ("GET", "/conversations/analytics/dashboard", None, {"admin", "moderator"}),
     ("GET", "/conversations/analytics/report", None, {"admin", "moderator"}),
     ("GET", "/admin/bot/config", None, {"admin"}),
@@ -501,6 +502,21 @@ def test_config_change_on_one_node_applies_on_every_node_with_history(two_nodes)
     assert history[0]["changed_at"] >= history[1]["changed_at"] >= history[2]["changed_at"]
     assert b.call("GET", "/admin/config/history?limit=1&offset=1", admin_b).json() == [history[1]]
     assert b.call("GET", "/admin/config/history?limit=0", admin_b).status_code == 400
+
+    # Concurrent edits on both nodes: none is lost, and both nodes end with the stored config.
+    from concurrent.futures import ThreadPoolExecutor
+    def edit(i):
+        node, token = (a, admin_a) if i % 2 else (b, admin_b)
+        return node.call("PUT", "/admin/config", token, json={"config": {f"k{i}": i}}).status_code
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(edit, range(12)))
+    assert all(code in (200, 409) for code in statuses), statuses
+    done = {f"k{i}" for i, code in enumerate(statuses) if code == 200}
+    assert len(done) >= 6
+    stored = json.loads(redis.cli("GET", "june:config"))
+    assert done <= set(stored["value"]) and stored["version"] == 3 + len(done)
+    for node, token in ((a, admin_a), (b, admin_b)):
+        wait_for(lambda: node.call("GET", "/admin/config", token).json()["config"] == stored["value"], timeout=5)
 
 
 def test_analytics_and_search_match_hand_counted_fixtures(two_nodes):

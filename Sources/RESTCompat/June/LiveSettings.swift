@@ -5,8 +5,9 @@ import Synchronization
 /// A settings object an admin edits at run time (seed 003's `/admin/config` and
 /// `/admin/bot/config`), shared by every node.
 ///
-/// The record `june:<name>` holds the object; a change is compare-and-set against what was
-/// read (two admins on two nodes cannot lose each other's edit), written to the history
+/// The record `june:<name>` holds `{"version": n, "value": {…}}`; a change is compare-and-set
+/// against what was read (two admins on two nodes cannot lose each other's edit) and bumps the
+/// version, so a node that hears of two changes out of order keeps the newer; then it is written to the history
 /// `june:<name>-history:<13-digit ms>-<id>` (who, when, each key's old and new value), then
 /// sent as a control command every node applies at once, and published on `admin:config`.
 public final class LiveSettings: Sendable {
@@ -23,7 +24,7 @@ public final class LiveSettings: Sendable {
     let defaults: [(String, JSONValue)]
     /// Checks one key's new value; the message is the 400's.
     let validate: @Sendable (String, JSONValue) -> String?
-    private let current: Mutex<JSONValue>
+    private let current: Mutex<(value: JSONValue, version: Int64)>
     private let listeners = Mutex<[@Sendable (JSONValue) -> Void]>([])
 
     static let maxKeys = 100
@@ -37,10 +38,11 @@ public final class LiveSettings: Sendable {
         self.events = events
         self.defaults = defaults
         self.validate = validate
-        current = Mutex(.object(defaults))
+        current = Mutex((.object(defaults), 0))
         node.registerControl("june_settings_" + name) { [self] command in
-            guard command["name"]?.stringValue == name, let value = command["value"], value.objectValue != nil else { return }
-            apply(value)
+            guard command["name"]?.stringValue == name, let value = command["value"], value.objectValue != nil,
+                  let version = command["version"]?.intValue else { return }
+            apply(value, version: version)
         }
     }
 
@@ -48,7 +50,7 @@ public final class LiveSettings: Sendable {
     var historyPrefix: String { "june:\(name)-history:" }
 
     /// The settings this node runs with.
-    public var value: JSONValue { current.withLock { $0 } }
+    public var value: JSONValue { current.withLock { $0.value } }
 
     public subscript(key: String) -> JSONValue? { value[key] }
 
@@ -58,9 +60,22 @@ public final class LiveSettings: Sendable {
         listener(value)
     }
 
-    private func apply(_ value: JSONValue) {
-        current.withLock { $0 = value }
+    /// Takes a value unless this node already runs a newer one.
+    private func apply(_ value: JSONValue, version: Int64) {
+        let newer = current.withLock { current -> Bool in
+            guard version > current.version else { return false }
+            current = (value, version)
+            return true
+        }
+        guard newer else { return }
         for listener in listeners.withLock({ $0 }) { listener(value) }
+    }
+
+    /// The stored `(value, version)`, nil when there is none (or it is unreadable).
+    private static func decode(_ bytes: [UInt8]?) -> (JSONValue, Int64)? {
+        guard let bytes, let stored = try? JSONParser.parse(bytes), let value = stored["value"], value.objectValue != nil,
+              let version = stored["version"]?.intValue else { return nil }
+        return (value, version)
     }
 
     /// Reads the stored settings (a node starting after changes were made).
@@ -69,7 +84,7 @@ public final class LiveSettings: Sendable {
             switch result {
             case .failure(let error): completion(.failure(error))
             case .success(let bytes):
-                if let bytes, let stored = try? JSONParser.parse(bytes), stored.objectValue != nil { apply(stored) }
+                if let (value, version) = Self.decode(bytes) { apply(value, version: version) }
                 completion(.success(()))
             }
         }
@@ -98,7 +113,9 @@ public final class LiveSettings: Sendable {
                          completion: @escaping @Sendable (Result<(JSONValue, [Change]), UpdateError>) -> Void) {
         store.get(recordKey) { [self] read in
             guard case .success(let bytes) = read else { completion(.failure(.store(StoreError("settings unreadable")))); return }
-            let base = bytes.flatMap { try? JSONParser.parse($0) }.flatMap { $0.objectValue != nil ? $0 : nil } ?? .object(defaults)
+            let stored = Self.decode(bytes)
+            let base = stored?.0 ?? .object(defaults)
+            let version = (stored?.1 ?? 0) + 1
             var members = base.objectValue ?? []
             var applied: [Change] = []
             for (key, value) in changes {
@@ -115,7 +132,7 @@ public final class LiveSettings: Sendable {
             }
             guard members.count <= Self.maxKeys else { completion(.failure(.invalid("at most \(Self.maxKeys) keys"))); return }
             let next = JSONValue.object(members)
-            let encoded = JSONWriter.bytes(next)
+            let encoded = JSONWriter.bytes(["version": .int(version), "value": next])
             guard encoded.count <= Self.maxBytes else { completion(.failure(.invalid("config larger than \(Self.maxBytes) bytes"))); return }
             guard !applied.isEmpty else { completion(.success((next, []))); return }
             let changed = applied
@@ -125,8 +142,8 @@ public final class LiveSettings: Sendable {
                 case .success(false):
                     if tries > 1 { attempt(changes, by: user, tries: tries - 1, completion: completion) } else { completion(.failure(.busy)) }
                 case .success(true):
-                    apply(next)
-                    node.publishControl(["op": .string("june_settings_" + name), "name": .string(name), "value": next])
+                    apply(next, version: version)
+                    node.publishControl(["op": .string("june_settings_" + name), "name": .string(name), "value": next, "version": .int(version)])
                     let at = node.clock.now()
                     let millis = String(UInt64(at * 1000))
                     let entry: JSONValue = [
