@@ -120,6 +120,17 @@ final class HubServer {
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
             corsOrigins: config.corsOrigins, chat: june.chat)
 
+        // Before the first request can be answered: a SIGTERM sent as soon as /health answers
+        // is a clean shutdown, not the default action.
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            sources.append(source)
+        }
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
         cache.start()
@@ -155,15 +166,6 @@ final class HubServer {
         }
         ticker.resume()
 
-        let stop = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            sources.append(source)
-        }
         stop.wait()
         logger.notice("shutting down: closing \(node.clientCount) connections")
         cache.shutdown()

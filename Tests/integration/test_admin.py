@@ -174,7 +174,8 @@ def test_user_management_with_live_events_and_pagination(stack):
         r = stack.call("PUT", "/admin/users/vic", stack.admin, json={"role": "moderator"})
         assert r.status_code == 200 and r.json()["role"] == "moderator"
         assert (await next_event(feed, "admin:users", "user_updated"))["previous"]["role"] == "user"
-        vic_token = stack.login("vic", "vic-password")["access_token"]
+        vic_tokens = stack.login("vic", "vic-password")
+        vic_token = vic_tokens["access_token"]
         r = stack.call("PUT", "/admin/users/vic", stack.admin, json={"status": "blocked"})
         assert r.json()["status"] == "blocked"
         assert (await next_event(feed, "admin:users", "user_blocked"))["user"]["status"] == "blocked"
@@ -209,6 +210,8 @@ def test_user_management_with_live_events_and_pagination(stack):
         # A token issued before the deletion no longer chats.
         r = stack.call("POST", "/chat", vic_token, json={"type": "text", "content": "still here?"})
         assert r.status_code in (401, 403), r.text
+        r = requests.post(stack.hub.url + "/auth/refresh", json={"refresh_token": vic_tokens["refresh_token"]}, timeout=WAIT)
+        assert r.status_code == 403 and r.json() == {"detail": "User account is deleted"}
         assert stack.call("DELETE", f"/admin/users/{ADMIN}", stack.admin).status_code == 400, "an admin cannot delete themselves"
         await feed.ws.close()
     arun(body())
