@@ -77,7 +77,7 @@ final class HubServer {
             store = RedisRecordStore(broker: redis.0)
         } else {
             do {
-                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db")
+                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db", textIndex: ConversationArchive.textIndex)
             } catch {
                 throw HubError.startup("\(error)")
             }
@@ -94,7 +94,10 @@ final class HubServer {
         let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
         let metrics = MetricsRegistry()
         let june = makeJune(node: node, store: store, limiter: limiter, metrics: metrics, tokens: engine.tokens)
-        let routes = Health(node: node).routes + ServerAPI(node: node).routes + gateways.routes
+        let gatewayRoutes = gateways.routes.map { route in
+            route.method == "GET" && route.pattern == "/status" ? RoomProxy.sharedStatus(route, otherwise: june.status) : route
+        }
+        let routes = Health(node: node).routes + ServerAPI(node: node).routes + gatewayRoutes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes
@@ -161,6 +164,7 @@ final class HubServer {
             if (ticks - 1) % announceEvery == 0 { node.announce() }
             if let presence = redis?.1, ticks % presenceRefreshEvery == 0 { presence.refresh() }
             if ticks % 300 == 0 { june.sweep() }
+            june.tick()
         }
         ticker.resume()
 
@@ -209,6 +213,10 @@ extension HubServer {
         var routes: [Route]
         var chat: ChatService
         var sweep: @Sendable () -> Void
+        /// Once a second: which services have workers.
+        var tick: @Sendable () -> Void
+        /// Seed 003's `GET /status`, served by the route seed 000 shares.
+        var status: @Sendable (RouteContext) -> Void
     }
 
     func makeJune(node: Node, store: any RecordStore, limiter: any RateLimiter, metrics: MetricsRegistry, tokens: TokenVerifier) -> June {
@@ -235,10 +243,40 @@ extension HubServer {
             }
             done.wait()
         }
+        let events = AdminEvents(node: node)
+        let systemConfig = LiveSettings(name: "config", store: store, node: node, events: events,
+                                        defaults: [("maintenance_mode", false)], validate: JuneSettingsRules.system)
+        let botConfig = LiveSettings(name: "bot", store: store, node: node, events: events, defaults: JuneSettingsRules.botDefaults,
+                                     validate: JuneSettingsRules.bot)
+        for settings in [systemConfig, botConfig] {
+            let done = DispatchSemaphore(value: 0)
+            let log = logger
+            settings.load { result in
+                if case .failure(let error) = result { log.error("could not read the \(settings.name) settings: \(error)") }
+                done.signal()
+            }
+            done.wait()
+        }
+        let policy = chat.policy
+        systemConfig.onApply { policy.apply(config: $0) }
+        botConfig.onApply { policy.apply(bot: $0) }
+        let commands = BotCommands(store: store, node: node)
+        policy.answerCommands { text, answer in commands.reply(to: text, completion: answer) }
+        let monitor = ServiceMonitor(node: node, store: store, events: events)
+        metrics.gauge("hub_service_workers", help: "Workers connected per seed 003 service, as the service monitor last saw them.") {
+            monitor.snapshot.sorted { $0.key < $1.key }.map { ([("service", $0.key)], Double($0.value.workers)) }
+        }
+        metrics.gauge("hub_service_up", help: "1 while a seed 003 service has a worker, else 0.") {
+            monitor.snapshot.sorted { $0.key < $1.key }.map { ([("service", $0.key)], $0.value.up ? 1 : 0) }
+        }
+        let console = JuneAdminConsole(archive: ConversationArchive(store: store, events: events), config: systemConfig, bot: botConfig,
+                                       commands: commands, monitor: monitor, tokens: authTokens, node: node, store: store, services: services)
         let routes = JuneAuth(users: users, tokens: authTokens, allowLegacyLogin: config.chatAllowAnonymous).routes
-            + JuneUserAdmin(users: users).routes
+            + JuneUserAdmin(users: users, events: events).routes
             + JuneAI(chat: chat, services: services, tokens: authTokens).routes
-        return June(routes: routes, chat: chat, sweep: { cache.sweep(); authTokens.sweep() })
+            + console.routes
+        return June(routes: routes, chat: chat, sweep: { cache.sweep(); authTokens.sweep() }, tick: { monitor.check() },
+                    status: { console.status($0) })
     }
 }
 

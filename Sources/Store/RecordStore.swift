@@ -34,3 +34,24 @@ public protocol RecordStore: AnyObject, Sendable {
     func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?,
                        completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void)
 }
+
+/// One JSON string field of the records under a key prefix, indexed for word search
+/// (e.g. `content` of the chat messages under `june:msg:`).
+public struct TextIndex: Sendable, Equatable {
+    public var prefix: String
+    public var field: String
+    public init(prefix: String, field: String) {
+        self.prefix = prefix
+        self.field = field
+    }
+}
+
+/// A store that ranks the records of its `TextIndex` by relevance itself (the embedded store,
+/// with SQLite FTS5). Stores without one are searched by scanning (see `ConversationArchive`).
+public protocol TextSearchable: Sendable {
+    /// What is indexed; nil when the store was opened without an index.
+    var textIndex: TextIndex? { get }
+    /// Records matching any of `words` (whole words, case-insensitive), best first, each with
+    /// its relevance (higher is better); at most `limit`.
+    func search(words: [String], limit: Int, completion: @escaping @Sendable (Result<[(Record, Double)], StoreError>) -> Void)
+}

@@ -7,13 +7,17 @@ import Synchronization
 /// All SQLite calls run on one thread of the store's own; callers queue operations and are
 /// called back. Writes that queue up while a commit is in progress are committed together
 /// (one fsync for the batch), and every completion of the batch runs only after its commit.
-public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
+///
+/// With a `TextIndex`, an FTS5 table (`text_index`, its rows mapped to keys by `text_index_docs`)
+/// follows the indexed records through triggers, inside the same transactions as the writes.
+public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Sendable {
     private enum Operation {
         case get(String, @Sendable (Result<[UInt8]?, StoreError>) -> Void)
         case put(String, [UInt8], @Sendable (Result<Void, StoreError>) -> Void)
         case delete(String, @Sendable (Result<Bool, StoreError>) -> Void)
         case list(String, String?, Int, @Sendable (Result<[Record], StoreError>) -> Void)
         case compareAndSet(String, [UInt8]?, [UInt8]?, @Sendable (Result<Bool, StoreError>) -> Void)
+        case search([String], Int, @Sendable (Result<[(Record, Double)], StoreError>) -> Void)
         case stop
 
         var isWrite: Bool {
@@ -42,10 +46,12 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
     private var thread: pthread_t?
     private var db: OpaquePointer?
     public let path: String
+    public let textIndex: TextIndex?
 
     /// Opens (creating if needed) the database file. Throws when it cannot.
-    public init(path: String) throws(StoreError) {
+    public init(path: String, textIndex: TextIndex? = nil) throws(StoreError) {
         self.path = path
+        self.textIndex = textIndex
         var handle: OpaquePointer?
         guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
@@ -56,7 +62,7 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
         for statement in [
             "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000",
             "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-        ] {
+        ] + (textIndex.map(Self.indexStatements) ?? []) {
             guard exec(statement) else {
                 let message = String(cString: sqlite3_errmsg(db))
                 sqlite3_close(db)
@@ -73,6 +79,51 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
             return nil
         }, box.toOpaque())
         thread = handleThread
+    }
+
+    /// The FTS5 table, its key map, the triggers that keep them in step with `records`, and a
+    /// backfill of records written before the index existed (a no-op once they are in).
+    static func indexStatements(_ index: TextIndex) -> [String] {
+        func literal(_ text: String) -> String { "'" + doubling("'", in: text) + "'" }
+        let prefix = literal(index.prefix)
+        let length = index.prefix.unicodeScalars.count
+        let path = literal("$." + index.field)
+        func body(_ row: String) -> String {
+            "CASE WHEN json_valid(CAST(\(row).value AS TEXT)) THEN json_extract(CAST(\(row).value AS TEXT), \(path)) END"
+        }
+        // Clears any leftover entry for the key first, so an insert never trips on one.
+        let add = "DELETE FROM text_index WHERE rowid = (SELECT docid FROM text_index_docs WHERE key = new.key); "
+            + "DELETE FROM text_index_docs WHERE key = new.key; "
+            + "INSERT INTO text_index_docs(key) VALUES (new.key); "
+            + "INSERT INTO text_index(rowid, body) VALUES ((SELECT docid FROM text_index_docs WHERE key = new.key), \(body("new")));"
+        let remove = "DELETE FROM text_index WHERE rowid = (SELECT docid FROM text_index_docs WHERE key = old.key); "
+            + "DELETE FROM text_index_docs WHERE key = old.key;"
+        return [
+            "CREATE TABLE IF NOT EXISTS text_index_docs (docid INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL)",
+            "CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5(body, tokenize = 'unicode61 remove_diacritics 0')",
+            "DROP TRIGGER IF EXISTS text_index_insert", "DROP TRIGGER IF EXISTS text_index_update", "DROP TRIGGER IF EXISTS text_index_delete",
+            "CREATE TRIGGER text_index_insert AFTER INSERT ON records WHEN substr(new.key, 1, \(length)) = \(prefix) BEGIN \(add) END",
+            "CREATE TRIGGER text_index_update AFTER UPDATE ON records WHEN substr(old.key, 1, \(length)) = \(prefix) BEGIN \(remove) \(add) END",
+            "CREATE TRIGGER text_index_delete AFTER DELETE ON records WHEN substr(old.key, 1, \(length)) = \(prefix) BEGIN \(remove) END",
+            "INSERT INTO text_index_docs(key) SELECT key FROM records WHERE substr(key, 1, \(length)) = \(prefix) AND key NOT IN (SELECT key FROM text_index_docs)",
+            "INSERT INTO text_index(rowid, body) SELECT d.docid, \(body("r")) FROM text_index_docs d JOIN records r ON r.key = d.key "
+                + "WHERE d.docid NOT IN (SELECT rowid FROM text_index)",
+        ]
+    }
+
+    /// SQL and FTS5 quoting: the quote character written twice.
+    static func doubling(_ quote: Character, in text: String) -> String {
+        var out = ""
+        for character in text {
+            out.append(character)
+            if character == quote { out.append(character) }
+        }
+        return out
+    }
+
+    public func search(words: [String], limit: Int, completion: @escaping @Sendable (Result<[(Record, Double)], StoreError>) -> Void) {
+        guard textIndex != nil else { completion(.failure(StoreError("no text index"))); return }
+        enqueue(.search(words, limit, completion))
     }
 
     /// Finishes queued operations and closes the file.
@@ -198,6 +249,8 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
             completion(result)
         case .list(let prefix, let after, let limit, let completion):
             completion(list(prefix: prefix, after: after, limit: limit))
+        case .search(let words, let limit, let completion):
+            completion(search(words: words, limit: limit))
         default:
             break
         }
@@ -221,6 +274,7 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
         case .delete(_, let c): c(.failure(error))
         case .list(_, _, _, let c): c(.failure(error))
         case .compareAndSet(_, _, _, let c): c(.failure(error))
+        case .search(_, _, let c): c(.failure(error))
         case .stop: break
         }
     }
@@ -262,6 +316,32 @@ public final class SQLiteRecordStore: RecordStore, @unchecked Sendable {
         let count = Int(sqlite3_column_bytes(statement, index))
         guard count > 0, let bytes = sqlite3_column_blob(statement, index) else { return [] }
         return Array(UnsafeRawBufferPointer(start: bytes, count: count))
+    }
+
+    /// bm25 over the index; each word quoted, so nothing in it is FTS5 syntax.
+    private func search(words: [String], limit: Int) -> Result<[(Record, Double)], StoreError> {
+        let query = words.map { "\"" + Self.doubling("\"", in: $0) + "\"" }.joined(separator: " OR ")
+        guard !query.isEmpty else { return .success([]) }
+        guard let statement = prepare("""
+            SELECT d.key, r.value, bm25(text_index) AS rank FROM text_index
+            JOIN text_index_docs d ON d.docid = text_index.rowid JOIN records r ON r.key = d.key
+            WHERE text_index MATCH ?1 ORDER BY rank LIMIT ?2
+            """) else { return .failure(lastError()) }
+        defer { sqlite3_finalize(statement) }
+        bind(statement, 1, query)
+        sqlite3_bind_int64(statement, 2, Int64(max(0, limit)))
+        var found: [(Record, Double)] = []
+        while true {
+            switch sqlite3_step(statement) {
+            case SQLITE_ROW:
+                let key = String(cString: sqlite3_column_text(statement, 0))
+                found.append((Record(key: key, value: column(statement, 1)), -sqlite3_column_double(statement, 2)))
+            case SQLITE_DONE:
+                return .success(found)
+            default:
+                return .failure(lastError())
+            }
+        }
     }
 
     private func list(prefix: String, after: String?, limit: Int) -> Result<[Record], StoreError> {

@@ -109,6 +109,8 @@ class Matrix:
         """What `caller` presents to a route of scheme `auth`: the credential of that kind they
         hold, or their JWT where they hold none of that kind."""
         scheme = auth["scheme"]
+        if scheme == "optional":
+            return self.headers(auth["inner"], caller)
         if caller == "anonymous":
             return {}
         if scheme == "serverAPIKey" or scheme == "apiKey":
@@ -147,6 +149,11 @@ def expected(auth: Dict[str, Any], caller: str, owned_params: List[str]) -> Tupl
         return ("same", None)
     if scheme == "optionalJWT" and caller == "anonymous":
         return ("any", None)  # without a bearer the route decides (seed 003's legacy /auth/token)
+    if scheme == "optional":
+        # The inner scheme's caller when it passes, anonymous otherwise: a wrong credential
+        # is no credential (GET /status serves seed 000's gateway callers and seed 003's
+        # public status on one path, and its handler decides).
+        return ("same", None) if caller == "wrong" else ("any", None)
     if caller in ("anonymous", "wrong"):
         return ("in", {401})
     if scheme in ("serverAPIKey", "apiKey"):
@@ -232,7 +239,7 @@ def test_every_route_answers_each_kind_of_caller_as_its_scheme_declares(mhub):
                 if status in refused:
                     failures.append(cell + " (expected to pass auth)")
     assert not failures, f"{len(failures)} of {checked} cells wrong:\n" + "\n".join(failures)
-    assert {"none", "serverAPIKey", "apiKey", "bearerToken", "jwt", "optionalJWT"} <= seen_schemes
+    assert {"none", "serverAPIKey", "apiKey", "bearerToken", "jwt", "optionalJWT", "optional"} <= seen_schemes
     assert hub.alive()
 
     # Every credential above went through a hub logging at trace level; none may be in its log.

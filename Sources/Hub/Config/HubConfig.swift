@@ -102,6 +102,7 @@ struct HubConfig: Sendable {
             chat.allowSubscribeForClient = false
             result.namespaces["chat"] = chat
         }
+        if result.namespaces["admin"] == nil { result.namespaces["admin"] = AdminEvents.channelOptions }
         if result.namespaces["service"] == nil {
             var service = ChannelOptions()
             service.presence = true

@@ -80,6 +80,33 @@ public struct RoomProxy: Sendable {
         }
     }
 
+    /// `GET /status` belongs to seed 000 (a gateway's status, by `gw_id` or `room`, bearer
+    /// gateway token) and to seed 003 (the AI services' status, open). One route serves both:
+    /// a caller with a gateway token, or asking for a `gw_id` or `room`, gets seed 000 (401
+    /// without a valid gateway token, 400 without parameters, as before); anyone else gets
+    /// seed 003's answer.
+    public static func sharedStatus(_ gateway: Route, otherwise services: @escaping @Sendable (RouteContext) -> Void) -> Route {
+        var route = gateway
+        route.auth = .optional(gateway.auth)
+        route.summary = "With a gateway token or gw_id/room: a gateway's stored status (seed 000); otherwise the AI services' status (seed 003)"
+        route.responses[200] = "Seed 000: {status, data}; seed 003: {status, services, uptime, timestamp}"
+        route.responses[401] = "gw_id or room without a valid gateway token"
+        let serveGateway = gateway.handler
+        route.handler = { context in
+            let asksGateway = context.request.queryValue("gw_id") != nil || context.request.queryValue("room") != nil
+            if context.caller.role != nil {
+                serveGateway(context)
+            } else if asksGateway {
+                var refusal = context.errors.response(401, context.errors.unauthorizedMessage, code: "UNAUTHORIZED")
+                refusal.headers.append(("www-authenticate", "Bearer"))
+                context.respond(refusal)
+            } else {
+                services(context)
+            }
+        }
+        return route
+    }
+
     static func commandRoute(_ method: String, service: GatewayService) -> Route {
         Route(method, "/command", auth: normal, errors: .fastAPI, summary: "Forward a command to a working gateway", tag: tag,
               query: [QueryParameter("gw_id", required: true)],

@@ -47,6 +47,17 @@ public final class AuthTokens: Sendable {
         ]), secret: secret)
     }
 
+    /// A subscription token for one channel (the `admin` namespace admits no one without one).
+    public func subscription(user: String, channel: String) -> String? {
+        guard let secret else { return nil }
+        let now = clock.now()
+        return TokenSigner.hs256(claims: .compact([
+            ("sub", .string(user)), ("channel", .string(channel)), ("typ", "subscription"),
+            ("iat", .int(Int64(now))), ("exp", .int(Int64(now + accessTTL))),
+            ("aud", audience.map { .string($0) }), ("iss", issuer.map { .string($0) }),
+        ]), secret: secret)
+    }
+
     public func refresh(user: String) -> String? {
         guard let secret else { return nil }
         let now = clock.now()

@@ -26,6 +26,53 @@ public struct ChatInput: Sendable, Equatable {
     }
 }
 
+/// What the admin's live settings change in chat (applied on every node when they change):
+/// `maintenance_mode` (system config) and `enabled` (bot config) refuse messages with 503;
+/// the bot config's `max_file_size` caps audio messages (bytes after base64 decoding).
+public final class ChatPolicy: Sendable {
+    struct Rules: Sendable {
+        var maintenance = false
+        var botEnabled = true
+        var maxFileSize = 10 * 1024 * 1024
+    }
+
+    private let rules = Mutex(Rules())
+    /// Answers `/<command>` messages without the agent (see `BotCommands`).
+    let commands: Mutex<(@Sendable (String, @escaping @Sendable (String?) -> Void) -> Void)?> = Mutex(nil)
+
+    public init() {}
+
+    public func apply(config: JSONValue) {
+        rules.withLock { $0.maintenance = config["maintenance_mode"]?.boolValue ?? false }
+    }
+
+    public func apply(bot: JSONValue) {
+        rules.withLock {
+            $0.botEnabled = bot["enabled"]?.boolValue ?? true
+            $0.maxFileSize = Int(bot["max_file_size"]?.intValue ?? Int64(10 * 1024 * 1024))
+        }
+    }
+
+    public func answerCommands(with reply: @escaping @Sendable (String, @escaping @Sendable (String?) -> Void) -> Void) {
+        commands.withLock { $0 = reply }
+    }
+
+    func refusal(for input: ChatInput) -> RouteError? {
+        let rules = rules.withLock { $0 }
+        if rules.maintenance { return RouteError(503, "The service is in maintenance mode") }
+        if !rules.botEnabled { return RouteError(503, "The bot is disabled") }
+        if input.type == "audio", input.content.utf8.count / 4 * 3 > rules.maxFileSize + 2 {
+            return RouteError(413, "Audio is larger than max_file_size (\(rules.maxFileSize) bytes)")
+        }
+        return nil
+    }
+
+    func command(_ text: String, completion: @escaping @Sendable (String?) -> Void) {
+        guard let reply = commands.withLock({ $0 }) else { completion(nil); return }
+        reply(text, completion)
+    }
+}
+
 /// The agent's answer, in the seed's response shape.
 public struct ChatReply: Sendable, Equatable {
     public var type: String
@@ -55,6 +102,7 @@ public final class ChatService: Sendable {
     /// Signs the internal connection token of an anonymous legacy `/ws` session.
     let signer: (@Sendable (String) -> String?)?
     public let allowAnonymous: Bool
+    public let policy = ChatPolicy()
     /// Earlier turns sent to the agent with each message.
     static let historyTurns = 20
 
@@ -92,6 +140,10 @@ public final class ChatService: Sendable {
             completion(.failure(RouteError(400, "user id must be 1-64 letters, digits, _ . @ -")))
             return
         }
+        if let refusal = policy.refusal(for: input) {
+            completion(.failure(refusal))
+            return
+        }
         let conversation = input.conversationID ?? RandomID.uuid()
         let started = node.clock.now()
         let fail: @Sendable (RouteError) -> Void = { completion(.failure($0)) }
@@ -103,9 +155,9 @@ public final class ChatService: Sendable {
                 let said = ChatRecord(role: "user", type: input.type, content: text, conversationID: conversation, at: started)
                 record(user: user, said, origin: origin, replyTo: nil) { [self] conversationRecord in
                     guard let conversationRecord else { fail(RouteError(503, "Conversation store unavailable")); return }
-                    // 2. The agent answers, with the conversation so far.
+                    // 2. The agent answers, with the conversation so far (a bot command answers itself).
                     let history = conversationRecord["recent"]?.arrayValue ?? []
-                    services.request("agent", payload: [
+                    askAgent(text: input.type == "text" ? text : nil, payload: [
                         "user_id": .string(user), "conversation_id": .string(conversation), "type": .string(input.type),
                         "content": .string(text), "history": .array(Array(history.dropLast())),
                     ]) { [self] answered in
@@ -136,6 +188,13 @@ public final class ChatService: Sendable {
                     }
                 }
             }
+        }
+    }
+
+    private func askAgent(text: String?, payload: JSONValue, completion: @escaping @Sendable (Result<JSONValue, ServiceFailure>) -> Void) {
+        guard let text else { services.request("agent", payload: payload, completion: completion); return }
+        policy.command(text) { [services] answer in
+            if let answer { completion(.success(["content": .string(answer)])) } else { services.request("agent", payload: payload, completion: completion) }
         }
     }
 
@@ -227,6 +286,12 @@ public final class ChatService: Sendable {
                     "recent": .array(recent),
                 ]
                 store.put(convKey, value: JSONWriter.bytes(conversation)) { [self] _ in
+                    if existing == nil {
+                        AdminEvents(node: node).publish(AdminEvents.conversations, event: "conversation_created", [
+                            ("conversation_id", .string(message.conversationID)), ("user_id", .string(user)),
+                            ("created_at", conversation["created_at"]),
+                        ])
+                    }
                     node.publish(channel: Self.channel(user: user), data: .compact([
                         ("type", .string(message.type)), ("content", .string(message.published ?? message.content)),
                         ("conversation_id", .string(message.conversationID)), ("timestamp", .string(ISOTime.string(message.at))),

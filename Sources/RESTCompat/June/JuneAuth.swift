@@ -105,8 +105,19 @@ public struct JuneAuth: Sendable {
                         case .failure: ctx.fail(RouteError(503, "User store unavailable"))
                         case .success(let record):
                             if let record, record.status != "active" { ctx.fail(RouteError(403, "User account is \(record.status)")); return }
-                            let access = tokens.access(user: user, role: record?.role ?? "user")!
-                            ctx.json(200, ["access_token": .string(access), "token_type": "bearer", "expires_in": .int(Int64(tokens.accessTTL))])
+                            let issue: @Sendable () -> Void = {
+                                let access = tokens.access(user: user, role: record?.role ?? "user")!
+                                ctx.json(200, ["access_token": .string(access), "token_type": "bearer", "expires_in": .int(Int64(tokens.accessTTL))])
+                            }
+                            guard record == nil else { issue(); return }
+                            // Unknown here: another backend's user, or one an admin deleted.
+                            users.isActive(user) { active in
+                                switch active {
+                                case .failure: ctx.fail(RouteError(503, "User store unavailable"))
+                                case .success(false): ctx.fail(RouteError(403, "User account is deleted"))
+                                case .success(true): issue()
+                                }
+                            }
                         }
                     }
                 }

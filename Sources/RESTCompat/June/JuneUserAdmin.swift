@@ -1,14 +1,81 @@
 import Channels
 
-/// The two user-management calls chat needs to be usable (create a user, block one);
-/// the rest of seed 003's admin API is its own issue and builds on `UserDirectory`.
+/// Seed 003's user management (`/admin/users…`). Admins change users; moderators read them.
+/// Every change is published on `admin:users` (`user_created`, `user_updated`, `user_blocked`,
+/// `user_deleted`).
 public struct JuneUserAdmin: Sendable {
     let users: UserDirectory
+    let events: AdminEvents
 
-    public init(users: UserDirectory) { self.users = users }
+    public init(users: UserDirectory, events: AdminEvents) {
+        self.users = users
+        self.events = events
+    }
+
+    static let readers = AuthScheme.jwt(roles: ["admin", "moderator"])
+    static let pageQuery = [QueryParameter("limit", type: "integer", description: "Maximum number of results (1-1000, default 100)"),
+                            QueryParameter("offset", type: "integer", description: "Offset for pagination (default 0)")]
 
     public var routes: [Route] {
         [
+            Route("GET", "/admin/users", auth: Self.readers, errors: .fastAPI, rateLimit: "june-default",
+                  summary: "List users (admin, moderator), in user id order", tag: "june-admin", query: Self.pageQuery,
+                  responses: [200: "Users", 400: "Bad limit or offset", 401: "Not authenticated", 403: "Not an admin or moderator"]) { ctx in
+                ctx.guarded { () throws(RouteError) in
+                    let page = try Paging.parse(ctx.request)
+                    users.list(limit: page.limit, offset: page.offset) { result in
+                        switch result {
+                        case .success(let list): ctx.json(200, .array(list.map(\.publicJSON)))
+                        case .failure: ctx.fail(RouteError(503, "User store unavailable"))
+                        }
+                    }
+                }
+            },
+            Route("GET", "/admin/users/stats", auth: Self.readers, errors: .fastAPI, rateLimit: "june-default",
+                  summary: "Users by status (admin, moderator)", tag: "june-admin",
+                  responses: [200: "Counts", 401: "Not authenticated", 403: "Not an admin or moderator"]) { ctx in
+                struct Counts: Sendable { var total = 0; var byStatus: [String: Int] = [:] }
+                StoreWalk.fold(users.store, prefix: "june:user:", into: Counts()) { counts, record in
+                    if let user = (try? JSONParser.parse(record.value)).flatMap(JuneUser.init(record:)) {
+                        counts.total += 1
+                        counts.byStatus[user.status, default: 0] += 1
+                    }
+                    return true
+                } done: { result in
+                    guard case .success(let counts) = result else { ctx.fail(RouteError(503, "User store unavailable")); return }
+                    ctx.json(200, [
+                        "total_users": .int(Int64(counts.total)), "active_users": .int(Int64(counts.byStatus["active"] ?? 0)),
+                        "blocked_users": .int(Int64(counts.byStatus["blocked"] ?? 0)), "inactive_users": .int(Int64(counts.byStatus["inactive"] ?? 0)),
+                    ])
+                }
+            },
+            Route("GET", "/admin/users/{user_id}", auth: Self.readers, errors: .fastAPI, rateLimit: "june-default",
+                  summary: "A user's details (admin, moderator)", tag: "june-admin",
+                  responses: [200: "The user", 401: "Not authenticated", 403: "Not an admin or moderator", 404: "No such user"]) { ctx in
+                users.user(id: ctx.params["user_id"] ?? "") { found in
+                    switch found {
+                    case .failure: ctx.fail(RouteError(503, "User store unavailable"))
+                    case .success(nil): ctx.fail(RouteError(404, "User not found"))
+                    case .success(let user?): ctx.json(200, user.publicJSON)
+                    }
+                }
+            },
+            Route("DELETE", "/admin/users/{user_id}", auth: .jwt(roles: ["admin"]), errors: .fastAPI, rateLimit: "june-default",
+                  summary: "Delete a user (admin only); their live connections close, their conversations stay for analytics",
+                  tag: "june-admin",
+                  responses: [200: "Deleted", 400: "An admin cannot delete themselves", 401: "Not authenticated", 403: "Not an admin", 404: "No such user"]) { ctx in
+                let id = ctx.params["user_id"] ?? ""
+                guard id != ctx.caller.user else { ctx.fail(RouteError(400, "You cannot delete your own account")); return }
+                users.delete(id: id) { result in
+                    switch result {
+                    case .failure: ctx.fail(RouteError(503, "User store unavailable"))
+                    case .success(nil): ctx.fail(RouteError(404, "User not found"))
+                    case .success(let user?):
+                        events.publish(AdminEvents.users, event: "user_deleted", [("user", user.publicJSON), ("by", ctx.caller.user.map { .string($0) })])
+                        ctx.json(200, ["message": "User deleted", "user_id": .string(user.userID)])
+                    }
+                }
+            },
             Route("POST", "/admin/users", auth: .jwt(roles: ["admin"]), errors: .fastAPI, rateLimit: "june-default",
                   summary: "Create a user (admin only)", tag: "june-admin",
                   body: .json(["type": "object", "required": ["username"], "properties": [
@@ -53,7 +120,9 @@ public struct JuneUserAdmin: Sendable {
             users.create(username: username, email: fields.email, password: fields.password, role: fields.role ?? "user",
                          status: fields.status ?? "active") { result in
                 switch result {
-                case .success(let user): ctx.json(200, user.publicJSON)
+                case .success(let user):
+                    events.publish(AdminEvents.users, event: "user_created", [("user", user.publicJSON), ("by", ctx.caller.user.map { .string($0) })])
+                    ctx.json(200, user.publicJSON)
                 case .failure(.exists): ctx.fail(RouteError(409, "User already exists"))
                 case .failure(.store): ctx.fail(RouteError(503, "User store unavailable"))
                 }
@@ -74,17 +143,44 @@ public struct JuneUserAdmin: Sendable {
                 case .failure: ctx.fail(RouteError(503, "User store unavailable"))
                 case .success(nil): ctx.fail(RouteError(404, "User not found"))
                 case .success(var user?):
+                    let before = user
                     if let email = fields.email { user.email = email }
                     if let role = fields.role { user.role = role }
                     if let status = fields.status { user.status = status }
                     users.save(user, newPassword: fields.password) { saved in
                         switch saved {
-                        case .success(let user): ctx.json(200, user.publicJSON)
+                        case .success(let user):
+                            let event = user.status == "blocked" && before.status != "blocked" ? "user_blocked" : "user_updated"
+                            events.publish(AdminEvents.users, event: event, [
+                                ("user", user.publicJSON), ("previous", before.publicJSON), ("by", ctx.caller.user.map { .string($0) }),
+                            ])
+                            ctx.json(200, user.publicJSON)
                         case .failure: ctx.fail(RouteError(503, "User store unavailable"))
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `limit` / `offset` query parameters as the seed's admin lists take them.
+enum Paging {
+    static let maxLimit = 1000
+
+    static func parse(_ request: HTTPRequest, defaultLimit: Int = 100) throws(RouteError) -> (limit: Int, offset: Int) {
+        var limit = defaultLimit
+        var offset = 0
+        if let text = request.queryValue("limit") {
+            guard let value = Int(text), (1...maxLimit).contains(value) else {
+                throw RouteError(400, "limit must be an integer from 1 to \(maxLimit)")
+            }
+            limit = value
+        }
+        if let text = request.queryValue("offset") {
+            guard let value = Int(text), value >= 0 else { throw RouteError(400, "offset must be a non-negative integer") }
+            offset = value
+        }
+        return (limit, offset)
     }
 }

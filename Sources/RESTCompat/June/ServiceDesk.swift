@@ -40,6 +40,8 @@ public final class ServiceDesk: Sendable {
     public let timeout: Double
     let metrics: MetricsRegistry
     private let pending = Mutex<[String: Pending]>([:])
+    /// When each service last failed to answer in time on this node (timeout or worker gone).
+    private let lastMiss = Mutex<[String: Double]>([:])
     private let turn = Atomic<Int>(0)
     private let timers = DispatchQueue(label: "hub.services.timers")
 
@@ -121,7 +123,20 @@ public final class ServiceDesk: Sendable {
         entry.completion(result)
     }
 
+    /// Whether the service's workers answer: no request to it on this node timed out, or lost its
+    /// worker, in the last `window` seconds.
+    public func isAnswering(_ service: String, window: Double = 60) -> Bool {
+        guard let missed = lastMiss.withLock({ $0[service] }) else { return true }
+        return node.clock.now() - missed > window
+    }
+
     private func count(_ service: String, _ outcome: String) {
+        if outcome == "timeout" || outcome == "worker_gone" {
+            let now = node.clock.now()
+            lastMiss.withLock { $0[service] = now }
+        } else if outcome == "ok" || outcome == "error" {
+            lastMiss.withLock { _ = $0.removeValue(forKey: service) }
+        }
         metrics.increment("hub_service_requests_total", labels: [("service", service), ("outcome", outcome)])
     }
 }
@@ -167,9 +182,11 @@ public final class ServiceCache: Sendable {
         }
     }
 
-    public func save(_ key: String, _ value: JSONValue) {
-        guard ttl > 0 else { return }
-        store.put(key, value: JSONWriter.bytes(["expires_at": .double(clock.now() + ttl), "value": value])) { _ in }
+    /// Stores an answer; `then` runs once the store has it (or failed to), so the same request
+    /// sent right after the answer went out is a hit.
+    public func save(_ key: String, _ value: JSONValue, then: @escaping @Sendable () -> Void = {}) {
+        guard ttl > 0 else { then(); return }
+        store.put(key, value: JSONWriter.bytes(["expires_at": .double(clock.now() + ttl), "value": value])) { _ in then() }
     }
 
     /// Deletes expired entries, a page at a time through the whole prefix (every few minutes).
@@ -200,8 +217,8 @@ extension ServiceDesk {
         cache.lookup(key, service: service) { [self] hit in
             if let hit { completion(.success(hit)); return }
             request(service, payload: payload) { result in
-                if case .success(let value) = result { cache.save(key, value) }
-                completion(result)
+                guard case .success(let value) = result else { completion(result); return }
+                cache.save(key, value) { completion(result) }
             }
         }
     }

@@ -71,6 +71,7 @@ public final class UserDirectory: Sendable {
 
     static func userKey(_ id: String) -> String { "june:user:" + id }
     static func nameKey(_ name: String) -> String { "june:username:" + name.lowercased() }
+    static func tombstoneKey(_ id: String) -> String { "june:user-deleted:" + id }
 
     public func user(id: String, completion: @escaping @Sendable (Result<JuneUser?, StoreError>) -> Void) {
         store.get(Self.userKey(id)) { result in
@@ -121,6 +122,7 @@ public final class UserDirectory: Sendable {
                 case .failure(let error): completion(.failure(.store(error)))
                 case .success(false): completion(.failure(.exists))
                 case .success(true):
+                    store.delete(Self.tombstoneKey(user.userID)) { _ in }
                     store.put(Self.userKey(user.userID), value: JSONWriter.bytes(user.record)) { stored in
                         completion(stored.map { user }.mapError { .store($0) })
                     }
@@ -145,10 +147,44 @@ public final class UserDirectory: Sendable {
         }
     }
 
+    /// A page of users in user id order.
+    public func list(limit: Int, offset: Int, completion: @escaping @Sendable (Result<[JuneUser], StoreError>) -> Void) {
+        struct Page: Sendable { var skipped = 0; var users: [JuneUser] = [] }
+        StoreWalk.fold(store, prefix: "june:user:", into: Page()) { page, record in
+            guard let user = (try? JSONParser.parse(record.value)).flatMap(JuneUser.init(record:)) else { return true }
+            if page.skipped < offset { page.skipped += 1; return true }
+            page.users.append(user)
+            return page.users.count < limit
+        } done: { completion($0.map(\.users)) }
+    }
+
+    /// Removes a user and frees the name; their live connections close on every node.
+    /// Completes with the user that was deleted, nil when there was none.
+    public func delete(id: String, completion: @escaping @Sendable (Result<JuneUser?, StoreError>) -> Void) {
+        user(id: id) { [self] found in
+            guard case .success(let user?) = found else { completion(found); return }
+            store.delete(Self.userKey(id)) { [self] deleted in
+                guard case .success = deleted else { completion(.failure(StoreError("user store unavailable"))); return }
+                node.disconnect(user: id, client: nil, reason: DisconnectReason(code: 3503, reason: "user deleted"))
+                // Tokens issued before the deletion stay valid until they expire: the tombstone
+                // makes `isActive` refuse them (a user the directory never knew still counts as active).
+                store.put(Self.tombstoneKey(id), value: Array("deleted".utf8)) { [self] _ in
+                    store.delete(Self.nameKey(user.username)) { _ in completion(.success(user)) }
+                }
+            }
+        }
+    }
+
     /// Whether a user may act now: users the directory does not know (tokens issued by
     /// another backend) count as active.
     public func isActive(_ id: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
-        user(id: id) { completion($0.map { $0?.status ?? "active" == "active" }) }
+        user(id: id) { [store] found in
+            switch found {
+            case .failure(let error): completion(.failure(error))
+            case .success(let user?): completion(.success(user.status == "active"))
+            case .success(nil): store.get(Self.tombstoneKey(id)) { completion($0.map { $0 == nil }) }
+            }
+        }
     }
 
     /// Creates the configured first admin when no user of that name exists yet.

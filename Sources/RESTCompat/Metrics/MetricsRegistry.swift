@@ -57,6 +57,13 @@ public final class MetricsRegistry: Sendable {
         gauges.withLock { $0.append((name, type, help, read)) }
     }
 
+    /// Gauges with one series per label set, read at scrape time (e.g. workers per service).
+    private let labeledGauges = Mutex<[(String, String, @Sendable () -> [([(String, String)], Double)])]>([])
+
+    public func gauge(_ name: String, help: String, series: @escaping @Sendable () -> [([(String, String)], Double)]) {
+        labeledGauges.withLock { $0.append((name, help, series)) }
+    }
+
     static func escape(_ value: String) -> String {
         // Route labels and statuses never need escaping: skip the copy (it is per request).
         if !value.utf8.contains(where: { $0 == UInt8(ascii: "\\") || $0 == UInt8(ascii: "\"") || $0 == 0x0A }) { return value }
@@ -81,6 +88,12 @@ public final class MetricsRegistry: Sendable {
         var out = ""
         for (name, type, help, read) in gauges.withLock({ $0 }) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(Self.number(read()))\n"
+        }
+        for (name, help, series) in labeledGauges.withLock({ $0 }) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
+            for (labels, value) in series() {
+                out += "\(name){\(labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }.joined(separator: ","))} \(Self.number(value))\n"
+            }
         }
         let snapshot = state.withLock { $0 }
         let names = Set(snapshot.counters.keys.map(\.name)).union(snapshot.histograms.keys.map(\.name)).union(snapshot.help.keys)

@@ -37,7 +37,7 @@ public enum OpenAPIDocument {
             let errorContent: JSONValue = ["application/json": ["schema": route.errors.schema]]
             var documented = route.responses
             switch route.auth {
-            case .none: break
+            case .none, .optional: break
             case .optionalJWT:
                 documented[401] = documented[401] ?? "Invalid credentials"
             case .jwt(let roles):
@@ -77,6 +77,11 @@ public enum OpenAPIDocument {
                 // `{}` in the list: the requirement may be left out altogether.
                 addScheme("jwt", ["type": "http", "scheme": "bearer", "bearerFormat": "JWT"])
                 operation.append(("security", [["jwt": []], [:]]))
+            case .optional(.bearerToken(let name, _)):
+                addScheme("\(name)Bearer", ["type": "http", "scheme": "bearer"])
+                operation.append(("security", [[:], .object([("\(name)Bearer", [])])]))
+            case .optional:
+                operation.append(("security", []))
             }
             // The scheme with its parameters (which roles, admin-only), so tools and the
             // authorization matrix test derive every route's expected answers from here.
@@ -105,6 +110,7 @@ public enum OpenAPIDocument {
         case .bearerToken(let name, let admin): return ["scheme": "bearerToken", "name": .string(name), "admin": .bool(admin)]
         case .jwt(let roles): return ["scheme": "jwt", "roles": .array(roles.map { .string($0) })]
         case .optionalJWT: return ["scheme": "optionalJWT"]
+        case .optional(let inner): return ["scheme": "optional", "inner": authDescriptor(inner)]
         }
     }
 

@@ -1,7 +1,7 @@
 import Channels
 
 /// How a route checks its caller. Every route names one; there is no default.
-public enum AuthScheme: Sendable, Equatable {
+public indirect enum AuthScheme: Sendable, Equatable {
     /// Open to anyone (health checks, static assets, metrics).
     case none
     /// The hub's server API key, as `X-API-Key: <key>` or `Authorization: apikey <key>`.
@@ -18,6 +18,10 @@ public enum AuthScheme: Sendable, Equatable {
     /// anonymous and the route decides. Only seed 003's backward-compatible `/auth/token`,
     /// whose answer depends on whether a bearer came.
     case optionalJWT
+    /// The inner scheme when the caller passes it, otherwise anonymous (never refused here):
+    /// for a route that serves two systems on one path and decides in its handler
+    /// (`GET /status`: seed 000 with a gateway token, seed 003's open status without).
+    case optional(AuthScheme)
 }
 
 /// Secrets the auth schemes compare against. Never logged.
@@ -64,6 +68,8 @@ enum Authenticator {
         switch scheme {
         case .none:
             return .success(anonymous)
+        case .optional(let inner):
+            return .success((try? check(request, scheme: inner, credentials: credentials, now: now).get()) ?? anonymous)
         case .serverAPIKey:
             var presented = request.header("x-api-key")
             if presented == nil, let auth = request.header("authorization") {
