@@ -99,6 +99,7 @@ final class HubServer {
             + TeamCacheAPI(service: cache).routes
             + june.routes
             + meetings.routes
+            + DashboardFiles(root: config.dashboardDir, libraryRoot: config.dashboardLibDir).routes
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
                                                                      bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
