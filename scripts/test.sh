@@ -6,10 +6,15 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_packages "${HUB_PACKAGES[@]}"
 python3 -m venv --help >/dev/null 2>&1 || ensure_packages python3-venv
+ensure_packages "${TEST_PACKAGES[@]}"
+ensure_packages "${BROWSER_PACKAGES[@]}" || echo "chromium could not be installed: the dashboard browser test will be skipped" >&2
 
 swift build --build-tests
 # A deadline, so a hung test fails the run instead of eating the CI budget.
 timeout --kill-after=30 900 swift test --skip-build --disable-swift-testing
+
+# The JavaScript client (clients/js) against a real hub subprocess.
+HUB_BINARY="$PWD/.build/debug/hub" timeout --kill-after=10 300 node --test clients/js/test/*.test.js
 
 VENV=.venv-test
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then

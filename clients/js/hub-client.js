@@ -173,7 +173,7 @@ export class HubClient extends Emitter {
           // Expired token: fetch a fresh one and try again straight away.
           try { this.#token = await this.#options.getToken(); } catch (e) { this.emit("error", new HubError(0, "getToken failed: " + e.message)); }
           this.#closeSocket(3000, "token refresh");
-          this.#lost(3005, "token expired", true);
+          this.#lost(109, "token expired", true);
           return;
         }
         this.emit("error", error);
