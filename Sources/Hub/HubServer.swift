@@ -89,6 +89,7 @@ final class HubServer {
         let routerBox = RouterBox()
         let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
+        CacheJobsSnapshot(service: cache).register(on: node)
         let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
