@@ -38,6 +38,7 @@ function job(id) {
 
 function showStatus(entry, status) {
   entry.status = status;
+  if (finished(status)) entry.rate.textContent = "";
   entry.li.dataset.status = status;
   setTag(entry.statusTag, status);
   $("cache-running").textContent = [...jobs.values()].filter((j) => j.status === "running").length;
@@ -49,7 +50,7 @@ function showProgress(entry, progress, throughput) {
   entry.filesText.textContent = `${progress.files.completed + progress.files.failed} / ${progress.files.total}`;
   entry.size.set(progress.size.percentage);
   entry.sizeText.textContent = `${bytes(progress.size.completedBytes)} / ${bytes(progress.size.totalBytes)}`;
-  if (throughput !== undefined) entry.rate.textContent = throughput ? `${(throughput.mbps ?? 0).toFixed(1)} MB/s` : "";
+  if (throughput !== undefined) entry.rate.textContent = throughput && !finished(entry.status) ? `${(throughput.mbps ?? 0).toFixed(1)} MB/s` : "";
 }
 
 function watch(id) {
@@ -72,11 +73,14 @@ function unwatch(id) {
 
 function finished(status) { return status === "completed" || status === "failed" || status === "cancelled"; }
 
-function feedLine(data) {
+// One line per file: "›" while it is read, then ✓ or ✗ in the same place.
+function feedLine(line, data) {
   const mark = data.event === "completed" ? ["✓", "ok"] : data.event === "failed" ? ["✗", "bad"] : ["›", "run"];
   const size = data.event === "started" ? bytes(data.size) : data.event === "failed" ? data.error ?? "failed" : bytes(data.bytes);
-  return el("li", { "data-event": data.event },
-    el("span", { class: mark[1], text: mark[0] }), el("span", { class: "path", text: data.path, title: data.path }), el("span", { class: "size", text: size }));
+  line.dataset.event = data.event;
+  line.replaceChildren(el("span", { class: mark[1], text: mark[0] }), el("span", { class: "path", text: data.path, title: data.path }),
+    el("span", { class: "size", text: size }));
+  return line;
 }
 
 async function select(id) {
@@ -88,11 +92,20 @@ async function select(id) {
   feed.textContent = "";
   if (filesSub) { filesSub.unsubscribe().catch(() => {}); filesSub = null; }
   let shownUpTo = 0;
+  const lines = new Map(); // file index → line
   const append = (pub) => {
     if (pub.offset && pub.offset <= shownUpTo) return;
     shownUpTo = pub.offset ?? shownUpTo;
-    feed.append(feedLine(pub.data));
-    trim(feed, 80);
+    const index = pub.data.index;
+    let line = lines.get(index);
+    if (!line || !line.isConnected) {
+      line = el("li");
+      lines.set(index, line);
+      feed.append(line);
+      trim(feed, 80);
+      if (lines.size > 200) for (const [key, value] of lines) if (!value.isConnected) lines.delete(key);
+    }
+    feedLine(line, pub.data);
     feed.scrollTop = feed.scrollHeight;
   };
   const pending = [];

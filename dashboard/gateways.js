@@ -37,7 +37,8 @@ function show(id, gateway, flash) {
   entry.tr.dataset.state = gateway.status ?? "";
   setTag(entry.state, gateway.status);
   entry.cells.room.textContent = gateway.room ?? "—";
-  entry.cells.duration.textContent = gateway.media_duration ?? "—";
+  const duration = gateway.media_duration;
+  entry.cells.duration.textContent = !duration || duration === "0" ? "—" : duration;
   entry.bar.set(percent(gateway.transcript_progress));
   if (flash) {
     entry.tr.classList.remove("flash");
