@@ -21,5 +21,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/nu
     python3 -m venv "$VENV" || { ensure_packages python3-venv && python3 -m venv "$VENV"; }
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r Tests/integration/requirements.txt
+# The Python helpers and workers (clients/python), so their console scripts are tested as installed.
+"$VENV/bin/pip" install -q --disable-pip-version-check './clients/python[stt]'
 mkdir -p test-artifacts
 HUB_BINARY="$PWD/.build/debug/hub" "$VENV/bin/python" -m pytest Tests/integration -q -p no:cacheprovider "$@"

@@ -39,10 +39,9 @@ pytestmark = pytest.mark.skipif(
 ADMIN, PASSWORD = "admin", "admin-password-1"
 GATEWAY_TOKEN, GATEWAY_ADMIN = "1234", "admin-secret-key"
 CACHE_KEY = "dashboard-cache-key"
-SIMULATOR = REPO_ROOT / "clients" / "gateway-sim" / "gateway_sim.py"
-JUNE_WORKER = REPO_ROOT / "clients" / "june" / "worker.py"
-FAKE_LLM = REPO_ROOT / "clients" / "june" / "fake_llm.py"
-MEETINGS_WORKER = REPO_ROOT / "clients" / "meetings-worker" / "worker.py"
+CLIENTS = REPO_ROOT / "clients" / "python" / "src" / "hub_clients"
+SIMULATOR, JUNE_WORKER = CLIENTS / "gateway_sim.py", CLIENTS / "june_worker.py"
+FAKE_LLM, MEETINGS_WORKER = CLIENTS / "fake_llm.py", CLIENTS / "meetings_worker.py"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
