@@ -34,7 +34,7 @@ fi
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
-"$HUB_BINARY" --port "$PORT" --data-dir "$DEMO/data" --cache-max-read-rate 60 --gateway-monitor-interval 1 "$@" &
+"$HUB_BINARY" --port "$PORT" --data-dir "$DEMO/data" --cache-max-read-rate 20 --gateway-monitor-interval 1 "$@" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "$HUB/health" >/dev/null && break; sleep 0.1; done
 

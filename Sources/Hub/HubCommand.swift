@@ -69,8 +69,8 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds for a whole call to a gateway (default 10).") var gatewayTimeout: Double?
     @Option(help: "Seconds between monitor polls of every gateway's /gateway/status (default 5).") var gatewayMonitorInterval: Double?
     @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
-    @Option(help: "Folder of the dashboard served at / and /ui/<file> (default ./dashboard).") var dashboardDir: String?
-    @Option(help: "Folder of the JavaScript client served at /ui/lib/<file> (default ./clients/js).") var dashboardLibDir: String?
+    @Option(help: "Folder of the dashboard served at / and /ui/{file} (default ./dashboard).") var dashboardDir: String?
+    @Option(help: "Folder of the JavaScript client served at /ui/lib/{file} (default ./clients/js).") var dashboardLibDir: String?
     @Option(help: "Meetings: largest upload, bytes (default 524288000); larger gets 413 FILE_TOO_LARGE.") var meetingsMaxUploadBytes: Int?
     @Option(help: "Meetings: seconds an artifact download link stays valid (default 3600).") var meetingsLinkTtl: Double?
     @Option(help: "Meetings: lifetime of access tokens issued after a Telegram check, seconds (default 86400).") var meetingsTokenTtl: Double?

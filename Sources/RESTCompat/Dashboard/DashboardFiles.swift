@@ -2,8 +2,8 @@ import Dispatch
 import Glibc
 
 /// The live dashboard: static files from the repository (`dashboard/`, plain HTML, CSS and ES
-/// modules, no build step) served at `/` and `/ui/<file>`, plus the JavaScript protocol client
-/// it imports (`clients/js`) at `/ui/lib/<file>`.
+/// modules, no build step) served at `/` and `/ui/{file}`, plus the JavaScript protocol client
+/// it imports (`clients/js`) at `/ui/lib/{file}`.
 ///
 /// Each URL names one file directly in its folder: a name with `/`, `\`, NUL, a leading `.`
 /// (so no `..`, no dot files) or an extension not listed below is 404, and the resolved path
@@ -67,7 +67,7 @@ public struct DashboardFiles: Sendable {
         }
     }
 
-    static func notFound(_ message: String = "not found") -> HTTPResponse { ErrorShape.hub.response(404, message) }
+    static func notFound(_ message: String = "no such dashboard file") -> HTTPResponse { ErrorShape.hub.response(404, message) }
 
     static func serve(root: String, name raw: String, reply: @escaping @Sendable (HTTPResponse) -> Void) {
         guard let name = safeName(raw) else { reply(notFound()); return }
