@@ -30,7 +30,13 @@ export function startChat({ session }) {
   const connect = async () => {
     setTag(state, "connecting");
     let token;
-    try { token = await session.token(); } catch { setTag(state, "offline"); return; }
+    try {
+      token = await session.token();
+    } catch {
+      setTag(state, "offline");
+      setTimeout(connect, Math.min(30000, 1000 * 2 ** attempt++)); // the hub may be down; try again
+      return;
+    }
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
       "/ws/" + encodeURIComponent(session.user) + "?token=" + encodeURIComponent(token);
     const ws = new WebSocket(url);

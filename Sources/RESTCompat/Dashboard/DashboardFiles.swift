@@ -22,7 +22,7 @@ public struct DashboardFiles: Sendable {
     /// Stricter than the hub's default: the page only talks to its own origin (HTTP and
     /// WebSocket), plays audio replies from `blob:` URLs, and may not be framed.
     static let policy = ("content-security-policy",
-                         "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob: data:; "
+                         "default-src 'self'; connect-src 'self'; img-src 'self' data:; media-src 'self' blob: data:; "
                          + "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
     public var routes: [Route] {

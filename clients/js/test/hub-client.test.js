@@ -49,6 +49,16 @@ test("a subscriber gets what a backend publishes through the server API, in orde
   assert.ok(seen[1].offset === seen[0].offset + 1 && seen[2].offset === seen[1].offset + 1, "offsets follow each other");
 });
 
+test("large publications arrive whole (frames over 64 KiB)", async () => {
+  const alice = client("alice");
+  await alice.connect();
+  const { seen } = await subscribed(alice, "big");
+  const text = "x".repeat(200_000);
+  await hub.api("publish", { channel: "big", data: { text } });
+  await eventually(() => seen.length === 1, 5000, "the large publication");
+  assert.equal(seen[0].data.text.length, 200_000);
+});
+
 test("publish reaches other subscribers with the publisher's user; join, presence and history agree", async () => {
   const alice = client("alice"), bob = client("bob");
   await Promise.all([alice.connect(), bob.connect()]);
