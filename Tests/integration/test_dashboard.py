@@ -245,8 +245,10 @@ def test_gateways_jobs_and_chat_move_live_without_a_reload(board, browser):
     gw = board.start_room("math101")
     row = page.locator(f'tr[data-gw="{gw}"]')
     expect(row).to_have_attribute("data-state", "working", timeout=5_000)
+    expect(row.locator("td").nth(1)).to_have_text("recorder")
     expect(row.locator("td").nth(3)).to_have_text("math101")
     expect(row.locator(".progress")).not_to_have_attribute("data-value", "0", timeout=5_000)
+    expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^00:00:\d\d$"))
     expect(page.locator("#gw-working")).to_have_text("1")
 
     # A cache job's bars reach 100% and its files scroll through the feed.
