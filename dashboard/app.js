@@ -13,6 +13,7 @@ import { startMeetings } from "./meetings.js";
 const pill = $("conn");
 function showConnection(state, text) {
   pill.dataset.state = state;
+  document.body.dataset.conn = state; // panels dim while what they show may be stale
   $("conn-text").textContent = text;
 }
 
