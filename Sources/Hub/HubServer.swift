@@ -134,6 +134,9 @@ final class HubServer {
         if config.apiKey == nil {
             logger.warning("no API key configured: the server API (/api/*) refuses every call (set HUB_API_KEY)")
         }
+        if access(config.dashboardDir + "/index.html", R_OK) != 0 {
+            logger.warning("no dashboard at \(config.dashboardDir)/index.html: / answers 404 (set --dashboard-dir to the repository's dashboard folder)")
+        }
         let engineDescription = config.engine == "redis" ? "redis(\(config.redisURLs.count) shard\(config.redisURLs.count == 1 ? "" : "s"))" : "memory"
         let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host
         logger.notice("hub serving http://\(shownHost):\(config.port) (ws://\(shownHost):\(config.port)/connection/websocket) engine=\(engineDescription) threads=\(config.threads) version=\(HubVersion.string)")
