@@ -329,3 +329,29 @@ def test_an_uploaded_recording_shows_progress_and_its_transcript_link(board, bro
     shot(page, "meetings")
     assert not problems, problems
     page.context.close()
+
+
+def test_sign_in_errors_reload_and_sign_out(board, browser):
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.goto(board.hub.url + "/")
+    page.fill("#username", ADMIN)
+    page.fill("#password", "not-the-password")
+    page.click("#login-button")
+    expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
+    expect(page.locator("#board")).to_be_hidden()
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    expect(page.locator("#conn-text")).to_have_text("live", timeout=10_000)
+    expect(page.locator("#who")).to_have_text(ADMIN)
+    # A wall screen survives a reload without signing in again.
+    page.reload()
+    expect(page.locator("#conn-text")).to_have_text("live", timeout=10_000)
+    refresh = page.evaluate("JSON.parse(localStorage.getItem('hub.session')).refresh")
+    # Signing out revokes the refresh token on the hub and forgets it in the browser.
+    page.click("#signout")
+    expect(page.locator("#login")).to_be_visible(timeout=5_000)
+    assert page.evaluate("localStorage.getItem('hub.session')") is None
+    r = requests.post(board.hub.url + "/auth/refresh", json={"refresh_token": refresh}, timeout=WAIT)
+    assert r.status_code == 401, r.text
+    context.close()
