@@ -152,7 +152,13 @@ export class HubClient extends Emitter {
       return;
     }
     if (!this.#wanted) return;
-    const socket = new WebSocketImpl(this.#url);
+    let socket;
+    try {
+      socket = new WebSocketImpl(this.#url);
+    } catch (error) {
+      this.#lost(0, "cannot open " + this.#url + ": " + error.message, false);
+      return;
+    }
     this.#socket = socket;
     socket.onopen = () => {
       if (socket !== this.#socket) return;
@@ -247,6 +253,9 @@ export class HubClient extends Emitter {
       const command = { id, [method]: params };
       const timer = setTimeout(() => {
         this.#pending.delete(id);
+        // Not sent yet (still waiting for a connection): it never will be, the caller gave up.
+        const queued = this.#queue.indexOf(command);
+        if (queued >= 0) this.#queue.splice(queued, 1);
         reject(new HubError(0, `${method}: no reply within ${this.#options.timeout} ms`, true));
       }, this.#options.timeout);
       this.#pending.set(id, {
