@@ -13,6 +13,9 @@ public struct DashboardFiles: Sendable {
     public let root: String
     public let libraryRoot: String
     static let maxBytes = 2 * 1024 * 1024
+    /// Files are read whole: memory stays under `maxReads` × `maxBytes` whatever the request rate.
+    static let maxReads = 16
+    let reading = SharedCounter()
 
     public init(root: String, libraryRoot: String) {
         self.root = root
@@ -27,19 +30,19 @@ public struct DashboardFiles: Sendable {
 
     public var routes: [Route] {
         let tag = "dashboard"
-        let responses = [200: "The file", 404: "No such dashboard file"]
+        let responses = [200: "The file", 404: "No such dashboard file", 503: "Too many files being read; retry"]
         return [
             Route("GET", "/", auth: .none, summary: "The live dashboard (HTML; sign-in happens in the page)", tag: tag,
-                  responses: responses, produces: "text/html") { [root] context in
-                Self.serve(root: root, name: "index.html", reply: context.respond)
+                  responses: responses, produces: "text/html") { [root, reading] context in
+                Self.serve(root: root, name: "index.html", reading: reading, reply: context.respond)
             },
             Route("GET", "/ui/{file}", auth: .none, summary: "The dashboard's scripts and style sheets", tag: tag,
-                  responses: responses, produces: "text/plain") { [root] context in
-                Self.serve(root: root, name: context.params["file"] ?? "", reply: context.respond)
+                  responses: responses, produces: "text/plain") { [root, reading] context in
+                Self.serve(root: root, name: context.params["file"] ?? "", reading: reading, reply: context.respond)
             },
             Route("GET", "/ui/lib/{file}", auth: .none, summary: "The JavaScript protocol client (clients/js) the dashboard imports",
-                  tag: tag, responses: responses, produces: "text/plain") { [libraryRoot] context in
-                Self.serve(root: libraryRoot, name: context.params["file"] ?? "", reply: context.respond)
+                  tag: tag, responses: responses, produces: "text/plain") { [libraryRoot, reading] context in
+                Self.serve(root: libraryRoot, name: context.params["file"] ?? "", reading: reading, reply: context.respond)
             },
         ]
     }
@@ -69,9 +72,18 @@ public struct DashboardFiles: Sendable {
 
     static func notFound(_ message: String = "no such dashboard file") -> HTTPResponse { ErrorShape.hub.response(404, message) }
 
-    static func serve(root: String, name raw: String, reply: @escaping @Sendable (HTTPResponse) -> Void) {
+    static func serve(root: String, name raw: String, reading: SharedCounter, reply: @escaping @Sendable (HTTPResponse) -> Void) {
         guard let name = safeName(raw) else { reply(notFound()); return }
-        DispatchQueue.global().async { reply(read(root: root, name: name)) }
+        guard reading.value.add(1, ordering: .acquiringAndReleasing).newValue <= maxReads else {
+            reading.value.subtract(1, ordering: .acquiringAndReleasing)
+            reply(ErrorShape.hub.response(503, "too many dashboard files being read, retry shortly"))
+            return
+        }
+        DispatchQueue.global().async {
+            let response = read(root: root, name: name)
+            reading.value.subtract(1, ordering: .acquiringAndReleasing)
+            reply(response)
+        }
     }
 
     static func read(root: String, name: String) -> HTTPResponse {
