@@ -7,7 +7,7 @@ import { $, bytes, el, progressBar, setTag, trim } from "./dom.js";
 
 const MAX_JOBS = 12;
 const WINDOW = 300; // seconds of throughput on the chart
-const jobs = new Map(); // id → {li, status, files, size, rate, subscribed}
+const jobs = new Map(); // id → {li, status, bars, texts, progressSub}
 let client = null, selected = null, filesSub = null;
 
 function job(id) {

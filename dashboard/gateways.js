@@ -31,7 +31,6 @@ function row(id) {
 
 function show(id, gateway, flash) {
   const entry = row(id);
-  entry.tr.classList.remove("gone");
   entry.cells.id.lastChild.textContent = gateway.gateway ?? "";
   entry.cells.type.textContent = gateway.type ?? "—";
   entry.tr.dataset.state = gateway.status ?? "";
