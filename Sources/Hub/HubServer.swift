@@ -26,6 +26,18 @@ final class HubServer {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Armed before anything listens: a SIGTERM that arrives while the hub is still starting
+        // (a supervisor, or a test that saw /health answer) is kept and acted on once it is up,
+        // instead of falling between SIG_IGN and the signal source and being lost.
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            sources.append(source)
+        }
         if mkdir(config.dataDir, 0o755) != 0 && errno != EEXIST {
             throw HubError.startup("cannot create data directory \(config.dataDir)")
         }
@@ -156,15 +168,6 @@ final class HubServer {
         }
         ticker.resume()
 
-        let stop = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            sources.append(source)
-        }
         stop.wait()
         logger.notice("shutting down: closing \(node.clientCount) connections")
         cache.shutdown()
