@@ -13,3 +13,7 @@ ensure_packages() {
 }
 
 HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)
+# What only the tests need: Node for clients/js's tests; Chromium for the dashboard's browser
+# test (optional: where it cannot be installed that test skips, saying so).
+TEST_PACKAGES=(nodejs)
+BROWSER_PACKAGES=(chromium)

@@ -70,6 +70,8 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds for a whole call to a gateway (default 10).") var gatewayTimeout: Double?
     @Option(help: "Seconds between monitor polls of every gateway's /gateway/status (default 5).") var gatewayMonitorInterval: Double?
     @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
+    @Option(help: "Folder of the dashboard served at / and /ui/{file} (default ./dashboard).") var dashboardDir: String?
+    @Option(help: "Folder of the JavaScript client served at /ui/lib/{file} (default ./clients/js).") var dashboardLibDir: String?
     @Option(help: "Meetings: largest upload, bytes (default 524288000); larger gets 413 FILE_TOO_LARGE.") var meetingsMaxUploadBytes: Int?
     @Option(help: "Meetings: seconds an artifact download link stays valid (default 3600).") var meetingsLinkTtl: Double?
     @Option(help: "Meetings: lifetime of access tokens issued after a Telegram check, seconds (default 86400).") var meetingsTokenTtl: Double?
@@ -172,6 +174,8 @@ struct HubCommand: ParsableCommand {
         c.gatewayTimeout = try gatewayTimeout ?? envDouble("HUB_GATEWAY_TIMEOUT") ?? c.gatewayTimeout
         c.gatewayMonitorInterval = try gatewayMonitorInterval ?? envDouble("HUB_GATEWAY_MONITOR_INTERVAL") ?? c.gatewayMonitorInterval
         c.gatewayMonitorFailures = try gatewayMonitorFailures ?? envInt("HUB_GATEWAY_MONITOR_FAILURES") ?? c.gatewayMonitorFailures
+        c.dashboardDir = dashboardDir ?? env["HUB_DASHBOARD_DIR"] ?? c.dashboardDir
+        c.dashboardLibDir = dashboardLibDir ?? env["HUB_DASHBOARD_LIB_DIR"] ?? c.dashboardLibDir
         c.meetingsMaxUploadBytes = try Int64(meetingsMaxUploadBytes ?? envInt("HUB_MEETINGS_MAX_UPLOAD_BYTES") ?? Int(c.meetingsMaxUploadBytes))
         c.meetingsLinkTTL = try meetingsLinkTtl ?? envDouble("HUB_MEETINGS_LINK_TTL") ?? c.meetingsLinkTTL
         c.meetingsTokenTTL = try meetingsTokenTtl ?? envDouble("HUB_MEETINGS_TOKEN_TTL") ?? c.meetingsTokenTTL

@@ -26,6 +26,18 @@ final class HubServer {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Armed before anything listens: a SIGTERM that arrives while the hub is still starting
+        // (a supervisor, or a test that saw /health answer) is kept and acted on once it is up,
+        // instead of falling between SIG_IGN and the signal source and being lost.
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            sources.append(source)
+        }
         if mkdir(config.dataDir, 0o755) != 0 && errno != EEXIST {
             throw HubError.startup("cannot create data directory \(config.dataDir)")
         }
@@ -89,6 +101,7 @@ final class HubServer {
         let routerBox = RouterBox()
         let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
+        CacheJobsSnapshot(service: cache).register(on: node)
         let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
@@ -102,6 +115,7 @@ final class HubServer {
             + TeamCacheAPI(service: cache).routes
             + june.routes
             + meetings.routes
+            + DashboardFiles(root: config.dashboardDir, libraryRoot: config.dashboardLibDir).routes
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
                                                                      bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
@@ -120,19 +134,6 @@ final class HubServer {
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
             corsOrigins: config.corsOrigins, chat: june.chat)
 
-        // Signals are watched before the first socket is served: a SIGTERM sent as soon as
-        // /health answers must stop the hub, not be ignored (SIG_IGN with no source yet) or
-        // kill it outright (the default action).
-        let stop = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            sources.append(source)
-        }
-
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
         cache.start()
@@ -147,6 +148,9 @@ final class HubServer {
         }
         if config.apiKey == nil {
             logger.warning("no API key configured: the server API (/api/*) refuses every call (set HUB_API_KEY)")
+        }
+        if access(config.dashboardDir + "/index.html", R_OK) != 0 {
+            logger.warning("no dashboard at \(config.dashboardDir)/index.html: / answers 404 (set --dashboard-dir to the repository's dashboard folder)")
         }
         let engineDescription = config.engine == "redis" ? "redis(\(config.redisURLs.count) shard\(config.redisURLs.count == 1 ? "" : "s"))" : "memory"
         let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host

@@ -23,8 +23,8 @@ import websockets
 
 from hubtest import REPO_ROOT, WAIT, HubFactory, WSClient, arun, free_port, make_jwt, wait_for
 
-WORKER = str(REPO_ROOT / "clients" / "june" / "worker.py")
-FAKE_LLM = str(REPO_ROOT / "clients" / "june" / "fake_llm.py")
+WORKER = str(REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "june_worker.py")
+FAKE_LLM = str(REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "fake_llm.py")
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
 FAST_HASH = {"HUB_ADMIN_USER": ADMIN, "HUB_ADMIN_PASSWORD": ADMIN_PASSWORD, "HUB_PASSWORD_ITERATIONS": "20000"}
 

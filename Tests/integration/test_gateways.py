@@ -22,7 +22,7 @@ import requests
 
 from hubtest import REPO_ROOT, WAIT, arun, free_port, wait_for
 
-SIMULATOR = REPO_ROOT / "clients" / "gateway-sim" / "gateway_sim.py"
+SIMULATOR = REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "gateway_sim.py"
 ALLOWED = "1234"               # seed 000's curl examples
 ADMIN = "admin-secret-key"
 RECORD = re.compile(r"^[^|]+\|(started|working|stopped)\|[^|]+\|[^|]+\|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\|[^|]+\|[^|]+$")

@@ -244,3 +244,35 @@ def wait_for_notice(hub) -> str:
     from hubtest import wait_for
     return wait_for(lambda: next((l for l in hub.log().splitlines() if "hub serving" in l), None),
                     message="the startup notice")
+
+
+def test_sigterm_right_after_startup_is_not_lost(tmp_path):
+    """A supervisor (or a test) that stops the hub the moment /health answers gets a clean exit:
+    the signal handlers are armed before the hub listens, so a SIGTERM during the rest of startup
+    is neither ignored (a hang) nor fatal (exit by signal)."""
+    import subprocess
+    import urllib.request
+
+    from hubtest import HUB_BINARY, _clean_env
+
+    for attempt in range(10):
+        port = free_port()
+        env = {**_clean_env(), "HUB_TOKEN_HMAC_SECRET": SECRET}
+        proc = subprocess.Popen([HUB_BINARY, "--port", str(port), "--host", "127.0.0.1", "--data-dir", str(tmp_path / str(attempt))],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the hub did not come up"
+                time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"attempt {attempt}: SIGTERM right after startup was lost (still running after 10 s)")
+        assert code == 0, f"attempt {attempt}: exit code {code}"

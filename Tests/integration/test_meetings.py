@@ -27,7 +27,7 @@ import pytest
 
 from hubtest import API_KEY, REPO_ROOT, WAIT, arun, wait_for
 
-WORKER = REPO_ROOT / "clients" / "meetings-worker" / "worker.py"
+WORKER = REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "meetings_worker.py"
 BOT_TOKEN = "123456:TEST-bot-token-for-integration"
 ADMIN_TG_ID = 4242
 

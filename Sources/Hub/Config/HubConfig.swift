@@ -62,6 +62,10 @@ struct HubConfig: Sendable {
     var gatewayTimeout: Double = 10
     var gatewayMonitorInterval: Double = 5
     var gatewayMonitorFailures = 3
+    // The live dashboard at `/` (relative paths are from the working directory; run.sh starts
+    // the hub in the repository root).
+    var dashboardDir = "dashboard"
+    var dashboardLibDir = "clients/js"
 
     /// The `gateways` namespace unless the config defines it: every change kept an hour
     /// (up to 1000), so dashboards recover from a snapshot's position.
@@ -175,6 +179,8 @@ struct HubConfig: Sendable {
             case "gateway_timeout": gatewayTimeout = try double(value, key)
             case "gateway_monitor_interval": gatewayMonitorInterval = try double(value, key)
             case "gateway_monitor_failures": gatewayMonitorFailures = try int(value, key)
+            case "dashboard_dir": dashboardDir = try string(value, key)
+            case "dashboard_lib_dir": dashboardLibDir = try string(value, key)
             case "meetings_max_upload_bytes": meetingsMaxUploadBytes = Int64(try int(value, key))
             case "meetings_link_ttl": meetingsLinkTTL = try double(value, key)
             case "meetings_token_ttl": meetingsTokenTTL = try double(value, key)

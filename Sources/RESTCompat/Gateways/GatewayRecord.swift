@@ -70,6 +70,12 @@ public struct GatewayRecord: Sendable, Equatable {
         ]
     }
 
+    /// What the channels and the `gateways.snapshot` RPC carry: the `/admin/statuses` fields plus
+    /// the gateway's `type` (the seed's REST answer stays as it was; a dashboard wants the type).
+    public var liveStatus: JSONValue {
+        .object((adminStatus.objectValue ?? []) + [("type", .string(type))])
+    }
+
     /// `data` of `GET /status` and `GET /progress`; the seed's `gw_id` field carries the address.
     public var statusData: JSONValue {
         [

@@ -131,7 +131,7 @@ public final class GatewayService: Sendable {
                     case .failure: completion(.failure(ProtocolError.internal))
                     case .success(let all):
                         completion(.success([
-                            "gateways": .object(all.map { ($0.0, $0.1.adminStatus) }),
+                            "gateways": .object(all.map { ($0.0, $0.1.liveStatus) }),
                             "offset": .int(Int64(history.position.offset)), "epoch": .string(history.position.epoch),
                         ]))
                     }
@@ -412,10 +412,10 @@ public final class GatewayService: Sendable {
     // MARK: Channels
 
     /// Publishes one change on `gateways:all`, the gateway's channel and the rooms' channels.
-    /// The payload carries the `/admin/statuses` fields plus `event` and `gw_id`.
+    /// The payload carries the `/admin/statuses` fields plus `type`, `event` and `gw_id`.
     func publish(_ event: String, id: String, record: GatewayRecord, rooms: [String], extra: [(String, JSONValue)] = []) {
         var payload: [(String, JSONValue)] = [("event", .string(event)), ("gw_id", .string(id))]
-        payload += record.adminStatus.objectValue ?? []
+        payload += record.liveStatus.objectValue ?? []
         payload += extra
         send(.object(payload), id: id, rooms: Set(rooms + (record.room.map { [$0] } ?? [])))
     }
@@ -423,9 +423,10 @@ public final class GatewayService: Sendable {
     func publishRemoval(_ event: String, id: String, last: GatewayRecord?, reason: String) {
         var payload: [(String, JSONValue)] = [("event", .string(event)), ("gw_id", .string(id))]
         if let last {
-            payload += last.adminStatus.objectValue ?? []
+            payload += last.liveStatus.objectValue ?? []
         } else {
-            payload += [("gateway", .null), ("status", .null), ("room", .null), ("media_duration", .null), ("transcript_progress", .null)]
+            payload += [("gateway", .null), ("status", .null), ("room", .null), ("media_duration", .null), ("transcript_progress", .null),
+                        ("type", .null)]
         }
         payload.append(("reason", .string(reason)))
         send(.object(payload), id: id, rooms: Set(last?.room.map { [$0] } ?? []))
