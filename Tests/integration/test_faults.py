@@ -1,0 +1,357 @@
+"""Faults, injected on purpose: what the hub promises when the things around it break.
+
+Each test breaks one thing for real, on loopback, and bounds every wait: Redis SIGKILLed and
+restarted under publish load, a hub node SIGKILLed while the other keeps serving, the file
+system under `--data-dir` turned read-only by a real ext4 error, gateways and workers that hang,
+answer garbage or hang up mid-answer, and 20,000 connections churning through one hub with its
+resident memory measured before and after. docs/security.md ("Faults") lists each promise with
+the test that checks it.
+
+The file runs in the README's test command in about three minutes. HUB_FAULTS_LONG=1 makes the
+churn run for minutes instead (HUB_FAULTS_CHURN_SECONDS, default 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import requests
+
+from hubtest import WAIT, Hub, arun, async_wait_for, free_port, wait_for
+from test_redis import Publisher, RedisServer, channel_name, pubs_until_unsubscribe
+
+# Publications kept long enough that nothing a test publishes ages or is trimmed out of history.
+DURABLE = {"channel": {"history_size": 1000, "history_ttl": 600, "allow_publish_for_client": True}}
+
+
+@pytest.fixture
+def redis_factory(tmp_path_factory):
+    """redis_factory(persistent=False) -> a started RedisServer; all are stopped at teardown."""
+    servers: List[RedisServer] = []
+
+    def start(persistent: bool = False) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), name=f"faults{len(servers) + 1}",
+                             persistent=persistent)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def redis_node(hub_factory, name: str, redis: RedisServer) -> Hub:
+    return hub_factory("--engine", "redis", "--redis-url", redis.url, "--node-name", name,
+                       "--presence-ttl", "5", config=DURABLE)
+
+
+def offsets_of(pubs: List[Dict[str, Any]]) -> List[int]:
+    return [p["offset"] for p in pubs]
+
+
+# --------------------------------------------------------------------------------------------
+# Redis SIGKILLed under publish load, with persistence: nothing acknowledged is lost
+
+
+def test_redis_with_appendfsync_always_loses_no_acknowledged_publication_when_killed(redis_factory, hub_factory):
+    """"Acknowledged" = /api/publish answered with an offset. With `appendfsync always` Redis
+    fsyncs its log before it replies, so every acknowledged publication is in history after a
+    SIGKILL and restart, in the same epoch, and subscribers recover across the outage without a
+    gap. (Without persistence, test_redis.py checks the other half: a new epoch, and clients
+    told so with unsubscribe 2500.)"""
+    redis = redis_factory(persistent=True)
+    a = redis_node(hub_factory, "a", redis)
+    b = redis_node(hub_factory, "b", redis)
+    ch = channel_name("durable")
+
+    async def body():
+        alice = await a.client("alice")  # subscriber on A, publisher on B
+        epoch = (await alice.subscribe(ch))["epoch"]
+        publisher = Publisher(b, ch, interval=0.01)
+        publisher.start()
+        try:
+            await async_wait_for(lambda: publisher.count() >= 30, message="30 acknowledged publications")
+            redis.kill()
+            await async_wait_for(lambda: publisher.count(failed=True) >= 5, message="publishes refused while Redis is down")
+            before_restart = publisher.count()
+            redis.start()  # same port, same directory: the append-only file is replayed
+            await async_wait_for(lambda: publisher.count() >= before_restart + 30, timeout=15,
+                                 message="30 more publications acknowledged after the restart")
+        finally:
+            publisher.halt.set()
+            publisher.join(WAIT)
+        acked = list(publisher.acked)
+        assert {e for _, _, e in acked} == {epoch}, "the persisted stream goes on in its epoch"
+        for _, error in publisher.failed:
+            assert error["code"] == 100 and "redis" in error["message"], error
+
+        # Every acknowledged publication is in history, at the offset it was acknowledged with.
+        # (A publish that failed may still have been applied; it then has an offset of its own.)
+        history = a.api_result("history", {"channel": ch, "limit": 1000})
+        assert history["epoch"] == epoch
+        by_offset = {p["offset"]: p["data"]["n"] for p in history["publications"]}
+        assert sorted(by_offset) == list(range(1, history["offset"] + 1)), "history has no hole"
+        for n, offset, _ in acked:
+            assert by_offset.get(offset) == n, f"acknowledged publication {n} at offset {offset} lost"
+
+        # Alice saw the stream up to the outage, maybe an unsubscribe 2500 (the stream moved on
+        # while her node was cut off); with recovery she ends with every offset exactly once.
+        seen: List[Dict[str, Any]] = []
+        top = history["offset"]
+        while not seen or seen[-1]["offset"] < top:
+            push = await alice.push(channel=ch, timeout=10)
+            if "pub" in push:
+                seen.append(push["pub"])
+                continue
+            assert push["unsubscribe"]["code"] == 2500, push
+            sub = await alice.subscribe(ch, recover=True, offset=seen[-1]["offset"] if seen else 0, epoch=epoch)
+            assert sub.get("recovered") is True and sub["epoch"] == epoch, sub
+            seen += sub.get("publications", [])
+        assert offsets_of(seen) == list(range(1, top + 1)), "no gap, no duplicate"
+        assert [p["data"]["n"] for p in seen] == [by_offset[o] for o in range(1, top + 1)]
+        await alice.no_push(0.3)
+
+    arun(body())
+    assert a.alive() and b.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# A hub node SIGKILLed under load: its clients move to the survivor and recover
+
+
+def test_node_killed_with_kill_9_under_load_clients_recover_on_the_survivor(redis_factory, hub_factory):
+    redis = redis_factory()
+    a = redis_node(hub_factory, "a", redis)
+    b = redis_node(hub_factory, "b", redis)
+    ch = channel_name("load")
+    followers = 20
+
+    async def body():
+        on_a = await a.client("watcher")
+        epoch = (await on_a.subscribe(ch))["epoch"]
+        on_b = []
+        for i in range(followers):
+            c = await b.client(f"user{i}")
+            await c.subscribe(ch)
+            on_b.append(c)
+        publisher = Publisher(a, ch, interval=0.01)
+        publisher.start()
+        chatter = 0
+        try:
+            await async_wait_for(lambda: publisher.count() >= 20, message="20 publications")
+            # Load on B itself too: its clients publish while it dies.
+            for c in on_b[:5]:
+                await c.send("publish", {"channel": ch, "data": {"from": "b"}})
+                chatter += 1
+            assert b.stop(signal.SIGKILL) == -signal.SIGKILL
+            killed_at = publisher.count()
+
+            seen: Dict[int, List[Dict[str, Any]]] = {}
+            for i, c in enumerate(on_b):
+                await c.closed()  # what B delivered before dying stays buffered
+                pubs = [p["pub"] for p in c.pushes if "pub" in p and p.get("channel") == ch]
+                assert offsets_of(pubs) == list(range(1, len(pubs) + 1)), "in order, no gap before the kill"
+                seen[i] = pubs
+            # Each client reconnects to the survivor and asks for what it missed.
+            moved = []
+            for i, c in enumerate(on_b):
+                n = await a.client(f"user{i}")
+                last = seen[i][-1]["offset"] if seen[i] else 0
+                sub = await n.subscribe(ch, recover=True, offset=last, epoch=epoch)
+                assert sub.get("recovered") is True and sub["epoch"] == epoch, sub
+                seen[i] += sub.get("publications", [])
+                moved.append(n)
+            await async_wait_for(lambda: publisher.count() >= killed_at + 20, message="20 more publications")
+        finally:
+            publisher.halt.set()
+            publisher.join(WAIT)
+        # The survivor never stopped serving: every publish on A was acknowledged.
+        assert publisher.failed == [], publisher.failed[:3]
+        top = a.api_result("history", {"channel": ch, "limit": 1})["offset"]
+        assert top >= len(publisher.acked)
+        for i, n in enumerate(moved):
+            while seen[i][-1]["offset"] < top:
+                seen[i] += await n.pubs(1, channel=ch)
+            assert offsets_of(seen[i]) == list(range(1, top + 1)), f"user{i}: gap or duplicate"
+        watched = await on_a.pubs(top, channel=ch)
+        assert offsets_of(watched) == list(range(1, top + 1))
+        await on_a.no_push(0.2)
+        # B's clients' own publications made it or were never acknowledged; either way A
+        # and history agree on one stream.
+        assert [p["data"] for p in watched] == [p["data"] for p in seen[0]]
+
+    arun(body(), timeout=90)
+    assert a.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# The file system under --data-dir turns read-only mid-run
+
+
+class Ext4Disk:
+    """A small ext4 file system in a file, loop-mounted with errors=remount-ro. `fail()` makes
+    the kernel record a file-system error (/sys/fs/ext4/<dev>/trigger_fs_error), which turns
+    the mount read-only under the open files, as a failing disk does. `mount -o remount,ro`
+    cannot do that: it is refused while a file is open for writing. `repair()` is the disk
+    coming back: unmount, fsck, mount again."""
+
+    def __init__(self, root: Path):
+        self.image = root / "disk.img"
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir()
+        self.mounted = False
+
+    @staticmethod
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+
+    def create(self) -> Optional[str]:
+        """Formats and mounts; returns why it cannot be done here, or None."""
+        if os.geteuid() != 0:
+            return "needs root to mount a loop device"
+        for tool in ("mkfs.ext4", "e2fsck", "mount", "umount", "findmnt"):
+            if shutil.which(tool) is None:
+                return f"{tool} not installed (e2fsprogs, mount, util-linux)"
+        with open(self.image, "wb") as f:
+            f.truncate(64 * 1024 * 1024)
+        out = self.run("mkfs.ext4", "-q", "-F", str(self.image))
+        if out.returncode != 0:
+            return f"mkfs.ext4 failed: {out.stderr.strip()}"
+        return self.mount()
+
+    def mount(self) -> Optional[str]:
+        out = self.run("mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mountpoint))
+        if out.returncode != 0:
+            return f"cannot loop-mount an ext4 image here: {out.stderr.strip()}"
+        self.mounted = True
+        return None
+
+    @property
+    def error_trigger(self) -> Path:
+        device = self.run("findmnt", "-n", "-o", "SOURCE", str(self.mountpoint)).stdout.strip()
+        return Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error"
+
+    def read_only(self) -> bool:
+        # The mount options may still say rw (the kernel adds emergency_ro): ask the disk.
+        try:
+            (self.mountpoint / "probe").write_bytes(b"x")
+        except OSError:
+            return True
+        return False
+
+    def fail(self) -> None:
+        self.error_trigger.write_text("test_faults: disk made read-only\n")
+        wait_for(self.read_only, message="the file system turning read-only")
+
+    def unmount(self) -> None:
+        if self.mounted:
+            out = self.run("umount", str(self.mountpoint))
+            if out.returncode != 0:
+                self.run("umount", "-l", str(self.mountpoint))
+            self.mounted = False
+
+    def repair(self) -> None:
+        self.unmount()
+        out = self.run("e2fsck", "-f", "-y", str(self.image))
+        assert out.returncode in (0, 1), f"e2fsck could not repair the disk ({out.returncode}): {out.stdout}{out.stderr}"
+        assert self.mount() is None
+
+
+@pytest.fixture
+def ext4_disk(tmp_path):
+    disk = Ext4Disk(tmp_path)
+    why = disk.create()
+    if why is None and not disk.error_trigger.exists():
+        why = f"the kernel has no {disk.error_trigger} (ext4 error injection)"
+    if why is not None:
+        disk.unmount()
+        pytest.skip(why)
+    yield disk
+    disk.unmount()
+
+
+GATEWAY_TOKENS = {"HUB_GATEWAY_ALLOWED_TOKEN": "allowed-token", "HUB_GATEWAY_ADMIN_TOKEN": "admin-token"}
+
+
+def gw_post(hub: Hub, path: str, body: Dict[str, Any], timeout: float = WAIT) -> requests.Response:
+    return hub.http.post(hub.url + path, json=body, headers={"Authorization": "Bearer allowed-token"}, timeout=timeout)
+
+
+def gw_statuses(hub: Hub) -> Dict[str, Any]:
+    r = hub.get("/admin/statuses", headers={"Authorization": "Bearer admin-token"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def register(hub: Hub, gw_id: str, ip: str = "192.0.2.10") -> requests.Response:
+    return gw_post(hub, "/register", {"gw_ip": ip, "gw_id": gw_id, "gw_type": "recorder"})
+
+
+def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses_nothing(hub_factory, ext4_disk):
+    data = ext4_disk.mountpoint / "data"
+    args = ("--data-dir", str(data), "--gateway-monitor-interval", "60")
+    hub = hub_factory(*args, env=GATEWAY_TOKENS)
+    for gw in ("gw01", "gw02", "gw03"):
+        assert register(hub, gw).status_code == 200
+    before = gw_statuses(hub)
+    assert sorted(before) == ["gw01", "gw02", "gw03"]
+
+    async def body():
+        watcher = await hub.client("watcher")
+        await watcher.subscribe("news")
+        ext4_disk.fail()
+
+        # Writes: the documented error of the route (seed 000: 503 {"detail": ...}), nothing
+        # half-done, every time (not only the first), and quickly.
+        for attempt in range(3):
+            started = time.monotonic()
+            r = register(hub, f"gw-new{attempt}")
+            assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
+            assert time.monotonic() - started < 2
+        r = gw_post(hub, "/unregister", {"gw_id": "gw01"})
+        assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
+        # Reads go on, and show exactly what was acknowledged.
+        assert gw_statuses(hub) == before
+        r = hub.get("/status?gw_id=gw01", headers={"Authorization": "Bearer allowed-token"})
+        assert r.status_code == 200 and r.json()["data"]["gw_state"] == "started"
+        # What does not need the disk is not disturbed: health, channels, WebSocket clients.
+        assert hub.get("/health").status_code == 200
+        hub.publish("news", {"text": "still here"})
+        (pub,) = await watcher.pubs(1, channel="news")
+        assert pub["data"] == {"text": "still here"}
+        late = await hub.client("late")
+        assert (await late.call("ping", {})).get("ping") == {}
+
+    arun(body())
+    assert hub.alive(), hub.log()[-2000:]
+    # The hub says what is wrong once (not once per refused request).
+    failing = [line for line in hub.log().splitlines() if "writes failing" in line]
+    assert len(failing) == 1 and "hub.db" in failing[0] and "error" in failing[0], failing
+
+    # The disk comes back (unmount, fsck, mount): a restarted hub has every acknowledged
+    # record, none of the refused ones, an intact database, and writes again.
+    assert hub.stop(signal.SIGTERM) == 0
+    ext4_disk.repair()
+    check = subprocess.run(["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]);"
+                            "print(c.execute('PRAGMA integrity_check').fetchone()[0])", str(data / "hub.db")],
+                           capture_output=True, text=True, timeout=WAIT)
+    assert check.stdout.strip() == "ok", check.stdout + check.stderr
+    again = hub_factory(*args, env=GATEWAY_TOKENS)
+    assert gw_statuses(again) == before
+    assert register(again, "gw04").status_code == 200
+    assert gw_post(again, "/unregister", {"gw_id": "gw01"}).status_code == 200
+    assert sorted(gw_statuses(again)) == ["gw02", "gw03", "gw04"]
