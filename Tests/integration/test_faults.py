@@ -355,3 +355,199 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
     assert register(again, "gw04").status_code == 200
     assert gw_post(again, "/unregister", {"gw_id": "gw01"}).status_code == 200
     assert sorted(gw_statuses(again)) == ["gw02", "gw03", "gw04"]
+
+
+# --------------------------------------------------------------------------------------------
+# Gateways (seed 000) that hang, answer garbage or hang up mid-answer
+
+
+class MisbehavingGateway(threading.Thread):
+    """A fake media gateway on a free loopback port that reads each request and then
+    misbehaves in one way:
+      garbage    bytes that are not HTTP, then close
+      truncated  a 200 whose body stops after 10 of its 100 declared bytes, then close
+      endless    a 200 without a length that streams JSON-looking bytes until the hub hangs up
+      trickle    a status line, then one byte every 0.2 s, never finishing
+      hang       nothing at all, connection held open
+      pipes      a well-formed 200 whose status fields carry '|' and 10 kB (seed 000's record
+                 separator: a gateway must not be able to corrupt its own record)
+      good       what a healthy gateway answers
+    """
+
+    def __init__(self, mode: str):
+        super().__init__(daemon=True)
+        self.mode = mode
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.halt = threading.Event()
+        self.requests = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def run(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.halt.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def read_request(self, conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return head
+
+    @staticmethod
+    def response(body: Dict[str, Any]) -> bytes:
+        raw = json.dumps(body).encode()
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(30)
+                head = self.read_request(conn)
+                self.requests += 1
+                status_poll = head.startswith(b"GET /gateway/status")
+                if self.mode == "garbage":
+                    conn.sendall(b"\x16\x03\x01\x00\xa5 this is not HTTP at all\r\n\r\n")
+                elif self.mode == "truncated":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"status\":")
+                elif self.mode == "endless":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[")
+                    chunk = b'"x",' * 16384
+                    while not self.halt.is_set():
+                        conn.sendall(chunk)
+                elif self.mode == "trickle":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    while not self.halt.wait(0.2):
+                        conn.sendall(b"X")
+                elif self.mode == "hang":
+                    self.halt.wait(30)
+                elif self.mode == "pipes":
+                    conn.sendall(self.response({"processing_state": "working", "recording_time": "1|2|3",
+                                                "transcript_progress": "9" * 10_000} if status_poll else
+                                               {"status": "success", "processing_state": "working"}))
+                else:
+                    conn.sendall(self.response({"processing_state": "idle"} if status_poll else
+                                               {"status": "success", "processing_state": "working"}))
+        except OSError:
+            pass  # the hub hung up first: that is the point of most modes
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def gateways():
+    started: List[MisbehavingGateway] = []
+
+    def start(mode: str) -> MisbehavingGateway:
+        gw = MisbehavingGateway(mode)
+        gw.start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_gateways_that_hang_garbage_or_hang_up_get_502_or_504_in_time_and_are_released(hub_factory, gateways):
+    hub = hub_factory("--gateway-timeout", "1", "--gateway-connect-timeout", "0.5",
+                      "--gateway-monitor-interval", "60", env=GATEWAY_TOKENS)
+    expected = {"garbage": (502, "bad response"), "truncated": (502, "closed before a complete response"),
+                "endless": (502, "larger than"), "trickle": (504, "did not answer within 1s"),
+                "hang": (504, "did not answer within 1s")}
+    for mode, (status, words) in expected.items():
+        gw = gateways(mode)
+        gw_id = f"gw-{mode}"
+        assert register(hub, gw_id, gw.address).status_code == 200
+        started = time.monotonic()
+        r = gw_post(hub, "/start", {"room": f"room-{mode}"})
+        took = time.monotonic() - started
+        assert r.status_code == status and gw_id in r.json()["detail"] and words in r.json()["detail"], (mode, r.text)
+        assert took < 2.5, f"{mode}: answered after {took:.1f} s"
+        # The failed start gave the gateway back: free again, no room.
+        assert gw_statuses(hub)[gw_id]["status"] == "started" and gw_statuses(hub)[gw_id]["room"] is None
+        assert hub.get(f"/status?room=room-{mode}", headers={"Authorization": "Bearer allowed-token"}).status_code == 404
+        assert gw_post(hub, "/unregister", {"gw_id": gw_id}).status_code == 200
+
+    # All of them at once, with a healthy gateway: the healthy one is not held up, and the
+    # endless one costs the hub no more than its 4 MiB response limit each.
+    rss_before = rss_kib(hub.proc.pid)
+    good = gateways("good")
+    assert register(hub, "gw-good", good.address).status_code == 200
+    bad = {mode: gateways(mode) for mode in expected}
+
+    def start_on(gw_id: str) -> Tuple[int, float]:
+        began = time.monotonic()
+        r = gw_post(hub, "/gateway/start", {"gw_id": gw_id, "room": f"r-{gw_id}", "type": "Record",
+                                             "webrtc_domain": {}}, timeout=10)
+        return r.status_code, time.monotonic() - began
+
+    for mode, gw in bad.items():
+        assert register(hub, f"gw-{mode}", gw.address).status_code == 200
+    outcomes: Dict[str, Tuple[int, float]] = {}
+    workers = [threading.Thread(target=lambda m=m: outcomes.__setitem__(m, start_on(f"gw-{m}"))) for m in bad]
+    for t in workers:
+        t.start()
+    time.sleep(0.1)
+    status, took = start_on("gw-good")
+    assert status == 200 and took < 1.0, (status, took)
+    for t in workers:
+        t.join(10)
+    assert {m: s for m, (s, _) in outcomes.items()} == {m: s for m, (s, _) in expected.items()}
+    assert rss_kib(hub.proc.pid) - rss_before < 64 * 1024, "a misbehaving gateway grew the hub by 64 MiB"
+    assert hub.get("/health").status_code == 200 and hub.alive()
+
+
+def test_gateway_monitor_removes_gateways_that_answer_garbage_and_never_stores_what_breaks_a_record(hub_factory, gateways):
+    hub = hub_factory("--gateway-timeout", "1", "--gateway-connect-timeout", "0.5",
+                      "--gateway-monitor-interval", "0.2", "--gateway-monitor-failures", "2", env=GATEWAY_TOKENS)
+    broken = ["garbage", "truncated", "endless", "trickle", "hang"]
+    gw_addresses = {mode: gateways(mode).address for mode in broken + ["pipes", "good"]}
+    for mode, address in gw_addresses.items():
+        assert register(hub, f"gw-{mode}", address).status_code == 200
+    # Two failed polls in a row (each at most the 1 s call timeout): removed, and announced.
+    wait_for(lambda: sorted(gw_statuses(hub)) == ["gw-good", "gw-pipes"], timeout=10,
+             message="the misbehaving gateways removed by the monitor")
+    for mode in broken:
+        assert f"gateway gw-{mode} removed: gateway unreachable for 2 polls" in hub.log()
+    # The gateway answering '|' in its fields is alive, so it stays, but what it said cannot
+    # split its seven-field record: it keeps the last valid values.
+    time.sleep(1)
+    statuses = gw_statuses(hub)
+    assert statuses["gw-pipes"] == {"gateway": gw_addresses["pipes"], "status": "working", "room": None,
+                                    "media_duration": "0", "transcript_progress": "0"}, statuses["gw-pipes"]
+    assert statuses["gw-good"]["status"] == "started"
+    assert hub.get("/health").status_code == 200 and hub.alive()
