@@ -551,3 +551,82 @@ def test_gateway_monitor_removes_gateways_that_answer_garbage_and_never_stores_w
                                     "media_duration": "0", "transcript_progress": "0"}, statuses["gw-pipes"]
     assert statuses["gw-good"]["status"] == "started"
     assert hub.get("/health").status_code == 200 and hub.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# AI workers (seed 003, service channels) that answer garbage or nothing useful
+
+JUNE_ADMIN = {"HUB_ADMIN_USER": "admin", "HUB_ADMIN_PASSWORD": "admin-password-1", "HUB_PASSWORD_ITERATIONS": "20000"}
+
+
+class FakeWorker:
+    """A service worker speaking the real protocol (docs/channels.md, service channels): it
+    connects with a worker token, takes requests from its channel and answers each through
+    `POST /api/services/reply` with whatever `answer(request)` returns (raw bytes are posted
+    as they are; None: no answer at all)."""
+
+    def __init__(self, hub: Hub, service: str):
+        self.hub, self.service = hub, service
+        self.answer = lambda request: {"result": {}}
+        self.replies: List[requests.Response] = []
+        self.request_ids: List[str] = []
+
+    async def run(self) -> None:
+        token = self.hub.api("services/token", {"service": self.service})
+        if "token" not in token:  # the route answers {token, channel, expires_in}
+            raise AssertionError(token)
+        self.client = await self.hub.ws()
+        await self.client.connect(token["token"])
+        while True:
+            push = await self.client.push(timeout=3600, kind="pub")
+            request = push["pub"]["data"]
+            self.request_ids.append(request["request_id"])
+            reply = self.answer(request)
+            if reply is None:
+                continue
+            data = reply if isinstance(reply, bytes) else json.dumps({"request_id": request["request_id"], **reply})
+            self.replies.append(await asyncio.to_thread(self.hub.post_raw, "/api/services/reply", data))
+
+
+def test_ai_workers_answering_garbage_get_502_and_nothing_bad_is_cached(hub_factory):
+    hub = hub_factory("--service-timeout", "2", env=JUNE_ADMIN)
+    login = hub.http.post(hub.url + "/auth/login", json={"username": "admin", "password": "admin-password-1"}, timeout=WAIT)
+    bearer = {"Authorization": "Bearer " + login.json()["access_token"]}
+
+    def generate(prompt: str) -> requests.Response:
+        return hub.http.post(hub.url + "/api/v1/llm/generate", json={"prompt": prompt}, headers=bearer, timeout=10)
+
+    async def body():
+        worker = FakeWorker(hub, "llm")
+        task = asyncio.create_task(worker.run())
+        await async_wait_for(lambda: hub.api("presence_stats", {"channel": "service:llm"}).get("result", {}).get("num_clients") == 1,
+                             message="the fake llm worker")
+        cases = [
+            ({"result": {"txt": "a typo of a field"}}, 502, "The LLM worker answered without text"),
+            ({"result": {"text": 42}}, 502, "The LLM worker answered without text"),
+            ({"error": {"status": 200, "message": "an error that says it is fine"}}, 502, "an error that says it is fine"),
+            ({"error": {"status": 999}}, 502, "The worker failed"),
+            ({"error": "not an object"}, 504, "did not answer within 2 s"),       # refused: 400 to the worker
+            (b"{\"request_id\": \"cut off mid-", 504, "did not answer within 2 s"),  # refused: 400 to the worker
+            (None, 504, "did not answer within 2 s"),
+        ]
+        for reply, status, words in cases:
+            worker.answer = lambda request, reply=reply: reply
+            r = await asyncio.to_thread(generate, "same prompt")
+            assert r.status_code == status and words in r.json()["detail"], (reply, r.status_code, r.text)
+        assert [x.status_code for x in worker.replies] == [200, 200, 200, 200, 400, 400]
+        # A garbage answer was not cached: once the worker answers properly, so does the hub.
+        worker.answer = lambda request: {"result": {"text": "a proper answer"}}
+        r = await asyncio.to_thread(generate, "same prompt")
+        assert r.status_code == 200 and r.json() == {"text": "a proper answer"}, r.text
+        # Replies for requests nobody waits for (unknown, or answered twice) change nothing.
+        for stray in ({"request_id": "no-such-request", "result": {"text": "x"}},
+                      {"request_id": worker.request_ids[-1], "result": {"text": "a second answer"}}):
+            assert hub.post_raw("/api/services/reply", stray).status_code == 200
+        r = await asyncio.to_thread(generate, "same prompt")  # from the cache now
+        assert r.status_code == 200 and r.json() == {"text": "a proper answer"}, r.text
+        task.cancel()
+        assert hub.get("/health").status_code == 200
+
+    arun(body())
+    assert hub.alive()

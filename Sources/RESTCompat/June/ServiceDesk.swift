@@ -194,13 +194,16 @@ enum RecordSweep {
 }
 
 extension ServiceDesk {
-    /// A request answered from the cache when it can be, cached when it succeeds.
+    /// A request answered from the cache when it can be, cached when it succeeds with an
+    /// answer the caller can use (`usable`): a worker's garbage is answered 502 once, not
+    /// served from the cache for the next hour.
     public func cachedRequest(_ service: String, cache: ServiceCache, key: String, payload: JSONValue,
+                              usable: @escaping @Sendable (JSONValue) -> Bool,
                               completion: @escaping @Sendable (Result<JSONValue, ServiceFailure>) -> Void) {
         cache.lookup(key, service: service) { [self] hit in
-            if let hit { completion(.success(hit)); return }
+            if let hit, usable(hit) { completion(.success(hit)); return }
             request(service, payload: payload) { result in
-                if case .success(let value) = result { cache.save(key, value) }
+                if case .success(let value) = result, usable(value) { cache.save(key, value) }
                 completion(result)
             }
         }
