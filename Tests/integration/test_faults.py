@@ -763,6 +763,14 @@ def test_twenty_thousand_connections_churn_and_memory_is_flat(hub_factory):
         # A standing population stays connected throughout, so the churn runs past 1024 fds.
         standing = Churn(hub.port, token)
         held = await asyncio.gather(*(standing.open(i) for i in range(standing_count)))
+
+        async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:  # the hub pings every 25 s and closes those that do not answer
+                opcode, payload = await read_frame(reader)
+                if opcode == 1 and payload.strip() == b"{}":
+                    writer.write(client_frame(b"{}"))
+
+        keepalive = [asyncio.create_task(answer_pings(r, w)) for r, w in held]
         warm = Churn(hub.port, token)
         await warm.run(total=2000)  # allocator pools, thread caches, channel tables warmed
         assert warm.failures == [], warm.failures[:5]
@@ -779,12 +787,18 @@ def test_twenty_thousand_connections_churn_and_memory_is_flat(hub_factory):
         await async_wait_for(lambda: info_counts(hub)[0] == standing_count, timeout=10, message="churned sessions gone")
         await asyncio.sleep(1)
         report["rss_after_kib"] = rss_kib(hub.proc.pid)
-        for i, (reader, writer) in enumerate(held[:50]):
+        assert not any(task.done() for task in keepalive), "a standing connection was closed"
+        for task in keepalive:
+            task.cancel()
+        await asyncio.gather(*keepalive, return_exceptions=True)
+        for reader, writer in held[:50]:
             writer.write(client_frame(json.dumps({"id": 3, "ping": {}}).encode()))
-            opcode, payload = await asyncio.wait_for(read_frame(reader), WAIT)
-            assert json.loads(payload.split(b"\n")[0]).get("id") == 3
+            while True:
+                opcode, payload = await asyncio.wait_for(read_frame(reader), WAIT)
+                if opcode == 1 and b'"id":3' in payload:
+                    break
         for i, (reader, writer) in enumerate(held):
-            await standing.leave(i, reader, writer)
+            await standing.leave(i, reader, writer)  # close handshakes, FINs and RSTs
         await async_wait_for(lambda: info_counts(hub)[0] == 0, timeout=10, message="all sessions gone")
 
     arun(body(), timeout=seconds + 150)
