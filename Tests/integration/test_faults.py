@@ -809,3 +809,78 @@ def test_twenty_thousand_connections_churn_and_memory_is_flat(hub_factory):
     # a subscription) that leaked would cost several times that; less is allocator noise.
     assert growth < 16 * 1024, f"resident memory grew by {growth} KiB over {report['connections']} connections"
     assert hub.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# Cache workers (seed 001, RPC over the client connection) that report garbage, then vanish
+
+
+def test_cache_worker_reporting_garbage_changes_nothing_and_a_vanished_worker_is_replaced(hub_factory, tmp_path):
+    from test_cache import cache_hub, get_job, history, post_job
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.bin").write_bytes(b"a" * 1000)
+    (root / "b.bin").write_bytes(b"b" * 2000)
+    # Messages up to 1 MiB, so a report of 10,001 events reaches the RPC's own limit.
+    hub = cache_hub(hub_factory, root, "--cache-worker", "false", "--max-message-size", "1048576")
+    job_id = post_job(hub, {"files": ["a.bin", "b.bin"]}).json()["jobId"]
+
+    def untouched() -> None:
+        job = get_job(hub, job_id).json()["job"]
+        assert job["progress"]["files"]["completed"] == 0 and job["progress"]["size"]["completedBytes"] == 0, job
+        assert history(hub, f"cache:files:{job_id}") == []
+
+    async def rpc(client, method: str, **data: Any) -> Dict[str, Any]:
+        return await client.call("rpc", {"method": method, "data": {"key": hub.api_key, "jobId": job_id, **data}})
+
+    async def body():
+        worker = await hub.client("flaky-worker")
+        claim = (await rpc(worker, "cache.claim"))["rpc"]["data"]
+        started = {"event": "started", "index": 0, "path": "a.bin", "size": 1000}
+        garbage = [
+            [started, {"event": "completed", "index": 99, "path": "x", "bytes": 1}],  # index out of range
+            [started, {"event": "exploded", "index": 1}],                               # unknown event
+            [started, {"index": 1}],                                                    # no event
+            [started, {"event": "read", "index": "0", "bytes": 10}],                    # index not a number
+            "not a list",
+            [started] + [{"event": "read", "index": 0}] * 10_000,                      # too many
+        ]
+        for events in garbage:
+            reply = await rpc(worker, "cache.report", claim=claim["claim"], events=events)
+            assert reply.get("error", {}).get("code") == 107, (str(events)[:80], reply)
+            untouched()
+        for bad in ({"claim": "forged"}, {"claim": 42}, {"jobId": "../../etc"}):
+            reply = await rpc(worker, "cache.report", **{"claim": claim["claim"], "events": [started], **bad})
+            assert reply.get("error", {}).get("code") in (107, 108), (bad, reply)
+        untouched()
+        # Half a job, then the worker vanishes without finishing.
+        reply = await rpc(worker, "cache.report", claim=claim["claim"], events=[
+            started, {"event": "completed", "index": 0, "path": "a.bin", "bytes": 1000}])
+        assert reply["rpc"]["data"] == {"status": "running"}
+        worker.ws.transport.abort()  # gone without a close handshake
+
+        # Its claim lapses (no report for 15 s) and another worker takes the job over.
+        other = await hub.client("steady-worker")
+        deadline = time.monotonic() + 25
+        while True:
+            reply = await rpc(other, "cache.claim")
+            if "rpc" in reply:
+                break
+            assert reply["error"]["code"] == 108 and time.monotonic() < deadline, reply
+            await asyncio.sleep(0.5)
+        taken = reply["rpc"]["data"]
+        assert taken["resumeFrom"] in (0, 1)  # the checkpoint may or may not have been written
+        files = (await rpc(other, "cache.files", claim=taken["claim"], chunk=0))["rpc"]["data"]["files"]
+        events = []
+        for i, f in enumerate(files[taken["resumeFrom"]:], start=taken["resumeFrom"]):
+            events += [{"event": "started", "index": i, "path": f["path"], "size": f["size"]},
+                       {"event": "completed", "index": i, "path": f["path"], "bytes": f["size"]}]
+        assert (await rpc(other, "cache.report", claim=taken["claim"], events=events))["rpc"]["data"] == {"status": "running"}
+        assert (await rpc(other, "cache.finish", claim=taken["claim"]))["rpc"]["data"] == {"status": "completed"}
+
+    arun(body())
+    job = get_job(hub, job_id).json()["job"]
+    assert job["status"] == "completed", job
+    assert job["progress"]["size"]["completedBytes"] == 3000 and job["progress"]["files"]["completed"] == 2, job
+    assert hub.alive()
