@@ -884,3 +884,71 @@ def test_cache_worker_reporting_garbage_changes_nothing_and_a_vanished_worker_is
     assert job["status"] == "completed", job
     assert job["progress"]["size"]["completedBytes"] == 3000 and job["progress"]["files"]["completed"] == 2, job
     assert hub.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# Meetings workers (seed 004) that hang up mid-transfer or report garbage
+
+
+def wav_silence(seconds: float = 0.5) -> bytes:
+    import io
+    import wave
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\x00\x00" * int(16000 * seconds))
+    return out.getvalue()
+
+
+def raw_request(hub: Hub, head: str, body: bytes, read: bool = False) -> bytes:
+    """Sends a request whose body stops short of its Content-Length, then hangs up."""
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT) as s:
+        s.sendall(head.encode() + body)
+        data = b""
+        if read:
+            data = s.recv(100)  # a little of the answer, then gone
+        return data
+
+
+def test_meetings_worker_hanging_up_mid_transfer_or_reporting_garbage_changes_nothing(hub):
+    from test_meetings import bearer, claim, envelope, status_of, upload, worker_call
+
+    recording = wav_silence()
+    created = upload(hub, "alice", recording).json()
+    fid, mid = created["file_id"], created["meeting_id"]
+    taken = claim(hub, fid, "w1")
+    assert taken.status_code == 200, taken.text
+    media_url = taken.json()["media_url"]
+
+    # Hangs up after the first bytes of the media.
+    got = raw_request(hub, f"GET {media_url} HTTP/1.1\r\nHost: x\r\nX-API-Key: {hub.api_key}\r\n\r\n", b"", read=True)
+    assert got.startswith(b"HTTP/1.1 200")
+    # Hangs up halfway through an artifact: nothing is stored, nothing announced.
+    raw_request(hub, f"PUT /v1/worker/tasks/{fid}/artifacts/transcript.txt?worker=w1 HTTP/1.1\r\nHost: x\r\n"
+                     f"X-API-Key: {hub.api_key}\r\nContent-Type: text/plain\r\nContent-Length: 50000\r\n\r\n", b"half" * 100)
+    # Garbage progress reports: refused in seed 004's envelope, the status unchanged.
+    for report in ({"worker": "w1", "progress": "50"}, {"worker": "w1", "progress": None}, {"worker": "w1", "progress": 1e300},
+                   {"worker": "w1", "progress": -1}, {"worker": "w1"}, [1, 2, 3]):
+        envelope(worker_call(hub, "POST", f"/v1/worker/tasks/{fid}/progress", json=report), 400, "BAD_REQUEST")
+    r = worker_call(hub, "POST", f"/v1/worker/tasks/{fid}/progress", data=b"{\"worker\": \"w1\", \"progr",
+                    headers={"Content-Type": "application/json"})
+    envelope(r, 400, "BAD_REQUEST")
+    status = status_of(hub, "alice", fid)
+    assert status["status"] == "processing" and status["progress"] == 0, status
+    listing = hub.get(f"/v1/meetings/{mid}/artifacts", headers=bearer(hub, "alice")).json()
+    assert listing["artifacts"] == [], listing
+    artifacts_dir = hub.workdir / "data" / "meetings" / "artifacts"
+    assert not artifacts_dir.exists() or not any(p.is_file() for p in artifacts_dir.rglob("*"))
+
+    # The same worker carries on properly and finishes: everything works after the faults.
+    put = worker_call(hub, "PUT", f"/v1/worker/tasks/{fid}/artifacts/transcript.txt", params={"worker": "w1"},
+                      data=b"hello", headers={"Content-Type": "text/plain"})
+    assert put.status_code == 200, put.text
+    assert worker_call(hub, "GET", media_url).content == recording
+    done = worker_call(hub, "POST", f"/v1/worker/tasks/{fid}/complete", json={"worker": "w1", "duration": 0.5})
+    assert done.status_code == 200 and status_of(hub, "alice", fid)["status"] == "completed"
+    listing = hub.get(f"/v1/meetings/{mid}/artifacts", headers=bearer(hub, "alice")).json()
+    assert [(a["name"], a["size"]) for a in listing["artifacts"]] == [("transcript.txt", 5)]
+    assert hub.alive()
