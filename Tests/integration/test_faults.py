@@ -307,6 +307,10 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
         assert register(hub, gw).status_code == 200
     before = gw_statuses(hub)
     assert sorted(before) == ["gw01", "gw02", "gw03"]
+    from test_meetings import bearer, upload
+    first = upload(hub, "alice", wav_silence())
+    assert first.status_code in (200, 201, 202), first.text
+    meetings_before = hub.get("/v1/meetings", headers=bearer(hub, "alice")).json()
 
     async def body():
         watcher = await hub.client("watcher")
@@ -322,6 +326,10 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
             assert time.monotonic() - started < 2
         r = gw_post(hub, "/unregister", {"gw_id": "gw01"})
         assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
+        # An upload (streamed to disk, then recorded): seed 004's envelope, nothing kept.
+        r = await asyncio.to_thread(upload, hub, "alice", wav_silence())
+        assert r.status_code >= 500 and set(r.json()) == {"error"} and r.json()["error"]["code"] == "INTERNAL_ERROR", r.text
+        assert hub.get("/v1/meetings", headers=bearer(hub, "alice")).json() == meetings_before
         # Reads go on, and show exactly what was acknowledged.
         assert gw_statuses(hub) == before
         r = hub.get("/status?gw_id=gw01", headers={"Authorization": "Bearer allowed-token"})
@@ -350,6 +358,8 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
     assert check.stdout.strip() == "ok", check.stdout + check.stderr
     again = hub_factory(*args, env=GATEWAY_TOKENS)
     assert gw_statuses(again) == before
+    assert again.get("/v1/meetings", headers=bearer(again, "alice")).json() == meetings_before
+    assert upload(again, "alice", wav_silence()).status_code in (200, 201, 202)
     assert register(again, "gw04").status_code == 200
     assert gw_post(again, "/unregister", {"gw_id": "gw01"}).status_code == 200
     assert sorted(gw_statuses(again)) == ["gw02", "gw03", "gw04"]
