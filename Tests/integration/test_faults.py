@@ -56,7 +56,8 @@ def redis_factory(tmp_path_factory):
 
 def redis_node(hub_factory, name: str, redis: RedisServer) -> Hub:
     return hub_factory("--engine", "redis", "--redis-url", redis.url, "--node-name", name,
-                       "--presence-ttl", "5", config=DURABLE)
+                       "--presence-ttl", "5", "--gateway-monitor-interval", "60", config=DURABLE,
+                       env=GATEWAY_TOKENS)
 
 
 def offsets_of(pubs: List[Dict[str, Any]]) -> List[int]:
@@ -77,6 +78,7 @@ def test_redis_with_appendfsync_always_loses_no_acknowledged_publication_when_ki
     a = redis_node(hub_factory, "a", redis)
     b = redis_node(hub_factory, "b", redis)
     ch = channel_name("durable")
+    registered = []
 
     async def body():
         alice = await a.client("alice")  # subscriber on A, publisher on B
@@ -85,8 +87,15 @@ def test_redis_with_appendfsync_always_loses_no_acknowledged_publication_when_ki
         publisher.start()
         try:
             await async_wait_for(lambda: publisher.count() >= 30, message="30 acknowledged publications")
+            # Records too (seed 000's gateway mappings live in Redis with this engine).
+            for i in range(5):
+                r = await asyncio.to_thread(register, a, f"gw-durable{i}")
+                assert r.status_code == 200, r.text
+                registered.append(f"gw-durable{i}")
             redis.kill()
             await async_wait_for(lambda: publisher.count(failed=True) >= 5, message="publishes refused while Redis is down")
+            r = await asyncio.to_thread(register, a, "gw-refused")
+            assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
             before_restart = publisher.count()
             redis.start()  # same port, same directory: the append-only file is replayed
             await async_wait_for(lambda: publisher.count() >= before_restart + 30, timeout=15,
@@ -126,6 +135,9 @@ def test_redis_with_appendfsync_always_loses_no_acknowledged_publication_when_ki
         await alice.no_push(0.3)
 
     arun(body())
+    # Every acknowledged record is back, the refused one is not, on both nodes.
+    for hub in (a, b):
+        assert sorted(gw_statuses(hub)) == registered
     assert a.alive() and b.alive()
 
 
