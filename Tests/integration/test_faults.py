@@ -7,7 +7,7 @@ answer garbage or hang up mid-answer, and 20,000 connections churning through on
 resident memory measured before and after. docs/security.md ("Faults") lists each promise with
 the test that checks it.
 
-The file runs in the README's test command in about three minutes. HUB_FAULTS_LONG=1 makes the
+The file runs in the README's test command in under two minutes. HUB_FAULTS_LONG=1 makes the
 churn run for minutes instead (HUB_FAULTS_CHURN_SECONDS, default 300).
 """
 
@@ -24,18 +24,18 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import requests
 
-from hubtest import WAIT, Hub, arun, async_wait_for, free_port, wait_for
-from test_redis import Publisher, RedisServer, channel_name, pubs_until_unsubscribe
+from hubtest import WAIT, Hub, arun, async_wait_for, wait_for
+from test_redis import Publisher, RedisServer, channel_name
 
 # Publications kept long enough that nothing a test publishes ages or is trimmed out of history.
 DURABLE = {"channel": {"history_size": 1000, "history_ttl": 600, "allow_publish_for_client": True}}
+GATEWAY_TOKENS = {"HUB_GATEWAY_ALLOWED_TOKEN": "allowed-token", "HUB_GATEWAY_ADMIN_TOKEN": "admin-token"}
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def offsets_of(pubs: List[Dict[str, Any]]) -> List[int]:
 
 
 def test_redis_with_appendfsync_always_loses_no_acknowledged_publication_when_killed(redis_factory, hub_factory):
-    """"Acknowledged" = /api/publish answered with an offset. With `appendfsync always` Redis
+    """Acknowledged = /api/publish answered with an offset. With `appendfsync always` Redis
     fsyncs its log before it replies, so every acknowledged publication is in history after a
     SIGKILL and restart, in the same epoch, and subscribers recover across the outage without a
     gap. (Without persistence, test_redis.py checks the other half: a new epoch, and clients
@@ -292,9 +292,6 @@ def ext4_disk(tmp_path):
         pytest.skip(why)
     yield disk
     disk.unmount()
-
-
-GATEWAY_TOKENS = {"HUB_GATEWAY_ALLOWED_TOKEN": "allowed-token", "HUB_GATEWAY_ADMIN_TOKEN": "admin-token"}
 
 
 def gw_post(hub: Hub, path: str, body: Dict[str, Any], timeout: float = WAIT) -> requests.Response:
