@@ -13,3 +13,5 @@ ensure_packages() {
 }
 
 HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)
+# Only the tests need these: mkfs.ext4 and e2fsck for the read-only data disk in test_faults.py.
+TEST_PACKAGES=(e2fsprogs)
