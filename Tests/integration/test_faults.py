@@ -308,7 +308,8 @@ def register(hub: Hub, gw_id: str, ip: str = "192.0.2.10") -> requests.Response:
     return gw_post(hub, "/register", {"gw_ip": ip, "gw_id": gw_id, "gw_type": "recorder"})
 
 
-def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses_nothing(hub_factory, ext4_disk):
+def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses_nothing(ext4_disk, hub_factory):
+    # ext4_disk first: it is torn down after the hubs, once nothing holds the mount.
     data = ext4_disk.mountpoint / "data"
     args = ("--data-dir", str(data), "--gateway-monitor-interval", "60")
     hub = hub_factory(*args, env=GATEWAY_TOKENS)
