@@ -596,7 +596,7 @@ class FakeWorker:
         self.client = await self.hub.ws()
         await self.client.connect(token["token"])
         while True:
-            push = await self.client.push(timeout=3600, kind="pub")
+            push = await self.client.push(timeout=60, kind="pub")  # the test body is bounded too
             request = push["pub"]["data"]
             self.request_ids.append(request["request_id"])
             reply = self.answer(request)
