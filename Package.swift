@@ -37,7 +37,7 @@ let package = Package(
             providers: [.apt(["libsqlite3-dev"])]
         ),
         // Durable records behind RESTCompat: the interface and its embedded (SQLite) implementation.
-        .target(name: "Store", dependencies: ["CSQLite"]),
+        .target(name: "Store", dependencies: ["CSQLite", .product(name: "Logging", package: "swift-log")]),
         // The channel engine: protocol, streams, presence, auth. No sockets, no lws.
         .target(
             name: "Channels",

@@ -13,7 +13,8 @@ ensure_packages() {
 }
 
 HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)
-# What only the tests need: Node for clients/js's tests; Chromium for the dashboard's browser
-# test (optional: where it cannot be installed that test skips, saying so).
-TEST_PACKAGES=(nodejs)
+# What only the tests need: Node for clients/js's tests; mkfs.ext4 and e2fsck for the read-only
+# data disk in test_faults.py; Chromium for the dashboard's browser test (optional: where it
+# cannot be installed that test skips, saying so).
+TEST_PACKAGES=(nodejs e2fsprogs)
 BROWSER_PACKAGES=(chromium)

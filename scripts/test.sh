@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-ensure_packages "${HUB_PACKAGES[@]}"
+ensure_packages "${HUB_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 python3 -m venv --help >/dev/null 2>&1 || ensure_packages python3-venv
 ensure_packages "${TEST_PACKAGES[@]}"
 ensure_packages "${BROWSER_PACKAGES[@]}" || echo "chromium could not be installed: the dashboard browser test will be skipped" >&2

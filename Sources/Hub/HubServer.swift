@@ -24,8 +24,24 @@ final class HubServer {
         LWSLog.install(logger: Logger(label: "hub.lws"), verbose: level <= .debug)
     }
 
+    /// Every connection is a file descriptor: take the hard limit (capped at 2^20, since
+    /// libwebsockets sizes each service thread's descriptor table from it when the thread's
+    /// context starts), so the soft default of 1024 does not cap the connections.
+    private func raiseOpenFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        let wanted = min(limit.rlim_max, 1 << 20)
+        let current = limit.rlim_cur
+        guard current < wanted else { return }
+        limit.rlim_cur = wanted
+        if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) != 0 {
+            logger.warning("could not raise the open file limit to \(wanted): connections are capped near \(current)")
+        }
+    }
+
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        raiseOpenFileLimit()
         // Armed before anything listens: a SIGTERM that arrives while the hub is still starting
         // (a supervisor, or a test that saw /health answer) is kept and acted on once it is up,
         // instead of falling between SIG_IGN and the signal source and being lost.

@@ -1,5 +1,6 @@
 import CSQLite
 import Glibc
+import Logging
 import Synchronization
 
 /// The embedded store: one SQLite file under `--data-dir`, WAL journal, `synchronous=FULL`.
@@ -47,11 +48,16 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
     private var db: OpaquePointer?
     public let path: String
     public let textIndex: TextIndex?
+    private let logger: Logger
+    /// Store thread only: whether the last commit failed, so a failing disk is logged once
+    /// when writes start failing and once when they work again, not once per request.
+    private var writesFailing = false
 
     /// Opens (creating if needed) the database file. Throws when it cannot.
-    public init(path: String, textIndex: TextIndex? = nil) throws(StoreError) {
+    public init(path: String, textIndex: TextIndex? = nil, logger: Logger = Logger(label: "hub.store")) throws(StoreError) {
         self.path = path
         self.textIndex = textIndex
+        self.logger = logger
         var handle: OpaquePointer?
         guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
@@ -196,6 +202,7 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         guard !writes.isEmpty else { return }
         guard exec("BEGIN IMMEDIATE") else {
             let error = StoreError("store write failed: \(String(cString: sqlite3_errmsg(db)))")
+            noteWrites(failed: error)
             for operation in writes { fail(operation, error) }
             return
         }
@@ -231,10 +238,12 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
             }
         }
         if exec("COMMIT") {
+            noteWrites(failed: nil)
             remember(committed)
             for outcome in outcomes { outcome() }
         } else {
             let error = lastError()
+            noteWrites(failed: error)
             _ = exec("ROLLBACK")
             cache.withLock { cache in for (key, _) in committed { cache[key] = nil } }
             for operation in writes { fail(operation, error) }
@@ -254,6 +263,17 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         default:
             break
         }
+    }
+
+    /// Store thread only: logs the moment commits start failing (a full or read-only disk) and
+    /// the moment they work again.
+    private func noteWrites(failed error: StoreError?) {
+        if let error, !writesFailing {
+            logger.error("store \(path): writes failing (\(error)); reads go on")
+        } else if error == nil, writesFailing {
+            logger.notice("store \(path): writes succeed again")
+        }
+        writesFailing = error != nil
     }
 
     /// Store thread only: records committed or read values in the cache.

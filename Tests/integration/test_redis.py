@@ -35,12 +35,15 @@ HUB_CONFIG = {"channel": {"allow_publish_for_client": True},
 
 
 class RedisServer:
-    """One real redis-server on a fixed port; can be SIGKILLed and started again on that port."""
+    """One real redis-server on a fixed port; can be SIGKILLed and started again on that port.
+    `persistent`: append-only file fsynced before every reply (`--appendonly yes --appendfsync
+    always`), so whatever Redis acknowledged survives a SIGKILL (test_faults.py)."""
 
-    def __init__(self, workdir: Path, name: str):
+    def __init__(self, workdir: Path, name: str, persistent: bool = False):
         self.port = free_port()
         self.workdir = workdir
         self.name = name
+        self.persistent = persistent
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
 
@@ -54,7 +57,8 @@ class RedisServer:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]),
+             "--dir", str(self.workdir), "--daemonize", "no",
              "--logfile", str(log)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ping, message=f"redis-server on port {self.port}")

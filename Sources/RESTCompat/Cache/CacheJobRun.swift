@@ -83,7 +83,13 @@ final class CacheJobRun: @unchecked Sendable {
             l.job.throughput = rate(l.samples, now: now).map { CacheJob.Throughput(bytesPerSecond: $0, at: now) }
             return external && now - l.lastReport > service.settings.leaseSeconds
         }
-        if abandoned { requestStop(.abandoned) }
+        if abandoned {
+            // An external worker that went quiet never calls cache.finish: hand the job back
+            // here, or this node's heartbeat would renew its claim forever.
+            requestStop(.abandoned)
+            finish()
+            return
+        }
         publishProgress(force: false)
         if ticks % 4 == 0 { persist(final: false) }
     }

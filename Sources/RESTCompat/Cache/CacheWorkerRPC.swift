@@ -108,11 +108,17 @@ public struct CacheWorkerRPC: Sendable {
             throw ProtocolError.badRequest.with(message: "events must be an array of at most 10000")
         }
         let total = run.job.totalFiles
+        // Every event is checked before any is applied: a batch with one bad event changes nothing.
         for event in events {
-            guard let kind = event["event"]?.stringValue, let index = event["index"]?.intValue, index >= 0, index < total else {
+            guard let index = event["index"]?.intValue, index >= 0, index < total else {
                 throw ProtocolError.badRequest.with(message: "every event needs event and an index in 0..<\(total)")
             }
-            let i = Int(index)
+            guard let kind = event["event"]?.stringValue, ["started", "read", "completed", "failed"].contains(kind) else {
+                throw ProtocolError.badRequest.with(message: "event must be started, read, completed or failed")
+            }
+        }
+        for event in events {
+            guard let kind = event["event"]?.stringValue, let i = event["index"]?.intValue.map(Int.init) else { continue }
             let file = CacheFile(path: event["path"]?.stringValue ?? "", size: event["size"]?.intValue ?? 0)
             let bytes = max(0, event["bytes"]?.intValue ?? 0)
             switch kind {
@@ -127,7 +133,7 @@ public struct CacheWorkerRPC: Sendable {
                 let error = kind == "failed" ? (event["error"]?.stringValue ?? "failed") : nil
                 run.fileFinished(index: i, file: file, bytes: max(bytes, already), error: error)
             default:
-                throw ProtocolError.badRequest.with(message: "event must be started, read, completed or failed")
+                break  // checked above
             }
         }
         reply(.success(["status": .string(run.isStopping ? "stop" : "running")]))

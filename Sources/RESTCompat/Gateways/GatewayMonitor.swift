@@ -140,8 +140,11 @@ public final class GatewayMonitor: Sendable {
     /// Copies what the gateway reports into its record; publishes only when something changed.
     func apply(id: String, record listed: GatewayRecord, status: JSONValue, finished: @escaping @Sendable () -> Void) {
         let reported = status["processing_state"]?.stringValue ?? status["state"]?.stringValue ?? ""
-        let duration = status["recording_time"]?.stringValue ?? status["media_duration"]?.stringValue
-        let progress = status["transcript_progress"]?.stringValue
+        // A value that cannot be a record field ('|' would split the seven fields and lose the
+        // record) is ignored: the record keeps its last good value.
+        let field = { (value: String?) in value.flatMap { GatewayRecord.problem(with: $0, field: "status") == nil ? $0 : nil } }
+        let duration = field(status["recording_time"]?.stringValue ?? status["media_duration"]?.stringValue)
+        let progress = field(status["transcript_progress"]?.stringValue)
         // A start claimed by another node may not have reached its gateway yet: a `working`
         // record younger than this is not taken back on an `idle` report.
         let grace = Int(service.settings.totalTimeout + service.settings.monitorInterval) + 1

@@ -217,7 +217,7 @@ public final class ChatService: Sendable {
         let key = ServiceCache.key("stt", [audio, Array((language ?? "").utf8)])
         services.cachedRequest("stt", cache: cache, key: key, payload: .compact([
             ("audio_b64", .string(Base64.encode(audio))), ("language", language.map { .string($0) }),
-        ])) { completion($0.mapError(\.routeError)) }
+        ]), usable: { $0["transcript"]?.stringValue != nil }) { completion($0.mapError(\.routeError)) }
     }
 
     /// `service:tts`, cached by text, language and voice.
@@ -225,13 +225,14 @@ public final class ChatService: Sendable {
         let key = ServiceCache.key("tts", [Array(text.utf8), Array(language.utf8), Array(voice.utf8)])
         services.cachedRequest("tts", cache: cache, key: key, payload: [
             "text": .string(text), "language": .string(language), "voice_id": .string(voice),
-        ]) { completion($0.mapError(\.routeError)) }
+        ], usable: { $0["audio_b64"]?.stringValue != nil }) { completion($0.mapError(\.routeError)) }
     }
 
     /// `service:llm`, cached by prompt.
     public func generate(prompt: String, completion: @escaping @Sendable (Result<JSONValue, RouteError>) -> Void) {
         let key = ServiceCache.key("llm", [Array(prompt.utf8)])
-        services.cachedRequest("llm", cache: cache, key: key, payload: ["prompt": .string(prompt)]) { completion($0.mapError(\.routeError)) }
+        services.cachedRequest("llm", cache: cache, key: key, payload: ["prompt": .string(prompt)],
+                               usable: { $0["text"]?.stringValue != nil }) { completion($0.mapError(\.routeError)) }
     }
 
     private func speak(_ text: String, if wanted: Bool, completion: @escaping @Sendable (Result<String?, RouteError>) -> Void) {

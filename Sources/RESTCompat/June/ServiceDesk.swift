@@ -211,13 +211,17 @@ enum RecordSweep {
 }
 
 extension ServiceDesk {
-    /// A request answered from the cache when it can be, cached when it succeeds.
+    /// A request answered from the cache when it can be, cached when it succeeds with an
+    /// answer the caller can use (`usable`): a worker's garbage is answered 502 once, not
+    /// served from the cache for the next hour.
     public func cachedRequest(_ service: String, cache: ServiceCache, key: String, payload: JSONValue,
+                              usable: @escaping @Sendable (JSONValue) -> Bool,
                               completion: @escaping @Sendable (Result<JSONValue, ServiceFailure>) -> Void) {
         cache.lookup(key, service: service) { [self] hit in
-            if let hit { completion(.success(hit)); return }
+            if let hit, usable(hit) { completion(.success(hit)); return }
             request(service, payload: payload) { result in
-                guard case .success(let value) = result else { completion(result); return }
+                guard case .success(let value) = result, usable(value) else { completion(result); return }
+                // Answer after the save, so an identical request right after is a hit.
                 cache.save(key, value) { completion(result) }
             }
         }
