@@ -99,7 +99,7 @@ private func listenerCallback(
             limiter.release(address)  // lws closed the socket itself
             continue
         }
-        loop.admitted[connection] = Admission(address: address, idleSince: loop.node.clock.now())
+        loop.admitted[connection] = Admission(address: address)
     }
     return 0
 }
@@ -111,35 +111,9 @@ private func plainAnswer(_ status: Int, _ phrase: String, _ body: String) -> Str
     "HTTP/1.1 \(status) \(phrase)\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
 }
 
-/// What the edge knows of an accepted connection between requests (service thread only).
+/// What the edge knows of an accepted connection (service thread only).
 struct Admission {
     let address: String
-    /// When the connection was accepted or last finished a response.
-    var idleSince: Double
-    /// Bytes received from the client up to the end of the last answered request.
-    var answeredBytes: Int64 = 0
-    /// A request is being answered: a close now is the edge's own doing, not a refused request.
-    var busy = false
-}
-
-/// lws drops some requests without a word: a `%00` in the path, a head larger than
-/// `max_header_size`, request headers that did not arrive in time. When a plain-HTTP connection
-/// closes with request bytes that never became a request, answer them the way a client can read.
-private func answerDroppedRequest(_ wsi: OpaquePointer, loop: ServiceLoop) {
-    guard lws_get_network_wsi(wsi) == wsi, lws_is_ssl(wsi) == 0, let admission = loop.admitted[wsi], !admission.busy else { return }
-    let fd = lws_get_socket_fd(wsi)
-    let received = hub_tcp_bytes_received(fd)
-    guard received > admission.answeredBytes else { return }
-    let transport = loop.settings.transport
-    let answer: String
-    if received - admission.answeredBytes >= Int64(transport.maxHeaderSize) {
-        answer = plainAnswer(431, "Request Header Fields Too Large", #"{"error":"request head larger than \#(transport.maxHeaderSize) bytes"}"#)
-    } else if loop.node.clock.now() - admission.idleSince >= Double(transport.headerTimeout) {
-        answer = plainAnswer(408, "Request Timeout", #"{"error":"request headers not received within \#(transport.headerTimeout) s"}"#)
-    } else {
-        answer = plainAnswer(400, "Bad Request", #"{"error":"malformed request (bad request line, header or percent-encoding such as %00)"}"#)
-    }
-    hub_send_now(fd, answer, Int32(answer.utf8.count))
 }
 
 private func loopFor(_ wsi: OpaquePointer?) -> ServiceLoop? {
@@ -362,7 +336,6 @@ private func hubCallback(
         return writeResponse(exchange, wsi: wsi, loop: loop)
 
     case LWS_CALLBACK_CLOSED_HTTP:
-        if let wsi { answerDroppedRequest(wsi, loop: loop) }
         release(user)
         return 0
 
@@ -433,7 +406,6 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
                        input: UnsafeMutableRawPointer?, length: Int) -> Int32 {
     let exchange = HTTPExchange(loop: loop, wsi: wsi, startedAt: loop.node.clock.now())
     store(exchange, in: user)
-    loop.admitted[wsi]?.busy = true
     var method = "GET"
     var path = "/"
     for (token, name) in methodTokens {
@@ -689,13 +661,6 @@ private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value
 private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
     // An unread body would be taken for the next request: close instead.
     if exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse { return -1 }
-    if var admission = exchange.loop.admitted[wsi] {
-        // Everything received so far was this request: what comes next is a new one.
-        admission.busy = false
-        admission.idleSince = exchange.loop.node.clock.now()
-        admission.answeredBytes = max(0, hub_tcp_bytes_received(lws_get_socket_fd(wsi)))
-        exchange.loop.admitted[wsi] = admission
-    }
     return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
 }
 
