@@ -47,7 +47,7 @@ struct HubCommand: ParsableCommand {
     @Option(help: "PEM certificate (chain) for TLS: the port then speaks only HTTPS/WSS, with HTTP/2 for REST (needs --tls-key).") var tlsCert: String?
     @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
     @Flag(help: "Offer HTTP/2 (ALPN h2) on the TLS port; headers lws has no name for (X-API-Key…) do not reach routes over h2.") var http2 = false
-    @Option(help: "Offer permessage-deflate to WebSocket clients, true or false (default true).") var websocketCompression: Bool?
+    @Option(help: "Offer permessage-deflate to WebSocket clients, true or false (default false: a zlib context per compressing connection).") var websocketCompression: Bool?
     @Option(help: "Seconds for a TLS handshake, and between request body chunks (default 10).") var handshakeTimeout: Int?
     @Option(help: "Seconds a client has to send complete request headers (default 10).") var headerTimeout: Int?
     @Option(help: "Seconds an HTTP keep-alive connection may wait for its next request (default 5).") var idleTimeout: Int?

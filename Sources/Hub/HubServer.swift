@@ -119,6 +119,16 @@ final class HubServer {
             transport: TransportSettings(config: config))
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
+        // Signals are caught before the port serves: a client that got an answer may stop us at once.
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            sources.append(source)
+        }
         for loop in loops { try loop.start() }
         cache.start()
         gateways.start()
@@ -153,15 +163,6 @@ final class HubServer {
         }
         ticker.resume()
 
-        let stop = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            sources.append(source)
-        }
         stop.wait()
         logger.notice("shutting down: closing \(node.clientCount) connections")
         cache.shutdown()

@@ -204,6 +204,7 @@ class RawWebSocket:
         self.head, self.buffer = head.split(b"\r\n\r\n", 1)
         assert self.head.startswith(b"HTTP/1.1 101"), self.head
         self.deflate = b"permessage-deflate" in self.head.lower()
+        self.inflater = zlib.decompressobj(wbits=-15)  # the hub may keep its context between messages
 
     def send(self, payload: bytes, compress: bool = False) -> None:
         first = 0x81
@@ -251,7 +252,7 @@ class RawWebSocket:
             while not self.last_fin:
                 _, _, more = self.frame()
                 payload += more
-            text = zlib.decompress(payload + b"\x00\x00\xff\xff", wbits=-15) if compressed else payload
+            text = self.inflater.decompress(payload + b"\x00\x00\xff\xff") if compressed else payload
             for line in text.decode().splitlines():
                 if line == "{}":
                     self.send(b"{}")
@@ -271,7 +272,13 @@ def publish(hub, channel: str, data) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_permessage_deflate_both_ways(hub):
+@pytest.fixture
+def deflate_hub(hub_factory):
+    return hub_factory("--websocket-compression", "true")
+
+
+def test_permessage_deflate_both_ways(deflate_hub):
+    hub = deflate_hub
     ws = RawWebSocket(hub.port, deflate=True)
     assert ws.deflate, ws.head
     # The client sends compressed: the hub inflates the connect and subscribe commands.
@@ -290,7 +297,8 @@ def test_permessage_deflate_both_ways(hub):
     ws.sock.close()
 
 
-def test_a_client_without_the_extension_gets_plain_frames(hub):
+def test_a_client_without_the_extension_gets_plain_frames(deflate_hub):
+    hub = deflate_hub
     ws = RawWebSocket(hub.port, deflate=False)
     assert not ws.deflate
     ws.send(json.dumps({"id": 1, "connect": {"token": conn_token("bob")}}).encode())
@@ -304,7 +312,9 @@ def test_a_client_without_the_extension_gets_plain_frames(hub):
     ws.sock.close()
 
 
-def test_websockets_library_negotiates_deflate_and_works(hub):
+def test_websockets_library_negotiates_deflate_and_works(deflate_hub):
+    hub = deflate_hub
+
     async def scenario():
         async with await WSClient.open(hub.ws_url, compression="deflate") as c:
             assert "permessage-deflate" in (c.ws.response.headers.get("Sec-WebSocket-Extensions") or "")
@@ -316,14 +326,14 @@ def test_websockets_library_negotiates_deflate_and_works(hub):
     arun(scenario())
 
 
-def test_websocket_compression_can_be_turned_off(hub_factory):
-    hub = hub_factory("--websocket-compression", "false")
+def test_websocket_compression_is_off_unless_asked_for(hub):
     ws = RawWebSocket(hub.port, deflate=True)
     assert not ws.deflate, ws.head
     ws.sock.close()
 
 
-def test_compression_bomb_is_dropped_and_memory_stays_flat(hub):
+def test_compression_bomb_is_dropped_and_memory_stays_flat(deflate_hub):
+    hub = deflate_hub
     before = rss_kib(hub.proc.pid)
     for _ in range(5):
         ws = RawWebSocket(hub.port, deflate=True)
@@ -498,5 +508,7 @@ def test_a_second_hub_on_the_same_port_fails_to_start(hub):
 def test_reuse_port_lets_a_second_hub_share_the_port_on_purpose(hub_factory):
     first = hub_factory()
     second = hub_factory("--reuse-port", port=first.port)
+    # The health check may have reached the first hub: wait until the second one serves too.
+    wait_for(lambda: "hub serving" in second.log(), timeout=10)
     assert second.alive() and first.alive()
     assert first.http.get(first.url + "/health").status_code == 200

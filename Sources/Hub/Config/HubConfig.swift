@@ -35,7 +35,7 @@ struct HubConfig: Sendable {
     // Transport (docs/security.md "Transport"): TLS, compression, timeouts per stage, limits.
     var tlsCert: String?
     var tlsKey: String?
-    var websocketCompression = true
+    var websocketCompression = false
     var http2 = false
     var handshakeTimeout = 10
     var headerTimeout = 10
