@@ -58,6 +58,10 @@ enum LWSContext {
             // lws 4.1's HPACK decoder drops every header it has no token for (X-API-Key,
             // X-Request-ID…), so h2 is offered only when asked for.
             info.alpn = UnsafePointer(strdup(transport.http2 ? "h2,http/1.1" : "http/1.1"))
+            // Streams that carried a body linger a second (see finishTransaction): allow more than
+            // lws's 24 at once, the limit past which lws ends the whole connection with GOAWAY.
+            // The other values are lws's own defaults, which this setting replaces as a whole.
+            info.http2_settings = (1, 65_536, 0, 128, 0, 16_384, UInt32(transport.maxHeaderSize))
         }
         guard let context = lws_create_context(&info) else {
             close(listenFD)
@@ -661,6 +665,16 @@ private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value
 private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
     // An unread body would be taken for the next request: close instead.
     if exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse { return -1 }
+    if lws_get_network_wsi(wsi) != wsi {
+        // An HTTP/2 stream ends here. One that carried a body may still get the client's empty
+        // END_STREAM DATA frame, which lws 4.1 answers with GOAWAY for a stream already freed:
+        // free it a moment later instead (lws never frees a server stream on its own).
+        if exchange.expectedLength > 0 || exchange.intake != nil {
+            lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, 1)
+            return 0
+        }
+        return -1
+    }
     return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
 }
 
