@@ -515,3 +515,18 @@ def test_reuse_port_lets_a_second_hub_share_the_port_on_purpose(hub_factory):
     wait_for(lambda: "hub serving" in second.log(), timeout=10)
     assert second.alive() and first.alive()
     assert first.http.get(first.url + "/health").status_code == 200
+
+
+# ---------------------------------------------------------------- keep-alive memory
+
+def test_keep_alive_requests_do_not_retain_their_responses(hub):
+    """lws frees the per-session slot between keep-alive requests: each answered exchange (with
+    its ~80 KB response) must be let go then, not kept for the life of the process."""
+    session = hub.http
+    for _ in range(50):
+        session.get(hub.url + "/openapi.json")
+    before = rss_kib(hub.proc.pid)
+    for _ in range(600):
+        assert session.get(hub.url + "/openapi.json").status_code == 200
+    grown = rss_kib(hub.proc.pid) - before
+    assert grown < 10_000, f"RSS grew {grown} KiB over 600 keep-alive responses of ~80 KB"

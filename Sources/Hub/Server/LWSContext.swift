@@ -343,6 +343,13 @@ private func hubCallback(
         release(user)
         return 0
 
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        // lws rebinds the protocol after every keep-alive transaction and frees the per-session
+        // slot without a CLOSED_HTTP: let go of the exchange in it here, or every answered
+        // request (response body included) would stay retained for good.
+        release(user)
+        return 0
+
     case LWS_CALLBACK_WSI_DESTROY:
         if let wsi, let admission = loop.admitted.removeValue(forKey: wsi) {
             loop.settings.transport.connections.release(admission.address)
