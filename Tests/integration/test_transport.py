@@ -335,23 +335,17 @@ def test_websocket_compression_is_off_unless_asked_for(hub):
     ws.sock.close()
 
 
-def test_compression_bomb_is_dropped_and_memory_stays_flat(deflate_hub):
+def test_compression_bomb_closes_with_1009_and_memory_stays_flat(deflate_hub):
     hub = deflate_hub
     before = rss_kib(hub.proc.pid)
     for _ in range(5):
         ws = RawWebSocket(hub.port, deflate=True)
         # 20 MB of zeros compress to ~20 KB: far past the 64 KiB max message once inflated.
         bomb = b'{"id":1,"connect":{"token":"' + conn_token("x").encode() + b'","data":"' + b"0" * 20_000_000 + b'"}}'
+        started = time.monotonic()
         ws.send(bomb, compress=True)
-        # Never processed: no connect reply; the hub drops the connection (lws 4.1.6 sends the
-        # 1009 close frame through the deflate extension, where it does not reach the client).
-        ws.sock.settimeout(3)
-        try:
-            got = ws.sock.recv(4096)
-        except (socket.timeout, ConnectionResetError):
-            got = b""
-        assert b'"connect"' not in got
-        wait_for(lambda: hub.api_result("info")["nodes"][0]["num_clients"] == 0, timeout=5)
+        assert ws.close_code() == 1009  # never processed: no connect reply comes first
+        assert time.monotonic() - started < 2  # closed at the limit, not after inflating it all
         ws.sock.close()
     after = rss_kib(hub.proc.pid)
     assert after - before < 30_000, f"RSS grew {after - before} KiB inflating bombs"

@@ -44,6 +44,8 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
     var inbound: [UInt8] = []
     /// permessage-deflate was negotiated: frames go out through lws (compressed), not raw.
     var compressed = false
+    /// A message went past the size limit: the rest of it is dropped while the close goes out.
+    var oversized = false
 
     init(loop: ServiceLoop, wsi: OpaquePointer?, remoteAddress: String, maxQueuedBytes: Int, maxQueuedMessages: Int) {
         self.remoteAddress = remoteAddress

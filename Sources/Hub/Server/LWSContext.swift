@@ -264,7 +264,16 @@ private func hubCallback(
 
     case LWS_CALLBACK_RECEIVE:
         guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return -1 }
+        if connection.oversized { return 0 }  // inflating the rest of a refused message: dropped
         if connection.inbound.count + length > loop.settings.maxMessageSize {
+            if connection.compressed {
+                // lws keeps inflating a compressed frame and ignores -1 until it is done (a
+                // small bomb would run to its end): close through the writeable callback instead.
+                connection.oversized = true
+                connection.inbound = []
+                connection.close(DisconnectReason(code: 1009, reason: "message too big"))
+                return 0
+            }
             closeWith(wsi, code: 1009, reason: "message too big")
             return -1
         }
