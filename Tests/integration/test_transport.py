@@ -415,8 +415,9 @@ def test_a_trickled_body_gets_408_at_the_body_timeout(hub_factory):
     assert body_of(raw)["error"]["code"] == 408
 
 
-def test_a_stalled_body_is_cut_at_the_body_timeout(hub_factory):
-    hub = hub_factory("--body-timeout", "2", "--handshake-timeout", "2")
+def test_a_stalled_body_is_cut_at_the_handshake_timeout(hub_factory):
+    # No byte for handshake_timeout between two chunks of a body: closed, long before body_timeout.
+    hub = hub_factory("--body-timeout", "60", "--handshake-timeout", "2")
     started = time.monotonic()
     raw, closed = raw_exchange(hub.port, b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", wait=8)
     assert closed and 1.5 <= time.monotonic() - started < 6
@@ -432,6 +433,21 @@ def test_a_head_over_max_header_size_is_refused(hub_factory):
     raw, _ = raw_exchange(hub.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1000
                           + b"\r\nConnection: close\r\n\r\n")
     assert statuses(raw) == [200], raw
+
+
+def test_transport_settings_come_from_the_environment_and_the_config_file(hub_factory):
+    hub = hub_factory(env={"HUB_MAX_CONNECTIONS_PER_IP": "1"}, config={"header_timeout": 30, "idle_timeout": 30})
+    held = socket.create_connection(("127.0.0.1", hub.port))
+    time.sleep(0.3)
+    raw, closed = raw_exchange(hub.port, b"")
+    assert closed and statuses(raw) == [503]
+    held.close()
+    cp = hub_factory.run(config={"max_header_size": 100})
+    assert cp.returncode != 0 and "max_header_size must be 1024-65536 bytes" in cp.stderr
+    cp = hub_factory.run(env={"HUB_BODY_TIMEOUT": "0"})
+    assert cp.returncode != 0 and "body_timeout must be 1-3600 seconds" in cp.stderr
+    cp = hub_factory.run("--http2")
+    assert cp.returncode != 0 and "http2 needs tls_cert and tls_key" in cp.stderr
 
 
 def test_connections_per_ip_and_in_total_are_limited(hub_factory):
