@@ -106,8 +106,20 @@ static inline int hub_accept(int listen_fd, char *peer, int peer_size) {
 }
 
 
-/* A short answer written straight to a socket lws never got (connection limits): best
- * effort, never blocks, no SIGPIPE. */
+/* Bytes the kernel has received on a TCP socket (tcp_info.tcpi_bytes_received, Linux 4.1+);
+ * -1 when unknown. Read by offset: glibc's netinet/tcp.h has an older struct tcp_info and
+ * linux/tcp.h cannot be included beside it. The layout is append-only kernel ABI. */
+static inline long long hub_tcp_bytes_received(int fd) {
+    unsigned char info[256];
+    socklen_t len = sizeof info;
+    unsigned long long value;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136) return -1;
+    memcpy(&value, info + 128, sizeof value);
+    return (long long)value;
+}
+
+/* A short answer written straight to a socket lws does not (or no longer) write to:
+ * best effort, never blocks, no SIGPIPE. */
 static inline void hub_send_now(int fd, const char *bytes, int length) {
     if (fd >= 0 && length > 0) (void)send(fd, bytes, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
 }

@@ -108,6 +108,39 @@ private func listenerCallback(
     return 0
 }
 
+private let badRequest = plainAnswer(400, "Bad Request", #"{"error":"malformed request: bad request line, header, or percent-encoding such as %00"}"#)
+private func headTooLarge(_ limit: Int) -> String {
+    plainAnswer(431, "Request Header Fields Too Large", #"{"error":"request head larger than \#(limit) bytes"}"#)
+}
+private func headerTimeout(_ seconds: Int) -> String {
+    plainAnswer(408, "Request Timeout", #"{"error":"request head not received within \#(seconds) s"}"#)
+}
+
+/// lws 4.1 closes without a word on some request heads (a `%00` in the path, a head over
+/// `max_header_size`, one not complete in time). A keep-alive connection that lws closes with
+/// request bytes it never turned into a request gets the answer lws would not give. Runs while
+/// lws drops the protocol on its way to closing, before it shuts the socket for writing; lws
+/// binds the protocol only once a first request was parsed, so the first request of a
+/// connection is not covered.
+private func answerDroppedRequest(_ wsi: OpaquePointer, loop: ServiceLoop) {
+    guard lws_get_network_wsi(wsi) == wsi, lws_is_ssl(wsi) == 0, let admission = loop.admitted[wsi], !admission.busy,
+          let answeredBytes = admission.answeredBytes
+    else { return }
+    let fd = lws_get_socket_fd(wsi)
+    let received = hub_tcp_bytes_received(fd)
+    guard received > answeredBytes else { return }
+    let transport = loop.settings.transport
+    let text: String
+    if received - answeredBytes >= Int64(transport.maxHeaderSize) {
+        text = headTooLarge(transport.maxHeaderSize)
+    } else if loop.node.clock.now() - admission.idleSince >= Double(transport.headerTimeout) {
+        text = headerTimeout(transport.headerTimeout)
+    } else {
+        text = badRequest
+    }
+    hub_send_now(fd, text, Int32(text.utf8.count))
+}
+
 private let tooManyConnections = plainAnswer(503, "Service Unavailable", #"{"error":"too many connections"}"#)
 
 /// A whole HTTP/1.1 answer for a connection lws cannot answer itself; the connection closes.
@@ -118,6 +151,13 @@ private func plainAnswer(_ status: Int, _ phrase: String, _ body: String) -> Str
 /// What the edge knows of an accepted connection (service thread only).
 struct Admission {
     let address: String
+    /// When the connection last finished a response.
+    var idleSince: Double = 0
+    /// Bytes received from the client up to the end of the last answered request (nil until
+    /// one is answered).
+    var answeredBytes: Int64?
+    /// A request is being answered: a close now is the edge's own doing.
+    var busy = false
 }
 
 private func loopFor(_ wsi: OpaquePointer?) -> ServiceLoop? {
@@ -356,6 +396,9 @@ private func hubCallback(
         // lws rebinds the protocol after every keep-alive transaction and frees the per-session
         // slot without a CLOSED_HTTP: let go of the exchange in it here, or every answered
         // request (response body included) would stay retained for good.
+        if let wsi, let input, String(cString: input.assumingMemoryBound(to: CChar.self)) == "__lws_close_free_wsi" {
+            answerDroppedRequest(wsi, loop: loop)
+        }
         release(user)
         return 0
 
@@ -426,6 +469,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
                        input: UnsafeMutableRawPointer?, length: Int) -> Int32 {
     let exchange = HTTPExchange(loop: loop, wsi: wsi, startedAt: loop.node.clock.now())
     store(exchange, in: user)
+    loop.admitted[wsi]?.busy = true
     var method = "GET"
     var path = "/"
     for (token, name) in methodTokens {
@@ -681,6 +725,14 @@ private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value
 private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
     // An unread body would be taken for the next request: close instead.
     if exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse { return -1 }
+    if var admission = exchange.loop.admitted[wsi] {
+        // Everything received so far belonged to answered requests: what comes next is new.
+        admission.busy = false
+        admission.idleSince = exchange.loop.node.clock.now()
+        let received = hub_tcp_bytes_received(lws_get_socket_fd(wsi))
+        admission.answeredBytes = received >= 0 ? received : nil
+        exchange.loop.admitted[wsi] = admission
+    }
     if lws_get_network_wsi(wsi) != wsi {
         // An HTTP/2 stream ends here. One that carried a body may still get the client's empty
         // END_STREAM DATA frame, which lws 4.1 answers with GOAWAY for a stream already freed:
