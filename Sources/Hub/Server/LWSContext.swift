@@ -352,17 +352,14 @@ private func hubCallback(
 
     case LWS_CALLBACK_HTTP_BODY:
         guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
-        if let deadline = exchange.bodyDeadline, let wsi {
-            // A body trickling in is cut at its deadline, and a stalled one by lws at the same moment.
-            let left = deadline - loop.node.clock.now()
-            if left <= 0 {
-                exchange.bodyTimedOut = true
-                exchange.closeAfterResponse = true
-                exchange.body = []
-                dispatch(exchange, wsi: wsi, loop: loop)
-                return 0
-            }
-            lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, Int32(left.rounded(.up)))
+        if let deadline = exchange.bodyDeadline, let wsi, loop.node.clock.now() > deadline {
+            // A body trickling in, each chunk within lws's pause limit (handshake_timeout), is
+            // cut at its overall deadline; a body that stalls is closed by lws at that limit.
+            exchange.bodyTimedOut = true
+            exchange.closeAfterResponse = true
+            exchange.body = []
+            dispatch(exchange, wsi: wsi, loop: loop)
+            return 0
         }
         if exchange.dispatched { return 0 }  // answered already (timed out): the rest is dropped
         if let intake = exchange.intake {
@@ -548,7 +545,6 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
         // answering before it is read leaves lws re-announcing a completion forever.
         exchange.expectedLength = declared
         exchange.bodyDeadline = exchange.startedAt + Double(loop.settings.transport.bodyTimeout)
-        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, Int32(loop.settings.transport.bodyTimeout))
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
     dispatch(exchange, wsi: wsi, loop: loop)

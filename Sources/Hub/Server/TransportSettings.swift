@@ -15,7 +15,8 @@ struct TransportSettings: Sendable {
     var headerTimeout: Int
     /// An HTTP keep-alive connection waiting for its next request (lws `keepalive_timeout`).
     var idleTimeout: Int
-    /// From the end of the headers to the last byte of the body, however it trickles in.
+    /// From the end of the headers to the last byte of a body held in memory, however it
+    /// trickles in (checked as chunks arrive; a pause is cut by `handshakeTimeout`).
     var bodyTimeout: Int
     var maxHeaderSize: Int
     var reusePort: Bool
