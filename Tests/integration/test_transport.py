@@ -517,6 +517,7 @@ def test_transfer_encoding_is_411_and_closes(hub, coding):
     request = b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + body
     raw, closed = raw_exchange(hub.port, request)
     assert closed and statuses(raw) == [411], raw
+    assert "send Content-Length" in body_of(raw)["error"]["message"]
 
 
 def test_a_well_framed_pipeline_still_works(hub):

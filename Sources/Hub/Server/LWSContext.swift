@@ -570,7 +570,11 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
     }
     if exchange.lengthRequired {
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        var response = shape.response(411, "chunked request bodies are not supported: send Content-Length", code: "BAD_REQUEST")
+        let coding = exchange.headers["transfer-encoding"] ?? "chunked"
+        let message = coding.lowercased() == "chunked"
+            ? "chunked request bodies are not supported: send Content-Length"
+            : "Transfer-Encoding '\(coding.prefix(40))' is not supported: send Content-Length"
+        var response = shape.response(411, message, code: "BAD_REQUEST")
         response.headers.append(("connection", "close"))
         exchange.respond(response)
         return
