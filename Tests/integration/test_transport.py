@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import os
+import re
 import socket
 import ssl
 import struct
@@ -21,9 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubtest import API_KEY, WSClient, arun, conn_token, free_port, wait_for
-
-
+from hubtest import API_KEY, HUB_BINARY, Hub, WSClient, arun, conn_token, wait_for
 
 # ---------------------------------------------------------------- raw HTTP helpers
 
@@ -92,7 +90,6 @@ def start_tls_hub(hub_factory, certificate, *args: str):
     """A hub serving TLS (the factory's health check speaks plain HTTP, so wait here)."""
     cert, key = certificate
     argv, env, port, log_path, workdir = hub_factory.command(["--tls-cert", cert, "--tls-key", key, *args])
-    from hubtest import Hub
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     hub = Hub(proc, port, log_path, None, API_KEY, workdir)
@@ -406,16 +403,14 @@ def test_a_trickled_body_gets_408_at_the_body_timeout(hub_factory):
     started = time.monotonic()
     s.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
               + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-    raw = b""
     for _ in range(16):  # one byte every 0.4 s: never idle long, never done
         time.sleep(0.4)
         try:
             s.sendall(b" ")
         except OSError:
             break
-    more, closed = read_until_close(s, 4)
+    raw, closed = read_until_close(s, 4)
     s.close()
-    raw += more
     assert closed and time.monotonic() - started < 10
     assert statuses(raw) == [408], raw
     assert body_of(raw)["error"]["code"] == 408
@@ -549,8 +544,7 @@ def test_a_nul_in_a_keep_alive_request_gets_400_after_the_first_answer(hub):
 # ---------------------------------------------------------------- one port, one hub
 
 def test_a_second_hub_on_the_same_port_fails_to_start(hub):
-    from hubtest import HubFactory  # noqa: F401  (the running hub comes from the fixture)
-    cp = subprocess.run([os.environ.get("HUB_BINARY", ".build/debug/hub"), "--host", "127.0.0.1",
+    cp = subprocess.run([HUB_BINARY, "--host", "127.0.0.1",
                          "--port", str(hub.port), "--data-dir", str(hub.workdir / "second")],
                         capture_output=True, text=True, timeout=10,
                         env={k: v for k, v in os.environ.items() if not k.startswith("HUB_")})
