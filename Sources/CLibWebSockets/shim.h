@@ -10,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -116,6 +117,20 @@ static inline long long hub_tcp_bytes_received(int fd) {
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136) return -1;
     memcpy(&value, info + 128, sizeof value);
     return (long long)value;
+}
+
+/* Bytes the process has written to a TCP socket so far: those the peer acknowledged
+ * (tcp_info.tcpi_bytes_acked, same ABI note as above) plus those still queued (TIOCOUTQ).
+ * -1 when unknown. */
+static inline long long hub_tcp_bytes_written(int fd) {
+    unsigned char info[256];
+    socklen_t len = sizeof info;
+    unsigned long long acked;
+    int queued = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 128) return -1;
+    if (ioctl(fd, TIOCOUTQ, &queued) != 0) return -1;
+    memcpy(&acked, info + 120, sizeof acked);
+    return (long long)acked + queued;
 }
 
 /* A short answer written straight to a socket lws does not (or no longer) write to:

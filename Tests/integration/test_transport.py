@@ -530,6 +530,16 @@ def test_a_nul_in_the_path_is_never_served(hub, path):
     assert hub.http.get(hub.url + "/health").status_code == 200
 
 
+def test_a_request_lws_answers_itself_gets_no_second_answer(hub):
+    s = socket.create_connection(("127.0.0.1", hub.port))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)
+    s.sendall(b"GET /he%zzalth HTTP/1.1\r\nHost: x\r\n\r\n")  # a bad escape: lws says 403
+    raw, closed = read_until_close(s, 3)
+    s.close()
+    assert closed and statuses(raw) == [200, 403], raw
+
+
 def test_a_nul_in_a_keep_alive_request_gets_400_after_the_first_answer(hub):
     s = socket.create_connection(("127.0.0.1", hub.port))
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

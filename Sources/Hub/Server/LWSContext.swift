@@ -129,6 +129,8 @@ private func answerDroppedRequest(_ wsi: OpaquePointer, loop: ServiceLoop) {
     let fd = lws_get_socket_fd(wsi)
     let received = hub_tcp_bytes_received(fd)
     guard received > answeredBytes else { return }
+    // lws answers some bad requests itself (403 for a bad `%xx`): then it wrote since our last answer.
+    guard let writtenBytes = admission.writtenBytes, hub_tcp_bytes_written(fd) == writtenBytes else { return }
     let transport = loop.settings.transport
     let text: String
     if received - answeredBytes >= Int64(transport.maxHeaderSize) {
@@ -156,6 +158,8 @@ struct Admission {
     /// Bytes received from the client up to the end of the last answered request (nil until
     /// one is answered).
     var answeredBytes: Int64?
+    /// Bytes written to the client up to the end of that answer.
+    var writtenBytes: Int64?
     /// A request is being answered: a close now is the edge's own doing.
     var busy = false
 }
@@ -729,8 +733,11 @@ private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> 
         // Everything received so far belonged to answered requests: what comes next is new.
         admission.busy = false
         admission.idleSince = exchange.loop.node.clock.now()
-        let received = hub_tcp_bytes_received(lws_get_socket_fd(wsi))
+        let fd = lws_get_socket_fd(wsi)
+        let received = hub_tcp_bytes_received(fd)
+        let written = hub_tcp_bytes_written(fd)
         admission.answeredBytes = received >= 0 ? received : nil
+        admission.writtenBytes = written >= 0 ? written : nil
         exchange.loop.admitted[wsi] = admission
     }
     if lws_get_network_wsi(wsi) != wsi {
