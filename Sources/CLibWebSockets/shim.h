@@ -10,15 +10,26 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 static inline int hub_lws_pre(void) { return LWS_PRE; }
 
-static inline uint64_t hub_lws_server_options(int ipv6) {
+static inline uint64_t hub_lws_server_options(int tls) {
     uint64_t o = LWS_SERVER_OPTION_VALIDATE_UTF8;
-    (void)ipv6;
+    if (tls) o |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     return o;
+}
+
+/* permessage-deflate (RFC 7692) as lws offers it; the list lives for the process. */
+static inline const struct lws_extension *hub_lws_extensions(void) {
+    static const struct lws_extension list[] = {
+        { "permessage-deflate", lws_extension_callback_pm_deflate,
+          "permessage-deflate; client_no_context_takeover; client_max_window_bits" },
+        { NULL, NULL, NULL }
+    };
+    return list;
 }
 
 static inline int hub_lws_write_text(void) { return LWS_WRITE_TEXT; }
@@ -26,6 +37,8 @@ static inline int hub_lws_write_raw(void) { return LWS_WRITE_RAW; }
 static inline int hub_lws_write_http_final(void) { return LWS_WRITE_HTTP_FINAL; }
 static inline int hub_lws_write_http(void) { return LWS_WRITE_HTTP; }
 static inline int hub_lws_write_http_headers(void) { return LWS_WRITE_HTTP_HEADERS; }
+/* Headers that also end an HTTP/2 stream (no body follows). */
+static inline int hub_lws_write_http_headers_final(void) { return LWS_WRITE_HTTP_HEADERS | LWS_WRITE_H2_STREAM_END; }
 
 
 /* Adopts our own SO_REUSEPORT listening socket into a context as a raw descriptor, so lws
@@ -38,8 +51,11 @@ static inline struct lws *hub_adopt_listener(struct lws_vhost *vh, int fd, const
 }
 
 /* A non-blocking listening socket with SO_REUSEPORT, so each service thread has its own
- * and the kernel spreads new connections across them. Returns the fd or -errno. */
-static inline int hub_listen_socket(const char *host, int port) {
+ * and the kernel spreads new connections across them. Returns the fd or -errno.
+ * With `exclusive`, the port is first bound once without SO_REUSEPORT: that fails with
+ * EADDRINUSE when any other process listens there (SO_REUSEPORT alone would let a second
+ * hub of the same user silently share the port). */
+static inline int hub_listen_socket(const char *host, int port, int exclusive) {
     struct addrinfo hints, *res = NULL, *ai;
     char service[16];
     int fd = -1, one = 1, err = EADDRNOTAVAIL;
@@ -53,6 +69,13 @@ static inline int hub_listen_socket(const char *host, int port) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) { err = errno; continue; }
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (exclusive) {
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) { err = errno; close(fd); fd = -1; continue; }
+            close(fd);
+            fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0) { err = errno; continue; }
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        }
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0) break;
         err = errno;
@@ -63,18 +86,57 @@ static inline int hub_listen_socket(const char *host, int port) {
     return fd >= 0 ? fd : -err;
 }
 
-/* Accepts one pending connection (non-blocking, close-on-exec); -1 when none waits. */
-static inline int hub_accept(int listen_fd) {
+/* Accepts one pending connection (non-blocking, close-on-exec); -1 when none waits. The
+ * peer's address (numeric, no port) goes into `peer`. */
+static inline int hub_accept(int listen_fd, char *peer, int peer_size) {
     /* accept + fcntl rather than accept4: accept4 needs _GNU_SOURCE, which changes glibc's
      * fd_set definition and makes this module clash with the other C modules. */
-    int fd = accept(listen_fd, NULL, NULL);
+    struct sockaddr_storage addr;
+    socklen_t addr_len = sizeof addr;
+    int fd = accept(listen_fd, (struct sockaddr *)&addr, &addr_len);
+    if (peer_size > 0) peer[0] = 0;
     if (fd >= 0) {
+        if (getnameinfo((struct sockaddr *)&addr, addr_len, peer, (socklen_t)peer_size, NULL, 0, NI_NUMERICHOST) != 0 && peer_size > 0)
+            peer[0] = 0;
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     return fd;
+}
+
+
+/* Bytes the kernel has received on a TCP socket (tcp_info.tcpi_bytes_received, Linux 4.1+);
+ * -1 when unknown. Read by offset: glibc's netinet/tcp.h has an older struct tcp_info and
+ * linux/tcp.h cannot be included beside it. The layout is append-only kernel ABI. */
+static inline long long hub_tcp_bytes_received(int fd) {
+    unsigned char info[256];
+    socklen_t len = sizeof info;
+    unsigned long long value;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136) return -1;
+    memcpy(&value, info + 128, sizeof value);
+    return (long long)value;
+}
+
+/* Bytes the process has written to a TCP socket so far: those the peer acknowledged
+ * (tcp_info.tcpi_bytes_acked, same ABI note as above) plus those still queued (TIOCOUTQ).
+ * -1 when unknown. */
+static inline long long hub_tcp_bytes_written(int fd) {
+    unsigned char info[256];
+    socklen_t len = sizeof info;
+    unsigned long long acked;
+    int queued = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 128) return -1;
+    if (ioctl(fd, TIOCOUTQ, &queued) != 0) return -1;
+    memcpy(&acked, info + 120, sizeof acked);
+    return (long long)acked + queued;
+}
+
+/* A short answer written straight to a socket lws does not (or no longer) write to:
+ * best effort, never blocks, no SIGPIPE. */
+static inline void hub_send_now(int fd, const char *bytes, int length) {
+    if (fd >= 0 && length > 0) (void)send(fd, bytes, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 #endif

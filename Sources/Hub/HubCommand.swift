@@ -44,6 +44,18 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Outbound queue limit per connection, messages (default 10000).") var clientQueueMaxMessages: Int?
     @Option(help: "Subscriptions allowed per connection (default 128).") var maxSubscriptions: Int?
     @Option(help: "Value of Access-Control-Allow-Origin (default *).") var corsOrigins: String?
+    @Option(help: "PEM certificate (chain) for TLS: the port then speaks only HTTPS/WSS, with HTTP/2 for REST (needs --tls-key).") var tlsCert: String?
+    @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
+    @Flag(help: "Offer HTTP/2 (ALPN h2) on the TLS port; headers lws has no name for (X-API-Key…) do not reach routes over h2.") var http2 = false
+    @Option(help: "Offer permessage-deflate to WebSocket clients, true or false (default false: a zlib context per compressing connection).") var websocketCompression: Bool?
+    @Option(help: "Seconds for a TLS handshake, and between request body chunks (default 10).") var handshakeTimeout: Int?
+    @Option(help: "Seconds a client has to send complete request headers (default 10).") var headerTimeout: Int?
+    @Option(help: "Seconds an HTTP keep-alive connection may wait for its next request (default 5).") var idleTimeout: Int?
+    @Option(help: "Seconds a client has to send a whole request body (default 60).") var bodyTimeout: Int?
+    @Option(help: "Largest request head (request line and headers), bytes (default 8192); larger gets 431.") var maxHeaderSize: Int?
+    @Option(help: "Connections open at once, all clients together (default 100000); more get 503 and are closed.") var maxConnections: Int?
+    @Option(help: "Connections open at once from one IP address, 0 for no limit (default 0).") var maxConnectionsPerIp: Int?
+    @Flag(help: "Let other processes listen on the same port too (SO_REUSEPORT); without it a second hub on the port fails to start.") var reusePort = false
     @Option(help: "memory (one node, the default) or redis (many nodes sharing Redis).") var engine: String?
     @Option(help: "Redis address for the redis engine, redis://[:password@]host[:port][/db]; repeat or comma-separate for shards.")
     var redisUrl: [String] = []
@@ -142,6 +154,18 @@ struct HubCommand: ParsableCommand {
         c.clientQueueMaxMessages = try clientQueueMaxMessages ?? envInt("HUB_CLIENT_QUEUE_MAX_MESSAGES") ?? c.clientQueueMaxMessages
         c.maxSubscriptions = try maxSubscriptions ?? envInt("HUB_MAX_SUBSCRIPTIONS") ?? c.maxSubscriptions
         c.corsOrigins = corsOrigins ?? env["HUB_CORS_ORIGINS"] ?? env["CORS_ORIGINS"] ?? c.corsOrigins
+        c.tlsCert = tlsCert ?? env["HUB_TLS_CERT"] ?? c.tlsCert
+        c.tlsKey = tlsKey ?? env["HUB_TLS_KEY"] ?? c.tlsKey
+        c.http2 = try http2 ? true : (envBool("HUB_HTTP2") ?? c.http2)
+        c.websocketCompression = try websocketCompression ?? envBool("HUB_WEBSOCKET_COMPRESSION") ?? c.websocketCompression
+        c.handshakeTimeout = try handshakeTimeout ?? envInt("HUB_HANDSHAKE_TIMEOUT") ?? c.handshakeTimeout
+        c.headerTimeout = try headerTimeout ?? envInt("HUB_HEADER_TIMEOUT") ?? c.headerTimeout
+        c.idleTimeout = try idleTimeout ?? envInt("HUB_IDLE_TIMEOUT") ?? c.idleTimeout
+        c.bodyTimeout = try bodyTimeout ?? envInt("HUB_BODY_TIMEOUT") ?? c.bodyTimeout
+        c.maxHeaderSize = try maxHeaderSize ?? envInt("HUB_MAX_HEADER_SIZE") ?? c.maxHeaderSize
+        c.maxConnections = try maxConnections ?? envInt("HUB_MAX_CONNECTIONS") ?? c.maxConnections
+        c.maxConnectionsPerIP = try maxConnectionsPerIp ?? envInt("HUB_MAX_CONNECTIONS_PER_IP") ?? c.maxConnectionsPerIP
+        c.reusePort = try reusePort ? true : (envBool("HUB_REUSE_PORT") ?? c.reusePort)
         c.engine = engine ?? env["HUB_ENGINE"] ?? c.engine
         let urls = redisUrl.isEmpty ? (env["HUB_REDIS_URL"].map { [$0] } ?? []) : redisUrl
         if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }

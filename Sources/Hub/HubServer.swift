@@ -148,7 +148,8 @@ final class HubServer {
         let settings = EdgeSettings(
             host: config.host, port: config.port, maxMessageSize: config.maxMessageSize, maxBodySize: config.maxBodySize,
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
-            corsOrigins: config.corsOrigins, chat: june.chat)
+            corsOrigins: config.corsOrigins, chat: june.chat,
+            transport: TransportSettings(config: config))
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
@@ -170,7 +171,8 @@ final class HubServer {
         }
         let engineDescription = config.engine == "redis" ? "redis(\(config.redisURLs.count) shard\(config.redisURLs.count == 1 ? "" : "s"))" : "memory"
         let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host
-        logger.notice("hub serving http://\(shownHost):\(config.port) (ws://\(shownHost):\(config.port)/connection/websocket) engine=\(engineDescription) threads=\(config.threads) version=\(HubVersion.string)")
+        let (http, ws) = config.tlsCert == nil ? ("http", "ws") : ("https", "wss")
+        logger.notice("hub serving \(http)://\(shownHost):\(config.port) (\(ws)://\(shownHost):\(config.port)/connection/websocket) engine=\(engineDescription) threads=\(config.threads) version=\(HubVersion.string)")
 
         // Housekeeping: once a second each loop checks its connections' deadlines.
         let ticker = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "hub.ticker"))

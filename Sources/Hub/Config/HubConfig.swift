@@ -32,6 +32,19 @@ struct HubConfig: Sendable {
     var clientQueueMaxMessages = 10_000
     var maxSubscriptions = 128
     var corsOrigins = "*"
+    // Transport (docs/security.md "Transport"): TLS, compression, timeouts per stage, limits.
+    var tlsCert: String?
+    var tlsKey: String?
+    var websocketCompression = false
+    var http2 = false
+    var handshakeTimeout = 10
+    var headerTimeout = 10
+    var idleTimeout = 5
+    var bodyTimeout = 60
+    var maxHeaderSize = 8192
+    var maxConnections = 100_000
+    var maxConnectionsPerIP = 0
+    var reusePort = false
     var engine = "memory"
     var redisURLs: [String] = []
     var presenceTTL: Double = 60
@@ -164,6 +177,18 @@ struct HubConfig: Sendable {
             case "client_queue_max_messages": clientQueueMaxMessages = try int(value, key)
             case "max_subscriptions": maxSubscriptions = try int(value, key)
             case "cors_origins": corsOrigins = try string(value, key)
+            case "tls_cert": tlsCert = try string(value, key)
+            case "tls_key": tlsKey = try string(value, key)
+            case "websocket_compression": websocketCompression = try bool(value, key)
+            case "http2": http2 = try bool(value, key)
+            case "handshake_timeout": handshakeTimeout = try int(value, key)
+            case "header_timeout": headerTimeout = try int(value, key)
+            case "idle_timeout": idleTimeout = try int(value, key)
+            case "body_timeout": bodyTimeout = try int(value, key)
+            case "max_header_size": maxHeaderSize = try int(value, key)
+            case "max_connections": maxConnections = try int(value, key)
+            case "max_connections_per_ip": maxConnectionsPerIP = try int(value, key)
+            case "reuse_port": reusePort = try bool(value, key)
             case "engine": engine = try string(value, key)
             case "presence_ttl": presenceTTL = try double(value, key)
             case "admin_user": adminUser = try string(value, key)
@@ -318,6 +343,18 @@ struct HubConfig: Sendable {
         if let uploadDir, uploadDir.isEmpty { throw HubError.config("upload_dir must not be empty") }
         guard clientQueueMaxBytes >= maxMessageSize else { throw HubError.config("client_queue_max_bytes must be at least max_message_size") }
         guard pingInterval >= 1, pongTimeout >= 1, connectTimeout >= 1 else { throw HubError.config("ping_interval, pong_timeout and connect_timeout must be at least 1 second") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw HubError.config("tls_cert and tls_key go together") }
+        if http2 && tlsCert == nil { throw HubError.config("http2 needs tls_cert and tls_key (HTTP/2 is offered through TLS ALPN)") }
+        for (name, path) in [("tls_cert", tlsCert), ("tls_key", tlsKey)] {
+            if let path, access(path, R_OK) != 0 { throw HubError.config("\(name): cannot read \(path)") }
+        }
+        for (name, value) in [("handshake_timeout", handshakeTimeout), ("header_timeout", headerTimeout), ("idle_timeout", idleTimeout),
+                              ("body_timeout", bodyTimeout)] where !(1...3600).contains(value) {
+            throw HubError.config("\(name) must be 1-3600 seconds")
+        }
+        guard (1024...65_536).contains(maxHeaderSize) else { throw HubError.config("max_header_size must be 1024-65536 bytes") }
+        guard maxConnections >= 1 else { throw HubError.config("max_connections must be at least 1") }
+        guard maxConnectionsPerIP >= 0 else { throw HubError.config("max_connections_per_ip must be 0 (no limit) or more") }
         guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }
         if engine == "redis" {
             guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db") }

@@ -42,6 +42,10 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
     var chat: ChatSession?
     /// Frame being assembled from fragments (service thread only).
     var inbound: [UInt8] = []
+    /// permessage-deflate was negotiated: frames go out through lws (compressed), not raw.
+    var compressed = false
+    /// A message went past the size limit: the rest of it is dropped while the close goes out.
+    var oversized = false
 
     init(loop: ServiceLoop, wsi: OpaquePointer?, remoteAddress: String, maxQueuedBytes: Int, maxQueuedMessages: Int) {
         self.remoteAddress = remoteAddress
@@ -121,6 +125,11 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var lengthRequired = false
     /// The body was refused unread (411, 413 up front): close once the answer is out.
     var closeAfterResponse = false
+    /// Why the request's body framing is refused (400, then close): smuggling attempts.
+    var badFraming: String?
+    /// When the whole body must have arrived (bodies held in memory); past it: 408, close.
+    var bodyDeadline: Double?
+    var bodyTimedOut = false
     /// Set for a `.multipart` route: the body streams into it instead of `body`.
     var intake: MultipartIntake?
     var remoteAddress = ""

@@ -30,23 +30,43 @@ enum LWSContext {
     /// A context with no listener of its own, then our SO_REUSEPORT socket adopted into it.
     static func create(loop: ServiceLoop) throws -> OpaquePointer {
         let host = loop.settings.host
-        let listenFD = hub_listen_socket(host == "0.0.0.0" ? "0.0.0.0" : host, Int32(loop.settings.port))
+        let transport = loop.settings.transport
+        // The first loop makes sure no other process listens on the port; the others join it.
+        let exclusive: Int32 = loop.index == 0 && !transport.reusePort ? 1 : 0
+        let listenFD = hub_listen_socket(host == "0.0.0.0" ? "0.0.0.0" : host, Int32(loop.settings.port), exclusive)
         guard listenFD >= 0 else {
-            throw HubError.startup("could not listen on \(host):\(loop.settings.port): \(String(cString: strerror(-listenFD)))")
+            let hint = -listenFD == EADDRINUSE ? " (another process listens there; --reuse-port shares it on purpose)" : ""
+            throw HubError.startup("could not listen on \(host):\(loop.settings.port): \(String(cString: strerror(-listenFD)))\(hint)")
         }
         var info = lws_context_creation_info()
         info.port = -2  // CONTEXT_PORT_NO_LISTEN_SERVER: a server vhost fed by adoption
         info.protocols = UnsafePointer(protocols)
-        info.options = hub_lws_server_options(0)
+        info.options = hub_lws_server_options(transport.tls == nil ? 0 : 1)
         info.user = Unmanaged.passUnretained(loop).toOpaque()
         info.pt_serv_buf_size = 64 * 1024
-        info.timeout_secs = 20
+        info.timeout_secs = UInt32(transport.handshakeTimeout)
+        info.timeout_secs_ah_idle = UInt32(transport.headerTimeout)
+        info.keepalive_timeout = Int32(transport.idleTimeout)
         info.ka_time = 0
-        info.max_http_header_data = 8192
+        info.max_http_header_data = UInt16(transport.maxHeaderSize)
         info.server_string = UnsafePointer(strdup("hub"))
+        if transport.websocketCompression { info.extensions = hub_lws_extensions() }
+        if let tls = transport.tls {
+            // Adopted sockets get TLS (and ALPN h2/http1.1) from the vhost: lws_adopt_socket_vhost allows SSL.
+            info.ssl_cert_filepath = UnsafePointer(strdup(tls.cert))
+            info.ssl_private_key_filepath = UnsafePointer(strdup(tls.key))
+            // lws 4.1's HPACK decoder drops every header it has no token for (X-API-Key,
+            // X-Request-ID…), so h2 is offered only when asked for.
+            info.alpn = UnsafePointer(strdup(transport.http2 ? "h2,http/1.1" : "http/1.1"))
+            // Streams that carried a body linger a second (see finishTransaction): allow more than
+            // lws's 24 at once, the limit past which lws ends the whole connection with GOAWAY.
+            // The other values are lws's own defaults, which this setting replaces as a whole.
+            info.http2_settings = (1, 65_536, 0, 128, 0, 16_384, UInt32(transport.maxHeaderSize))
+        }
         guard let context = lws_create_context(&info) else {
             close(listenFD)
-            throw HubError.startup("could not create the libwebsockets context")
+            let what = transport.tls.map { " (check that \($0.cert) and \($0.key) are a PEM certificate and its key)" } ?? ""
+            throw HubError.startup("could not create the libwebsockets context\(what)")
         }
         guard let vhost = lws_get_vhost_by_name(context, "default"),
               hub_adopt_listener(vhost, listenFD, listenerProtocol) != nil
@@ -65,14 +85,83 @@ private func listenerCallback(
     _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
     _ input: UnsafeMutableRawPointer?, _ length: Int
 ) -> Int32 {
-    guard reason == LWS_CALLBACK_RAW_RX_FILE, let wsi, let vhost = lws_get_vhost(wsi) else { return 0 }
+    guard reason == LWS_CALLBACK_RAW_RX_FILE, let wsi, let vhost = lws_get_vhost(wsi), let loop = loopFor(wsi) else { return 0 }
     let listenFD = lws_get_socket_fd(wsi)
+    let limiter = loop.settings.transport.connections
+    var peer = [CChar](repeating: 0, count: 64)
     for _ in 0..<256 {
-        let fd = hub_accept(listenFD)
+        let fd = hub_accept(listenFD, &peer, Int32(peer.count))
         if fd < 0 { break }
-        if lws_adopt_socket_vhost(vhost, fd) == nil { close(fd) }
+        let address = String(cString: peer)
+        guard limiter.admit(address) else {
+            // Refused before lws or TLS sees it: a plain-HTTP client gets a reason, a TLS one a close.
+            if loop.settings.transport.tls == nil { hub_send_now(fd, tooManyConnections, Int32(tooManyConnections.utf8.count)) }
+            close(fd)
+            continue
+        }
+        guard let connection = lws_adopt_socket_vhost(vhost, fd) else {
+            limiter.release(address)  // lws closed the socket itself
+            continue
+        }
+        loop.admitted[connection] = Admission(address: address)
     }
     return 0
+}
+
+private let badRequest = plainAnswer(400, "Bad Request", #"{"error":"malformed request: bad request line, header, or percent-encoding such as %00"}"#)
+private func headTooLarge(_ limit: Int) -> String {
+    plainAnswer(431, "Request Header Fields Too Large", #"{"error":"request head larger than \#(limit) bytes"}"#)
+}
+private func headerTimeout(_ seconds: Int) -> String {
+    plainAnswer(408, "Request Timeout", #"{"error":"request head not received within \#(seconds) s"}"#)
+}
+
+/// lws 4.1 closes without a word on some request heads (a `%00` in the path, a head over
+/// `max_header_size`, one not complete in time). A keep-alive connection that lws closes with
+/// request bytes it never turned into a request gets the answer lws would not give. Runs while
+/// lws drops the protocol on its way to closing, before it shuts the socket for writing; lws
+/// binds the protocol only once a first request was parsed, so the first request of a
+/// connection is not covered.
+private func answerDroppedRequest(_ wsi: OpaquePointer, loop: ServiceLoop) {
+    guard lws_get_network_wsi(wsi) == wsi, lws_is_ssl(wsi) == 0, let admission = loop.admitted[wsi], !admission.busy,
+          let answeredBytes = admission.answeredBytes
+    else { return }
+    let fd = lws_get_socket_fd(wsi)
+    let received = hub_tcp_bytes_received(fd)
+    guard received > answeredBytes else { return }
+    // lws answers some bad requests itself (403 for a bad `%xx`): then it wrote since our last answer.
+    guard let writtenBytes = admission.writtenBytes, hub_tcp_bytes_written(fd) == writtenBytes else { return }
+    let transport = loop.settings.transport
+    let text: String
+    if received - answeredBytes >= Int64(transport.maxHeaderSize) {
+        text = headTooLarge(transport.maxHeaderSize)
+    } else if loop.node.clock.now() - admission.idleSince >= Double(transport.headerTimeout) {
+        text = headerTimeout(transport.headerTimeout)
+    } else {
+        text = badRequest
+    }
+    hub_send_now(fd, text, Int32(text.utf8.count))
+}
+
+private let tooManyConnections = plainAnswer(503, "Service Unavailable", #"{"error":"too many connections"}"#)
+
+/// A whole HTTP/1.1 answer for a connection lws cannot answer itself; the connection closes.
+private func plainAnswer(_ status: Int, _ phrase: String, _ body: String) -> String {
+    "HTTP/1.1 \(status) \(phrase)\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
+}
+
+/// What the edge knows of an accepted connection (service thread only).
+struct Admission {
+    let address: String
+    /// When the connection last finished a response.
+    var idleSince: Double = 0
+    /// Bytes received from the client up to the end of the last answered request (nil until
+    /// one is answered).
+    var answeredBytes: Int64?
+    /// Bytes written to the client up to the end of that answer.
+    var writtenBytes: Int64?
+    /// A request is being answered: a close now is the edge's own doing.
+    var busy = false
 }
 
 private func loopFor(_ wsi: OpaquePointer?) -> ServiceLoop? {
@@ -200,6 +289,9 @@ private func hubCallback(
         let connection = WebSocketConnection(
             loop: loop, wsi: wsi, remoteAddress: peerAddress(wsi),
             maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
+        // lws agreed to permessage-deflate when we offer it and the client asked for it.
+        connection.compressed = loop.settings.transport.websocketCompression
+            && (header(wsi, WSI_TOKEN_EXTENSIONS)?.contains("permessage-deflate") ?? false)
         // Registered before the session starts: starting may already close the connection
         // (a bad token) and ask for the writeable callback that sends the close frame.
         store(connection, in: user)
@@ -216,7 +308,16 @@ private func hubCallback(
 
     case LWS_CALLBACK_RECEIVE:
         guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return -1 }
+        if connection.oversized { return 0 }  // inflating the rest of a refused message: dropped
         if connection.inbound.count + length > loop.settings.maxMessageSize {
+            if connection.compressed {
+                // lws keeps inflating a compressed frame and ignores -1 until it is done (a
+                // small bomb would run to its end): close through the writeable callback instead.
+                connection.oversized = true
+                connection.inbound = []
+                connection.close(DisconnectReason(code: 1009, reason: "message too big"))
+                return 0
+            }
             closeWith(wsi, code: 1009, reason: "message too big")
             return -1
         }
@@ -255,6 +356,16 @@ private func hubCallback(
 
     case LWS_CALLBACK_HTTP_BODY:
         guard let exchange = sessionIn(user) as? HTTPExchange else { return -1 }
+        if let deadline = exchange.bodyDeadline, let wsi, loop.node.clock.now() > deadline {
+            // A body trickling in, each chunk within lws's pause limit (handshake_timeout), is
+            // cut at its overall deadline; a body that stalls is closed by lws at that limit.
+            exchange.bodyTimedOut = true
+            exchange.closeAfterResponse = true
+            exchange.body = []
+            dispatch(exchange, wsi: wsi, loop: loop)
+            return 0
+        }
+        if exchange.dispatched { return 0 }  // answered already (timed out): the rest is dropped
         if let intake = exchange.intake {
             // Streamed to disk off this thread; reading pauses while the disk is behind.
             if let input, length > 0, intake.append(UnsafeRawBufferPointer(start: input, count: length)), let wsi {
@@ -282,6 +393,22 @@ private func hubCallback(
         release(user)
         return 0
 
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        // lws rebinds the protocol after every keep-alive transaction and frees the per-session
+        // slot without a CLOSED_HTTP: let go of the exchange in it here, or every answered
+        // request (response body included) would stay retained for good.
+        if let wsi, let input, String(cString: input.assumingMemoryBound(to: CChar.self)) == "__lws_close_free_wsi" {
+            answerDroppedRequest(wsi, loop: loop)
+        }
+        release(user)
+        return 0
+
+    case LWS_CALLBACK_WSI_DESTROY:
+        if let wsi, let admission = loop.admitted.removeValue(forKey: wsi) {
+            loop.settings.transport.connections.release(admission.address)
+        }
+        return 0
+
     default:
         return lws_callback_http_dummy(wsi, reason, user, input, length)
     }
@@ -295,8 +422,24 @@ private func closeWith(_ wsi: OpaquePointer, code: UInt16, reason: String) {
 /// Writes queued frames: one frame straight from its shared buffer, several gathered into
 /// the loop's scratch buffer so a burst costs one syscall.
 private func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
-    let (frames, more, close) = connection.takeFrames(budget: loop.scratchCapacity)
-    if frames.count == 1, let frame = frames.first {
+    let (frames, more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity)
+    if connection.compressed, let frame = frames.first {
+        // permessage-deflate: lws frames and compresses the payload itself, one message per
+        // writeable callback (it finishes a message's compressed tail before calling us again).
+        let payload = WebSocketFrameEncoder.payload(of: frame)
+        if payload.count <= loop.scratchCapacity {
+            let base = loop.scratch + loop.pre
+            payload.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: $0.count) }
+            if lws_write(wsi, base, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0 { return -1 }
+        } else {
+            var buffer = [UInt8](repeating: 0, count: loop.pre + payload.count)
+            buffer.replaceSubrange(loop.pre..., with: payload)
+            let failed = buffer.withUnsafeMutableBufferPointer { all in
+                lws_write(wsi, all.baseAddress! + loop.pre, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0
+            }
+            if failed { return -1 }
+        }
+    } else if frames.count == 1, let frame = frames.first {
         let written = frame.bytes.withUnsafeBufferPointer { buffer in
             lws_write(wsi, UnsafeMutablePointer(mutating: buffer.baseAddress), buffer.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw())))
         }
@@ -327,6 +470,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
                        input: UnsafeMutableRawPointer?, length: Int) -> Int32 {
     let exchange = HTTPExchange(loop: loop, wsi: wsi, startedAt: loop.node.clock.now())
     store(exchange, in: user)
+    loop.admitted[wsi]?.busy = true
     var method = "GET"
     var path = "/"
     for (token, name) in methodTokens {
@@ -356,10 +500,24 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
     exchange.remoteAddress = peerAddress(wsi)
-    let declared = Int(exchange.headers["content-length"] ?? "") ?? 0
-    let chunked = exchange.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
-    if chunked {
-        // This lws build does not de-chunk request bodies: refuse clearly instead of hanging.
+    // Request smuggling: the body is framed by exactly one plain Content-Length or not at all.
+    // Anything lws and a proxy in front could read differently is refused and the connection
+    // closed, so no byte of it is ever taken for a next request.
+    let lengthHeader = exchange.headers["content-length"]
+    if let lengthHeader, lengthHeader.isEmpty || lengthHeader.utf8.count > 15 || !lengthHeader.utf8.allSatisfy({ (48...57).contains($0) }) {
+        exchange.badFraming = "Content-Length must be one decimal number (got '\(lengthHeader.prefix(40))')"
+    } else if exchange.headers["transfer-encoding"] != nil && lengthHeader != nil {
+        exchange.badFraming = "Content-Length and Transfer-Encoding together are refused"
+    }
+    if exchange.badFraming != nil {
+        exchange.closeAfterResponse = true
+        dispatch(exchange, wsi: wsi, loop: loop)
+        return 0
+    }
+    let declared = Int(lengthHeader ?? "") ?? 0
+    if exchange.headers["transfer-encoding"] != nil {
+        // This lws build does not de-chunk request bodies (nor any other transfer coding):
+        // refuse clearly instead of hanging.
         exchange.lengthRequired = true
         exchange.closeAfterResponse = true
         dispatch(exchange, wsi: wsi, loop: loop)
@@ -374,6 +532,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
                                                 resume: { [weak exchange, unowned loop] in if let exchange { loop.requestResume(exchange) } }) {
         // A multipart upload: its own limits, streamed instead of buffered.
         exchange.intake = intake
+        // A large upload may take long on a slow link: only the pause between chunks is limited.
         if intake.refusedUpFront {
             exchange.closeAfterResponse = true
         } else if declared > 0 {
@@ -389,6 +548,7 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
         // Whatever the method: lws reads a declared body before the next request, and
         // answering before it is read leaves lws re-announcing a completion forever.
         exchange.expectedLength = declared
+        exchange.bodyDeadline = exchange.startedAt + Double(loop.settings.transport.bodyTimeout)
         return 0  // wait for LWS_CALLBACK_HTTP_BODY_COMPLETION
     }
     dispatch(exchange, wsi: wsi, loop: loop)
@@ -398,9 +558,27 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
 private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
     guard !exchange.dispatched else { return }
     exchange.dispatched = true
+    if let problem = exchange.badFraming {
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        var response = shape.response(400, problem, code: "BAD_REQUEST")
+        response.headers.append(("connection", "close"))
+        exchange.respond(response)
+        return
+    }
+    if exchange.bodyTimedOut {
+        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
+        var response = shape.response(408, "request body not received within \(loop.settings.transport.bodyTimeout) s", code: "REQUEST_TIMEOUT")
+        response.headers.append(("connection", "close"))
+        exchange.respond(response)
+        return
+    }
     if exchange.lengthRequired {
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        var response = shape.response(411, "chunked request bodies are not supported: send Content-Length", code: "BAD_REQUEST")
+        let coding = exchange.headers["transfer-encoding"] ?? "chunked"
+        let message = coding.lowercased() == "chunked"
+            ? "chunked request bodies are not supported: send Content-Length"
+            : "Transfer-Encoding '\(coding.prefix(40))' is not supported: send Content-Length"
+        var response = shape.response(411, message, code: "BAD_REQUEST")
         response.headers.append(("connection", "close"))
         exchange.respond(response)
         return
@@ -436,7 +614,9 @@ private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: Servic
 private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
     guard let response = exchange.response.withLock({ $0 }) else { return 0 }
     let isHead = exchange.method == "HEAD"
-    if !exchange.headersSent, let written = writeWhole(response, exchange, wsi: wsi, loop: loop, isHead: isHead) {
+    // An HTTP/2 stream (a child of its TCP connection) needs headers and body as separate frames.
+    let multiplexed = lws_get_network_wsi(wsi) != wsi
+    if !multiplexed, !exchange.headersSent, let written = writeWhole(response, exchange, wsi: wsi, loop: loop, isHead: isHead) {
         return written
     }
     if !exchange.headersSent {
@@ -459,16 +639,33 @@ private func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: S
             }
             if !ok { return -1 }
         }
-        if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return -1 }
+        let headersOnly = response.body.isEmpty || isHead
+        if multiplexed && headersOnly {
+            // No DATA frame follows: the HEADERS frame itself ends the stream.
+            guard lws_finalize_http_header(wsi, &cursor, end) == 0, let tail = cursor else { return -1 }
+            let length = tail - start
+            if lws_write(wsi, start, length, lws_write_protocol(rawValue: UInt32(hub_lws_write_http_headers_final()))) != length { return -1 }
+        } else if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 {
+            return -1
+        }
         logAccess(exchange, status: response.status, loop: loop)
-        if response.body.isEmpty || isHead {
+        if headersOnly {
             return finishTransaction(exchange, wsi: wsi)
         }
         lws_callback_on_writable(wsi)
         return 0
     }
     let remaining = response.body.count - exchange.bodySent
-    let chunk = min(remaining, loop.scratchCapacity)
+    var chunk = min(remaining, loop.scratchCapacity)
+    if multiplexed {
+        // One DATA frame at most the default frame size, within the peer's flow-control window.
+        let allowance = Int(lws_get_peer_write_allowance(wsi))
+        chunk = min(chunk, 16_384, allowance >= 0 ? allowance : Int.max)
+        if chunk <= 0 {
+            lws_callback_on_writable(wsi)
+            return 0
+        }
+    }
     let final = chunk == remaining
     let base = loop.scratch + loop.pre
     response.body.withUnsafeBufferPointer { buffer in
@@ -532,6 +729,27 @@ private func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value
 private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
     // An unread body would be taken for the next request: close instead.
     if exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse { return -1 }
+    if var admission = exchange.loop.admitted[wsi] {
+        // Everything received so far belonged to answered requests: what comes next is new.
+        admission.busy = false
+        admission.idleSince = exchange.loop.node.clock.now()
+        let fd = lws_get_socket_fd(wsi)
+        let received = hub_tcp_bytes_received(fd)
+        let written = hub_tcp_bytes_written(fd)
+        admission.answeredBytes = received >= 0 ? received : nil
+        admission.writtenBytes = written >= 0 ? written : nil
+        exchange.loop.admitted[wsi] = admission
+    }
+    if lws_get_network_wsi(wsi) != wsi {
+        // An HTTP/2 stream ends here. One that carried a body may still get the client's empty
+        // END_STREAM DATA frame, which lws 4.1 answers with GOAWAY for a stream already freed:
+        // free it a moment later instead (lws never frees a server stream on its own).
+        if exchange.expectedLength > 0 || exchange.intake != nil {
+            lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, 1)
+            return 0
+        }
+        return -1
+    }
     return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
 }
 

@@ -16,6 +16,7 @@ struct EdgeSettings: Sendable {
     var corsOrigins: String
     /// Seed 003's `/ws/{user_id}` chat endpoint; nil turns that WebSocket path off.
     var chat: ChatService? = nil
+    var transport: TransportSettings
 }
 
 /// One libwebsockets context on its own thread. Several loops listen on the same port
@@ -44,6 +45,9 @@ final class ServiceLoop: @unchecked Sendable {
 
     /// Live WebSocket connections (service thread only).
     var connections: [ObjectIdentifier: WebSocketConnection] = [:]
+    /// Client address of every connection this loop accepted, until lws destroys it (service
+    /// thread only): the connection limits count them.
+    var admitted: [OpaquePointer: Admission] = [:]
     /// LWS_PRE headroom + one batch of frames (service thread only).
     let scratch: UnsafeMutablePointer<UInt8>
     let scratchCapacity = 64 * 1024
