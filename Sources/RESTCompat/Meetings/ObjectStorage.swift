@@ -38,7 +38,7 @@ public final class LocalFolderStorage: ObjectStorage {
         }
     }
 
-    static func isSafe(key: String) -> Bool {
+    package static func isSafe(key: String) -> Bool {
         let parts = key.split(separator: "/", omittingEmptySubsequences: false)
         guard !parts.isEmpty, key.utf8.count <= 512 else { return false }
         for part in parts {
