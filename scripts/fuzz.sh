@@ -17,9 +17,9 @@ shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(protocol multipart router jwt telegram paths)
 
-# FUZZING drops hub-fuzz's own `main` (libFuzzer brings one); -parse-as-library likewise.
+# FUZZING: hub-fuzz hands its `main` to libFuzzer's driver instead of replaying files.
 swift build -c debug --product hub-fuzz --scratch-path .build-fuzz \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DFUZZING
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
 BINARY=.build-fuzz/debug/hub-fuzz
 
 status=0

@@ -71,12 +71,14 @@ package struct TelegramAuth: Sendable {
 
     /// The Telegram user a valid, unexpired nonce was issued for.
     package func checkNonce(_ nonce: String, now: Double) throws(RouteError) -> Int64 {
-        let parts = nonce.split(separator: ".")
+        let parts = nonce.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let id = Int64(parts[0]), let expires = Int64(parts[1]) else {
             throw RouteError(401, "Passport nonce was not issued by this hub", code: "UNAUTHORIZED")
         }
         let mac = Crypto.hex(Crypto.hmacSHA256(Array("passport-nonce\n\(id)\n\(expires)".utf8), key: nonceKey))
-        guard ConstantTime.equal(mac, String(parts[2])) else {
+        // The whole nonce must be spelt exactly as issued: it is the key that makes it single-use,
+        // so `+42.…`, `042.…` or `42..…` (which parse to the same numbers) must not pass.
+        guard ConstantTime.equal("\(id).\(expires).\(mac)", nonce) else {
             throw RouteError(401, "Passport nonce was not issued by this hub", code: "UNAUTHORIZED")
         }
         guard Double(expires) > now else { throw RouteError(401, "Passport nonce has expired", code: "UNAUTHORIZED") }
