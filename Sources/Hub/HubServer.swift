@@ -26,6 +26,17 @@ final class HubServer {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Signals are caught before anything is served: a SIGTERM that arrived between the
+        // first answer and a later handler setup was ignored, and the hub never stopped.
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            sources.append(source)
+        }
         if mkdir(config.dataDir, 0o755) != 0 && errno != EEXIST {
             throw HubError.startup("cannot create data directory \(config.dataDir)")
         }
@@ -151,15 +162,6 @@ final class HubServer {
         }
         ticker.resume()
 
-        let stop = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "hub.signals"))
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            sources.append(source)
-        }
         stop.wait()
         logger.notice("shutting down: closing \(node.clientCount) connections")
         cache.shutdown()
