@@ -11,6 +11,9 @@ swift build --build-tests
 # A deadline, so a hung test fails the run instead of eating the CI budget.
 timeout --kill-after=30 900 swift test --skip-build --disable-swift-testing
 
+# libFuzzer on every parser, bounded (HUB_FUZZ_SECONDS per target; longer runs: docs/security.md).
+timeout --kill-after=30 420 ./scripts/fuzz.sh "${HUB_FUZZ_SECONDS:-15}"
+
 VENV=.venv-test
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
     python3 -m venv "$VENV" || { ensure_packages python3-venv && python3 -m venv "$VENV"; }
