@@ -90,7 +90,7 @@ let package = Package(
         ),
         // libFuzzer entry points for the parsers, one binary chosen by HUB_FUZZ_TARGET
         // (scripts/fuzz.sh builds it with -sanitize=fuzzer; a plain build replays files).
-        .executableTarget(name: "HubFuzz", dependencies: ["Channels", "RESTCompat"]),
+        .executableTarget(name: "HubFuzz", dependencies: ["Channels", "RESTCompat", .product(name: "Logging", package: "swift-log")]),
         // Child processes (redis-server, openssl, a writer to kill -9) for the unit tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ChannelsTests", dependencies: ["Channels", "TestSupport"]),
