@@ -2,7 +2,7 @@
 # Builds the libFuzzer binary (hub-fuzz, with AddressSanitizer) and runs each target for a
 # bounded time on its committed seed corpus, Tests/fuzz/corpus/<target>/.
 #
-#   scripts/fuzz.sh                 # every target, HUB_FUZZ_SECONDS (default 15) each
+#   scripts/fuzz.sh                 # every target, HUB_FUZZ_SECONDS (default 12) each
 #   scripts/fuzz.sh 600 multipart   # one target for ten minutes
 #
 # New inputs libFuzzer finds go to test-artifacts/fuzz/<target>/corpus (not the committed
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECONDS_EACH="${1:-${HUB_FUZZ_SECONDS:-15}}"
+SECONDS_EACH="${1:-${HUB_FUZZ_SECONDS:-12}}"
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(protocol session multipart router jwt telegram paths)

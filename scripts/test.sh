@@ -12,7 +12,7 @@ swift build --build-tests
 timeout --kill-after=30 900 swift test --skip-build --disable-swift-testing
 
 # libFuzzer on every parser, bounded (HUB_FUZZ_SECONDS per target; longer runs: docs/security.md).
-timeout --kill-after=30 420 ./scripts/fuzz.sh "${HUB_FUZZ_SECONDS:-15}"
+timeout --kill-after=30 420 ./scripts/fuzz.sh "${HUB_FUZZ_SECONDS:-12}"
 
 VENV=.venv-test
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
