@@ -72,7 +72,7 @@ enum FuzzReplay {
         }
         var count = 0
         for path in arguments.dropFirst(2) {
-            for file in files(at: path) {
+            for file in FuzzIO.files(at: path) {
                 guard let bytes = FileBytes.read(file) else {
                     report("cannot read \(file)\n")
                     return 1
@@ -84,22 +84,4 @@ enum FuzzReplay {
         print("\(target.name): \(count) inputs, every invariant held")
         return 0
     }
-
-    static func files(at path: String) -> [String] {
-        guard let dir = opendir(path) else { return [path] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if !name.hasPrefix(".") { names.append(path + "/" + name) }
-        }
-        return names.sorted()
-    }
-}
-
-/// A line on standard error (fd 2 directly: Glibc's `stderr` is a global Swift 6 cannot share).
-func report(_ text: String) {
-    var bytes = Array(text.utf8)
-    if bytes.last != 0x0A { bytes.append(0x0A) }
-    _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }

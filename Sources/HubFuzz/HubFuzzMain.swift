@@ -3,6 +3,7 @@ import Glibc
 // One binary, one entry point per parser, chosen by HUB_FUZZ_TARGET. scripts/fuzz.sh builds
 // it with -sanitize=fuzzer and -DFUZZING, and then libFuzzer drives it; built normally it
 // replays files through the same checks: `hub-fuzz <target> <file|dir>...` (a crash's repro).
+// The C interfaces (libFuzzer's, directory listing, fd 2) and their pointers stay in this file.
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
@@ -31,4 +32,25 @@ struct HubFuzzMain {
         exit(FuzzReplay.run(CommandLine.arguments))
         #endif
     }
+}
+
+enum FuzzIO {
+    /// The files of a directory, sorted, or the path itself when it is not one.
+    static func files(at path: String) -> [String] {
+        guard let dir = opendir(path) else { return [path] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if !name.hasPrefix(".") { names.append(path + "/" + name) }
+        }
+        return names.sorted()
+    }
+}
+
+/// A line on standard error (fd 2 directly: Glibc's `stderr` is a global Swift 6 cannot share).
+func report(_ text: String) {
+    var bytes = Array(text.utf8)
+    if bytes.last != 0x0A { bytes.append(0x0A) }
+    _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }

@@ -27,11 +27,11 @@ enum JWTFuzz {
         let input = Array((parts[0] + "." + parts[1]).utf8)
         let expected = Crypto.hmac(input, key: Array(secret.utf8), algorithm: alg)
         invariant(Base64URL.decode(parts[2]) == expected, "accepted a token whose signature is not ours")
-        invariant(allowed(claims) == nil, "accepted claims \(claims) that should fail with \(allowed(claims)!)")
+        invariant(refusal(for: claims) == nil, "accepted claims \(claims) that should fail with \(refusal(for: claims)!)")
     }
 
     /// Why these claims must be refused under `now`, audience and issuer, or nil.
-    static func allowed(_ claims: JSONValue) -> TokenError? {
+    static func refusal(for claims: JSONValue) -> TokenError? {
         if let exp = claims["exp"], !exp.isNull {
             guard let value = exp.doubleValue else { return .malformed("exp") }
             if value > 0, now >= value { return .expired }
@@ -50,7 +50,7 @@ enum JWTFuzz {
 
     static func checkSigned(_ claims: JSONValue) {
         let token = TokenSigner.hs256(claims: claims, secret: secret)
-        let expected = allowed(claims)
+        let expected = refusal(for: claims)
         do {
             let back = try verifier.verify(token, now: now)
             invariant(expected == nil, "accepted \(claims), expected \(expected!)")
