@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "hub", targets: ["Hub"]),
         .executable(name: "hub-bench", targets: ["HubBench"]),
+        .executable(name: "hub-fuzz", targets: ["HubFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -87,6 +88,9 @@ let package = Package(
             dependencies: ["CEpoll", "COpenSSL", .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // libFuzzer entry points for the parsers, one binary chosen by HUB_FUZZ_TARGET
+        // (scripts/fuzz.sh builds it with -sanitize=fuzzer; a plain build replays files).
+        .executableTarget(name: "HubFuzz", dependencies: ["Channels", "RESTCompat", .product(name: "Logging", package: "swift-log")]),
         // Child processes (redis-server, openssl, a writer to kill -9) for the unit tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ChannelsTests", dependencies: ["Channels", "TestSupport"]),

@@ -13,6 +13,9 @@ swift build --build-tests
 # A deadline, so a hung test fails the run instead of eating the CI budget.
 timeout --kill-after=30 900 swift test --skip-build --disable-swift-testing
 
+# libFuzzer on every parser, bounded (HUB_FUZZ_SECONDS per target; longer runs: docs/security.md).
+timeout --kill-after=30 420 ./scripts/fuzz.sh "${HUB_FUZZ_SECONDS:-12}"
+
 # The JavaScript client (clients/js) against a real hub subprocess.
 HUB_BINARY="$PWD/.build/debug/hub" timeout --kill-after=10 300 node --test clients/js/test/*.test.js
 

@@ -104,6 +104,21 @@ final class MeetingsTests: XCTestCase {
         XCTAssertThrowsError(try other.checkNonce(issued.nonce, now: 1001))
     }
 
+    /// Found by `hub-fuzz telegram` (Tests/fuzz/corpus/telegram/regress-nonce-*): the nonce
+    /// string is what makes a Passport sign-in single-use, and `+77.…`, `077.…` and `77..…`
+    /// parsed to the same id and expiry, so one captured nonce could sign in three more times.
+    func testPassportNonceIsAcceptedOnlyExactlyAsIssued() throws {
+        let auth = TelegramAuth(botToken: nil, passportKeyPEM: nil, maxAge: 1, nonceKey: Array("key".utf8))
+        let issued = auth.nonce(for: 77, now: 1000)
+        XCTAssertEqual(try auth.checkNonce(issued.nonce, now: 1001), 77)
+        let parts = issued.nonce.split(separator: ".").map(String.init)
+        for respelt in ["+" + issued.nonce, "0" + issued.nonce, "\(parts[0])..\(parts[1]).\(parts[2])",
+                        "\(parts[0]).+\(parts[1]).\(parts[2])", "\(parts[0]).0\(parts[1]).\(parts[2])",
+                        issued.nonce + ".", "." + issued.nonce, "\(parts[0]).\(parts[1]).\(parts[2].uppercased())"] {
+            XCTAssertThrowsError(try auth.checkNonce(respelt, now: 1001), respelt)
+        }
+    }
+
     func testPassportDataDecryptsAndChecksItsHash() throws {
         // Encrypted here with the same construction as Telegram, through openssl's CLI.
         let plain = Array(#"{"nonce":"n"}"#.utf8)

@@ -10,6 +10,11 @@ public enum Crypto {
         HMAC.sign(message, key: key, algorithm: "HS256")
     }
 
+    /// HMAC with the hash a JWT `HS256`/`HS384`/`HS512` names (checks that re-derive a signature).
+    package static func hmac(_ message: [UInt8], key: [UInt8], algorithm: String) -> [UInt8] {
+        HMAC.sign(message, key: key, algorithm: algorithm)
+    }
+
     public static func hex(_ bytes: [UInt8]) -> String {
         let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []

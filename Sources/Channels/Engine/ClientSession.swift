@@ -46,47 +46,17 @@ public final class ClientSession: Sendable {
 
     /// Handles one WebSocket message: one or more JSON commands separated by newlines.
     public func handle(message: [UInt8]) {
-        var start = 0
-        let count = message.count
-        while start < count {
-            var end = start
-            while end < count, message[end] != 0x0A { end += 1 }
-            if end > start {
-                let line = message[start..<end]
-                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) {
-                    handle(command: Array(line))
-                }
+        for line in ClientCommand.lines(of: message) {
+            switch ClientCommand.decode(line) {
+            case .command(let command): handle(command)
+            case .pong: state.withLock { $0.pongDeadline = nil }
+            case .invalid(let id, let error): fail(id: id, error)
             }
-            start = end + 1
         }
     }
 
-    private func handle(command bytes: [UInt8]) {
-        let command: JSONValue
-        do {
-            command = try JSONParser.parse(bytes)
-        } catch {
-            fail(id: nil, ProtocolError.badRequest.with(message: "malformed JSON: \(error)"))
-            return
-        }
-        guard let members = command.objectValue else {
-            fail(id: nil, ProtocolError.badRequest.with(message: "command must be a JSON object"))
-            return
-        }
-        if members.isEmpty {  // the pong answering our ping
-            state.withLock { $0.pongDeadline = nil }
-            return
-        }
-        let id = command["id"]?.intValue
-        if let rawID = command["id"], id == nil || id! < 0 || id! > Int64(UInt32.max) {
-            _ = rawID
-            fail(id: nil, ProtocolError.badRequest.with(message: "id must be an unsigned 32-bit integer"))
-            return
-        }
-        guard let (method, body) = members.first(where: { $0.0 != "id" }) else {
-            fail(id: id, ProtocolError.badRequest.with(message: "command has no method"))
-            return
-        }
+    private func handle(_ command: ClientCommand) {
+        let (id, method, body) = (command.id, command.method, command.body)
         let phase = state.withLock { $0.phase }
         if method == "connect" {
             connect(id: id, body)

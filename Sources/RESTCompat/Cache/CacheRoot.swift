@@ -73,7 +73,7 @@ public struct CacheRoot: Sendable {
 
     /// The absolute path of a relative one, checked to resolve inside the root; nil when
     /// nothing is there. Throws when a symlink leads out of the root.
-    func resolve(_ relative: String, shownAs requested: String) throws(RouteError) -> String? {
+    package func resolve(_ relative: String, shownAs requested: String) throws(RouteError) -> String? {
         let full = relative.isEmpty ? path : path + "/" + relative
         guard let real = CacheFileSystem.realPath(full) else { return nil }
         guard contains(real) else { throw RouteError(400, "Path escapes the cache root: \(requested)") }

@@ -24,7 +24,7 @@ public struct GatewayAssets: Sendable {
     static func notFound() -> HTTPResponse { ErrorShape.fastAPI.response(404, "File not found") }
 
     /// The decoded name, or nil when it could name anything but a file directly in the folder.
-    static func safeName(_ raw: String) -> String? {
+    package static func safeName(_ raw: String) -> String? {
         let name = HTTPRequest.percentDecode(raw.replacingPlus)
         guard !name.isEmpty, name != ".", name != "..", name.utf8.count <= 255 else { return nil }
         for byte in name.utf8 where byte == UInt8(ascii: "/") || byte == UInt8(ascii: "\\") || byte == 0 { return nil }
@@ -49,7 +49,7 @@ public struct GatewayAssets: Sendable {
         }
     }
 
-    static func read(root: String, name: String, maxBytes: Int) -> HTTPResponse {
+    package static func read(root: String, name: String, maxBytes: Int) -> HTTPResponse {
         guard let realRoot = realPath(root), let realFile = realPath(root + "/" + name),
               realFile.hasPrefix(realRoot.hasSuffix("/") ? realRoot : realRoot + "/")
         else { return notFound() }

@@ -2,24 +2,29 @@ import Channels
 
 /// Expiring download links: the path, expiry and user signed with HMAC-SHA256 under a key
 /// only the hub holds. The signature is checked in constant time.
-struct DownloadLinks: Sendable {
+package struct DownloadLinks: Sendable {
     let key: [UInt8]
     let ttl: Double
+
+    package init(key: [UInt8], ttl: Double) {
+        self.key = key
+        self.ttl = ttl
+    }
 
     func signature(path: String, expires: Int64, user: String) -> String {
         Crypto.hex(Crypto.hmacSHA256(Array("GET\n\(path)\n\(expires)\n\(user)".utf8), key: key))
     }
 
     /// The path plus `?expires=…&user=…&signature=…`.
-    func link(path: String, user: String, now: Double) -> (url: String, expires: Int64) {
+    package func link(path: String, user: String, now: Double) -> (url: String, expires: Int64) {
         let expires = Int64(now + ttl)
         let sig = signature(path: path, expires: expires, user: user)
         return (path + "?expires=\(expires)&user=\(Self.escape(user))&signature=\(sig)", expires)
     }
 
-    enum Verdict: Equatable { case valid(user: String), expired, invalid }
+    package enum Verdict: Equatable { case valid(user: String), expired, invalid }
 
-    func check(path: String, query: [(String, String)], now: Double) -> Verdict {
+    package func check(path: String, query: [(String, String)], now: Double) -> Verdict {
         func value(_ name: String) -> String? { query.first { $0.0 == name }?.1 }
         guard let expiresText = value("expires"), let expires = Int64(expiresText), let user = value("user"),
               let presented = value("signature")

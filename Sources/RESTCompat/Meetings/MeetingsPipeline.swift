@@ -212,7 +212,9 @@ public final class MeetingsPipeline: Sendable {
     static func cleanFilename(_ name: String) -> String {
         let base = name.split(whereSeparator: { $0 == "/" || $0 == "\\" }).last.map(String.init) ?? ""
         let cleaned = String(String.UnicodeScalarView(base.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F && $0 != "\"" }))
-        return cleaned.isEmpty ? "recording" : String(cleaned.prefix(255))
+        // `.` and `..` name directories, not a recording: anyone reusing the name as a path
+        // would climb out of where they meant to write.
+        return cleaned.isEmpty || cleaned == "." || cleaned == ".." ? "recording" : String(cleaned.prefix(255))
     }
 
     // MARK: Deletion

@@ -38,7 +38,7 @@ public final class LocalFolderStorage: ObjectStorage {
         }
     }
 
-    static func isSafe(key: String) -> Bool {
+    package static func isSafe(key: String) -> Bool {
         let parts = key.split(separator: "/", omittingEmptySubsequences: false)
         guard !parts.isEmpty, key.utf8.count <= 512 else { return false }
         for part in parts {
@@ -120,8 +120,10 @@ public final class LocalFolderStorage: ObjectStorage {
     public func size(key: String) async -> Int64? {
         guard let target = try? path(key) else { return nil }
         return try? await onQueue {
+            // lstat and O_NOFOLLOW: the hub writes objects as regular files, so a symlink here was
+            // planted by someone else and may point anywhere; it is never followed.
             var info = stat()
-            guard stat(target, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return .failure(StorageError("absent")) }
+            guard lstat(target, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return .failure(StorageError("absent")) }
             return .success(Int64(info.st_size))
         }
     }
@@ -129,7 +131,7 @@ public final class LocalFolderStorage: ObjectStorage {
     public func read(key: String, offset: Int64, length: Int) async throws(StorageError) -> [UInt8] {
         let target = try path(key)
         return try await onQueue {
-            let fd = open(target, O_RDONLY | O_CLOEXEC)
+            let fd = open(target, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else { return .failure(StorageError("object not found")) }
             defer { close(fd) }
             var bytes = [UInt8](repeating: 0, count: length)

@@ -1,29 +1,36 @@
 import Channels
 
 /// Who Telegram vouched for.
-struct TelegramIdentity: Sendable, Equatable {
-    var telegramID: Int64
-    var name: String
-    var method: String
+package struct TelegramIdentity: Sendable, Equatable {
+    package var telegramID: Int64
+    package var name: String
+    package var method: String
     /// The Passport nonce it signed in with (each is accepted once).
-    var nonce: String? = nil
+    package var nonce: String? = nil
 }
 
 /// Offline checks of what Telegram hands a bot's users: Login Widget data (HMAC-SHA256 under
 /// SHA-256 of the bot token, with `auth_date` freshness) and Telegram Passport credentials
 /// (RSA-OAEP-wrapped secret, AES-256-CBC data, SHA-256 integrity), as core.telegram.org documents.
-struct TelegramAuth: Sendable {
+package struct TelegramAuth: Sendable {
     let botToken: String?
     let passportKeyPEM: String?
     let maxAge: Double
     /// Signs passport nonces, which bind a Passport request to the Telegram user the bot saw.
     let nonceKey: [UInt8]
-    let nonceTTL: Double = 900
+    package let nonceTTL: Double = 900
+
+    package init(botToken: String?, passportKeyPEM: String?, maxAge: Double, nonceKey: [UInt8]) {
+        self.botToken = botToken
+        self.passportKeyPEM = passportKeyPEM
+        self.maxAge = maxAge
+        self.nonceKey = nonceKey
+    }
 
     // MARK: Login Widget
 
     /// `fields` are the widget's fields as strings (`id`, `first_name`, …, `auth_date`, `hash`).
-    func verifyLogin(_ fields: [(String, String)], now: Double) throws(RouteError) -> TelegramIdentity {
+    package func verifyLogin(_ fields: [(String, String)], now: Double) throws(RouteError) -> TelegramIdentity {
         guard let botToken else {
             throw RouteError(503, "Telegram login is not configured on this hub", code: "INTERNAL_ERROR")
         }
@@ -56,20 +63,22 @@ struct TelegramAuth: Sendable {
     // MARK: Passport
 
     /// A nonce for the bot to put in its Passport request for Telegram user `telegramID`.
-    func nonce(for telegramID: Int64, now: Double) -> (nonce: String, expires: Int64) {
+    package func nonce(for telegramID: Int64, now: Double) -> (nonce: String, expires: Int64) {
         let expires = Int64(now + nonceTTL)
         let mac = Crypto.hex(Crypto.hmacSHA256(Array("passport-nonce\n\(telegramID)\n\(expires)".utf8), key: nonceKey))
         return ("\(telegramID).\(expires).\(mac)", expires)
     }
 
     /// The Telegram user a valid, unexpired nonce was issued for.
-    func checkNonce(_ nonce: String, now: Double) throws(RouteError) -> Int64 {
-        let parts = nonce.split(separator: ".")
+    package func checkNonce(_ nonce: String, now: Double) throws(RouteError) -> Int64 {
+        let parts = nonce.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let id = Int64(parts[0]), let expires = Int64(parts[1]) else {
             throw RouteError(401, "Passport nonce was not issued by this hub", code: "UNAUTHORIZED")
         }
         let mac = Crypto.hex(Crypto.hmacSHA256(Array("passport-nonce\n\(id)\n\(expires)".utf8), key: nonceKey))
-        guard ConstantTime.equal(mac, String(parts[2])) else {
+        // The whole nonce must be spelt exactly as issued: it is the key that makes it single-use,
+        // so `+42.…`, `042.…` or `42..…` (which parse to the same numbers) must not pass.
+        guard ConstantTime.equal("\(id).\(expires).\(mac)", nonce) else {
             throw RouteError(401, "Passport nonce was not issued by this hub", code: "UNAUTHORIZED")
         }
         guard Double(expires) > now else { throw RouteError(401, "Passport nonce has expired", code: "UNAUTHORIZED") }
@@ -98,7 +107,7 @@ struct TelegramAuth: Sendable {
 
     /// Telegram's data decryption: key and IV from SHA-512(secret ‖ hash), AES-256-CBC, then
     /// SHA-256(plaintext) must equal hash and the first byte says how much padding to drop.
-    static func decryptPassportData(_ data: [UInt8], secret: [UInt8], hash: [UInt8]) throws(RouteError) -> [UInt8] {
+    package static func decryptPassportData(_ data: [UInt8], secret: [UInt8], hash: [UInt8]) throws(RouteError) -> [UInt8] {
         let digest = Crypto.sha512(secret + hash)
         guard let decrypted = Crypto.aes256CBCDecrypt(data, key: Array(digest[0..<32]), iv: Array(digest[32..<48])),
               ConstantTime.equal(Crypto.sha256(decrypted), hash)

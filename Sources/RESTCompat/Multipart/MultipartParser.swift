@@ -14,6 +14,12 @@ public struct MultipartPartHeaders: Sendable, Equatable {
     public var name: String
     public var filename: String?
     public var contentType: String?
+
+    package init(name: String, filename: String?, contentType: String?) {
+        self.name = name
+        self.filename = filename
+        self.contentType = contentType
+    }
 }
 
 /// An incremental `multipart/form-data` parser (RFC 7578 / RFC 2046): fed the body in
