@@ -419,28 +419,9 @@ private func closeWith(_ wsi: OpaquePointer, code: UInt16, reason: String) {
     lws_close_reason(wsi, lws_close_status(rawValue: UInt32(code)), &bytes, bytes.count)
 }
 
-/// Writes a connection's queued frames now, on the service thread but outside its writeable
-/// callback, when lws holds nothing of it (no partial write) and it is not closing. A fan-out
-/// then costs one send per subscriber, instead of arming POLLOUT on every socket, a poll(2)
-/// walk over all descriptors, a callback each and disarming again: at moderate rates that
-/// walk, not the sends, was what the hub's core spent its time on. Returns false when the
-/// connection has to wait for its writeable callback (the caller asks for one).
-func writeNow(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Bool {
-    guard !connection.compressed, lws_partial_buffered(wsi) == 0,
-          connection.outbound.withLock({ !$0.closing && $0.closeReason == nil }) else { return false }
-    if writeFrames(connection, wsi: wsi, loop: loop, inCallback: false) < 0 {
-        // The send failed: lws closes the connection from its loop, never from under a
-        // callback of another connection.
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC)
-    }
-    return true
-}
-
 /// Writes queued frames: one frame straight from its shared buffer, several gathered into
-/// the loop's scratch buffer so a burst costs one syscall. Outside the writeable callback
-/// (`inCallback` false) a close that follows the frames waits for that callback, the only
-/// place lws lets a connection be closed by returning -1.
-private func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop, inCallback: Bool = true) -> Int32 {
+/// the loop's scratch buffer so a burst costs one syscall.
+private func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
     let (frames, more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity)
     if connection.compressed, let frame = frames.first {
         // permessage-deflate: lws frames and compresses the payload itself, one message per
@@ -474,7 +455,7 @@ private func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, 
         }
         if lws_write(wsi, base, used, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw()))) < 0 { return -1 }
     }
-    if more || (close != nil && !inCallback) {
+    if more {
         lws_callback_on_writable(wsi)
         return 0
     }

@@ -102,7 +102,7 @@ final class ServiceLoop: @unchecked Sendable {
 
     func requestWrite(_ session: EdgeSession) {
         if onLoopThread {
-            if !session.gone, let wsi = session.wsi { writeOrWait(session, wsi: wsi) }
+            if !session.gone, let wsi = session.wsi { lws_callback_on_writable(wsi) }
             return
         }
         let wasEmpty = pendingWrites.withLock { list -> Bool in
@@ -110,13 +110,6 @@ final class ServiceLoop: @unchecked Sendable {
             return list.count == 1
         }
         if wasEmpty, let context { lws_cancel_service(context) }
-    }
-
-    /// A WebSocket connection's frames go out at once when they can (`writeNow`); anything
-    /// else waits for its writeable callback. Service thread only.
-    private func writeOrWait(_ session: EdgeSession, wsi: OpaquePointer) {
-        if let connection = session as? WebSocketConnection, writeNow(connection, wsi: wsi, loop: self) { return }
-        lws_callback_on_writable(wsi)
     }
 
     /// Lets a session paused with `lws_rx_flow_control` read again; from any thread.
@@ -143,7 +136,7 @@ final class ServiceLoop: @unchecked Sendable {
             return taken
         }
         for session in sessions where !session.gone {
-            if let wsi = session.wsi { writeOrWait(session, wsi: wsi) }
+            if let wsi = session.wsi { lws_callback_on_writable(wsi) }
         }
         let resumed = pendingResumes.withLock { list -> [EdgeSession] in
             let taken = list
