@@ -558,38 +558,31 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
 private func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
     guard !exchange.dispatched else { return }
     exchange.dispatched = true
-    if let problem = exchange.badFraming {
+    // Refused before the route runs: answered in the error shape of the route the request was
+    // for, and the connection closed, since its body was not (or not wholly) read.
+    func refuse(_ status: Int, _ message: String, code: String) {
         let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        var response = shape.response(400, problem, code: "BAD_REQUEST")
+        var response = shape.response(status, message, code: code)
         response.headers.append(("connection", "close"))
         exchange.respond(response)
+    }
+    if let problem = exchange.badFraming {
+        refuse(400, problem, code: "BAD_REQUEST")
         return
     }
     if exchange.bodyTimedOut {
-        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        var response = shape.response(408, "request body not received within \(loop.settings.transport.bodyTimeout) s", code: "REQUEST_TIMEOUT")
-        response.headers.append(("connection", "close"))
-        exchange.respond(response)
+        refuse(408, "request body not received within \(loop.settings.transport.bodyTimeout) s", code: "REQUEST_TIMEOUT")
         return
     }
     if exchange.lengthRequired {
-        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
         let coding = exchange.headers["transfer-encoding"] ?? "chunked"
-        let message = coding.lowercased() == "chunked"
+        refuse(411, coding.lowercased() == "chunked"
             ? "chunked request bodies are not supported: send Content-Length"
-            : "Transfer-Encoding '\(coding.prefix(40))' is not supported: send Content-Length"
-        var response = shape.response(411, message, code: "BAD_REQUEST")
-        response.headers.append(("connection", "close"))
-        exchange.respond(response)
+            : "Transfer-Encoding '\(coding.prefix(40))' is not supported: send Content-Length", code: "BAD_REQUEST")
         return
     }
     if exchange.tooLarge {
-        // Answered in the error shape of the route the request was for.
-        let shape = loop.router.route(method: exchange.method, path: exchange.path)?.errors ?? .hub
-        // The body is not read, so the connection cannot carry another request: say so and close.
-        var response = shape.response(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE")
-        response.headers.append(("connection", "close"))
-        exchange.respond(response)
+        refuse(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE")
         return
     }
     let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
