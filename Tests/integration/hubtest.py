@@ -102,6 +102,33 @@ def sub_token(sub: str, channel: str, secret: str = SECRET, **claims: Any) -> st
 # misc helpers
 
 
+def silent_wav(seconds: float) -> bytes:
+    """A WAV file of silence (16 kHz, 16-bit mono): a valid recording for upload tests."""
+    import io
+    import wave
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return out.getvalue()
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGTERM to every process still running, then wait for each (SIGKILL after `timeout`)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

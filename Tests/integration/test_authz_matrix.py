@@ -18,16 +18,14 @@ searched for each credential used here: none may appear.
 
 from __future__ import annotations
 
-import io
 import re
 import time
-import wave
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import requests
 
-from hubtest import WAIT, make_jwt
+from hubtest import WAIT, make_jwt, silent_wav
 
 CALLERS = ("anonymous", "wrong", "user", "other", "moderator", "admin")
 ROLES = {"user", "moderator", "admin"}
@@ -45,16 +43,6 @@ PASSWORDS = {"matrix-admin": "admin-pass-1234", "alice": "alice-pass-1234", "bob
 OWNED = {"meeting_id": {"admin"}, "file_id": {"admin"}, "profile_id": set()}
 
 NO_AUTH = {401, 403}
-
-
-def silent_wav(seconds: float = 0.2) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\0\0" * int(16000 * seconds))
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -129,7 +117,7 @@ class Matrix:
         """Fresh resources of alice's, by path parameter name."""
         hub = self.hub
         r = hub.http.post(hub.url + "/v1/files", headers=self.bearer(self.tokens["user"]), timeout=WAIT,
-                          files={"file": ("matrix.wav", silent_wav(), "application/octet-stream")})
+                          files={"file": ("matrix.wav", silent_wav(0.2), "application/octet-stream")})
         assert r.status_code in (200, 201, 202), r.text
         created = r.json()
         r = hub.http.post(hub.url + "/v1/users/profiles", headers=self.bearer(self.tokens["user"]), timeout=WAIT,

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import io
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import requests
 import websockets
 
-from hubtest import REPO_ROOT, WAIT, HubFactory, WSClient, arun, free_port, make_jwt, wait_for
+from hubtest import REPO_ROOT, WAIT, HubFactory, WSClient, arun, free_port, make_jwt, stop_processes, wait_for
 
 WORKER = str(REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "june_worker.py")
 FAKE_LLM = str(REPO_ROOT / "clients" / "python" / "src" / "hub_clients" / "fake_llm.py")
@@ -60,15 +59,7 @@ class Stack:
         return out.get("result", {}).get("num_clients", 0)
 
     def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs)
 
     # HTTP helpers
     def login(self, username, password):

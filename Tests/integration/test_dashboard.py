@@ -12,7 +12,6 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hubtest import API_KEY, ARTIFACTS, REPO_ROOT, WAIT, HubFactory, free_port, wait_for
+from hubtest import API_KEY, ARTIFACTS, REPO_ROOT, WAIT, HubFactory, free_port, stop_processes, wait_for
 
 CHROMIUM = os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium")
 try:
@@ -160,15 +159,7 @@ class Board:
         return r.json()["jobId"]
 
     def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs)
 
 
 @pytest.fixture(scope="module")

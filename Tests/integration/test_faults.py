@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 import requests
 
-from hubtest import WAIT, Hub, arun, async_wait_for, wait_for
+from hubtest import WAIT, Hub, arun, async_wait_for, silent_wav, wait_for
 from test_redis import Publisher, RedisServer, channel_name
 
 # Publications kept long enough that nothing a test publishes ages or is trimmed out of history.
@@ -318,7 +318,7 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
     before = gw_statuses(hub)
     assert sorted(before) == ["gw01", "gw02", "gw03"]
     from test_meetings import bearer, upload
-    first = upload(hub, "alice", wav_silence())
+    first = upload(hub, "alice", silent_wav(0.5))
     assert first.status_code in (200, 201, 202), first.text
     meetings_before = hub.get("/v1/meetings", headers=bearer(hub, "alice")).json()
 
@@ -337,7 +337,7 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
         r = gw_post(hub, "/unregister", {"gw_id": "gw01"})
         assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
         # An upload (streamed to disk, then recorded): seed 004's envelope, nothing kept.
-        r = await asyncio.to_thread(upload, hub, "alice", wav_silence())
+        r = await asyncio.to_thread(upload, hub, "alice", silent_wav(0.5))
         assert r.status_code >= 500 and set(r.json()) == {"error"} and r.json()["error"]["code"] == "INTERNAL_ERROR", r.text
         assert hub.get("/v1/meetings", headers=bearer(hub, "alice")).json() == meetings_before
         # Reads go on, and show exactly what was acknowledged.
@@ -369,7 +369,7 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
     again = hub_factory(*args, env=GATEWAY_TOKENS)
     assert gw_statuses(again) == before
     assert again.get("/v1/meetings", headers=bearer(again, "alice")).json() == meetings_before
-    assert upload(again, "alice", wav_silence()).status_code in (200, 201, 202)
+    assert upload(again, "alice", silent_wav(0.5)).status_code in (200, 201, 202)
     assert register(again, "gw04").status_code == 200
     assert gw_post(again, "/unregister", {"gw_id": "gw01"}).status_code == 200
     assert sorted(gw_statuses(again)) == ["gw02", "gw03", "gw04"]
@@ -918,18 +918,6 @@ def test_cache_worker_reporting_garbage_changes_nothing_and_a_vanished_worker_is
 # Meetings workers (seed 004) that hang up mid-transfer or report garbage
 
 
-def wav_silence(seconds: float = 0.5) -> bytes:
-    import io
-    import wave
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\x00\x00" * int(16000 * seconds))
-    return out.getvalue()
-
-
 def raw_request(hub: Hub, head: str, body: bytes, read: bool = False) -> bytes:
     """Sends a request whose body stops short of its Content-Length, then hangs up."""
     with socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT) as s:
@@ -943,7 +931,7 @@ def raw_request(hub: Hub, head: str, body: bytes, read: bool = False) -> bytes:
 def test_meetings_worker_hanging_up_mid_transfer_or_reporting_garbage_changes_nothing(hub):
     from test_meetings import bearer, claim, envelope, status_of, upload, worker_call
 
-    recording = wav_silence()
+    recording = silent_wav(0.5)
     created = upload(hub, "alice", recording).json()
     fid, mid = created["file_id"], created["meeting_id"]
     taken = claim(hub, fid, "w1")
