@@ -119,26 +119,21 @@ public final class BotCommands: Sendable {
                     let fields = try Self.fields(body)
                     if let response = fields.response, response.isEmpty { throw RouteError(400, "response must not be empty") }
                     let id = ctx.params["command_id"] ?? ""
-                    store.get(Self.key(id)) { [self] read in
-                        switch read {
-                        case .failure: ctx.fail(RouteError(503, "Command store unavailable"))
-                        case .success(nil): ctx.fail(RouteError(404, "Command not found"))
-                        case .success(let bytes?):
-                            guard let current = try? JSONParser.parse(bytes) else { ctx.fail(RouteError(404, "Command not found")); return }
-                            if let name = body["name"]?.stringValue, name != current["name"]?.stringValue {
-                                ctx.fail(RouteError(400, "name cannot be changed (delete and create the command)"))
-                                return
-                            }
-                            let updated: JSONValue = [
-                                "command_id": current["command_id"] ?? .string(id), "name": current["name"] ?? "",
-                                "description": fields.description.map { .string($0) } ?? current["description"] ?? "",
-                                "response": fields.response.map { .string($0) } ?? current["response"] ?? "",
-                                "enabled": fields.enabled.map { .bool($0) } ?? current["enabled"] ?? true,
-                                "created_at": current["created_at"] ?? .null, "updated_at": .string(ISOTime.string(node.clock.now())),
-                            ]
-                            store.put(Self.key(id), value: JSONWriter.bytes(updated)) { stored in
-                                if case .success = stored { ctx.json(200, updated) } else { ctx.fail(RouteError(503, "Command store unavailable")) }
-                            }
+                    storedCommand(id, ctx) { [self] bytes in
+                        guard let current = try? JSONParser.parse(bytes) else { ctx.fail(RouteError(404, "Command not found")); return }
+                        if let name = body["name"]?.stringValue, name != current["name"]?.stringValue {
+                            ctx.fail(RouteError(400, "name cannot be changed (delete and create the command)"))
+                            return
+                        }
+                        let updated: JSONValue = [
+                            "command_id": current["command_id"] ?? .string(id), "name": current["name"] ?? "",
+                            "description": fields.description.map { .string($0) } ?? current["description"] ?? "",
+                            "response": fields.response.map { .string($0) } ?? current["response"] ?? "",
+                            "enabled": fields.enabled.map { .bool($0) } ?? current["enabled"] ?? true,
+                            "created_at": current["created_at"] ?? .null, "updated_at": .string(ISOTime.string(node.clock.now())),
+                        ]
+                        store.put(Self.key(id), value: JSONWriter.bytes(updated)) { stored in
+                            if case .success = stored { ctx.json(200, updated) } else { ctx.fail(RouteError(503, "Command store unavailable")) }
                         }
                     }
                 }
@@ -147,20 +142,26 @@ public final class BotCommands: Sendable {
                   summary: "Delete a bot command (admin only)", tag: "june-admin",
                   responses: responses([200: "Deleted", 404: "No such command"])) { [self] ctx in
                 let id = ctx.params["command_id"] ?? ""
-                store.get(Self.key(id)) { [self] read in
-                    switch read {
-                    case .failure: ctx.fail(RouteError(503, "Command store unavailable"))
-                    case .success(nil): ctx.fail(RouteError(404, "Command not found"))
-                    case .success(let bytes?):
-                        let name = (try? JSONParser.parse(bytes))?["name"]?.stringValue
-                        store.delete(Self.key(id)) { [self] deleted in
-                            guard case .success = deleted else { ctx.fail(RouteError(503, "Command store unavailable")); return }
-                            if let name { store.delete(Self.nameKey(name)) { _ in } }
-                            ctx.json(200, ["message": "Command deleted", "command_id": .string(id)])
-                        }
+                storedCommand(id, ctx) { [self] bytes in
+                    let name = (try? JSONParser.parse(bytes))?["name"]?.stringValue
+                    store.delete(Self.key(id)) { [self] deleted in
+                        guard case .success = deleted else { ctx.fail(RouteError(503, "Command store unavailable")); return }
+                        if let name { store.delete(Self.nameKey(name)) { _ in } }
+                        ctx.json(200, ["message": "Command deleted", "command_id": .string(id)])
                     }
                 }
             },
         ]
+    }
+
+    /// The stored command's record, or the route answered 503 (store down) or 404 (no such id).
+    private func storedCommand(_ id: String, _ ctx: RouteContext, then: @escaping @Sendable ([UInt8]) -> Void) {
+        store.get(Self.key(id)) { read in
+            switch read {
+            case .failure: ctx.fail(RouteError(503, "Command store unavailable"))
+            case .success(nil): ctx.fail(RouteError(404, "Command not found"))
+            case .success(let bytes?): then(bytes)
+            }
+        }
     }
 }
