@@ -15,14 +15,17 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-ORDER = ["hub", "nats", "mosquitto", "fastapi", "lws"]
+ORDER = ["hub", "nats", "mosquitto", "fastapi", "lws", "floor"]
 NAMES = {
     "hub": "hub",
     "nats": "nats-server (WebSocket)",
     "mosquitto": "mosquitto (MQTT over WebSocket)",
     "fastapi": "FastAPI/uvicorn",
     "lws": "libwebsockets mirror",
+    "floor": "kernel floor (epoll + send, no protocol)",
 }
+# Yardsticks, not peers: never "the best peer".
+YARDSTICKS = {"floor"}
 
 # ---------------------------------------------------------------------------------------------
 # wrk
@@ -242,12 +245,18 @@ def plots(rows: list[dict], outdir: str) -> list[str]:
     return made
 
 
+def floor_at_hub_half(fan: list[dict], subs: int) -> dict | None:
+    """The kernel floor's run at the hub's half rate (`--compare-deliveries`), if there was one."""
+    return next((r["compare"] for r in fan if r["server"] == "floor" and r.get("subscribers") == subs
+                 and "compare" in r), None)
+
+
 def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -> list[str]:
     """A few sentences from the numbers: what the hub did and where it stands."""
     out = ["## Summary", ""]
 
     def best_peer(rows: list[dict], key: str, **match) -> tuple[str, float] | None:
-        peers = [(r["server"], r[key]) for r in rows if r["server"] != "hub" and key in r
+        peers = [(r["server"], r[key]) for r in rows if r["server"] != "hub" and r["server"] not in YARDSTICKS and key in r
                  and all(r.get(k) == v for k, v in match.items())]
         return max(peers, key=lambda p: p[1]) if peers else None
 
@@ -261,8 +270,12 @@ def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -
                 f"{fmt_pct(hub.get('max_generator_cpu'))}")
         if peer:
             line += f"; the best peer, {NAMES.get(peer[0], peer[0])}, {fmt_rate(peer[1])} ({hub['max_deliveries_per_s'] / peer[1]:.1f}×)"
-        line += f". At half that rate its p99 was {fmt_ms(hub['half']['p99_ms'])} ms (target < 10 ms)."
-        out.append(line)
+        line += f". At half that rate its p99 was {fmt_ms(hub['half']['p99_ms'])} ms (target < 10 ms)"
+        floor = floor_at_hub_half(fan, subs)
+        if floor:
+            line += (f"; the kernel floor (a bare epoll server doing one send per subscriber) at the same rate: "
+                     f"p99 {fmt_ms(floor['p99_ms'])} ms with its core at {fmt_pct(floor.get('server_cpu'))}")
+        out.append(line + ".")
     hub = next((r for r in ch if r["server"] == "hub" and "max_deliveries_per_s" in r), None)
     if hub:
         peer = best_peer(ch, "max_deliveries_per_s")
@@ -318,7 +331,7 @@ def report(args: argparse.Namespace) -> None:
         "How: one generator, `hub-bench` (Sources/HubBench: one thread, raw non-blocking sockets on epoll, "
         "its own masked WebSocket client framing), speaks each server's protocol: the hub's Centrifugo JSON protocol, "
         "NATS text protocol and MQTT 3.1.1 (QoS 0) over WebSocket, the FastAPI peer's plain text, the lws mirror's "
-        "raw messages. Every payload is "
+        "raw messages (which the kernel floor, `hub-bench floor-server`, also speaks). Every payload is "
         f"128 bytes of JSON carrying the publisher's monotonic clock; the subscribers are in the same process, so "
         "latency is publish-to-deliver on one clock, recorded in an HdrHistogram (3 significant digits). "
         "The hub publishes from a WebSocket client (`allow_publish_for_client`), not per-request HTTP. "
@@ -367,6 +380,24 @@ def report(args: argparse.Namespace) -> None:
         md += ["A single publication's fan-out to 5,000 sockets takes tens of milliseconds on every server here "
                "(p99 at the lowest rate tried: " + ", ".join(floors) + "), so with more than 1,000 subscribers the step "
                "limit scales with the count (50 ms per 1,000 subscribers); with 1,000 it is the 50 ms asked for.", ""]
+    compared = [(r["subscribers"], r["compare"]) for r in fan if r["server"] == "floor" and "compare" in r]
+    hub_half = {r.get("subscribers"): r["half"] for r in fan if r["server"] == "hub" and "half" in r}
+    if compared:
+        md += ["**The kernel floor.** `hub-bench floor-server` is the cheapest server that can do this job: one thread "
+               "on epoll, WebSocket framing and nothing else (the lws mirror's wire), and per turn of its loop one "
+               "send(2) per client carrying everything read in that turn. Pinned like every server, it was also run at "
+               "the hub's half rate, so the two latencies can be read side by side:", ""]
+        body = []
+        for subs, c in sorted(compared, key=lambda x: x[0]):
+            h = hub_half.get(subs, {})
+            body.append([f"{subs:,}", fmt_rate(c.get("deliveries_per_s")),
+                         f"{fmt_ms(h.get('p50_ms'))} / {fmt_ms(h.get('p99_ms'))} / {fmt_ms(h.get('p999_ms'))}",
+                         fmt_pct(h.get("server_cpu")),
+                         f"{fmt_ms(c.get('p50_ms'))} / {fmt_ms(c.get('p99_ms'))} / {fmt_ms(c.get('p999_ms'))}",
+                         fmt_pct(c.get("server_cpu")), fmt_pct(c.get("generator_cpu"))])
+        md += table(["subscribers", "deliveries/s", "hub p50 / p99 / p99.9 ms", "hub CPU",
+                     "floor p50 / p99 / p99.9 ms", "floor CPU", "generator CPU (floor run)"], body)
+        md += [""]
     if any(p.endswith("fanout-throughput.png") for p in made):
         md += ["![fan-out throughput](bench/fanout-throughput.png)", "",
                "![fan-out latency at half rate](bench/fanout-latency.png)", "",
@@ -476,6 +507,10 @@ def report(args: argparse.Namespace) -> None:
         if half:
             p99 = half["p99_ms"]
             verdict = f"**met** ({p99:.2f} ms)" if p99 < 10 else f"**missed** ({p99:.1f} ms, {p99 / 10:.1f}× the limit)"
+            floor = floor_at_hub_half(fan, subs)
+            if floor and p99 >= 10:
+                verdict += (f"; the kernel floor at the same {fmt_rate(floor['deliveries_per_s'])} deliveries/s: "
+                            f"p99 {floor['p99_ms']:.1f} ms" + (" (it misses too)" if floor["p99_ms"] >= 10 else ""))
             body.append([f"1 ({subs:,} subs): hub p99 < 10 ms at half load", f"{p99:.2f} ms", "10 ms", verdict])
     for r in cl:
         if "max_deliveries_per_s" not in r:

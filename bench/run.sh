@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: the hub against nats-server, mosquitto, a FastAPI peer and the libwebsockets
-# mirror, same scenarios, same generator (hub-bench), one server at a time. Writes
+# mirror, same scenarios, same generator (hub-bench), one server at a time; and, for fan-out only,
+# the kernel floor (`hub-bench floor-server`: epoll + one send(2) per client per turn, no protocol
+# work), also run at the hub's half rate so the report can set the two latencies side by side. Writes
 # docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
 #
 #   bench/run.sh                 full run (under 15 minutes on 2 cores)
@@ -23,7 +25,7 @@ BENCH=$ROOT/bench
 MODE=full
 INSTALL=1
 BUILD=1
-ALL_SERVERS="hub nats mosquitto fastapi lws"
+ALL_SERVERS="hub nats mosquitto fastapi lws floor"
 ALL_SCENARIOS="fanout channels connections rest cluster"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
@@ -50,7 +52,7 @@ SERVER_CPU=0
 GENERATOR_CPU=1
 
 # Ports (all on 127.0.0.1).
-HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004
+HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004 FLOOR_PORT=18006
 REST_PORT=18005 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883
 
 log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -148,6 +150,10 @@ start_server() {
             # -n: no dumb-increment traffic; -d 1: errors only; -i lo: loopback only.
             taskset -c $SERVER_CPU libwebsockets-test-server --port=$PORT -i lo -n -d 1 >>"$RUN/lws.log" 2>&1 &
             ;;
+        floor)
+            PORT=$FLOOR_PORT
+            taskset -c $SERVER_CPU "$BIN/hub-bench" floor-server --port $PORT >>"$RUN/floor.log" 2>&1 &
+            ;;
         rest-fastapi)
             PORT=$REST_PORT
             REDIS_PORT=$REDIS_PORT taskset -c $SERVER_CPU "$BENCH/.venv/bin/uvicorn" fastapi_rest:app --app-dir "$BENCH/peers" \
@@ -204,15 +210,34 @@ cpu_seconds() {
 # ---------------------------------------------------------------------------------------------
 # Scenarios: each takes the server kind and appends JSON lines to $RESULTS.
 
+# The hub's half-rate deliveries/s in scenario 1 at $1 subscribers (empty if it did not run).
+hub_half_deliveries() {
+    "$BENCH/.venv/bin/python" - "$RESULTS" "$1" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers")) == ("fanout", "summary", "hub", int(sys.argv[2])) \
+            and "half" in r:
+        print(r["half"]["deliveries_per_s"])
+PY
+}
+
 scenario_fanout() {
     local kind=$1 subs
     for subs in $FANOUT_SUBS; do
+        local wire=(--server "$kind")
+        if [ "$kind" = floor ]; then
+            # the floor speaks the lws mirror's wire; it also runs at the hub's half rate
+            wire=(--server lws --label floor)
+            local compare; compare=$(hub_half_deliveries "$subs")
+            [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
+        fi
         start_server "$kind"
         log "fanout $kind: $subs subscribers"
         # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
         # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
         local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
-        generator fanout --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
+        generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
             --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
             --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "fanout $kind $subs: generator failed" >&2
         tail -n 1 "$RESULTS" | cut -c1-300 >&2
@@ -222,6 +247,7 @@ scenario_fanout() {
 
 scenario_channels() {
     local kind=$1
+    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
     start_server "$kind"
     log "channels $kind: $CHANNEL_CONNS connections, groups of 10"
     generator channels --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
@@ -233,6 +259,7 @@ scenario_channels() {
 
 scenario_connections() {
     local kind=$1
+    [ "$kind" = floor ] && return 0
     start_server "$kind"
     log "connections $kind: $IDLE_CONNS idle connections"
     generator connections --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$IDLE_CONNS" \

@@ -27,6 +27,9 @@ struct StepPlan {
     var maxSteps: Int
     var p99LimitMs: Double
     var budgetSeconds: Double
+    /// Deliveries/s of one more run at the end (another server's half rate), so two servers'
+    /// latency can be compared at the same load.
+    var compareDeliveries: Double? = nil
 }
 
 struct StepResult {
@@ -434,6 +437,14 @@ final class Bench {
             summary["hit_ceiling"] = !failedAny ? "no step failed (generator or step limit)" : ""
         } else {
             summary["error"] = "no step sustained"
+        }
+        if let deliveries = plan.compareDeliveries {
+            settle()
+            refill()
+            let r = runStep(rate: max(1, deliveries / perPublish), seconds: plan.halfSeconds, channels: channels, pick: pick,
+                            fanout: fanout(), p99LimitMs: plan.p99LimitMs)
+            record("compare", r)
+            summary["compare"] = r.json
         }
         summary["seconds"] = elapsed()
         emit(summary)

@@ -10,7 +10,7 @@ struct HubBenchCommand: ParsableCommand {
             One thread, one epoll set, raw non-blocking sockets. Latency is publish-to-deliver, from a
             monotonic stamp inside each payload. Results go to stdout (and --out) as JSON lines.
             """,
-        subcommands: [FanOut.self, ManyChannels.self, IdleConnections.self]
+        subcommands: [FanOut.self, ManyChannels.self, IdleConnections.self, FloorServerCommand.self]
     )
 }
 
@@ -44,10 +44,13 @@ struct StepOptions: ParsableArguments {
     @Option var maxSteps = 12
     @Option(help: "A step fails when p99 exceeds this.") var p99LimitMs = 50.0
     @Option(help: "Stop stepping after this many seconds.") var budgetSeconds = 90.0
+    @Option(help: "Then run once more at this many deliveries/s (another server's half rate), for --half-seconds.")
+    var compareDeliveries: Double?
 
     var plan: StepPlan {
         StepPlan(stepSeconds: stepSeconds, halfSeconds: halfSeconds, startDeliveries: startDeliveries,
-                 maxSteps: maxSteps, p99LimitMs: p99LimitMs, budgetSeconds: budgetSeconds)
+                 maxSteps: maxSteps, p99LimitMs: p99LimitMs, budgetSeconds: budgetSeconds,
+                 compareDeliveries: compareDeliveries)
     }
 }
 

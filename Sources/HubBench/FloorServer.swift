@@ -1,0 +1,252 @@
+// `hub-bench floor-server`: the cheapest broadcast server this machine allows, as a yardstick
+// for fan-out latency. It speaks the lws mirror's wire (every message to every client), does no
+// protocol work beyond WebSocket framing, and per turn of its epoll loop writes everything it
+// read in that turn to each client with one send(2). Any real server doing one send per
+// subscriber pays at least this much kernel time; the report sets the hub's latency beside it.
+import ArgumentParser
+import CEpoll
+import COpenSSL
+import Glibc
+
+struct FloorServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "floor-server",
+        abstract: "A minimal epoll WebSocket broadcast server (lws-mirror wire): the kernel's floor for fan-out.")
+    @Option var host = "127.0.0.1"
+    @Option var port: Int
+    @Option(help: "Bytes a client may have waiting before it is dropped.") var maxPendingBytes = 64 << 20
+
+    func run() throws {
+        let server = try FloorServer(host: host, port: UInt16(port), maxPendingBytes: maxPendingBytes)
+        server.run()
+    }
+}
+
+private final class FloorClient {
+    let fd: Int32
+    var open = false
+    /// Upgrade request bytes, then unparsed frame bytes.
+    var inbound: [UInt8] = []
+    /// What the kernel did not take yet (non-empty: EPOLLOUT is armed).
+    var pending: [UInt8] = []
+    var pendingSent = 0
+    /// Position in `FloorServer.broadcast` (open clients only).
+    var slot = -1
+
+    init(fd: Int32) { self.fd = fd }
+}
+
+final class FloorServer {
+    private let epfd: Int32
+    private let listener: Int32
+    private let maxPendingBytes: Int
+    private var clients: [FloorClient?] = []
+    private var broadcast: [FloorClient] = []
+    /// Server frames (unmasked) read during the current turn, sent to everyone at its end.
+    private var turn: [UInt8] = []
+    private let readBuffer: UnsafeMutablePointer<UInt8>
+    private let readCapacity = 256 * 1024
+
+    init(host: String, port: UInt16, maxPendingBytes: Int) throws {
+        self.maxPendingBytes = maxPendingBytes
+        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        readBuffer = .allocate(capacity: readCapacity)
+        guard epfd >= 0, listener >= 0 else { throw SocketError("socket", errno) }
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(listener, 4096) == 0 else { throw SocketError("bind/listen \(host):\(port)", errno) }
+        watch(listener, EPOLLIN.rawValue, add: true)
+        turn.reserveCapacity(256 * 1024)
+    }
+
+    func run() {
+        let capacity: Int32 = 1024
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        while true {
+            let n = epoll_wait(epfd, events, capacity, -1)
+            if n < 0 && errno != EINTR { break }
+            for i in 0..<Int(max(n, 0)) {
+                let fd = events[i].data.fd
+                let flags = events[i].events
+                if fd == listener { accept(); continue }
+                guard Int(fd) < clients.count, let client = clients[Int(fd)] else { continue }
+                if flags & EPOLLOUT.rawValue != 0 { flush(client) }
+                if flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
+                    read(client)
+                }
+            }
+            if !turn.isEmpty {
+                // Indices, not iteration: a failed send drops the client from `broadcast`.
+                var index = 0
+                while index < broadcast.count {
+                    let client = broadcast[index]
+                    send(client, turn)
+                    if index < broadcast.count, broadcast[index] === client { index += 1 }
+                }
+                turn.removeAll(keepingCapacity: true)
+            }
+        }
+    }
+
+    private func watch(_ fd: Int32, _ mask: UInt32, add: Bool) {
+        var event = epoll_event()
+        event.events = mask
+        event.data.fd = fd
+        epoll_ctl(epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event)
+    }
+
+    private func accept() {
+        while true {
+            let fd = Glibc.accept(listener, nil, nil)
+            if fd < 0 { return }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            if Int(fd) >= clients.count { clients.append(contentsOf: repeatElement(nil, count: Int(fd) + 1024 - clients.count)) }
+            clients[Int(fd)] = FloorClient(fd: fd)
+            watch(fd, EPOLLIN.rawValue | EPOLLRDHUP.rawValue, add: true)
+        }
+    }
+
+    private func drop(_ client: FloorClient) {
+        if client.slot >= 0 {
+            let last = broadcast.removeLast()
+            if last !== client {
+                broadcast[client.slot] = last
+                last.slot = client.slot
+            }
+            client.slot = -1
+        }
+        clients[Int(client.fd)] = nil
+        Glibc.close(client.fd)
+    }
+
+    private func read(_ client: FloorClient) {
+        let n = Glibc.read(client.fd, readBuffer, readCapacity)
+        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { drop(client); return }
+        if n < 0 { return }
+        client.inbound.append(contentsOf: UnsafeBufferPointer(start: readBuffer, count: n))
+        if !client.open && !upgrade(client) { return }
+        frames(client)
+    }
+
+    /// Answers the upgrade once its head is complete; false while it is not (or on garbage).
+    private func upgrade(_ client: FloorClient) -> Bool {
+        let found = client.inbound.withUnsafeBufferPointer { EventLoop.find($0.baseAddress!, $0.count, Array("\r\n\r\n".utf8)) }
+        guard let end = found else {
+            if client.inbound.count > 16 * 1024 { drop(client) }
+            return false
+        }
+        let head = String(decoding: client.inbound[..<end], as: UTF8.self)
+        client.inbound.removeFirst(end + 4)
+        var key: String?
+        var subprotocol: String?
+        for line in head.split(separator: "\r\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].lowercased()
+            let value = String(line[line.index(after: colon)...].drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            if name == "sec-websocket-key" { key = value }
+            if name == "sec-websocket-protocol" { subprotocol = value.split(separator: ",").first.map { String($0) } }
+        }
+        guard let key else { drop(client); return false }
+        var response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        response += "Sec-WebSocket-Accept: \(Self.accept(key))\r\n"
+        if let subprotocol { response += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        response += "\r\n"
+        client.open = true
+        client.slot = broadcast.count
+        broadcast.append(client)
+        send(client, Array(response.utf8))
+        return client.slot >= 0
+    }
+
+    /// Takes whole client frames out of `inbound`: data frames join this turn's broadcast.
+    private func frames(_ client: FloorClient) {
+        var at = 0
+        let bytes = client.inbound
+        while bytes.count - at >= 2 {
+            let opcode = bytes[at] & 0x0F
+            let masked = bytes[at + 1] & 0x80 != 0
+            var length = Int(bytes[at + 1] & 0x7F)
+            var header = 2
+            if length == 126 {
+                guard bytes.count - at >= 4 else { break }
+                length = Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+                header = 4
+            } else if length == 127 {
+                guard bytes.count - at >= 10 else { break }
+                length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[at + 2 + $1]) }
+                header = 10
+            }
+            let maskAt = at + header
+            if masked { header += 4 }
+            guard length <= 16 << 20 else { drop(client); return }
+            guard bytes.count - at >= header + length else { break }
+            let payload = at + header
+            if opcode == WSOpcode.close { drop(client); return }
+            if opcode == WSOpcode.text || opcode == WSOpcode.binary || opcode == WSOpcode.continuation {
+                turn.append(0x80 | opcode)
+                if length < 126 {
+                    turn.append(UInt8(length))
+                } else if length <= 0xFFFF {
+                    turn.append(126); turn.append(UInt8(length >> 8)); turn.append(UInt8(length & 0xFF))
+                } else {
+                    turn.append(127)
+                    for shift in stride(from: 56, through: 0, by: -8) { turn.append(UInt8((length >> shift) & 0xFF)) }
+                }
+                for i in 0..<length {
+                    turn.append(masked ? bytes[payload + i] ^ bytes[maskAt + (i & 3)] : bytes[payload + i])
+                }
+            }
+            at += header + length
+        }
+        if at > 0 { client.inbound.removeFirst(at) }
+    }
+
+    private func send(_ client: FloorClient, _ bytes: [UInt8]) {
+        if !client.pending.isEmpty {
+            client.pending.append(contentsOf: bytes)
+            if client.pending.count - client.pendingSent > maxPendingBytes { drop(client) }
+            return
+        }
+        let n = bytes.withUnsafeBytes { Glibc.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n == bytes.count { return }
+        if n < 0 && errno != EAGAIN { drop(client); return }
+        client.pending = Array(bytes[max(n, 0)...])
+        client.pendingSent = 0
+        watch(client.fd, EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, add: false)
+    }
+
+    private func flush(_ client: FloorClient) {
+        let left = client.pending.count - client.pendingSent
+        guard left > 0 else { return }
+        let n = client.pending.withUnsafeBytes {
+            Glibc.send(client.fd, $0.baseAddress! + client.pendingSent, left, Int32(MSG_NOSIGNAL))
+        }
+        if n < 0 { if errno != EAGAIN { drop(client) }; return }
+        client.pendingSent += n
+        if client.pendingSent == client.pending.count {
+            client.pending.removeAll(keepingCapacity: false)
+            client.pendingSent = 0
+            watch(client.fd, EPOLLIN.rawValue | EPOLLRDHUP.rawValue, add: false)
+        }
+    }
+
+    /// Sec-WebSocket-Accept: base64(SHA-1(key + the RFC 6455 GUID)).
+    static func accept(_ key: String) -> String {
+        let input = Array((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8)
+        var digest = [UInt8](repeating: 0, count: 20)
+        _ = input.withUnsafeBufferPointer { SHA1($0.baseAddress, $0.count, &digest) }
+        var out = [UInt8](repeating: 0, count: 32)
+        let written = EVP_EncodeBlock(&out, digest, 20)
+        return String(decoding: out[0..<Int(written)], as: UTF8.self)
+    }
+}
