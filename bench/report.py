@@ -245,6 +245,18 @@ def plots(rows: list[dict], outdir: str) -> list[str]:
     return made
 
 
+def stopped_by(rows: list[dict], scenario: str, server: str, subs: int | None, cpu_label: str = "server CPU") -> str:
+    """The lowest-rate failed step: its rate, why it failed and how much of it was delivered."""
+    failed = [r for r in by(rows, scenario, "step") if r["server"] == server and r.get("subscribers") == subs
+              and not r.get("ok")]
+    if not failed:
+        return "no step failed"
+    r = min(failed, key=lambda r: r["rate"])
+    share = 100 * r.get("delivered", 0) / max(1, r.get("expected", 1))
+    return (f"{r['rate']:.0f} publishes/s: {r.get('reason') or 'failed'} "
+            f"({share:.0f} % delivered, {cpu_label} {fmt_pct(r.get('server_cpu'))})")
+
+
 def floor_at_hub_half(fan: list[dict], subs: int) -> dict | None:
     """The kernel floor's run at the hub's half rate (`--compare-deliveries`), if there was one."""
     return next((r["compare"] for r in fan if r["server"] == "floor" and r.get("subscribers") == subs
@@ -472,9 +484,10 @@ def report(args: argparse.Namespace) -> None:
             body.append([f"{r.get('subscribers', 0):,}",
                          f"**{fmt_rate(r.get('max_deliveries_per_s'))}**" if "max_deliveries_per_s" in r else f"failed: {r.get('error', '?')}",
                          fmt_rate(single["max_deliveries_per_s"]) if single else "not run",
-                         fmt_ms(half.get("p50_ms")), fmt_ms(half.get("p99_ms")), fmt_ms(half.get("p999_ms"))])
+                         fmt_ms(half.get("p50_ms")), fmt_ms(half.get("p99_ms")), fmt_ms(half.get("p999_ms")),
+                         stopped_by(rows, "cluster", "hub-cluster", r.get("subscribers"), "node B's CPU")])
         md += table(["subscribers (node B)", "cross-node deliveries/s (publisher on node A)", "single node (scenario 1)",
-                     "p50 ms (half rate)", "p99 ms (half rate)", "p99.9 ms (half rate)"], body)
+                     "p50 ms (half rate)", "p99 ms (half rate)", "p99.9 ms (half rate)", "what stopped the next step"], body)
         md += ["", "Both nodes and redis-server share the server CPU; every publication goes node A → Redis "
                "(Lua script: stream append + PUBLISH) → node B → its subscribers.", ""]
     else:
