@@ -107,30 +107,21 @@ static inline int hub_accept(int listen_fd, char *peer, int peer_size) {
 }
 
 
-/* Bytes the kernel has received on a TCP socket (tcp_info.tcpi_bytes_received, Linux 4.1+);
- * -1 when unknown. Read by offset: glibc's netinet/tcp.h has an older struct tcp_info and
- * linux/tcp.h cannot be included beside it. The layout is append-only kernel ABI. */
-static inline long long hub_tcp_bytes_received(int fd) {
+/* A TCP socket's byte counters from one TCP_INFO read: what the kernel has received
+ * (tcpi_bytes_received, Linux 4.1+) and what the process has written so far (tcpi_bytes_acked
+ * plus what is still queued, TIOCOUTQ). Either is -1 when unknown. Read by offset: glibc's
+ * netinet/tcp.h has an older struct tcp_info and linux/tcp.h cannot be included beside it.
+ * The layout is append-only kernel ABI. One call per answered request, so one getsockopt. */
+static inline void hub_tcp_counters(int fd, long long *received, long long *written) {
     unsigned char info[256];
     socklen_t len = sizeof info;
     unsigned long long value;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136) return -1;
-    memcpy(&value, info + 128, sizeof value);
-    return (long long)value;
-}
-
-/* Bytes the process has written to a TCP socket so far: those the peer acknowledged
- * (tcp_info.tcpi_bytes_acked, same ABI note as above) plus those still queued (TIOCOUTQ).
- * -1 when unknown. */
-static inline long long hub_tcp_bytes_written(int fd) {
-    unsigned char info[256];
-    socklen_t len = sizeof info;
-    unsigned long long acked;
     int queued = 0;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 128) return -1;
-    if (ioctl(fd, TIOCOUTQ, &queued) != 0) return -1;
-    memcpy(&acked, info + 120, sizeof acked);
-    return (long long)acked + queued;
+    *received = -1;
+    *written = -1;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0) return;
+    if (len >= 136) { memcpy(&value, info + 128, sizeof value); *received = (long long)value; }
+    if (len >= 128 && ioctl(fd, TIOCOUTQ, &queued) == 0) { memcpy(&value, info + 120, sizeof value); *written = (long long)value + queued; }
 }
 
 /* A short answer written straight to a socket lws does not (or no longer) write to:

@@ -73,6 +73,12 @@ final class FoundationTests: XCTestCase {
         XCTAssertEqual(call(r, "GET", "/status", headers: ["authorization": "Bearer 12345"]).status, 401)
         XCTAssertEqual(call(r, "GET", "/admin/statuses", headers: ["authorization": "Bearer 1234"]).status, 403)
         XCTAssertEqual(call(r, "GET", "/admin/statuses", headers: ["authorization": "Bearer admin-secret-key"]).status, 200)
+        // The scheme is case-insensitive and must be followed by a space and a token.
+        XCTAssertEqual(call(r, "GET", "/status", headers: ["authorization": "bearer 1234"]).status, 200)
+        XCTAssertEqual(call(r, "GET", "/status", headers: ["authorization": "BEARER  1234 "]).status, 200)
+        for refused in ["Bearer1234", "Bearer ", "Bearer", "Basic 1234", "Bearar 1234", "1234"] {
+            XCTAssertEqual(call(r, "GET", "/status", headers: ["authorization": refused]).status, 401, refused)
+        }
     }
 
     func testAnOptionalJWTIsEitherValidOrAbsent() {
@@ -158,6 +164,10 @@ final class FoundationTests: XCTestCase {
         XCTAssertEqual(header(response, "x-xss-protection"), "1; mode=block")
         XCTAssertEqual(header(response, "access-control-allow-origin"), "*")
         XCTAssertEqual(header(call(r, "GET", "/nope"), "x-request-id")?.count, 16, "generated when absent")
+        // Generated ids are 16 letters and digits and never repeat.
+        let ids = (0..<5000).compactMap { _ in header(call(r, "GET", "/health"), "x-request-id") }
+        XCTAssertEqual(Set(ids).count, 5000)
+        XCTAssertTrue(ids.allSatisfy { $0.utf8.count == 16 && $0.utf8.allSatisfy { (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) } })
         let preflight = call(r, "OPTIONS", "/chat", headers: ["access-control-request-method": "POST", "access-control-request-headers": "authorization"])
         XCTAssertEqual(preflight.status, 204)
         XCTAssertEqual(header(preflight, "access-control-allow-methods"), "POST, OPTIONS")

@@ -19,6 +19,12 @@ final class GatewayPartsTests: XCTestCase {
         XCTAssertEqual(free?.text, "10.0.0.1|started|media|None|2025-01-01T12:00:00|0|0")
         XCTAssertEqual(free?.adminStatus, ["gateway": "10.0.0.1", "status": "started", "room": nil, "media_duration": "0", "transcript_progress": "0"])
         XCTAssertNil(GatewayRecord(bytes: Array("a|b|c".utf8)), "not seven fields")
+        XCTAssertNil(GatewayRecord(bytes: Array("a|b|c|d|e|f|g|h".utf8)), "eight fields")
+        XCTAssertNil(GatewayRecord(bytes: []), "empty")
+        let blanks = GatewayRecord(bytes: Array("10.0.0.2|started|media||||".utf8))
+        XCTAssertEqual(blanks?.startTime, "", "empty fields stay fields")
+        XCTAssertNil(blanks?.room)
+        XCTAssertEqual(GatewayRecord(bytes: Array("10.0.0.3|working|média|salle été|t|1|2".utf8))?.room, "salle été", "UTF-8 kept")
         XCTAssertEqual(GatewayRecord.epochSeconds("2025-01-01T12:00:00"), 1_735_732_800)
     }
 

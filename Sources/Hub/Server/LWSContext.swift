@@ -127,10 +127,12 @@ private func answerDroppedRequest(_ wsi: OpaquePointer, loop: ServiceLoop) {
           let answeredBytes = admission.answeredBytes
     else { return }
     let fd = lws_get_socket_fd(wsi)
-    let received = hub_tcp_bytes_received(fd)
+    var received: Int64 = -1
+    var written: Int64 = -1
+    hub_tcp_counters(fd, &received, &written)
     guard received > answeredBytes else { return }
     // lws answers some bad requests itself (403 for a bad `%xx`): then it wrote since our last answer.
-    guard let writtenBytes = admission.writtenBytes, hub_tcp_bytes_written(fd) == writtenBytes else { return }
+    guard let writtenBytes = admission.writtenBytes, written == writtenBytes else { return }
     let transport = loop.settings.transport
     let text: String
     if received - answeredBytes >= Int64(transport.maxHeaderSize) {
@@ -482,16 +484,17 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     }
     exchange.method = method
     exchange.path = path
-    var index: Int32 = 0
-    var fragment = [CChar](repeating: 0, count: 4096)
-    while lws_hdr_copy_fragment(wsi, &fragment, Int32(fragment.count), WSI_TOKEN_HTTP_URI_ARGS, index) > 0 {
-        let pair = String(cString: fragment)
-        if let eq = pair.firstIndex(of: "=") {
-            exchange.query.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
-        } else {
-            exchange.query.append((pair, ""))
+    withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { fragment in
+        var index: Int32 = 0
+        while lws_hdr_copy_fragment(wsi, fragment.baseAddress, Int32(fragment.count), WSI_TOKEN_HTTP_URI_ARGS, index) > 0 {
+            let pair = String(cString: fragment.baseAddress!)
+            if let eq = pair.firstIndex(of: "=") {
+                exchange.query.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
+            } else {
+                exchange.query.append((pair, ""))
+            }
+            index += 1
         }
-        index += 1
     }
     for (token, name) in requestHeaders {
         if let value = header(wsi, token) { exchange.headers[name] = value }
@@ -499,7 +502,12 @@ private func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop:
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
-    exchange.remoteAddress = peerAddress(wsi)
+    // The address the accept loop already read (same numeric form), not a getpeername per request.
+    if let admitted = loop.admitted[lws_get_network_wsi(wsi) ?? wsi]?.address, !admitted.isEmpty {
+        exchange.remoteAddress = admitted
+    } else {
+        exchange.remoteAddress = peerAddress(wsi)
+    }
     // Request smuggling: the body is framed by exactly one plain Content-Length or not at all.
     // Anything lws and a proxy in front could read differently is refused and the connection
     // closed, so no byte of it is ever taken for a next request.
@@ -727,8 +735,9 @@ private func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> 
         admission.busy = false
         admission.idleSince = exchange.loop.node.clock.now()
         let fd = lws_get_socket_fd(wsi)
-        let received = hub_tcp_bytes_received(fd)
-        let written = hub_tcp_bytes_written(fd)
+        var received: Int64 = -1
+        var written: Int64 = -1
+        hub_tcp_counters(fd, &received, &written)
         admission.answeredBytes = received >= 0 ? received : nil
         admission.writtenBytes = written >= 0 ? written : nil
         exchange.loop.admitted[wsi] = admission

@@ -121,9 +121,12 @@ enum Authenticator {
 
     static func bearer(_ request: HTTPRequest) -> String? {
         guard let auth = request.header("authorization") else { return nil }
-        let parts = auth.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        return String(parts[1]).trimmingCharacters(in: " ")
+        // "Bearer " in any case, compared on the bytes (no lowercased copy per request).
+        let bytes = auth.utf8
+        guard bytes.count > 7, zip(bytes.prefix(6), "bearer".utf8).allSatisfy({ $0 | 0x20 == $1 }),
+              bytes.dropFirst(6).first == UInt8(ascii: " ") else { return nil }
+        let token = String(auth.dropFirst(7)).trimmingCharacters(in: " ")
+        return token.isEmpty ? nil : token
     }
 }
 

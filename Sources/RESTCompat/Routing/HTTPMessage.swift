@@ -25,7 +25,10 @@ public struct HTTPRequest: Sendable {
         self.remoteAddress = remoteAddress
     }
 
-    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+    public func header(_ name: String) -> String? {
+        // Callers mostly pass lower-case literals: lowercasing those allocated a String per call.
+        headers[name.utf8.contains(where: { (65...90).contains($0) }) ? name.lowercased() : name]
+    }
 
     public func queryValue(_ name: String) -> String? { query.first { $0.0 == name }?.1 }
 

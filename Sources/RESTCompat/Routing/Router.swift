@@ -109,8 +109,9 @@ public struct Route: Sendable {
     func match(_ path: String) -> [String: String]? { match(parts: Route.split(path)) }
 
     /// Path parameters when the (already split) path matches, nil otherwise.
-    func match(parts: [Substring]) -> [String: String]? {
-        let pattern = segments
+    func match(parts: [Substring]) -> [String: String]? { Route.match(parts: parts, pattern: segments) }
+
+    static func match(parts: [Substring], pattern: [Substring]) -> [String: String]? {
         guard parts.count == pattern.count else { return nil }
         var params: [String: String] = [:]
         for (part, expected) in zip(parts, pattern) {
@@ -124,10 +125,29 @@ public struct Route: Sendable {
     }
 }
 
+/// A route held by reference, with its metrics label made once.
+private final class RouteEntry: Sendable {
+    let route: Route
+    let label: String
+    let method: String
+    let segments: [Substring]
+
+    init(_ route: Route) {
+        self.route = route
+        label = route.method + " " + route.pattern
+        method = route.method
+        segments = route.segments
+    }
+}
+
 /// Runs requests through their route's declaration: match, auth, rate limit, handler; adds
 /// request ids, rate-limit, security and CORS headers; counts everything in the metrics.
 public final class Router: Sendable {
     public let routes: [Route]
+    /// The routes as the request path reads them: one reference each, so trying a route and
+    /// capturing it in the closures that finish a request retains once instead of copying a
+    /// struct of a dozen fields (retains and all), which showed up in REST profiles.
+    private let entries: [RouteEntry]
     private let credentials: Credentials
     private let limiter: any RateLimiter
     private let limitClasses: [String: RateLimitClass]
@@ -148,6 +168,7 @@ public final class Router: Sendable {
                 uploads: UploadSettings = UploadSettings(directory: "/tmp", limits: MultipartLimits(maxBodyBytes: 10 << 20, maxFileBytes: 10 << 20))) {
         self.uploads = uploads
         self.routes = routes
+        self.entries = routes.map(RouteEntry.init)
         self.credentials = credentials
         self.limiter = limiter
         self.limitClasses = Dictionary(limitClasses.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
@@ -170,8 +191,9 @@ public final class Router: Sendable {
     /// drops the body unread: nothing of theirs reaches the disk.
     public func multipartIntake(method: String, path: String, headers: [String: String], remoteAddress: String,
                                 resume: @escaping @Sendable () -> Void) -> MultipartIntake? {
-        guard let route = route(method: method, path: path), case .multipart = route.body,
-              let contentType = headers["content-type"], contentType.lowercased().hasPrefix("multipart/") else { return nil }
+        // The header first: it is the cheap test, and most requests are not uploads.
+        guard let contentType = headers["content-type"], contentType.lowercased().hasPrefix("multipart/"),
+              let route = route(method: method, path: path), case .multipart = route.body else { return nil }
         let probe = HTTPRequest(method: method, path: path, headers: headers, remoteAddress: remoteAddress)
         let now = clock.now()
         var refusal: MultipartError?
@@ -187,7 +209,7 @@ public final class Router: Sendable {
 
     public func handle(_ request: HTTPRequest, respond: @escaping Responder) {
         let started = clock.now()
-        let requestID = request.header("x-request-id").flatMap { $0.isEmpty || $0.utf8.count > 128 ? nil : $0 } ?? RandomID.make(length: 16)
+        let requestID = request.header("x-request-id").flatMap { $0.isEmpty || $0.utf8.count > 128 ? nil : $0 } ?? RequestID.next()
         var routeLabel = "unmatched"
         let finish: @Sendable (HTTPResponse, [(String, String)], String) -> Void = { [metrics, clock, corsOrigins] response, extra, label in
             var response = response
@@ -217,38 +239,37 @@ public final class Router: Sendable {
         }
         var pathMatched = false
         let parts = Route.split(request.path)
-        // By index: binding each Route (a struct of a dozen fields) to a loop variable copied
+        // Entries, not Routes: binding a Route (a struct of a dozen fields) to a variable copies
         // it, retains and all, for every route tried.
-        for index in routes.indices {
-            guard let params = routes[index].match(parts: parts) else { continue }
-            let route = routes[index]
+        for entry in entries {
+            guard let params = Route.match(parts: parts, pattern: entry.segments) else { continue }
             pathMatched = true
-            guard route.method == request.method || (route.method == "GET" && request.method == "HEAD") else { continue }
-            routeLabel = route.method + " " + route.pattern
+            guard entry.method == request.method || (entry.method == "GET" && request.method == "HEAD") else { continue }
+            routeLabel = entry.label
             let label = routeLabel
             let caller: Caller
-            switch Authenticator.check(request, scheme: route.auth, credentials: credentials, now: clock.now()) {
+            switch Authenticator.check(request, scheme: entry.route.auth, credentials: credentials, now: clock.now()) {
             case .success(let c):
                 caller = c
             case .failure(let refusal):
-                let message = refusal.message.isEmpty ? route.errors.unauthorizedMessage : refusal.message
+                let message = refusal.message.isEmpty ? entry.route.errors.unauthorizedMessage : refusal.message
                 var challenge: [(String, String)] = []
-                if refusal.status == 401, case .jwt = route.auth { challenge.append(("www-authenticate", "Bearer")) }
-                if refusal.status == 401, case .optionalJWT = route.auth { challenge.append(("www-authenticate", "Bearer")) }
-                if refusal.status == 401, case .bearerToken = route.auth { challenge.append(("www-authenticate", "Bearer")) }
-                finish(route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
+                if refusal.status == 401, case .jwt = entry.route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                if refusal.status == 401, case .optionalJWT = entry.route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                if refusal.status == 401, case .bearerToken = entry.route.auth { challenge.append(("www-authenticate", "Bearer")) }
+                finish(entry.route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
                 return
             }
             let run: @Sendable ([(String, String)]) -> Void = { [uploads] headers in
                 var request = request
                 var bufferedForm: MultipartForm?
-                if case .multipart = route.body {
+                if case .multipart = entry.route.body {
                     // The edge streamed it already; a body that came whole (not through the
                     // edge) is parsed here, under the same limits.
                     let upload = request.upload ?? {
                         do throws(MultipartError) {
                             let form = try MultipartReceiver.receive(body: request.body, contentType: request.header("content-type") ?? "",
-                                                                     settings: uploads, limits: uploads.limits(for: route))
+                                                                     settings: uploads, limits: uploads.limits(for: entry.route))
                             bufferedForm = form
                             return .received(form)
                         } catch {
@@ -257,24 +278,24 @@ public final class Router: Sendable {
                     }()
                     if case .failed(.rateLimited(let retryAfter)) = upload {
                         // Refused at the edge while over the limit; the window ended since.
-                        finish(route.errors.rateLimited(retryAfter: retryAfter), headers + [("retry-after", String(retryAfter))], label)
+                        finish(entry.route.errors.rateLimited(retryAfter: retryAfter), headers + [("retry-after", String(retryAfter))], label)
                         return
                     }
                     if case .failed(let error) = upload {
                         let failure = error.routeError
-                        finish(route.errors.response(failure.status, failure.message, code: failure.code, details: failure.details), headers, label)
+                        finish(entry.route.errors.response(failure.status, failure.message, code: failure.code, details: failure.details), headers, label)
                         return
                     }
                     request.upload = upload
                     request.body = []
                 }
-                let context = RouteContext(request: request, params: params, caller: caller, errors: route.errors) { [bufferedForm] response in
+                let context = RouteContext(request: request, params: params, caller: caller, errors: entry.route.errors) { [bufferedForm] response in
                     bufferedForm?.removeFiles()
                     finish(response, headers, label)
                 }
-                route.handler(context)
+                entry.route.handler(context)
             }
-            guard let className = route.rateLimit, let limitClass = limitClasses[className], !limitClass.limits.isEmpty else {
+            guard let className = entry.route.rateLimit, let limitClass = limitClasses[className], !limitClass.limits.isEmpty else {
                 run([])
                 return
             }
@@ -288,8 +309,8 @@ public final class Router: Sendable {
                     run(headers)
                 } else {
                     metrics.increment("hub_rate_limited_total", labels: [("class", className)])
-                    if case .multipart = route.body { rememberRefusal(limitKey, retryAfter: decision.retryAfter) }
-                    finish(route.errors.rateLimited(retryAfter: decision.retryAfter), headers + [("retry-after", String(decision.retryAfter))], label)
+                    if case .multipart = entry.route.body { rememberRefusal(limitKey, retryAfter: decision.retryAfter) }
+                    finish(entry.route.errors.rateLimited(retryAfter: decision.retryAfter), headers + [("retry-after", String(decision.retryAfter))], label)
                 }
             }
             return
@@ -314,4 +335,29 @@ public final class Router: Sendable {
         ("x-frame-options", "DENY"),
         ("x-xss-protection", "1; mode=block"),
     ]
+}
+
+/// `x-request-id` for a request that brought none: 16 base-62 characters, unique within the
+/// process and unlikely to repeat across restarts. A correlation id, not a secret, so it does
+/// not need the system generator: one getrandom for the seed, then a counter through
+/// SplitMix64's mixer (a bijection, so no two requests share an id before 2^64 of them).
+enum RequestID {
+    private static let seed: UInt64 = { var generator = SystemRandomNumberGenerator(); return generator.next() }()
+    private static let counter = Atomic<UInt64>(0)
+    private static let alphabet: [UInt8] = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+
+    static func next() -> String {
+        var z = seed &+ counter.add(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        // 62^16 > 2^64: every value has its own spelling.
+        return String(unsafeUninitializedCapacity: 16) { buffer in
+            for i in 0..<16 {
+                buffer[i] = alphabet[Int(z % 62)]
+                z /= 62
+            }
+            return 16
+        }
+    }
 }
