@@ -294,10 +294,11 @@ def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -
         line = (f"- Many channels ({hub['connections']:,} connections): the hub sustained "
                 f"{fmt_rate(hub['max_deliveries_per_s'])} deliveries/s, p99 {fmt_ms(hub['half']['p99_ms'])} ms at half rate")
         if peer:
-            ahead = hub["max_deliveries_per_s"] >= peer[1]
-            line += (f"; {NAMES.get(peer[0], peer[0])} {fmt_rate(peer[1])} — the hub is "
-                     + ("ahead here" if ahead else "behind here (see the profile: lws's poll(2) loop walks every "
-                                                   "connection per wake-up)"))
+            ratio = hub["max_deliveries_per_s"] / peer[1]
+            # Rates double per step: within a few percent means the same step was the last sustained.
+            line += (f"; the best peer, {NAMES.get(peer[0], peer[0])}, {fmt_rate(peer[1])} — the hub is "
+                     + ("ahead here" if ratio >= 1.05 else "level with it here (the same rate step)" if ratio >= 0.95
+                        else "behind here (see the profile: lws's poll(2) loop walks every connection per wake-up)"))
         out.append(line + ".")
     hub = next((r for r in co if r["server"] == "hub" and r.get("kib_per_connection") is not None), None)
     if hub:

@@ -389,7 +389,7 @@ done
 # The hub's profile under the same loads (full runs only; a quick run keeps the last one).
 if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]]; then
     log "profiling the hub (bench/profile.sh)"
-    BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
+    HUB_THREADS=$HUB_THREADS HUB_REST_PATH=$HUB_REST_PATH BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
 fi
 
 ELAPSED=$(( $(date +%s) - STARTED ))
