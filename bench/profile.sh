@@ -46,6 +46,19 @@ start_hub() {
 stop_hub() { kill "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; }
 trap stop_hub EXIT
 
+# Where a perf recording's samples went, as fenced blocks: by library, and the N hottest
+# functions by self time.
+by_library() {
+    echo '```'
+    perf report -i "$1" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -8
+    echo '```'
+}
+hottest() {
+    echo '```'
+    perf report -i "$1" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep '%' | head -"$2" | cut -c1-170
+    echo '```'
+}
+
 # profile NAME DESCRIPTION hub-bench-arguments...: load at a fixed rate, sample the hub meanwhile.
 profile() {
     local name=$1 description=$2; shift 2
@@ -79,15 +92,10 @@ profile() {
             echo '```'
         else
             echo "Samples by library (perf $PROFILER, all hub threads):"
-            echo '```'
-            perf report -i "$WORK/$name.perf" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -8
-            echo '```'
+            by_library "$WORK/$name.perf"
             echo
             echo "Hottest functions (self time):"
-            echo '```'
-            perf report -i "$WORK/$name.perf" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
-                | grep '%' | head -25 | cut -c1-170
-            echo '```'
+            hottest "$WORK/$name.perf" 25
             echo
             echo "Hottest call chains into the hub's own code (inclusive, caller view):"
             echo '```'
@@ -169,10 +177,7 @@ if [ "$PROFILER" != callgrind ] && command -v redis-server >/dev/null; then
         for k in 0 2; do
             echo
             echo "${names[$k]}, hottest functions (self time):"
-            echo '```'
-            perf report -i "$WORK/cluster-$k.perf" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
-                | grep '%' | head -12 | cut -c1-170
-            echo '```'
+            hottest "$WORK/cluster-$k.perf" 12
         done
         echo
     } >> "$WORK/profile.md"
@@ -199,14 +204,10 @@ if [ "$PROFILER" != callgrind ] && command -v wrk >/dev/null; then
         echo '```'
         echo
         echo "Samples by library:"
-        echo '```'
-        perf report -i "$WORK/rest.perf" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -8
-        echo '```'
+        by_library "$WORK/rest.perf"
         echo
         echo "Hottest functions (self time):"
-        echo '```'
-        perf report -i "$WORK/rest.perf" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep '%' | head -20 | cut -c1-170
-        echo '```'
+        hottest "$WORK/rest.perf" 20
         echo
     } >> "$WORK/profile.md"
 fi

@@ -1,6 +1,7 @@
 // The generator's socket layer: non-blocking TCP on one epoll set, a minimal WebSocket client
 // (upgrade request, masked frames out, unmasked frames in, ping/pong, fragments). All raw socket
-// and buffer code of the generator lives here and in Wire.swift.
+// and buffer code of the generator lives here and in Wire.swift (the floor server's, in
+// FloorServer.swift).
 import CEpoll
 import Glibc
 

@@ -3,6 +3,7 @@
 // protocol work beyond WebSocket framing, and per turn of its epoll loop writes everything it
 // read in that turn to each client with one send(2). Any real server doing one send per
 // subscriber pays at least this much kernel time; the report sets the hub's latency beside it.
+// Its socket and buffer code is hub-bench's only unsafe code outside EventLoop.swift and Wire.swift.
 import ArgumentParser
 import CEpoll
 import COpenSSL
@@ -70,6 +71,7 @@ final class FloorServer {
     func run() {
         let capacity: Int32 = 1024
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        defer { events.deallocate() }
         while true {
             let n = epoll_wait(epfd, events, capacity, -1)
             if n < 0 && errno != EINTR { break }
