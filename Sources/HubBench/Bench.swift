@@ -30,6 +30,8 @@ struct StepPlan {
     /// Deliveries/s of one more run at the end (another server's half rate), so two servers'
     /// latency can be compared at the same load.
     var compareDeliveries: Double? = nil
+    /// Bisection steps between the best rate and the lowest that failed above it.
+    var refineSteps = 3
 }
 
 struct StepResult {
@@ -381,16 +383,21 @@ final class Bench {
         var failedAny = false
         var downs = 0
         var retries = 0
+        /// The lowest rate above `best` that failed (what the refinement bisects towards).
+        var lowestFailure: Double?
         for _ in 0..<plan.maxSteps {
             let r = runStep(rate: rate, seconds: plan.stepSeconds, channels: channels, pick: pick, fanout: fanout(),
                             p99LimitMs: plan.p99LimitMs)
             record("step", r)
             if r.ok {
                 if best == nil || r.deliveriesPerSecond > best!.deliveriesPerSecond { best = r }
+                // A retry that passed where the first try failed: that rate is not a failure.
+                if let failure = lowestFailure, failure <= r.rate { lowestFailure = nil }
                 rate *= 2
                 retries = 0
             } else {
                 failedAny = true
+                if best == nil || r.rate > best!.rate { lowestFailure = min(lowestFailure ?? .infinity, r.rate) }
                 settle()
                 refill()
                 if best == nil && downs < 3 && rate > 1 {
@@ -410,11 +417,26 @@ final class Bench {
             }
             if elapsed() > plan.budgetSeconds { log("time budget reached"); break }
         }
-        if let b = best, failedAny, elapsed() < plan.budgetSeconds {
-            let r = runStep(rate: b.rate * 1.41, seconds: plan.stepSeconds, channels: channels, pick: pick, fanout: fanout(),
-                            p99LimitMs: plan.p99LimitMs)
-            record("step", r)
-            if r.ok && r.deliveriesPerSecond > b.deliveriesPerSecond { best = r } else { settle(); refill() }
+        // Doubling leaves the ceiling somewhere in [best, 2 × best): bisect that interval
+        // geometrically (1.41×, then 1.19× or 1.68×, …) so the figure is not quantised to a
+        // power of two, which made two runs of the same code differ by up to 2×.
+        if var low = best?.rate, var high = lowestFailure {
+            var steps = 0
+            while steps < plan.refineSteps, high / low > 1.1, elapsed() < plan.budgetSeconds {
+                steps += 1
+                let mid = (low * high).squareRoot()
+                let r = runStep(rate: mid, seconds: plan.stepSeconds, channels: channels, pick: pick, fanout: fanout(),
+                                p99LimitMs: plan.p99LimitMs)
+                record("step", r)
+                if r.ok {
+                    low = mid
+                    if r.deliveriesPerSecond > best!.deliveriesPerSecond { best = r }
+                } else {
+                    high = mid
+                    settle()
+                    refill()
+                }
+            }
         }
         var summary = base
         summary["scenario"] = scenario

@@ -46,11 +46,12 @@ struct StepOptions: ParsableArguments {
     @Option(help: "Stop stepping after this many seconds.") var budgetSeconds = 90.0
     @Option(help: "Then run once more at this many deliveries/s (another server's half rate), for --half-seconds.")
     var compareDeliveries: Double?
+    @Option(help: "Bisection steps between the best rate and the lowest failed one above it.") var refineSteps = 3
 
     var plan: StepPlan {
         StepPlan(stepSeconds: stepSeconds, halfSeconds: halfSeconds, startDeliveries: startDeliveries,
                  maxSteps: maxSteps, p99LimitMs: p99LimitMs, budgetSeconds: budgetSeconds,
-                 compareDeliveries: compareDeliveries)
+                 compareDeliveries: compareDeliveries, refineSteps: refineSteps)
     }
 }
 
