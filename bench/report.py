@@ -394,7 +394,8 @@ def report(args: argparse.Namespace) -> None:
         md += ["A single publication's fan-out to 5,000 sockets takes tens of milliseconds on every server here "
                "(p99 at the lowest rate tried: " + ", ".join(floors) + "), so with more than 1,000 subscribers the step "
                "limit scales with the count (50 ms per 1,000 subscribers); with 1,000 it is the 50 ms asked for.", ""]
-    compared = [(r["subscribers"], r["compare"]) for r in fan if r["server"] == "floor" and "compare" in r]
+    compared = [(subs, c) for subs in sorted({r.get("subscribers") for r in fan if r.get("subscribers")})
+                if (c := floor_at_hub_half(fan, subs))]
     hub_half = {r.get("subscribers"): r["half"] for r in fan if r["server"] == "hub" and "half" in r}
     if compared:
         md += ["**The kernel floor.** `hub-bench floor-server` is the cheapest server that can do this job: one thread "
@@ -402,7 +403,7 @@ def report(args: argparse.Namespace) -> None:
                "send(2) per client carrying everything read in that turn. Pinned like every server, it was also run at "
                "the hub's half rate, so the two latencies can be read side by side:", ""]
         body = []
-        for subs, c in sorted(compared, key=lambda x: x[0]):
+        for subs, c in compared:
             h = hub_half.get(subs, {})
             body.append([f"{subs:,}", fmt_rate(c.get("deliveries_per_s")),
                          f"{fmt_ms(h.get('p50_ms'))} / {fmt_ms(h.get('p99_ms'))} / {fmt_ms(h.get('p999_ms'))}",
