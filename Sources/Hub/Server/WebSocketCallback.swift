@@ -1,0 +1,142 @@
+import CLibWebSockets
+import Channels
+import Glibc
+import Logging
+import RESTCompat
+
+// The WebSocket protocol callback: the upgrade filter, a connection's start, its messages
+// in, its frames out (only from the writeable callback), its end.
+
+func webSocketCallback(
+    _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+    _ input: UnsafeMutableRawPointer?, _ length: Int, loop: ServiceLoop
+) -> Int32 {
+    switch reason {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        // Only the client-protocol endpoint and seed 003's chat endpoint upgrade to WebSocket.
+        guard let wsi, let path = requestPath(wsi) else { return 1 }
+        if path == "/connection/websocket" { return 0 }
+        return chatUserID(path) != nil && loop.settings.chat != nil ? 0 : 1
+
+    case LWS_CALLBACK_ESTABLISHED:
+        guard let wsi else { return -1 }
+        let connection = WebSocketConnection(
+            loop: loop, wsi: wsi, remoteAddress: peerAddress(wsi),
+            maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
+        // lws agreed to permessage-deflate when we offer it and the client asked for it.
+        connection.compressed = loop.settings.transport.websocketCompression
+            && (header(wsi, WSI_TOKEN_EXTENSIONS)?.contains("permessage-deflate") ?? false)
+        // Registered before the session starts: starting may already close the connection
+        // (a bad token) and ask for the writeable callback that sends the close frame.
+        keepSession(connection, in: user)
+        loop.connections[ObjectIdentifier(connection)] = connection
+        if let path = requestPath(wsi), let userID = chatUserID(path), let chat = loop.settings.chat {
+            let session = ChatSession(userID: userID, chat: chat, transport: connection, unframe: WebSocketFrameEncoder.payload(of:))
+            connection.chat = session
+            connection.session = session.clientSession
+            session.start(token: bearerToken(wsi) ?? queryValue(wsi, "token"))
+        } else {
+            connection.session = loop.node.accept(transport: connection)
+        }
+        return 0
+
+    case LWS_CALLBACK_RECEIVE:
+        guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return -1 }
+        if connection.oversized { return 0 }  // inflating the rest of a refused message: dropped
+        if connection.inbound.count + length > loop.settings.maxMessageSize {
+            if connection.compressed {
+                // lws keeps inflating a compressed frame and ignores -1 until it is done (a
+                // small bomb would run to its end): close through the writeable callback instead.
+                connection.oversized = true
+                connection.inbound = []
+                connection.close(DisconnectReason(code: 1009, reason: "message too big"))
+                return 0
+            }
+            closeWith(wsi, code: 1009, reason: "message too big")
+            return -1
+        }
+        if let input, length > 0 {
+            connection.inbound.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+        }
+        if lws_is_final_fragment(wsi) != 0 && lws_remaining_packet_payload(wsi) == 0 {
+            let message = connection.inbound
+            connection.inbound = []
+            if let chat = connection.chat {
+                chat.handle(message: message)
+            } else {
+                connection.session?.handle(message: message)
+            }
+        }
+        return 0
+
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return 0 }
+        return writeFrames(connection, wsi: wsi, loop: loop)
+
+    case LWS_CALLBACK_CLOSED:
+        if let connection = sessionIn(user) as? WebSocketConnection {
+            loop.connections.removeValue(forKey: ObjectIdentifier(connection))
+            connection.outbound.withLock { $0.closing = true }
+            if let chat = connection.chat { chat.closed() } else { connection.session?.closed() }
+            connection.session = nil
+            connection.chat = nil
+        }
+        releaseSession(user)
+        return 0
+
+    default:
+        return 0
+    }
+}
+
+func closeWith(_ wsi: OpaquePointer, code: UInt16, reason: String) {
+    var bytes = Array(reason.utf8.prefix(120))
+    lws_close_reason(wsi, lws_close_status(rawValue: UInt32(code)), &bytes, bytes.count)
+}
+
+/// Writes queued frames: one frame straight from its shared buffer, several gathered into
+/// the loop's scratch buffer so a burst costs one syscall.
+func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
+    let (frames, more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity)
+    if connection.compressed, let frame = frames.first {
+        // permessage-deflate: lws frames and compresses the payload itself, one message per
+        // writeable callback (it finishes a message's compressed tail before calling us again).
+        let payload = WebSocketFrameEncoder.payload(of: frame)
+        if payload.count <= loop.scratchCapacity {
+            let base = loop.scratch + loop.pre
+            payload.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: $0.count) }
+            if lws_write(wsi, base, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0 { return -1 }
+        } else {
+            var buffer = [UInt8](repeating: 0, count: loop.pre + payload.count)
+            buffer.replaceSubrange(loop.pre..., with: payload)
+            let failed = buffer.withUnsafeMutableBufferPointer { all in
+                lws_write(wsi, all.baseAddress! + loop.pre, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0
+            }
+            if failed { return -1 }
+        }
+    } else if frames.count == 1, let frame = frames.first {
+        let written = frame.bytes.withUnsafeBufferPointer { buffer in
+            lws_write(wsi, UnsafeMutablePointer(mutating: buffer.baseAddress), buffer.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw())))
+        }
+        if written < 0 { return -1 }
+    } else if frames.count > 1 {
+        let base = loop.scratch + loop.pre
+        var used = 0
+        for frame in frames {
+            frame.bytes.withUnsafeBufferPointer { buffer in
+                (base + used).update(from: buffer.baseAddress!, count: buffer.count)
+            }
+            used += frame.bytes.count
+        }
+        if lws_write(wsi, base, used, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw()))) < 0 { return -1 }
+    }
+    if more {
+        lws_callback_on_writable(wsi)
+        return 0
+    }
+    if let close {
+        closeWith(wsi, code: close.code, reason: close.reason)
+        return -1
+    }
+    return 0
+}
