@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        // The Protobuf flavour of the client protocol; the generated code is committed.
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config. Their headers also carry the
@@ -45,7 +47,9 @@ let package = Package(
             dependencies: [
                 "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Protocol/Protobuf/client.proto"]
         ),
         // The Redis implementations of the engine's broker and presence interfaces.
         .target(
@@ -93,7 +97,7 @@ let package = Package(
         .executableTarget(name: "HubFuzz", dependencies: ["Channels", "RESTCompat", .product(name: "Logging", package: "swift-log")]),
         // Child processes (redis-server, openssl, a writer to kill -9) for the unit tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ChannelsTests", dependencies: ["Channels", "TestSupport"]),
+        .testTarget(name: "ChannelsTests", dependencies: ["Channels", "TestSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "RESTCompatTests", dependencies: ["RESTCompat", "Channels", "RedisEngine", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "RedisEngine", "Channels", "TestSupport"]),
     ],

@@ -33,6 +33,7 @@ static inline const struct lws_extension *hub_lws_extensions(void) {
 }
 
 static inline int hub_lws_write_text(void) { return LWS_WRITE_TEXT; }
+static inline int hub_lws_write_binary(void) { return LWS_WRITE_BINARY; }
 static inline int hub_lws_write_raw(void) { return LWS_WRITE_RAW; }
 static inline int hub_lws_write_http_final(void) { return LWS_WRITE_HTTP_FINAL; }
 static inline int hub_lws_write_http(void) { return LWS_WRITE_HTTP; }

@@ -11,6 +11,7 @@ struct FuzzTarget: Sendable {
 enum FuzzTargets {
     static let all: [FuzzTarget] = [
         FuzzTarget(name: "protocol", check: ProtocolFuzz.check),
+        FuzzTarget(name: "protobuf", check: ProtobufFuzz.check),
         FuzzTarget(name: "session", check: SessionFuzz.check),
         FuzzTarget(name: "multipart", check: MultipartFuzz.check),
         FuzzTarget(name: "router", check: RouterFuzz.check),

@@ -1,8 +1,12 @@
-"""The third-party SDKs, unchanged: centrifuge-python (client) and cent (server API)."""
+"""The third-party SDKs, unchanged: centrifuge-python (client) and cent (server API).
+
+Every client scenario runs twice: over the JSON flavour of the protocol and over the Protobuf
+flavour (`use_protobuf=True`, subprotocol `centrifuge-protobuf`, binary frames)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import List
@@ -76,18 +80,32 @@ class SubEvents(SubscriptionEventHandler):
         self.pubs.append(ctx)
 
 
-def make_client(hub, events, user="alice", **kwargs) -> Client:
+@pytest.fixture(params=["json", "protobuf"])
+def codec(request) -> str:
+    return request.param
+
+
+def make_client(hub, events, codec, user="alice", **kwargs) -> Client:
     kwargs.setdefault("token", hub.token(user))
     return Client(hub.ws_url, events=events, timeout=WAIT, min_reconnect_delay=0.05,
-                  max_reconnect_delay=0.5, proxy=None, **kwargs)
+                  max_reconnect_delay=0.5, proxy=None, use_protobuf=codec == "protobuf", **kwargs)
 
 
-def test_sdk_subscribe_receives_cent_publications(hub):
+def data(codec, value):
+    """A payload as the SDK receives it, back to JSON: Protobuf carries the JSON bytes."""
+    return json.loads(value) if codec == "protobuf" else value
+
+
+def datas(codec, contexts):
+    return [data(codec, c.pub.data) for c in contexts]
+
+
+def test_sdk_subscribe_receives_cent_publications(hub, codec):
     cent = cent_client(hub)
 
     async def main():
         events, sub_events = Events(), SubEvents()
-        client = make_client(hub, events)
+        client = make_client(hub, events, codec)
         sub = client.new_subscription("sdk-news", sub_events)
         try:
             await client.connect()
@@ -102,7 +120,7 @@ def test_sdk_subscribe_receives_cent_publications(hub):
                     cent.publish, PublishRequest(channel="sdk-news", data={"i": i}))
                 assert res.offset == i + 1 and res.epoch
             await async_wait_for(lambda: len(sub_events.pubs) >= 3, message="3 publications")
-            assert [c.pub.data for c in sub_events.pubs] == [{"i": 0}, {"i": 1}, {"i": 2}]
+            assert datas(codec, sub_events.pubs) == [{"i": 0}, {"i": 1}, {"i": 2}]
             assert [c.pub.offset for c in sub_events.pubs] == [1, 2, 3]
 
             # broadcast through cent, read history and presence through the SDK
@@ -110,7 +128,7 @@ def test_sdk_subscribe_receives_cent_publications(hub):
                 cent.broadcast, BroadcastRequest(channels=["sdk-news", "other"], data="b"))
             assert len(out.responses) == 2
             await async_wait_for(lambda: len(sub_events.pubs) >= 4, message="broadcast")
-            assert sub_events.pubs[3].pub.data == "b"
+            assert data(codec, sub_events.pubs[3].pub.data) == "b"
             hist = await sub.history(limit=-1)
             assert [p.offset for p in hist.publications] == [1, 2, 3, 4]
             stats = await sub.presence_stats()
@@ -129,13 +147,13 @@ def test_sdk_subscribe_receives_cent_publications(hub):
 
 
 @pytest.mark.parametrize("drop", ["transport_closed", "server_disconnect_3000"])
-def test_sdk_recovers_missed_publications_after_reconnect(hub, drop):
+def test_sdk_recovers_missed_publications_after_reconnect(hub, drop, codec):
     cent = cent_client(hub)
     channel = f"sdk-rec-{drop}"
 
     async def main():
         events, sub_events = Events(), SubEvents()
-        client = make_client(hub, events)
+        client = make_client(hub, events, codec)
         sub = client.new_subscription(channel, sub_events)
         try:
             await client.connect()
@@ -171,7 +189,7 @@ def test_sdk_recovers_missed_publications_after_reconnect(hub, drop):
             assert again.recovered is True
             offsets = [c.pub.offset for c in sub_events.pubs]
             assert offsets == [1, 2, 3, 4]
-            assert [c.pub.data for c in sub_events.pubs[1:]] == [{"missed": 1}, {"missed": 2},
+            assert datas(codec, sub_events.pubs[1:]) == [{"missed": 1}, {"missed": 2},
                                                                  {"missed": 3}]
             # live again, and nothing arrives twice
             await asyncio.to_thread(cent.publish, PublishRequest(channel=channel, data="live-2"))
@@ -183,13 +201,13 @@ def test_sdk_recovers_missed_publications_after_reconnect(hub, drop):
     arun(main())
 
 
-def test_sdk_server_side_subscription_recovers(hub):
+def test_sdk_server_side_subscription_recovers(hub, codec):
     cent = cent_client(hub)
     channel = "sdk-server-side"
 
     async def main():
         events = Events()
-        client = make_client(hub, events, token=hub.token("alice", channels=[channel]))
+        client = make_client(hub, events, codec, token=hub.token("alice", channels=[channel]))
         try:
             await client.connect()
             await client.ready(WAIT)
@@ -211,13 +229,13 @@ def test_sdk_server_side_subscription_recovers(hub):
                                  message="server-side recovery")
             assert events.server_subscribed[1].recovered is True
             assert [c.pub.offset for c in events.server_pubs] == [1, 2, 3]
-            assert [c.pub.data for c in events.server_pubs] == [0, 1, 2]
+            assert datas(codec, events.server_pubs) == [0, 1, 2]
         finally:
             await client.disconnect()
     arun(main())
 
 
-def test_sdk_gets_new_token_after_109(hub):
+def test_sdk_gets_new_token_after_109(hub, codec):
     async def main():
         calls = []
 
@@ -226,7 +244,7 @@ def test_sdk_gets_new_token_after_109(hub):
             return hub.token("alice")
 
         events = Events()
-        client = make_client(hub, events, token=hub.token("alice", exp=int(time.time()) - 60),
+        client = make_client(hub, events, codec, token=hub.token("alice", exp=int(time.time()) - 60),
                              get_token=get_token)
         try:
             await client.connect()
@@ -238,12 +256,54 @@ def test_sdk_gets_new_token_after_109(hub):
     arun(main())
 
 
-def test_sdk_terminal_disconnect_on_bad_token(hub):
+def test_sdk_terminal_disconnect_on_bad_token(hub, codec):
     async def main():
         events = Events()
-        client = make_client(hub, events, token="garbage.token.value")
+        client = make_client(hub, events, codec, token="garbage.token.value")
         await client.connect()
         await async_wait_for(lambda: events.disconnected, message="disconnected event")
         assert events.disconnected[0].code == 3500
         assert client.state == ClientState.DISCONNECTED
+    arun(main())
+
+
+CHAT_CONFIG = {"namespaces": [{"name": "room", "allow_publish_for_subscriber": True,
+                               "presence": True, "allow_presence_for_subscriber": True,
+                               "history_size": 10, "history_ttl": 300,
+                               "allow_history_for_subscriber": True}]}
+
+
+def test_sdk_client_publishes_and_reads_presence(hub_factory, codec):
+    hub = hub_factory(config=CHAT_CONFIG)
+
+    def payload(value):
+        return json.dumps(value).encode() if codec == "protobuf" else value
+
+    async def main():
+        events, sub_events = Events(), SubEvents()
+        client = make_client(hub, events, codec)
+        bob_events, bob_sub_events = Events(), SubEvents()
+        bob = make_client(hub, bob_events, codec, user="bob")
+        sub = client.new_subscription("room:1", sub_events)
+        bob_sub = bob.new_subscription("room:1", bob_sub_events)
+        try:
+            await client.connect()
+            await bob.connect()
+            await sub.subscribe()
+            await bob_sub.subscribe()
+            await sub.ready(WAIT)
+            await bob_sub.ready(WAIT)
+            await sub.publish(payload({"text": "hi bob", "n": 1}))
+            await async_wait_for(lambda: bob_sub_events.pubs and sub_events.pubs,
+                                 message="the publication on both clients")
+            got = bob_sub_events.pubs[0].pub
+            assert data(codec, got.data) == {"text": "hi bob", "n": 1}
+            assert got.offset == 1 and got.info.user == "alice"
+            presence = await bob_sub.presence()
+            assert sorted(c.user for c in presence.clients.values()) == ["alice", "bob"]
+            hist = await bob_sub.history(limit=10)
+            assert [data(codec, p.data) for p in hist.publications] == [{"text": "hi bob", "n": 1}]
+        finally:
+            await client.disconnect()
+            await bob.disconnect()
     arun(main())

@@ -8,6 +8,8 @@ import Synchronization
 public final class ClientSession: Sendable {
     public let id = RandomID.uuid()
     let transport: any ClientTransport
+    /// The protocol flavour chosen at the handshake; fixed for the connection's life.
+    public let codec: ProtocolCodec
     private unowned let node: Node
 
     enum Phase { case awaitingConnect, connecting, connected, closed }
@@ -31,9 +33,10 @@ public final class ClientSession: Sendable {
 
     private let state: Mutex<State>
 
-    init(node: Node, transport: any ClientTransport) {
+    init(node: Node, transport: any ClientTransport, codec: ProtocolCodec = .json) {
         self.node = node
         self.transport = transport
+        self.codec = codec
         state = Mutex(State(connectDeadline: node.clock.now() + node.config.connectTimeout))
     }
 
@@ -44,10 +47,11 @@ public final class ClientSession: Sendable {
 
     // MARK: Input
 
-    /// Handles one WebSocket message: one or more JSON commands separated by newlines.
+    /// Handles one WebSocket message: one or more commands (newline-separated JSON, or
+    /// length-delimited Protobuf).
     public func handle(message: [UInt8]) {
-        for line in ClientCommand.lines(of: message) {
-            switch ClientCommand.decode(line) {
+        for line in codec.commands(in: message) {
+            switch line {
             case .command(let command): handle(command)
             case .pong: state.withLock { $0.pongDeadline = nil }
             case .invalid(let id, let error): fail(id: id, error)
@@ -85,7 +89,7 @@ public final class ClientSession: Sendable {
     // MARK: Output
 
     func send(_ payload: [UInt8]) {
-        if !transport.enqueue(node.encoder.frame(payload)) {
+        if !transport.enqueue(codec.frame(payload, with: node.encoder)) {
             node.counters.slowDisconnects.add(1, ordering: .relaxed)
             disconnect(.slow)
         }
@@ -94,12 +98,12 @@ public final class ClientSession: Sendable {
     private func reply(id: Int64?, method: String, _ result: JSONValue) {
         // Commands sent without an id expect no reply (the protocol's fire-and-forget form).
         guard let id else { return }
-        send(PushEncoding.reply(id: id, method: method, result: result))
+        send(codec.reply(id: id, method: method, result: result))
     }
 
     private func fail(id: Int64?, _ error: ProtocolError) {
         node.counters.commandErrors.add(1, ordering: .relaxed)
-        send(PushEncoding.error(id: id, error))
+        send(codec.error(id: id, error))
     }
 
     private func requireChannel(_ body: JSONValue, id: Int64?) -> (String, ChannelOptions)? {
@@ -228,7 +232,7 @@ public final class ClientSession: Sendable {
                 state.nextPing = now + node.config.pingInterval
             }
             if let id {
-                send(PushEncoding.reply(id: id, method: "connect", result: result))
+                send(codec.reply(id: id, method: "connect", result: result))
             }
             for (channel, reply) in subs { activate(channel: channel, after: reply.promised) }
         }
@@ -432,7 +436,7 @@ public final class ClientSession: Sendable {
                 return
             }
             for publication in due {
-                send(PushEncoding.publication(channel: channel, publication))
+                send(codec.publication(channel: channel, publication))
             }
         }
         guard active else { return }
@@ -483,7 +487,7 @@ public final class ClientSession: Sendable {
         startSubscription(channel: channel, options: options, recoverFrom: nil) { [self] outcome in
             switch outcome {
             case .success(let subscribed):
-                send(PushEncoding.push(channel: channel, kind: "subscribe", body: subscribed.result))
+                send(codec.push(channel: channel, kind: "subscribe", body: subscribed.result))
                 activate(channel: channel, after: subscribed.promised)
             case .failure:
                 state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
@@ -494,7 +498,7 @@ public final class ClientSession: Sendable {
     func serverUnsubscribe(channel: String, reason: UnsubscribeReason) {
         guard state.withLock({ $0.subscriptions[channel] != nil }) else { return }
         leave(channel: channel)
-        send(PushEncoding.push(channel: channel, kind: "unsubscribe", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)]))
+        send(codec.push(channel: channel, kind: "unsubscribe", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)]))
     }
 
     // MARK: Publish, presence, history, rpc
@@ -624,7 +628,7 @@ public final class ClientSession: Sendable {
         }
         switch action {
         case .none: break
-        case .ping: send(PushEncoding.ping)
+        case .ping: send(codec.ping)
         case .disconnect(let reason): disconnect(reason)
         }
     }

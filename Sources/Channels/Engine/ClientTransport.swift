@@ -8,7 +8,15 @@ public struct WireFrame: Sendable {
 /// Turns a protocol message (one JSON document) into what the transport writes. The
 /// WebSocket edge adds the frame header here, once per message rather than per subscriber.
 public protocol FrameEncoder: Sendable {
+    /// A text message (the JSON flavour).
     func frame(_ payload: [UInt8]) -> WireFrame
+    /// A binary message (the Protobuf flavour).
+    func binaryFrame(_ payload: [UInt8]) -> WireFrame
+}
+
+extension FrameEncoder {
+    /// Transports that do not tell text from binary frame both alike.
+    public func binaryFrame(_ payload: [UInt8]) -> WireFrame { frame(payload) }
 }
 
 /// One client connection as the engine sees it. Implemented by the transport at the edge;

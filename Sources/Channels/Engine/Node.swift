@@ -108,8 +108,8 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     // MARK: Clients
 
     /// Starts the protocol for a new connection.
-    public func accept(transport: any ClientTransport) -> ClientSession {
-        ClientSession(node: self, transport: transport)
+    public func accept(transport: any ClientTransport, codec: ProtocolCodec = .json) -> ClientSession {
+        ClientSession(node: self, transport: transport, codec: codec)
     }
 
     func register(_ session: ClientSession, user: String) {
@@ -162,8 +162,8 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     // MARK: Broker events
 
     public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
-        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) {
-            encoder.frame(PushEncoding.publication(channel: channel, publication))
+        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { codec in
+            codec.frame(codec.publication(channel: channel, publication), with: encoder)
         }
         counters.deliveries.add(delivered, ordering: .relaxed)
         disconnectSlow(slow)
@@ -221,15 +221,15 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     }
 
     public func handleJoin(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) {
-            encoder.frame(PushEncoding.push(channel: channel, kind: "join", body: ["info": info.json]))
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec in
+            codec.frame(codec.push(channel: channel, kind: "join", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }
 
     public func handleLeave(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) {
-            encoder.frame(PushEncoding.push(channel: channel, kind: "leave", body: ["info": info.json]))
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec in
+            codec.frame(codec.push(channel: channel, kind: "leave", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }

@@ -109,14 +109,14 @@ final class SubscriberRegistry: Sendable {
     }
 
     /// Delivers one publication to every subscriber of the channel. The frame is built at
-    /// most once, and only if someone is listening. Returns the sessions whose queues
+    /// most once per codec, and only if a subscriber of that codec is listening. Returns the sessions whose queues
     /// overflowed; the caller disconnects them outside the lock.
     ///
     /// When the publication does not follow the last one delivered here (a broker lost
     /// some, or the stream restarted in a new epoch), it is not delivered: the live
     /// subscribers are returned as `behind`, to be told to resubscribe and recover.
     func fanOut(channel: String, publication: Publication?, position: StreamPosition? = nil,
-                frame makeFrame: () -> WireFrame) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
+                frame makeFrame: (ProtocolCodec) -> WireFrame) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
         shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession]) in
             guard var members = map[channel] else { return (0, [], []) }
             var gap = false
@@ -135,7 +135,8 @@ final class SubscriberRegistry: Sendable {
                 }
                 changed = true
             }
-            var frame: WireFrame?
+            var jsonFrame: WireFrame?
+            var protobufFrame: WireFrame?
             var slow: [ClientSession] = []
             var behind: [ClientSession] = []
             var delivered = 0
@@ -151,8 +152,16 @@ final class SubscriberRegistry: Sendable {
                     if position.offset >= floor { members.floors.removeValue(forKey: ObjectIdentifier(session)) }
                     if position.offset <= floor { continue }
                 }
-                if frame == nil { frame = makeFrame() }
-                if session.transport.enqueue(frame!) { delivered += 1 } else { slow.append(session) }
+                let frame: WireFrame
+                switch session.codec {
+                case .json:
+                    if jsonFrame == nil { jsonFrame = makeFrame(.json) }
+                    frame = jsonFrame!
+                case .protobuf:
+                    if protobufFrame == nil { protobufFrame = makeFrame(.protobuf) }
+                    frame = protobufFrame!
+                }
+                if session.transport.enqueue(frame) { delivered += 1 } else { slow.append(session) }
             }
             if changed { map[channel] = members }
             return (delivered, slow, behind)

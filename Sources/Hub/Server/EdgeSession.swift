@@ -44,6 +44,8 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
     var inbound: [UInt8] = []
     /// permessage-deflate was negotiated: frames go out through lws (compressed), not raw.
     var compressed = false
+    /// The connection speaks the Protobuf flavour: its messages are binary frames.
+    var binary = false
     /// A message went past the size limit: the rest of it is dropped while the close goes out.
     var oversized = false
 
@@ -167,11 +169,15 @@ struct WebSocketFrameEncoder: FrameEncoder {
         return start <= bytes.count ? Array(bytes[start...]) : []
     }
 
-    func frame(_ payload: [UInt8]) -> WireFrame {
+    func frame(_ payload: [UInt8]) -> WireFrame { frame(payload, opcode: 0x1) }
+
+    func binaryFrame(_ payload: [UInt8]) -> WireFrame { frame(payload, opcode: 0x2) }
+
+    private func frame(_ payload: [UInt8], opcode: UInt8) -> WireFrame {
         var bytes: [UInt8] = []
         let length = payload.count
         bytes.reserveCapacity(length + 10)
-        bytes.append(0x81)  // FIN + text
+        bytes.append(0x80 | opcode)  // FIN + text or binary
         if length < 126 {
             bytes.append(UInt8(length))
         } else if length <= 0xFFFF {

@@ -14,18 +14,25 @@ import RESTCompat
 
 /// The lws protocol list; lws keeps a pointer to it for the process lifetime.
 nonisolated(unsafe) private let protocols: UnsafeMutablePointer<lws_protocols> = {
-    let list = UnsafeMutablePointer<lws_protocols>.allocate(capacity: 3)
-    list.initialize(repeating: lws_protocols(), count: 3)
+    let list = UnsafeMutablePointer<lws_protocols>.allocate(capacity: 4)
+    list.initialize(repeating: lws_protocols(), count: 4)
     list[0].name = UnsafePointer(strdup("hub"))
     list[0].callback = hubCallback
     list[0].per_session_data_size = MemoryLayout<UnsafeMutableRawPointer?>.size
     list[0].rx_buffer_size = 0
     list[1].name = UnsafePointer(strdup(listenerProtocol))
     list[1].callback = listenerCallback
+    // The WebSocket subprotocol of the Protobuf flavour: lws picks it when the client asks for
+    // it, and echoes it in the handshake; the same callback serves it.
+    list[2].name = UnsafePointer(strdup(protobufSubprotocol))
+    list[2].callback = hubCallback
+    list[2].per_session_data_size = MemoryLayout<UnsafeMutableRawPointer?>.size
+    list[2].rx_buffer_size = 0
     return list
 }()
 
 private let listenerProtocol = "hub-listen"
+let protobufSubprotocol = "centrifuge-protobuf"
 
 enum LWSContext {
     /// A context with no listener of its own, then our SO_REUSEPORT socket adopted into it.

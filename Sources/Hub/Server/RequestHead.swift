@@ -75,3 +75,9 @@ func queryValue(_ wsi: OpaquePointer, _ name: String) -> String? {
 func requestPath(_ wsi: OpaquePointer) -> String? {
     header(wsi, WSI_TOKEN_GET_URI)
 }
+
+/// The name of the protocol entry lws bound a WebSocket connection to (its subprotocol).
+func negotiatedSubprotocol(_ wsi: OpaquePointer) -> String? {
+    guard let proto = lws_get_protocol(wsi), let name = proto.pointee.name else { return nil }
+    return String(cString: name)
+}

@@ -16,6 +16,8 @@ func webSocketCallback(
         // Only the client-protocol endpoint and seed 003's chat endpoint upgrade to WebSocket.
         guard let wsi, let path = requestPath(wsi) else { return 1 }
         if path == "/connection/websocket" { return 0 }
+        // Seed 003's chat speaks its own JSON: a Protobuf client there is refused, not misread.
+        if header(wsi, WSI_TOKEN_PROTOCOL)?.contains(protobufSubprotocol) == true { return 1 }
         return chatUserID(path) != nil && loop.settings.chat != nil ? 0 : 1
 
     case LWS_CALLBACK_ESTABLISHED:
@@ -36,7 +38,10 @@ func webSocketCallback(
             connection.session = session.clientSession
             session.start(token: bearerToken(wsi) ?? queryValue(wsi, "token"))
         } else {
-            connection.session = loop.node.accept(transport: connection)
+            // lws bound the connection to the subprotocol entry it negotiated.
+            let codec: ProtocolCodec = negotiatedSubprotocol(wsi) == protobufSubprotocol ? .protobuf : .json
+            connection.binary = codec.isBinary
+            connection.session = loop.node.accept(transport: connection, codec: codec)
         }
         return 0
 
@@ -102,15 +107,16 @@ func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: Se
         // permessage-deflate: lws frames and compresses the payload itself, one message per
         // writeable callback (it finishes a message's compressed tail before calling us again).
         let payload = WebSocketFrameEncoder.payload(of: frame)
+        let mode = connection.binary ? hub_lws_write_binary() : hub_lws_write_text()
         if payload.count <= loop.scratchCapacity {
             let base = loop.scratch + loop.pre
             payload.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: $0.count) }
-            if lws_write(wsi, base, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0 { return -1 }
+            if lws_write(wsi, base, payload.count, lws_write_protocol(rawValue: UInt32(mode))) < 0 { return -1 }
         } else {
             var buffer = [UInt8](repeating: 0, count: loop.pre + payload.count)
             buffer.replaceSubrange(loop.pre..., with: payload)
             let failed = buffer.withUnsafeMutableBufferPointer { all in
-                lws_write(wsi, all.baseAddress! + loop.pre, payload.count, lws_write_protocol(rawValue: UInt32(hub_lws_write_text()))) < 0
+                lws_write(wsi, all.baseAddress! + loop.pre, payload.count, lws_write_protocol(rawValue: UInt32(mode))) < 0
             }
             if failed { return -1 }
         }
