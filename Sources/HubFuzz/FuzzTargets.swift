@@ -12,6 +12,8 @@ enum FuzzTargets {
     static let all: [FuzzTarget] = [
         FuzzTarget(name: "protocol", check: ProtocolFuzz.check),
         FuzzTarget(name: "protobuf", check: ProtobufFuzz.check),
+        FuzzTarget(name: "fossil", check: FossilFuzz.check),
+        FuzzTarget(name: "filter", check: TagFilterFuzz.check),
         FuzzTarget(name: "session", check: SessionFuzz.check),
         FuzzTarget(name: "multipart", check: MultipartFuzz.check),
         FuzzTarget(name: "router", check: RouterFuzz.check),

@@ -37,6 +37,19 @@ public struct ChannelOptions: Sendable, Equatable {
     public var allowHistoryForClient = false
     /// `name#alice,bob` channels may be subscribed only by the users listed after `#`.
     public var allowUserLimitedChannels = true
+    /// Delta encodings subscribers may ask for with `delta` (only `fossil` exists).
+    public var allowedDeltaTypes: [String] = []
+    /// Subscribers may send a tags filter (`tf`) and get only the publications it passes.
+    public var allowTagsFilter = false
+    /// What a subscriber is sent on subscribe and recovery.
+    public var recoveryMode = RecoveryMode.stream
+
+    public enum RecoveryMode: String, Sendable {
+        /// Every publication missed since the client's position (within history).
+        case stream
+        /// Only the newest publication: for state channels where the latest value is all that counts.
+        case cache
+    }
 
     public init() {}
 

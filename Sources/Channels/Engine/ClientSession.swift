@@ -18,6 +18,7 @@ public final class ClientSession: Sendable {
         var active = false
         var chanInfo: JSONValue?
         var expiresAt: Double?
+        var delivery = Delivery.whole
     }
 
     struct State {
@@ -321,12 +322,14 @@ public final class ClientSession: Sendable {
                 return
             }
         }
+        let delivery: Delivery
+        do { delivery = try Self.delivery(body, options: options) } catch { fail(id: id, error); return }
         let problem = state.withLock { state -> ProtocolError? in
             if state.subscriptions[channel] != nil { return .alreadySubscribed }
             if state.subscriptions.count >= node.config.maxSubscriptionsPerClient {
                 return ProtocolError.limitExceeded.with(message: "too many subscriptions")
             }
-            state.subscriptions[channel] = Subscription(chanInfo: chanInfo, expiresAt: expiresAt)
+            state.subscriptions[channel] = Subscription(chanInfo: chanInfo, expiresAt: expiresAt, delivery: delivery)
             return nil
         }
         if let problem {
@@ -338,12 +341,16 @@ public final class ClientSession: Sendable {
             position = StreamPosition(offset: UInt64(max(0, body["offset"]?.intValue ?? 0)), epoch: body["epoch"]?.stringValue ?? "")
         }
         let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
-        startSubscription(channel: channel, options: options, recoverFrom: position) { [self] outcome in
+        startSubscription(channel: channel, options: options, recoverFrom: position, delivery: delivery) { [self] outcome in
             switch outcome {
             case .success(let subscribed):
                 var result = subscribed.result
                 if let ttl, case var .object(members) = result {
                     members.insert(contentsOf: [("expires", .bool(true)), ("ttl", .int(ttl))], at: 0)
+                    result = .object(members)
+                }
+                if delivery.delta, case var .object(members) = result {
+                    members.append(("delta", .bool(true)))
                     result = .object(members)
                 }
                 reply(id: id, method: "subscribe", result)
@@ -358,9 +365,36 @@ public final class ClientSession: Sendable {
     /// Registers as a pending subscriber and reads the stream position (and the missed
     /// publications when recovering). Completes with the subscribe result to send; the
     /// caller sends it and then calls `activate`.
+    /// What a subscribe asks of its deliveries (`delta`, `tf`), checked against the namespace.
+    static func delivery(_ body: JSONValue, options: ChannelOptions) throws(ProtocolError) -> Delivery {
+        var delivery = Delivery.whole
+        if let delta = body["delta"]?.stringValue, !delta.isEmpty {
+            guard delta == "fossil" else { throw ProtocolError.badRequest.with(message: "unknown delta type '\(delta.prefix(40))'") }
+            guard options.allowedDeltaTypes.contains(delta) else {
+                throw ProtocolError.badRequest.with(message: "delta '\(delta)' is not allowed in this namespace")
+            }
+            delivery.delta = true
+        }
+        if let tf = body["tf"], !tf.isNull {
+            guard options.allowTagsFilter else { throw ProtocolError.badRequest.with(message: "tags filters are not allowed in this namespace") }
+            guard !delivery.delta else { throw ProtocolError.badRequest.with(message: "delta and a tags filter cannot be combined") }
+            delivery.filter = try TagFilter(json: tf)
+        }
+        return delivery
+    }
+
+    /// What of `publications` this subscriber gets, in the form it gets them.
+    private func delivered(_ publications: [Publication], _ delivery: Delivery) -> [Publication] {
+        var out = publications
+        if let filter = delivery.filter { out = out.filter { filter.matches($0.tags) } }
+        if delivery.delta { out = out.map(codec.forDeltaSubscriber) }
+        return out
+    }
+
     private func startSubscription(channel: String, options: ChannelOptions, recoverFrom position: StreamPosition?,
+                                   delivery: Delivery = .whole,
                                    completion: @escaping @Sendable (Result<SubscribeReply, ProtocolError>) -> Void) {
-        _ = node.subscribers.addPending(self, to: channel)
+        _ = node.subscribers.addPending(self, to: channel, delivery: delivery)
         let fail: @Sendable (ProtocolError) -> Void = { [self] error in
             if node.subscribers.remove(self, from: channel) { node.broker.unsubscribe(channel: channel) }
             completion(.failure(error))
@@ -370,12 +404,12 @@ public final class ClientSession: Sendable {
         node.broker.subscribe(channel: channel) { [self] subscribed in
             switch subscribed {
             case .failure(let error): fail(error)
-            case .success: readPosition(channel: channel, options: options, recoverFrom: position, fail: fail, completion: completion)
+            case .success: readPosition(channel: channel, options: options, recoverFrom: position, delivery: delivery, fail: fail, completion: completion)
             }
         }
     }
 
-    private func readPosition(channel: String, options: ChannelOptions, recoverFrom position: StreamPosition?,
+    private func readPosition(channel: String, options: ChannelOptions, recoverFrom position: StreamPosition?, delivery: Delivery,
                               fail: @escaping @Sendable (ProtocolError) -> Void,
                               completion: @escaping @Sendable (Result<SubscribeReply, ProtocolError>) -> Void) {
         guard options.historyEnabled else {
@@ -389,10 +423,26 @@ public final class ClientSession: Sendable {
                 ("epoch", .string(position.epoch)),
                 ("offset", position.offset > 0 ? .int(Int64(position.offset)) : nil),
                 ("positioned", .bool(true)),
-                ("publications", (recovery?.publications.isEmpty ?? true) ? nil : .array(recovery!.publications.map(\.json))),
+                ("publications", (recovery?.publications.isEmpty ?? true) ? nil : .array(self.delivered(recovery!.publications, delivery).map(\.json))),
                 ("recovered", recovery?.recovered == true ? .bool(true) : nil),
                 ("was_recovering", recovery != nil ? .bool(true) : nil),
             ]), promised: position)
+        }
+        if options.recoveryMode == .cache, options.historyEnabled {
+            // Keep-latest channels (state such as a gateway's status): whoever subscribes, first
+            // time or coming back, gets the newest publication, not everything in between.
+            node.broker.history(channel: channel, filter: HistoryFilter(limit: 1, reverse: true), options: options) { outcome in
+                switch outcome {
+                case .success(let history):
+                    let newer = history.publications.filter { latest in
+                        guard let position, position.epoch == history.position.epoch else { return true }
+                        return latest.offset > position.offset
+                    }
+                    completion(.success(result(history.position, Recovery(recovered: true, publications: newer))))
+                case .failure(let error): fail(error)
+                }
+            }
+            return
         }
         guard let position, recoverable else {
             node.broker.history(channel: channel, filter: HistoryFilter(limit: 0), options: options) { outcome in
@@ -429,14 +479,15 @@ public final class ClientSession: Sendable {
         guard let options = try? node.options(for: channel) else { return }
         // Anything at or below the offset the reply promised was in the reply or is older.
         var gap = false
+        let delivery = state.withLock { $0.subscriptions[channel]?.delivery } ?? .whole
         let active = node.subscribers.activate(self, in: channel, after: promised) { due in
             // Held-back publications must continue the promised position exactly.
             if let promised, let first = due.first, first.offset != promised.offset + 1 {
                 gap = true
                 return
             }
-            for publication in due {
-                send(codec.publication(channel: channel, publication))
+            for publication in due where delivery.filter?.matches(publication.tags) ?? true {
+                send(codec.publication(channel: channel, publication, forDelta: delivery.delta))
             }
         }
         guard active else { return }

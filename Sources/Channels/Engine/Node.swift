@@ -162,8 +162,16 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     // MARK: Broker events
 
     public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
-        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { codec in
-            codec.frame(codec.publication(channel: channel, publication), with: encoder)
+        var delta: [UInt8]?
+        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { codec, form in
+            switch form {
+            case .whole, .wholeForDelta:
+                return codec.frame(codec.publication(channel: channel, publication, forDelta: form.index == 1), with: encoder)
+            case .delta(let base):
+                // One delta per publication, shared by both codecs' delta subscribers.
+                if delta == nil { delta = FossilDelta.delta(from: base, to: JSONWriter.bytes(publication.data)) }
+                return codec.deltaPublication(channel: channel, publication, delta: delta!).map { codec.frame($0, with: encoder) }
+            }
         }
         counters.deliveries.add(delivered, ordering: .relaxed)
         disconnectSlow(slow)
@@ -221,14 +229,14 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     }
 
     public func handleJoin(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec in
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec, _ in
             codec.frame(codec.push(channel: channel, kind: "join", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }
 
     public func handleLeave(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec in
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec, _ in
             codec.frame(codec.push(channel: channel, kind: "leave", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)

@@ -69,6 +69,14 @@ public struct Publication: Sendable, Equatable {
             && lhs.tags.elementsEqual(rhs.tags, by: { $0 == $1 })
     }
 
+    /// The same publication with `data` as a string of its JSON text: how JSON subscribers that
+    /// negotiated fossil deltas receive whole publications (the text is the next delta's base).
+    public var dataAsText: Publication {
+        var copy = self
+        copy.data = .string(String(decoding: JSONWriter.bytes(data), as: UTF8.self))
+        return copy
+    }
+
     public var json: JSONValue {
         .compact([
             ("data", data),

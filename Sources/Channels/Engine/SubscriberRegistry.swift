@@ -17,6 +17,12 @@ final class SubscriberRegistry: Sendable {
         /// reached them in their subscribe reply (or is older), so it is not sent again. The
         /// broker may hand a publication over after the history read that already counted it.
         var floors: [ObjectIdentifier: UInt64] = [:]
+        /// Subscribers that asked for a filter or deltas; everyone else takes the shared frame.
+        var deliveries: [ObjectIdentifier: Delivery] = [:]
+        /// Delta subscribers holding the channel's previous publication (the delta's base).
+        var deltaReady: Set<ObjectIdentifier> = []
+        /// The data of the last publication delivered, kept while delta subscribers exist.
+        var previous: [UInt8]?
     }
 
     private let shards: [Guarded<[String: Members]>]
@@ -30,7 +36,7 @@ final class SubscriberRegistry: Sendable {
     }
 
     /// Adds a pending subscriber. Returns true when it is the channel's first on this node.
-    func addPending(_ session: ClientSession, to channel: String) -> Bool {
+    func addPending(_ session: ClientSession, to channel: String, delivery: Delivery = .whole) -> Bool {
         shard(channel).withLock { map in
             let id = ObjectIdentifier(session)
             let first = map[channel] == nil
@@ -40,6 +46,9 @@ final class SubscriberRegistry: Sendable {
                 members.sessions.append(session)
             }
             members.pending[id] = []
+            // The first publication after (re)subscribing goes out whole: the client has no base yet.
+            members.deltaReady.remove(id)
+            if delivery == .whole { members.deliveries.removeValue(forKey: id) } else { members.deliveries[id] = delivery }
             map[channel] = members
             return first
         }
@@ -95,6 +104,8 @@ final class SubscriberRegistry: Sendable {
             }
             members.pending.removeValue(forKey: id)
             members.floors.removeValue(forKey: id)
+            members.deliveries.removeValue(forKey: id)
+            members.deltaReady.remove(id)
             let last = members.sessions.count - 1
             if slot != last {
                 let moved = members.sessions[last]
@@ -115,8 +126,11 @@ final class SubscriberRegistry: Sendable {
     /// When the publication does not follow the last one delivered here (a broker lost
     /// some, or the stream restarted in a new epoch), it is not delivered: the live
     /// subscribers are returned as `behind`, to be told to resubscribe and recover.
+    ///
+    /// `makeFrame` builds the frame of one codec and form; a delta it cannot express (nil)
+    /// goes out whole instead.
     func fanOut(channel: String, publication: Publication?, position: StreamPosition? = nil,
-                frame makeFrame: (ProtocolCodec) -> WireFrame) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
+                frame makeFrame: (ProtocolCodec, PublicationForm) -> WireFrame?) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
         shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession]) in
             guard var members = map[channel] else { return (0, [], []) }
             var gap = false
@@ -137,6 +151,18 @@ final class SubscriberRegistry: Sendable {
             }
             var jsonFrame: WireFrame?
             var protobufFrame: WireFrame?
+            // Frames for filtered and delta subscribers, by codec and form, built when first needed.
+            var special: [Int: WireFrame?] = [:]
+            func specialFrame(_ codec: ProtocolCodec, _ form: PublicationForm) -> WireFrame? {
+                let key = codec.rawValue * 4 + form.index
+                if let built = special[key] { return built }
+                let built = makeFrame(codec, form)
+                special[key] = built
+                return built
+            }
+            let anySpecial = !members.deliveries.isEmpty
+            var nowReady: [ObjectIdentifier] = []
+            var deltaSubscribers = false
             var slow: [ClientSession] = []
             var behind: [ClientSession] = []
             var delivered = 0
@@ -152,16 +178,40 @@ final class SubscriberRegistry: Sendable {
                     if position.offset >= floor { members.floors.removeValue(forKey: ObjectIdentifier(session)) }
                     if position.offset <= floor { continue }
                 }
-                let frame: WireFrame
-                switch session.codec {
-                case .json:
-                    if jsonFrame == nil { jsonFrame = makeFrame(.json) }
-                    frame = jsonFrame!
-                case .protobuf:
-                    if protobufFrame == nil { protobufFrame = makeFrame(.protobuf) }
-                    frame = protobufFrame!
+                var frame: WireFrame?
+                if anySpecial, publication != nil, let delivery = members.deliveries[ObjectIdentifier(session)] {
+                    if let filter = delivery.filter, !filter.matches(publication!.tags) { continue }
+                    if delivery.delta {
+                        deltaSubscribers = true
+                        let id = ObjectIdentifier(session)
+                        if members.deltaReady.contains(id), let base = members.previous {
+                            frame = specialFrame(session.codec, .delta(base: base))
+                        }
+                        if frame == nil { frame = specialFrame(session.codec, .wholeForDelta) }
+                        nowReady.append(id)
+                    }
                 }
+                if frame == nil {
+                    switch session.codec {
+                    case .json:
+                        if jsonFrame == nil { jsonFrame = makeFrame(.json, .whole) }
+                        frame = jsonFrame
+                    case .protobuf:
+                        if protobufFrame == nil { protobufFrame = makeFrame(.protobuf, .whole) }
+                        frame = protobufFrame
+                    }
+                }
+                guard let frame else { continue }
                 if session.transport.enqueue(frame) { delivered += 1 } else { slow.append(session) }
+            }
+            if deltaSubscribers, let publication {
+                // The base of the next delta, and who holds it now.
+                members.previous = JSONWriter.bytes(publication.data)
+                members.deltaReady = Set(nowReady)
+                changed = true
+            } else if members.previous != nil, !members.deliveries.values.contains(where: \.delta) {
+                members.previous = nil
+                changed = true
             }
             if changed { map[channel] = members }
             return (delivered, slow, behind)
@@ -178,4 +228,31 @@ final class SubscriberRegistry: Sendable {
     }
 
     var channelCount: Int { shards.reduce(0) { $0 + $1.withLock { $0.count } } }
+}
+
+/// How one subscriber takes a channel's publications: all of them or those its tags filter
+/// passes; whole, or as fossil deltas against the previous one.
+struct Delivery: Sendable, Equatable {
+    var filter: TagFilter?
+    var delta = false
+
+    static let whole = Delivery()
+}
+
+/// The forms a publication push takes on the wire.
+public enum PublicationForm: Sendable {
+    /// As every plain subscriber gets it.
+    case whole
+    /// Whole, for a delta subscriber (JSON: `data` as a string of the JSON text, `delta: false`).
+    case wholeForDelta
+    /// A fossil delta from `base` (the previous publication's data), `delta: true`.
+    case delta(base: [UInt8])
+
+    var index: Int {
+        switch self {
+        case .whole: return 0
+        case .wholeForDelta: return 1
+        case .delta: return 2
+        }
+    }
 }

@@ -271,10 +271,14 @@ enum ProtobufCodec {
     }
 
     /// The fan-out's publication push, built straight from the publication.
-    static func publication(channel: String, _ publication: Publication) -> [UInt8] {
+    static func publication(channel: String, _ publication: Publication, delta: [UInt8]? = nil) -> [UInt8] {
         var push = PBPush()
         push.channel = channel
         push.pub = pbPublication(publication)
+        if let delta {
+            push.pub.data = Data(delta)
+            push.pub.delta = true
+        }
         var reply = PBReply()
         reply.push = push
         return delimited(reply)

@@ -41,11 +41,31 @@ public enum ProtocolCodec: Int, Sendable, CaseIterable {
     }
 
     /// A publication push: built once per publication and codec, shared by every subscriber.
-    public func publication(channel: String, _ publication: Publication) -> [UInt8] {
+    /// `forDelta`: for a subscriber that negotiated deltas (JSON carries `data` as a string then).
+    public func publication(channel: String, _ publication: Publication, forDelta: Bool = false) -> [UInt8] {
         switch self {
-        case .json: return PushEncoding.publication(channel: channel, publication)
+        case .json: return PushEncoding.publication(channel: channel, forDelta ? publication.dataAsText : publication)
         case .protobuf: return ProtobufCodec.publication(channel: channel, publication)
         }
+    }
+
+    /// A publication push carrying a fossil delta from the previous publication's data; nil when
+    /// this codec cannot carry it (JSON strings hold UTF-8 only), and the whole one goes instead.
+    public func deltaPublication(channel: String, _ publication: Publication, delta: [UInt8]) -> [UInt8]? {
+        switch self {
+        case .json:
+            guard let text = String(validating: delta, as: UTF8.self) else { return nil }
+            var carried = publication
+            carried.data = .string(text)
+            return PushEncoding.publication(channel: channel, carried, delta: true)
+        case .protobuf:
+            return ProtobufCodec.publication(channel: channel, publication, delta: delta)
+        }
+    }
+
+    /// A publication as this codec shows it to a subscriber that asked for deltas.
+    public func forDeltaSubscriber(_ publication: Publication) -> Publication {
+        self == .json ? publication.dataAsText : publication
     }
 
     /// The server's ping: an empty JSON object, or an empty Protobuf `Reply`.

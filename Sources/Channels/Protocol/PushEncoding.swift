@@ -2,13 +2,18 @@
 /// command's `id`, pushes carry none.
 public enum PushEncoding {
     /// `{"push":{"channel":…,"pub":{…}}}` — built byte by byte, once per publication.
-    public static func publication(channel: String, _ publication: Publication) -> [UInt8] {
+    public static func publication(channel: String, _ publication: Publication, delta: Bool = false) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(64 + channel.utf8.count)
         out.append(contentsOf: #"{"push":{"channel":"#.utf8)
         JSONWriter.writeString(channel, into: &out)
         out.append(contentsOf: #","pub":"#.utf8)
-        JSONWriter.write(publication.json, into: &out)
+        var json = publication.json
+        if delta, case .object(var members) = json {
+            members.append(("delta", .bool(true)))
+            json = .object(members)
+        }
+        JSONWriter.write(json, into: &out)
         out.append(contentsOf: "}}".utf8)
         return out
     }

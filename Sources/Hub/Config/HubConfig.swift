@@ -86,6 +86,8 @@ struct HubConfig: Sendable {
         var options = ChannelOptions()
         options.historySize = 1000
         options.historyTTL = 3600
+        // Records change a field at a time: subscribers may take fossil deltas.
+        options.allowedDeltaTypes = ["fossil"]
         return options
     }
     // Meetings pipeline (seed 004).
@@ -293,6 +295,17 @@ struct HubConfig: Sendable {
             case "allow_history_for_subscriber": o.allowHistoryForSubscriber = try flag(value, key)
             case "allow_history_for_client": o.allowHistoryForClient = try flag(value, key)
             case "allow_user_limited_channels": o.allowUserLimitedChannels = try flag(value, key)
+            case "allowed_delta_types":
+                guard let types = value.arrayValue?.compactMap(\.stringValue), types.count == value.arrayValue?.count,
+                      types.allSatisfy({ $0 == "fossil" })
+                else { throw HubError.config("\(context): allowed_delta_types must be a list of delta types (only \"fossil\" exists)") }
+                o.allowedDeltaTypes = types
+            case "allow_tags_filter": o.allowTagsFilter = try flag(value, key)
+            case "recovery_mode":
+                guard let mode = value.stringValue.flatMap(ChannelOptions.RecoveryMode.init(rawValue:)) else {
+                    throw HubError.config("\(context): recovery_mode must be \"stream\" or \"cache\"")
+                }
+                o.recoveryMode = mode
             default: throw HubError.config("\(context): unknown option '\(key)'")
             }
         }

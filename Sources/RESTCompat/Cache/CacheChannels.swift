@@ -19,6 +19,8 @@ public enum CacheChannels {
         options.historySize = 100
         options.historyTTL = 600
         options.allowSubscribeForClient = true
+        // Progress documents repeat but for their counters: subscribers may take fossil deltas.
+        options.allowedDeltaTypes = ["fossil"]
         return options
     }
 
