@@ -74,6 +74,7 @@ struct HubCommand: ParsableCommand {
     @Flag(help: "Seed 003 legacy access: /ws/{user_id} without a token, /auth/login and /auth/token with a bare user_id.") var chatAllowAnonymous = false
     @Option(help: "Seconds to wait for an LLM/TTS/STT/agent worker's answer before 504 (default 30).") var serviceTimeout: Double?
     @Option(help: "Seconds service answers stay cached in the record store; 0 turns the cache off (default 3600).") var serviceCacheTtl: Double?
+    @Option(help: "Admin settings history entries kept, the oldest dropped (default 1000).") var configHistorySize: Int?
     @Option(help: "PBKDF2-HMAC-SHA256 iterations for new password hashes (default 600000).") var passwordIterations: Int?
     @Option(help: "Seed 000's allowedToken: bearer token for the gateway routes.") var gatewayAllowedToken: String?
     @Option(help: "Seed 000's adminToken: bearer token for /admin/statuses (passes everywhere allowedToken does).") var gatewayAdminToken: String?
@@ -190,6 +191,7 @@ struct HubCommand: ParsableCommand {
         c.chatAllowAnonymous = try chatAllowAnonymous ? true : (envBool("HUB_CHAT_ALLOW_ANONYMOUS") ?? c.chatAllowAnonymous)
         c.serviceTimeout = try serviceTimeout ?? envDouble("HUB_SERVICE_TIMEOUT") ?? c.serviceTimeout
         c.serviceCacheTTL = try serviceCacheTtl ?? envDouble("HUB_SERVICE_CACHE_TTL") ?? c.serviceCacheTTL
+        c.configHistorySize = try configHistorySize ?? envInt("HUB_CONFIG_HISTORY_SIZE") ?? c.configHistorySize
         c.passwordIterations = try passwordIterations ?? envInt("HUB_PASSWORD_ITERATIONS") ?? c.passwordIterations
         c.gatewayAllowedToken = gatewayAllowedToken ?? env["HUB_GATEWAY_ALLOWED_TOKEN"] ?? c.gatewayAllowedToken
         c.gatewayAdminToken = gatewayAdminToken ?? env["HUB_GATEWAY_ADMIN_TOKEN"] ?? c.gatewayAdminToken

@@ -270,9 +270,10 @@ extension HubServer {
         }
         let events = AdminEvents(node: node)
         let systemConfig = LiveSettings(name: "config", store: store, node: node, events: events,
-                                        defaults: [("maintenance_mode", false)], validate: JuneSettingsRules.system)
+                                        defaults: [("maintenance_mode", false)], historyLimit: config.configHistorySize,
+                                        validate: JuneSettingsRules.system)
         let botConfig = LiveSettings(name: "bot", store: store, node: node, events: events, defaults: JuneSettingsRules.botDefaults,
-                                     validate: JuneSettingsRules.bot)
+                                     historyLimit: config.configHistorySize, validate: JuneSettingsRules.bot)
         for settings in [systemConfig, botConfig] {
             let done = DispatchSemaphore(value: 0)
             let log = logger

@@ -593,3 +593,43 @@ def test_analytics_and_search_match_hand_counted_fixtures(two_nodes):
         [("alice", "a1", 5), ("bob", "b1", 2)], [("carol", "c1", 2)], []]
     assert get("/admin/conversations?user_id=bob") == pages[0][1:]
     assert get("/admin/conversations/c1")["metrics"]["average_response_time"] == 3.0
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+def test_config_history_keeps_only_the_newest_entries(hub_factory, tmp_path_factory, engine):
+    # After N + k changes only the newest N remain, newest first; the dropped ones are gone from
+    # the store (a restart with a larger bound does not bring them back), on SQLite and Redis.
+    limit, extra = 5, 3
+    data_dir = tmp_path_factory.mktemp("data")
+    redis = RedisServer(tmp_path_factory.mktemp("redis"), "history").start() if engine == "redis" else None
+    engine_flags = ("--engine", "redis", "--redis-url", redis.url) if redis else ()
+
+    def node(size):
+        return Admin(hub_factory("--data-dir", str(data_dir), "--config-history-size", str(size), *engine_flags,
+                                 env=ENV, config=CONFIG))
+
+    try:
+        first = node(limit)
+        admin = first.token(ADMIN)
+        for i in range(limit + extra):
+            r = first.call("PUT", "/admin/config", admin, json={"config": {"step": i}})
+            assert r.status_code == 200, r.text
+        steps = [h["changes"][0]["new_value"] for h in first.call("GET", "/admin/config/history?limit=100", admin).json()]
+        assert steps == list(range(limit + extra - 1, extra - 1, -1)), "the newest five, newest first"
+        if redis:
+            assert len(redis.cli("KEYS", "june:config-history:*").split()) == limit
+        first.hub.stop()
+
+        again = node(100)
+        history = again.call("GET", "/admin/config/history?limit=100", again.token(ADMIN)).json()
+        assert [h["changes"][0]["new_value"] for h in history] == steps
+        assert history[-1]["changes"][0]["old_value"] == extra - 1, "the oldest kept entry follows a dropped one"
+        again.hub.stop()
+    finally:
+        if redis:
+            redis.stop()
+
+
+def test_config_history_size_is_checked_at_start(hub_factory):
+    result = hub_factory.run("--config-history-size", "0", env=ENV)
+    assert result.returncode != 0 and "config_history_size must be 1-100000" in result.stderr

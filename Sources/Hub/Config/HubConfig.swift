@@ -67,6 +67,8 @@ struct HubConfig: Sendable {
     var serviceTimeout: Double = 30
     var serviceCacheTTL: Double = 3600
     var passwordIterations = 600_000
+    /// Entries kept in each admin settings history (`/admin/config/history`), the oldest dropped.
+    var configHistorySize = 1000
     // Gateway rooms (seeds 000 and 002).
     var gatewayAllowedToken: String?
     var gatewayAdminToken: String?
@@ -199,6 +201,7 @@ struct HubConfig: Sendable {
             case "service_timeout": serviceTimeout = try double(value, key)
             case "service_cache_ttl": serviceCacheTTL = try double(value, key)
             case "password_iterations": passwordIterations = try int(value, key)
+            case "config_history_size": configHistorySize = try int(value, key)
             case "gateway_allowed_token": gatewayAllowedToken = try string(value, key)
             case "gateway_admin_token": gatewayAdminToken = try string(value, key)
             case "gateway_assets_dir": gatewayAssetsDir = try string(value, key)
@@ -383,6 +386,7 @@ struct HubConfig: Sendable {
         }
         guard serviceTimeout >= 0.1 && serviceTimeout <= 3600 else { throw HubError.config("service_timeout must be 0.1-3600 seconds") }
         guard serviceCacheTTL >= 0 else { throw HubError.config("service_cache_ttl must be 0 (off) or more seconds") }
+        guard (1...100_000).contains(configHistorySize) else { throw HubError.config("config_history_size must be 1-100000") }
         guard (10_000...10_000_000).contains(passwordIterations) else { throw HubError.config("password_iterations must be 10000-10000000") }
         if (adminUser == nil) != (adminPassword == nil) { throw HubError.config("admin_user and admin_password go together") }
         if let adminPassword, adminPassword.utf8.count < 8 { throw HubError.config("admin_password must be at least 8 characters") }

@@ -8,8 +8,9 @@ import Synchronization
 /// The record `june:<name>` holds `{"version": n, "value": {…}}`; a change is compare-and-set
 /// against what was read (two admins on two nodes cannot lose each other's edit) and bumps the
 /// version, so a node that hears of two changes out of order keeps the newer; then it is written to the history
-/// `june:<name>-history:<13-digit ms>-<id>` (who, when, each key's old and new value), then
-/// sent as a control command every node applies at once, and published on `admin:config`.
+/// `june:<name>-history:<13-digit ms>-<id>` (who, when, each key's old and new value; only the
+/// newest `historyLimit` are kept, the oldest dropped), then sent as a control command every node
+/// applies at once, and published on `admin:config`.
 public final class LiveSettings: Sendable {
     public struct Change: Sendable {
         public var key: String
@@ -22,6 +23,8 @@ public final class LiveSettings: Sendable {
     let node: Node
     let events: AdminEvents
     let defaults: [(String, JSONValue)]
+    /// How many history entries are kept (`config_history_size`).
+    let historyLimit: Int
     /// Checks one key's new value; the message is the 400's.
     let validate: @Sendable (String, JSONValue) -> String?
     private let current: Mutex<(value: JSONValue, version: Int64)>
@@ -31,7 +34,9 @@ public final class LiveSettings: Sendable {
     static let maxBytes = 64 * 1024
 
     public init(name: String, store: any RecordStore, node: Node, events: AdminEvents, defaults: [(String, JSONValue)],
-                validate: @escaping @Sendable (String, JSONValue) -> String?) {
+                historyLimit: Int = 1000, validate: @escaping @Sendable (String, JSONValue) -> String?) {
+        precondition(historyLimit >= 1, "historyLimit must be at least 1")
+        self.historyLimit = historyLimit
         self.name = name
         self.store = store
         self.node = node
@@ -152,31 +157,48 @@ public final class LiveSettings: Sendable {
                     ]
                     let key = historyPrefix + String(repeating: "0", count: max(0, 13 - millis.count)) + millis + "-" + RandomID.make(length: 8)
                     store.put(key, value: JSONWriter.bytes(entry)) { [self] _ in
-                        events.publish(AdminEvents.config, event: name == "config" ? "config_changed" : "\(name)_config_changed", [
-                            ("changed_by", .string(user)), ("config", next),
-                            ("changes", entry["changes"]),
-                        ])
-                        completion(.success((next, changed)))
+                        trimHistory { [self] in
+                            events.publish(AdminEvents.config, event: name == "config" ? "config_changed" : "\(name)_config_changed", [
+                                ("changed_by", .string(user)), ("config", next),
+                                ("changes", entry["changes"]),
+                            ])
+                            completion(.success((next, changed)))
+                        }
                     }
                 }
             }
         }
     }
 
+    /// Drops the oldest history entries beyond `historyLimit`; a failed delete is retried by the next edit.
+    private func trimHistory(then done: @escaping @Sendable () -> Void) {
+        StoreWalk.fold(store, prefix: historyPrefix, into: [String]()) { keys, record in
+            keys.append(record.key)
+            return true
+        } done: { [self] result in
+            guard case .success(let keys) = result, keys.count > historyLimit else { done(); return }
+            Self.delete(keys.dropLast(historyLimit), from: store, then: done)
+        }
+    }
+
+    /// Deletes one key after another (keys sort oldest first), so a store sees one request at a time.
+    private static func delete(_ keys: ArraySlice<String>, from store: any RecordStore, then done: @escaping @Sendable () -> Void) {
+        guard let first = keys.first else { done(); return }
+        let rest = Array(keys.dropFirst())
+        store.delete(first) { _ in delete(rest[...], from: store, then: done) }
+    }
+
     /// The change history, newest first.
     public func history(limit: Int, offset: Int, completion: @escaping @Sendable (Result<[JSONValue], StoreError>) -> Void) {
-        // Keys sort oldest first; the history is short (one entry per edit), so it is read whole
-        // and cut here, bounded by `maxHistory`.
-        StoreWalk.fold(store, prefix: historyPrefix, into: [JSONValue]()) { entries, record in
+        // Keys sort oldest first and at most `historyLimit` are kept, so it is read whole and cut here.
+        StoreWalk.fold(store, prefix: historyPrefix, into: [JSONValue]()) { [historyLimit] entries, record in
             if let entry = try? JSONParser.parse(record.value) { entries.append(entry) }
-            if entries.count > Self.maxHistory { entries.removeFirst() }
+            if entries.count > historyLimit { entries.removeFirst() }
             return true
         } done: { result in
             completion(result.map { Array($0.reversed().dropFirst(offset).prefix(limit)) })
         }
     }
-
-    static let maxHistory = 10_000
 }
 
 /// The keys seed 003's settings give a meaning to, and what each accepts; other keys are kept
