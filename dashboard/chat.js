@@ -2,6 +2,8 @@
 // own conversation. The hub answers the sending tab directly and relays messages sent from
 // other tabs or over REST (role "user") and their replies, so every open dashboard shows the
 // whole conversation. Reconnects with backoff, with a fresh token when the old one ran out.
+// On load it shows the conversation this tab was in (else the newest) from
+// `GET /conversations/mine` and continues it: the hub gives the agent its earlier turns.
 
 import { $, clock, el, setTag, trim } from "./dom.js";
 
@@ -71,6 +73,26 @@ export function startChat({ session }) {
     };
   };
 
+  // The history is drawn before the socket opens, so relayed messages land after it.
+  const restore = async () => {
+    let page;
+    try {
+      page = await session.api("/conversations/mine?limit=20");
+    } catch (error) {
+      add("note bad", "history unavailable: " + error.message);
+      return;
+    }
+    const list = page?.conversations ?? [];
+    const shown = list.find((c) => c.conversation_id === conversation) ?? list[0];
+    if (!shown) return;
+    conversation = shown.conversation_id;
+    sessionStorage.setItem(CONVERSATION_KEY, conversation);
+    for (const message of shown.messages ?? []) {
+      const role = message.role === "assistant" ? "assistant" : "user";
+      add(role, message.content ?? "", message.type === "audio" && role === "assistant" ? "audio" : "text", message.created_at);
+    }
+  };
+
   $("chat-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = input.value.trim();
@@ -84,5 +106,5 @@ export function startChat({ session }) {
   });
   send.disabled = true;
   add("note", "Messages go to the agent workers; replies show here and in every other open tab.");
-  connect();
+  restore().finally(connect);
 }

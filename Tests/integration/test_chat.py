@@ -283,6 +283,69 @@ def test_conversation_history_reaches_the_agent(stack):
     assert other["content"] == "You said: three" and other["conversation_id"] != first["conversation_id"]
 
 
+def test_own_conversations_with_messages_newest_first_paged(stack):
+    token, other = stack.user_token("nora"), stack.user_token("olaf")
+    url = stack.hub.url + "/conversations/mine"
+
+    def say(who, content, conversation=None):
+        body = {"type": "text", "content": content, **({"conversation_id": conversation} if conversation else {})}
+        r = requests.post(stack.hub.url + "/chat", headers=bearer(who), json=body, timeout=WAIT)
+        assert r.status_code == 200, r.text
+        return r.json()["conversation_id"]
+
+    first = say(token, "first")
+    second = say(token, "second")
+    third = say(token, "third")
+    say(token, "first again", first)  # updated last: now the newest
+    say(other, "not yours")
+
+    r = requests.get(url, headers=bearer(token), params={"limit": 2}, timeout=WAIT)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [c["conversation_id"] for c in page["conversations"]] == [first, third]
+    assert [(m["role"], m["content"]) for m in page["conversations"][0]["messages"]] == [
+        ("user", "first"), ("assistant", "You said: first"),
+        ("user", "first again"), ("assistant", "You said: first again (turn 2)"),
+    ]
+    assert page["next_cursor"]
+    rest = requests.get(url, headers=bearer(token), params={"limit": 2, "cursor": page["next_cursor"]}, timeout=WAIT).json()
+    assert [c["conversation_id"] for c in rest["conversations"]] == [second] and rest["next_cursor"] is None
+    assert all(c["user_id"] == "nora" for c in page["conversations"] + rest["conversations"])
+
+    theirs = requests.get(url, headers=bearer(other), timeout=WAIT).json()["conversations"]
+    assert [[m["content"] for m in c["messages"]] for c in theirs] == [["not yours", "You said: not yours"]]
+
+    assert requests.get(url, timeout=WAIT).status_code == 401
+    assert requests.get(url, headers=bearer("not-a-jwt"), timeout=WAIT).status_code == 401
+    for bad in ({"limit": 0}, {"limit": 51}, {"cursor": "nonsense"}):
+        r = requests.get(url, headers=bearer(token), params=bad, timeout=WAIT)
+        assert r.status_code == 400 and "detail" in r.json(), (bad, r.text)
+
+
+def test_websocket_resumes_a_conversation_with_its_earlier_turns(stack):
+    # A reload opens a new /ws connection: naming the conversation_id sends the earlier turns to the
+    # LLM (the fake counts the user turns it received); another user's id starts afresh.
+    token, other = stack.user_token("pia"), stack.user_token("quinn")
+
+    async def say(user, who, content, conversation=None):
+        uri = f"ws://127.0.0.1:{stack.hub.port}/ws/{user}?token={who}"
+        async with websockets.connect(uri, proxy=None) as ws:
+            await ws.send(json.dumps({"type": "text", "content": content,
+                                      **({"conversation_id": conversation} if conversation else {})}))
+            return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+
+    async def body():
+        first = await say("pia", token, "hello")
+        conversation = first["conversation_id"]
+        assert first["content"] == "You said: hello"
+        assert (await say("pia", token, "again", conversation))["content"] == "You said: again (turn 2)"
+        resumed = await say("pia", token, "after reload", conversation)
+        assert resumed["content"] == "You said: after reload (turn 3)" and resumed["conversation_id"] == conversation
+        theirs = await say("quinn", other, "guess", conversation)
+        assert theirs["content"] == "You said: guess", "another user's conversation id carries none of its turns"
+    arun(body())
+
+
 def test_two_tabs_and_a_centrifuge_client_see_the_exchange(stack):
     token = stack.user_token("liam")
     hub = stack.hub

@@ -322,6 +322,26 @@ def test_an_uploaded_recording_shows_progress_and_its_transcript_link(board, bro
     page.context.close()
 
 
+def test_chat_history_survives_a_reload_and_the_conversation_continues(board, browser):
+    page, problems = open_board(browser, board.hub.url)
+    page.fill("#chat-input", "Remember the blue folder")
+    page.click("#chat-send")
+    expect(page.locator(".msg.assistant:not(.pending)").last).to_contain_text("Remember the blue folder", timeout=10_000)
+
+    page.reload()
+    expect(page.locator("#conn-text")).to_have_text("live", timeout=10_000)
+    # Drawn from GET /conversations/mine, not typed again.
+    expect(page.locator(".msg.user", has_text="Remember the blue folder")).to_have_count(1, timeout=5_000)
+    expect(page.locator(".msg.assistant", has_text="You said: Remember the blue folder")).to_have_count(1)
+    # The next message continues that conversation: the agent got the earlier turns.
+    page.fill("#chat-input", "What did I say?")
+    page.click("#chat-send")
+    expect(page.locator(".msg.assistant:not(.pending)").last).to_contain_text(re.compile(r"What did I say\? \(turn \d+\)"),
+                                                                               timeout=10_000)
+    assert not problems, problems
+    page.context.close()
+
+
 def test_sign_in_errors_reload_and_sign_out(board, browser):
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()

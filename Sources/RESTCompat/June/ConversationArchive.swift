@@ -120,6 +120,51 @@ public final class ConversationArchive: Sendable {
         } done: { completion($0.map(\.items)) }
     }
 
+    /// Where a newest-first page of one user's conversations resumes: the last one shown, as
+    /// `<updated_at>~<conversation_id>` (ids never hold `~`).
+    public struct Cursor: Sendable, Equatable {
+        var updatedAt: String
+        var conversationID: String
+
+        public init?(_ text: String) {
+            let parts = text.split(separator: "~", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 40, JuneInput.isIdentifier(String(parts[1])) else { return nil }
+            updatedAt = String(parts[0])
+            conversationID = String(parts[1])
+        }
+
+        init(_ summary: ConversationSummary) {
+            updatedAt = summary.updatedAt
+            conversationID = summary.conversationID
+        }
+
+        public var text: String { updatedAt + "~" + conversationID }
+
+        /// Newest first: later `updated_at` first, then the larger id.
+        static func precedes(_ a: ConversationSummary, _ b: ConversationSummary) -> Bool {
+            (a.updatedAt, a.conversationID) > (b.updatedAt, b.conversationID)
+        }
+    }
+
+    /// One user's conversations, most recently updated first, `limit` after `cursor`; memory holds
+    /// at most `limit + 1` summaries whatever the user's count. The cursor is nil on the last page.
+    public func own(user: String, limit: Int, after cursor: Cursor?,
+                    completion: @escaping @Sendable (Result<(page: [ConversationSummary], next: Cursor?), StoreError>) -> Void) {
+        StoreWalk.fold(store, prefix: Self.conversationPrefix(user: user), into: [ConversationSummary]()) { kept, record in
+            guard let summary = ConversationSummary(record: record), summary.userID == user else { return true }
+            if let cursor, (summary.updatedAt, summary.conversationID) >= (cursor.updatedAt, cursor.conversationID) { return true }
+            let at = kept.firstIndex { Cursor.precedes(summary, $0) } ?? kept.endIndex
+            if at <= limit { kept.insert(summary, at: at) }
+            if kept.count > limit + 1 { kept.removeLast() }
+            return true
+        } done: { result in
+            completion(result.map { kept in
+                let page = Array(kept.prefix(limit))
+                return (page, kept.count > limit ? page.last.map(Cursor.init) : nil)
+            })
+        }
+    }
+
     public enum LookupError: Error, Sendable { case notFound, ambiguous([String]), store(StoreError) }
 
     /// Finds a conversation by id (ids are chosen per user, so `user` narrows it when two

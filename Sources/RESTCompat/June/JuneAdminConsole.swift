@@ -35,6 +35,17 @@ public struct JuneAdminConsole: Sendable {
     static let window = [QueryParameter("start_date", description: "ISO 8601 date or date-time (inclusive)"),
                          QueryParameter("end_date", description: "ISO 8601 date or date-time (exclusive; a bare date includes that day)")]
 
+    /// Each conversation's JSON with its messages, read one conversation after another; nil when the store fails.
+    static func withMessages(_ rest: ArraySlice<ConversationSummary>, archive: ConversationArchive, into done: [JSONValue],
+                             completion: @escaping @Sendable ([JSONValue]?) -> Void) {
+        guard let conversation = rest.first else { completion(done); return }
+        archive.messages(of: conversation) { result in
+            guard case .success(let messages) = result, case .object(var members) = conversation.json else { completion(nil); return }
+            members.append(("messages", .array(messages.map(\.json))))
+            withMessages(rest.dropFirst(), archive: archive, into: done + [.object(members)], completion: completion)
+        }
+    }
+
     static func responses(_ extra: [Int: String]) -> [Int: String] { refusals.merging(extra) { $1 } }
 
     public var routes: [Route] {
@@ -62,6 +73,32 @@ public struct JuneAdminConsole: Sendable {
                         case .failure: ctx.fail(RouteError(503, "Conversation store unavailable"))
                         case .success(let metrics) where metrics.messageCount == 0: ctx.fail(RouteError(404, "Conversation not found"))
                         case .success(let metrics): ctx.json(200, metrics.json)
+                        }
+                    }
+                }
+            },
+            Route("GET", "/conversations/mine", auth: .jwt(roles: []), errors: .fastAPI, rateLimit: "june-default",
+                  summary: "The caller's own conversations with their messages, most recently updated first", tag: "june-chat",
+                  query: [QueryParameter("limit", type: "integer", description: "conversations per page, 1-50, default 20"),
+                          QueryParameter("cursor", description: "next_cursor of the previous page")],
+                  responses: Self.responses([200: "{conversations: [{conversation_id, …, messages}], next_cursor}", 400: "Bad limit or cursor"])) { ctx in
+                ctx.guarded { () throws(RouteError) in
+                    guard let user = ctx.caller.user else { throw RouteError(401, "Not authenticated") }
+                    var limit = 20
+                    if let text = ctx.request.queryValue("limit") {
+                        guard let value = Int(text), (1...50).contains(value) else { throw RouteError(400, "limit must be an integer from 1 to 50") }
+                        limit = value
+                    }
+                    var cursor: ConversationArchive.Cursor?
+                    if let text = ctx.request.queryValue("cursor") {
+                        guard let parsed = ConversationArchive.Cursor(text) else { throw RouteError(400, "cursor is not a next_cursor this endpoint gave") }
+                        cursor = parsed
+                    }
+                    archive.own(user: user, limit: limit, after: cursor) { [archive] result in
+                        guard case .success(let (page, next)) = result else { ctx.fail(RouteError(503, "Conversation store unavailable")); return }
+                        Self.withMessages(page[...], archive: archive, into: []) { conversations in
+                            guard let conversations else { ctx.fail(RouteError(503, "Conversation store unavailable")); return }
+                            ctx.json(200, ["conversations": .array(conversations), "next_cursor": next.map { .string($0.text) } ?? .null])
                         }
                     }
                 }
