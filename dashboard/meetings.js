@@ -1,6 +1,8 @@
 // Meetings (seed 004): the user's uploads from GET /v1/meetings, each followed live on its own
 // channel (`channel` in the meeting, `meetings:<id>#<owner>`), with links to the artifacts once
 // processing is done. Uploading goes through POST /v1/files with the same access token.
+// The owner's channel `meetings:user#<user>` announces every change of every meeting, so an
+// upload made in another tab or device shows here without a reload.
 
 import { $, el, progressBar, setTag } from "./dom.js";
 
@@ -60,6 +62,23 @@ export function startMeetings({ client, session, subscribed }) {
     for (const meeting of [...(page.meetings ?? [])].reverse()) follow(meeting);
     if (!items.size) $("meet-empty").hidden = false;
   };
+
+  // A meeting this page does not show yet is read once and followed on its own channel from then on.
+  const fetching = new Set();
+  const announced = async (data) => {
+    const id = data.meeting_id;
+    if (!id || data.type === "deleted" || items.has(id) || fetching.has(id)) return;
+    fetching.add(id);
+    try {
+      follow(await session.api(`/v1/meetings/${encodeURIComponent(id)}`));
+    } catch { /* deleted meanwhile */ } finally { fetching.delete(id); }
+  };
+
+  // Subscribed before the client connects: it sends every subscription it holds on (re)connect.
+  client.subscribe("meetings:user#" + session.user, {
+    onPublication: ({ data }) => announced(data), onSubscribed: subscribed,
+    onError: (error) => { $("meet-error").textContent = "Meetings from other tabs unavailable: " + error.message; },
+  });
 
   let loaded = false;
   client.on("connected", () => {

@@ -179,7 +179,7 @@ def browser():
         chromium.close()
 
 
-def open_board(browser, url: str, viewport=DESKTOP):
+def open_board(browser, url: str, viewport=DESKTOP, user=ADMIN, password=PASSWORD):
     context = browser.new_context(viewport=viewport, device_scale_factor=1)
     page = context.new_page()
     problems = []
@@ -187,8 +187,8 @@ def open_board(browser, url: str, viewport=DESKTOP):
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(url + "/")
     expect(page.locator("#login")).to_be_visible()
-    page.fill("#username", ADMIN)
-    page.fill("#password", PASSWORD)
+    page.fill("#username", user)
+    page.fill("#password", password)
     page.click("#login-button")
     expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=10_000)
     expect(page.locator("#conn-text")).to_have_text("live")
@@ -320,6 +320,52 @@ def test_an_uploaded_recording_shows_progress_and_its_transcript_link(board, bro
     shot(page, "meetings")
     assert not problems, problems
     page.context.close()
+
+
+def test_an_upload_in_one_tab_appears_in_the_users_other_tab_and_nowhere_else(board, browser, tmp_path):
+    wav = tmp_path / "retro.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "the retro starts now"], check=True, capture_output=True, timeout=20)
+    admin_headers = {"Authorization": "Bearer " + requests.post(board.hub.url + "/auth/login", json={
+        "username": ADMIN, "password": PASSWORD}, timeout=WAIT).json()["access_token"]}
+    r = requests.post(board.hub.url + "/admin/users", headers=admin_headers,
+                      json={"username": "vera", "password": "password-123"}, timeout=WAIT)
+    assert r.status_code in (200, 409), r.text
+    uploader, problems = open_board(browser, board.hub.url)
+    watcher, watcher_problems = open_board(browser, board.hub.url)  # a second context: another tab of the same user
+    stranger, stranger_problems = open_board(browser, board.hub.url, user="vera", password="password-123")
+    expect(stranger.locator("#meet-empty")).to_be_visible(timeout=5_000)
+    navigations = []
+    watcher.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    uploader.set_input_files("#meet-file", str(wav))
+    mine = uploader.locator(".meeting", has_text="retro.wav")
+    expect(mine).to_have_count(1, timeout=10_000)
+    meeting = mine.get_attribute("data-meeting")
+    seen = watcher.locator(f'.meeting[data-meeting="{meeting}"]')
+    expect(seen.locator(".meeting-title")).to_have_text("retro.wav", timeout=10_000)
+    expect(seen).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(seen.locator('a:text("transcript.txt")')).to_be_visible(timeout=5_000)
+    assert navigations == [], "the other tab never reloaded"
+
+    # The other user's board heard nothing of it, and may not subscribe to the owner's channel.
+    expect(stranger.locator(".meeting")).to_have_count(0)
+    refused = stranger.evaluate("""async () => {
+        const { HubClient } = await import("/ui/lib/hub-client.js");
+        const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/connection/websocket";
+        const session = JSON.parse(localStorage.getItem("hub.session"));
+        const client = new HubClient(url, { token: session.access });
+        await client.connect();
+        const outcome = await new Promise((resolve) => {
+            client.subscribe("meetings:user#admin", { onSubscribed: () => resolve("subscribed"), onError: (e) => resolve("refused " + (e.code ?? e.message)) });
+            setTimeout(() => resolve("no answer"), 4000);
+        });
+        client.disconnect();
+        return outcome;
+    }""")
+    assert refused.startswith("refused"), refused
+    for page, found in ((uploader, problems), (watcher, watcher_problems), (stranger, stranger_problems)):
+        assert not found, found
+        page.context.close()
 
 
 def test_chat_history_survives_a_reload_and_the_conversation_continues(board, browser):

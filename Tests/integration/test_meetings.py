@@ -683,3 +683,27 @@ def test_a_task_whose_workers_keep_going_quiet_is_given_up_as_failed(hub_factory
                      message="the file to be given up")
     assert "giving up after 3 attempts" in final["error"], final
     envelope(claim(hub, fid, "w4"), 404, "NOT_FOUND")
+
+
+def test_every_change_of_a_users_meetings_reaches_the_owner_channel_only(hub, speech, start_worker):
+    async def watch():
+        mine = await hub.client(user="alice")
+        await mine.subscribe("meetings:user#alice")
+        stranger = await hub.client(user="bob")
+        refused = await stranger.call("subscribe", {"channel": "meetings:user#alice"})
+        assert refused.get("error", {}).get("code") == 103, refused
+        created = upload(hub, "alice", speech, title="Owner channel").json()
+        start_worker(hub)
+        events = []
+        deadline = time.monotonic() + 30
+        while not events or events[-1].get("status") not in ("completed", "failed"):
+            assert time.monotonic() < deadline, f"no completion; events {events}"
+            events.append((await mine.push(timeout=30, kind="pub", channel="meetings:user#alice"))["pub"]["data"])
+        await mine.close()
+        await stranger.close()
+        return created, events
+
+    created, events = arun(watch())
+    assert {e["meeting_id"] for e in events} == {created["meeting_id"]}
+    assert events[0]["type"] == "status" and events[0]["status"] == "pending"
+    assert events[-1]["status"] == "completed" and "artifact" in {e["type"] for e in events}

@@ -277,6 +277,9 @@ public enum MeetingChannels {
     public static let workerUser = "meetings-worker"
     public static let tasks = "meetings:tasks#" + workerUser
     static func meeting(_ meetingID: String, owner: String) -> String { "meetings:" + meetingID + "#" + owner }
+    /// Every change of every meeting of one owner, so a second tab sees uploads it did not make
+    /// (meeting ids are UUIDs, so no meeting channel is named `user`).
+    static func owner(_ owner: String) -> String { "meetings:user#" + owner }
 }
 
 enum MeetingIDs {

@@ -100,6 +100,13 @@ public final class MeetingsPipeline: Sendable {
         }
     }
 
+    /// A change of one meeting, on its own channel and on its owner's; true when both took it.
+    func publishMeeting(_ meeting: MeetingRecord, _ data: JSONValue) async -> Bool {
+        let own = await publish(meeting.channel, data)
+        let owners = await publish(MeetingChannels.owner(meeting.owner), data)
+        return own && owners
+    }
+
     static func notFound(_ what: String) -> RouteError { RouteError(404, "\(what) not found", code: "NOT_FOUND") }
 
     static func isAdmin(_ caller: Caller) -> Bool { caller.role == "admin" }
@@ -190,7 +197,7 @@ public final class MeetingsPipeline: Sendable {
             throw .store(error)
         }
         _ = await publish(MeetingChannels.tasks, taskEvent(meeting))
-        _ = await publish(meeting.channel, progressEvent(meeting, type: "status"))
+        _ = await publishMeeting(meeting, progressEvent(meeting, type: "status"))
         return meeting
     }
 
@@ -235,7 +242,7 @@ public final class MeetingsPipeline: Sendable {
         }
         await storage.deleteAll(prefix: "artifacts/\(meeting.meetingID)/")
         await storage.deleteAll(prefix: "media/\(meeting.meetingID)/")
-        _ = await publish(meeting.channel, ["type": "deleted", "meeting_id": .string(meeting.meetingID)])
+        _ = await publishMeeting(meeting, ["type": "deleted", "meeting_id": .string(meeting.meetingID)])
     }
 
     // MARK: Housekeeping
@@ -306,7 +313,7 @@ public final class MeetingsPipeline: Sendable {
             return meeting.bytes
         }
         guard let updated = updated ?? nil, let meeting = MeetingRecord(bytes: updated) else { return }
-        _ = await publish(meeting.channel, progressEvent(meeting, type: "status"))
+        _ = await publishMeeting(meeting, progressEvent(meeting, type: "status"))
         if !exhausted { _ = await publish(MeetingChannels.tasks, taskEvent(meeting)) }
     }
 }

@@ -160,7 +160,7 @@ extension MeetingsPipeline {
             _ = try? await store.remove(MeetingKeys.task(fileID))
             throw Self.notFound("task")
         }
-        _ = await publish(meeting.channel, progressEvent(meeting, type: "status"))
+        _ = await publishMeeting(meeting, progressEvent(meeting, type: "status"))
         var event = taskEvent(meeting)
         if case .object(var members) = event {
             members += [("media_url", .string("/v1/worker/tasks/\(fileID)/media")), ("lease_seconds", .int(Int64(lease))),
@@ -184,7 +184,7 @@ extension MeetingsPipeline {
             return meeting.bytes
         }
         guard let updated, let meeting = MeetingRecord(bytes: updated) else { throw Self.notFound("task") }
-        _ = await publish(meeting.channel, progressEvent(meeting, type: finishing ? "status" : "progress"))
+        _ = await publishMeeting(meeting, progressEvent(meeting, type: finishing ? "status" : "progress"))
         return meeting
     }
 
@@ -287,7 +287,7 @@ extension MeetingsPipeline {
                 await storage.deleteAll(prefix: "artifacts/\(task.meetingID)/")
                 throw Self.notFound("task")
             }
-            _ = await publish(meeting.channel, ["type": "artifact", "meeting_id": .string(meeting.meetingID),
+            _ = await publishMeeting(meeting, ["type": "artifact", "meeting_id": .string(meeting.meetingID),
                                                 "file_id": .string(meeting.fileID), "name": .string(name),
                                                 "content_type": .string(contentType), "size": .int(artifact.size)])
         } catch {
