@@ -325,7 +325,7 @@ def test_own_conversations_with_messages_newest_first_paged(stack):
 def test_websocket_resumes_a_conversation_with_its_earlier_turns(stack):
     # A reload opens a new /ws connection: naming the conversation_id sends the earlier turns to the
     # LLM (the fake counts the user turns it received); another user's id starts afresh.
-    token, other = stack.user_token("pia"), stack.user_token("quinn")
+    token, other = stack.user_token("pia"), stack.user_token("rex")
 
     async def say(user, who, content, conversation=None):
         uri = f"ws://127.0.0.1:{stack.hub.port}/ws/{user}?token={who}"
@@ -341,7 +341,7 @@ def test_websocket_resumes_a_conversation_with_its_earlier_turns(stack):
         assert (await say("pia", token, "again", conversation))["content"] == "You said: again (turn 2)"
         resumed = await say("pia", token, "after reload", conversation)
         assert resumed["content"] == "You said: after reload (turn 3)" and resumed["conversation_id"] == conversation
-        theirs = await say("quinn", other, "guess", conversation)
+        theirs = await say("rex", other, "guess", conversation)
         assert theirs["content"] == "You said: guess", "another user's conversation id carries none of its turns"
     arun(body())
 
