@@ -13,8 +13,11 @@ public struct ServerAPI: Sendable {
 
     public static let methods = [
         "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "presence", "presence_stats",
-        "history", "history_remove", "channels", "info",
+        "history", "history_remove", "channels", "info", "batch",
     ]
+
+    /// Commands one `batch` may carry: a batch runs in one request, so it is bounded like a body.
+    static let batchLimit = 1000
 
     public var routes: [Route] {
         Self.methods.map { method in
@@ -37,12 +40,20 @@ public struct ServerAPI: Sendable {
             }
             params = parsed
         }
-        let answer: @Sendable (Result<JSONValue, ProtocolError>) -> Void = { outcome in
+        if method == "batch" {
+            batch(params: params, respond: respond)
+            return
+        }
+        execute(method: method, params: params) { outcome in
             switch outcome {
             case .success(let result): respond(.json(200, ["result": result]))
             case .failure(let error): respond(.json(200, ["error": error.json]))
             }
         }
+    }
+
+    /// Runs one server API method; `batch` commands come here one by one as well.
+    func execute(method: String, params: JSONValue, answer: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) {
         func required(_ name: String) throws(ProtocolError) -> String {
             guard let value = params[name]?.stringValue, !value.isEmpty else {
                 throw ProtocolError.badRequest.with(message: "\(name) required")
@@ -107,6 +118,59 @@ public struct ServerAPI: Sendable {
         }
     }
 
+    /// Centrifugo's `batch`: `{"commands":[{"<method>":{params}},…],"parallel":bool}` answered with
+    /// `{"replies":[{"<method>":{result}} or {"error":{…}}]}` in request order. A malformed body runs nothing.
+    private func batch(params: JSONValue, respond: @escaping Responder) {
+        var parsed: [(method: String, params: JSONValue)] = []
+        let problem: String? = {
+            guard let list = params["commands"]?.arrayValue else { return "commands must be an array" }
+            guard list.count <= Self.batchLimit else { return "at most \(Self.batchLimit) commands" }
+            for command in list {
+                guard let fields = command.objectValue, fields.count == 1, fields[0].1.objectValue != nil else {
+                    return "each command must be an object with one method and its params object"
+                }
+                parsed.append((fields[0].0, fields[0].1))
+            }
+            if let parallel = params["parallel"], !parallel.isNull, parallel.boolValue == nil { return "parallel must be a boolean" }
+            return nil
+        }()
+        if let problem {
+            respond(.json(200, ["error": ProtocolError.badRequest.with(message: problem).json]))
+            return
+        }
+        let commands = parsed
+        let replies = Mutex<[JSONValue?]>(Array(repeating: nil, count: commands.count))
+        let finish: @Sendable () -> Void = {
+            respond(.json(200, ["replies": .array(replies.withLock { $0.map { $0 ?? .null } })]))
+        }
+        guard !commands.isEmpty else { finish(); return }
+        let run: @Sendable (Int, @escaping @Sendable () -> Void) -> Void = { index, done in
+            let (method, params) = commands[index]
+            guard method != "batch", Self.methods.contains(method) else {
+                replies.withLock { $0[index] = ["error": ProtocolError.methodNotFound.json] }
+                done()
+                return
+            }
+            execute(method: method, params: params) { outcome in
+                let reply: JSONValue
+                switch outcome {
+                case .success(let result): reply = .object([(method, result)])
+                case .failure(let error): reply = ["error": error.json]
+                }
+                replies.withLock { $0[index] = reply }
+                done()
+            }
+        }
+        if params["parallel"]?.boolValue == true {
+            let remaining = Atomic<Int>(commands.count)
+            for index in commands.indices {
+                run(index) { if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() } }
+            }
+        } else {
+            BatchSequence(count: commands.count, run: run, finish: finish).next(0)
+        }
+    }
+
     private func tags(_ params: JSONValue) -> [(String, String)] {
         params["tags"]?.objectValue?.compactMap { key, value in value.stringValue.map { (key, $0) } } ?? []
     }
@@ -130,6 +194,18 @@ public struct ServerAPI: Sendable {
                 }
             }
         }
+    }
+}
+
+/// Runs batch commands one after another: the next starts when the previous one has answered.
+private struct BatchSequence: Sendable {
+    let count: Int
+    let run: @Sendable (Int, @escaping @Sendable () -> Void) -> Void
+    let finish: @Sendable () -> Void
+
+    func next(_ index: Int) {
+        guard index < count else { finish(); return }
+        run(index) { self.next(index + 1) }
     }
 }
 
