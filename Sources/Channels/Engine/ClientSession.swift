@@ -684,6 +684,16 @@ public final class ClientSession: Sendable {
         }
     }
 
+    /// The server API's `send`: an asynchronous `message` push outside any channel.
+    func serverMessage(_ data: JSONValue) {
+        send(codec.push(channel: nil, kind: "message", body: ["data": data]))
+    }
+
+    /// The server API's `refresh`: a new expiry (nil: none) replaces the token's; the tick enforces it.
+    func serverRefresh(expiresAt: Double?) {
+        state.withLock { $0.expiresAt = expiresAt }
+    }
+
     /// Closes the connection with a protocol disconnect code and forgets the session.
     public func disconnect(_ reason: DisconnectReason) {
         transport.close(reason)

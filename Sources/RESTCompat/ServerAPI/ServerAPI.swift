@@ -13,7 +13,7 @@ public struct ServerAPI: Sendable {
 
     public static let methods = [
         "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "presence", "presence_stats",
-        "history", "history_remove", "channels", "info", "batch",
+        "history", "history_remove", "channels", "info", "batch", "send", "refresh",
     ]
 
     /// Commands one `batch` may carry: a batch runs in one request, so it is bounded like a body.
@@ -91,6 +91,23 @@ public struct ServerAPI: Sendable {
                 node.disconnect(user: try required("user"), client: params["client"]?.stringValue, reason: reason) { sent in
                     answer(sent.map { [:] })
                 }
+            case "send":
+                let user = try required("user")
+                guard let data = params["data"] else { throw ProtocolError.badRequest.with(message: "data required") }
+                node.send(user: user, client: params["client"]?.stringValue, data: data) { sent in answer(sent.map { [:] }) }
+            case "refresh":
+                let user = try required("user")
+                guard params["session"] == nil else { throw ProtocolError.badRequest.with(message: "session is not supported; use client") }
+                var expireAt: Int64?
+                if let value = params["expire_at"], !value.isNull {
+                    guard let seconds = value.intValue, seconds > 0 else { throw ProtocolError.badRequest.with(message: "expire_at must be a positive integer") }
+                    expireAt = seconds
+                }
+                if let value = params["expired"], !value.isNull, value.boolValue == nil {
+                    throw ProtocolError.badRequest.with(message: "expired must be a boolean")
+                }
+                node.refresh(user: user, client: params["client"]?.stringValue, expired: params["expired"]?.boolValue == true,
+                             expireAt: expireAt) { sent in answer(sent.map { [:] }) }
             case "presence":
                 node.presence(channel: try required("channel")) { outcome in
                     answer(outcome.map { clients in ["presence": .object(clients.map { ($0.client, $0.json) })] })
