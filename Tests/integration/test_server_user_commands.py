@@ -6,7 +6,7 @@ import time
 
 from cent import Client as CentClient, RefreshRequest
 
-from hubtest import WAIT, arun
+from hubtest import WAIT, arun, async_wait_for
 
 
 def _cent(hub) -> CentClient:
@@ -63,4 +63,24 @@ def test_refresh_bad_params_are_107_and_change_nothing(hub):
             assert hub.api("refresh", params)["error"]["code"] == 107, params
         await alice.pump(1.5)
         assert (await alice.call("ping", {})).get("ping") == {}
+    arun(body())
+
+
+def test_connections_lists_this_nodes_clients_with_their_channels(hub):
+    async def body():
+        alice = await hub.client("alice")
+        await alice.subscribe("news")
+        bob = await hub.client("bob")
+        everyone = hub.api_result("connections")["connections"]
+        assert set(everyone) == {alice.connect_reply["client"], bob.connect_reply["client"]}
+        mine = hub.api_result("connections", {"user": "alice"})["connections"]
+        assert list(mine) == [alice.connect_reply["client"]]
+        entry = mine[alice.connect_reply["client"]]
+        assert entry["user"] == "alice" and entry["protocol"] == "json"
+        assert entry["state"]["channels"] == {"news": {}}
+        await bob.close()
+        await async_wait_for(lambda: len(hub.api_result("connections")["connections"]) == 1,
+                             message="bob's connection gone from the listing")
+        assert hub.api_result("connections", {"user": "nobody"}) == {"connections": {}}
+        assert hub.api("connections", {"user": 5})["error"]["code"] == 107
     arun(body())

@@ -684,6 +684,16 @@ public final class ClientSession: Sendable {
         }
     }
 
+    /// The server API's `connections` entry, in the shape of Centrifugo's ConnectionInfo.
+    var connectionJSON: JSONValue {
+        state.withLock { state in
+            .compact([("user", .string(state.user)), ("transport", "websocket"),
+                      ("protocol", .string(codec == .protobuf ? "protobuf" : "json")),
+                      ("state", .compact([("channels", .object(state.subscriptions.keys.sorted().map { ($0, [:]) })),
+                                          ("conn_info", state.connInfo)]))])
+        }
+    }
+
     /// The server API's `send`: an asynchronous `message` push outside any channel.
     func serverMessage(_ data: JSONValue) {
         send(codec.push(channel: nil, kind: "message", body: ["data": data]))

@@ -345,6 +345,12 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
                               completion: completion)
     }
 
+    /// This node's connected clients, all or one user's, keyed by client id.
+    public func connections(user: String?) -> [(String, JSONValue)] {
+        let listed = user.map { self.sessions(user: $0, client: nil) } ?? allSessions()
+        return listed.filter { $0.isConnected }.map { ($0.id, $0.connectionJSON) }.sorted { $0.0 < $1.0 }
+    }
+
     /// Channels with subscribers on this node matching a `*`-glob pattern (empty: all).
     public func channels(matching pattern: String) -> [(String, Int)] {
         subscribers.channels().filter { pattern.isEmpty || Glob.matches($0.0, pattern: pattern) }.sorted { $0.0 < $1.0 }

@@ -13,7 +13,7 @@ public struct ServerAPI: Sendable {
 
     public static let methods = [
         "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "presence", "presence_stats",
-        "history", "history_remove", "channels", "info", "batch", "send", "refresh",
+        "history", "history_remove", "channels", "info", "batch", "send", "refresh", "connections",
     ]
 
     /// Commands one `batch` may carry: a batch runs in one request, so it is bounded like a body.
@@ -125,6 +125,10 @@ public struct ServerAPI: Sendable {
                 let pattern = params["pattern"]?.stringValue ?? ""
                 let channels = node.channels(matching: pattern)
                 answer(.success(["channels": .object(channels.map { ($0.0, ["num_clients": .int(Int64($0.1))]) })]))
+            case "connections":
+                if let user = params["user"], !user.isNull, user.stringValue == nil { throw ProtocolError.badRequest.with(message: "user must be a string") }
+                let user = params["user"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+                answer(.success(["connections": .object(node.connections(user: user))]))
             case "info":
                 node.nodes { result in answer(result.map { ["nodes": .array($0.map(\.json))] }) }
             default:
