@@ -29,6 +29,22 @@ public struct ServerAPI: Sendable {
         }
     }
 
+    /// What the dashboard's channel inspector may call: reading, and ending a connection.
+    public static let inspectorMethods = ["info", "channels", "presence", "history", "connections", "disconnect"]
+
+    /// The same methods for the dashboard under seed 003's admin JWT, so a browser never holds the API key.
+    public var inspectorRoutes: [Route] {
+        Self.inspectorMethods.map { method in
+            Route("POST", "/admin/inspector/\(method)", auth: .jwt(roles: ["admin"]), errors: .fastAPI,
+                  summary: "Channel inspector: server API \(method) (admin only)", tag: "june-admin",
+                  body: .json(["type": "object"], required: false),
+                  responses: [200: "As POST /api/\(method)", 400: "Body is not a JSON object", 401: "Not authenticated",
+                              403: "Insufficient permissions"]) { context in
+                handle(method: method, request: context.request, respond: context.respond)
+            }
+        }
+    }
+
     func handle(method: String, request: HTTPRequest, respond: @escaping Responder) {
         let params: JSONValue
         if request.body.isEmpty {
