@@ -69,3 +69,11 @@ def test_empty_batch_and_missing_key(hub):
     r = hub.post_raw("/api/batch", {"commands": [{"publish": {"channel": "x", "data": 1}}]}, with_key=False)
     assert r.status_code == 401
     assert hub.api_result("history", {"channel": "x"}).get("offset", 0) == 0
+
+
+def test_the_largest_batch_of_immediate_commands_answers(hub):
+    # 1,000 commands that answer at once (one after another on the calling thread) and 1,000 bad ones
+    out = hub.api("batch", {"commands": [{"channels": {}}] * 500 + [{"publish": {}}] * 500})
+    assert len(out["replies"]) == 1000
+    assert out["replies"][0] == {"channels": {"channels": {}}} and out["replies"][-1]["error"]["code"] == 107
+    assert hub.get("/health").status_code == 200

@@ -235,14 +235,36 @@ public struct ServerAPI: Sendable {
 }
 
 /// Runs batch commands one after another: the next starts when the previous one has answered.
+/// Commands that answer at once are looped over, not recursed into, so a long batch cannot
+/// exhaust the stack.
 private struct BatchSequence: Sendable {
     let count: Int
     let run: @Sendable (Int, @escaping @Sendable () -> Void) -> Void
     let finish: @Sendable () -> Void
 
-    func next(_ index: Int) {
-        guard index < count else { finish(); return }
-        run(index) { self.next(index + 1) }
+    private enum Step { case running, answeredInline, answersLater }
+
+    func next(_ start: Int) {
+        var index = start
+        while index < count {
+            let step = Mutex(Step.running)
+            let current = index
+            run(current) {
+                let later = step.withLock { step -> Bool in
+                    if step == .running { step = .answeredInline; return false }
+                    return true
+                }
+                if later { self.next(current + 1) }
+            }
+            let inline = step.withLock { step -> Bool in
+                if step == .answeredInline { return true }
+                step = .answersLater
+                return false
+            }
+            guard inline else { return }
+            index += 1
+        }
+        finish()
     }
 }
 
