@@ -9,6 +9,7 @@ import { startGateways } from "./gateways.js";
 import { startCache } from "./cache.js";
 import { startChat } from "./chat.js";
 import { startMeetings } from "./meetings.js";
+import { startInspector } from "./inspector.js";
 
 const pill = $("conn");
 function showConnection(state, text) {
@@ -95,6 +96,7 @@ function start(session) {
   startCache(context);
   startMeetings(context);
   startChat(context);
+  startInspector(context);
   client.connect().catch((error) => showConnection("offline", "offline: " + error.message));
 
   $("signout").onclick = async () => {

@@ -130,7 +130,8 @@ final class HubServer {
         let gatewayRoutes = gateways.routes.map { route in
             route.method == "GET" && route.pattern == "/status" ? RoomProxy.sharedStatus(route, otherwise: june.status) : route
         }
-        let routes = Health(node: node).routes + ServerAPI(node: node).routes + gatewayRoutes
+        let serverAPI = ServerAPI(node: node)
+        let routes = Health(node: node).routes + serverAPI.routes + serverAPI.inspectorRoutes + gatewayRoutes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes

@@ -108,6 +108,12 @@ MATRIX = [
     ("PUT", "/admin/config", {"config": {"maintenance_mode": "yes"}}, {"admin"}),
     ("GET", "/admin/config/history", None, {"admin"}),
     ("GET", "/admin/channels/token?channel=admin:users", None, {"admin", "moderator"}),
+    ("POST", "/admin/inspector/info", {}, {"admin"}),
+    ("POST", "/admin/inspector/channels", {"pattern": "*"}, {"admin"}),
+    ("POST", "/admin/inspector/presence", {"channel": "nothing"}, {"admin"}),
+    ("POST", "/admin/inspector/history", {"channel": "nothing"}, {"admin"}),
+    ("POST", "/admin/inspector/connections", {"user": "nobody"}, {"admin"}),
+    ("POST", "/admin/inspector/disconnect", {"user": "nobody"}, {"admin"}),
 ]
 
 
@@ -123,6 +129,32 @@ def test_every_admin_route_answers_each_role_as_documented(stack, method, path, 
             assert r.status_code not in (401, 403), f"{role}: {r.status_code} {r.text}"
         else:
             assert r.status_code == 403 and r.json() == {"detail": "Insufficient permissions"}, f"{role}: {r.text}"
+
+
+def test_channel_inspector_shows_live_channels_and_disconnects_a_connection(stack):
+    """The inspector's routes answer as the server API does, under the admin JWT instead of the API key."""
+    hub = stack.hub
+
+    def inspect(method, body):
+        r = stack.call("POST", f"/admin/inspector/{method}", stack.admin, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def body():
+        viewer = await hub.client("ivy")
+        await viewer.subscribe("inspected")
+        hub.publish("inspected", {"n": 1})
+        channels = inspect("channels", {"pattern": "insp*"})["result"]["channels"]
+        assert channels == {"inspected": {"num_clients": 1}}
+        history = inspect("history", {"channel": "inspected", "limit": 5})["result"]
+        assert [p["data"] for p in history["publications"]] == [{"n": 1}]
+        connections = inspect("connections", {"user": "ivy"})["result"]["connections"]
+        assert list(connections) == [viewer.connect_reply["client"]]
+        assert inspect("disconnect", {"user": "ivy", "client": viewer.connect_reply["client"]}) == {"result": {}}
+        assert await viewer.closed() == 3503
+        assert inspect("channels", {"pattern": "insp*"})["result"]["channels"] == {}
+        assert inspect("presence", {})["error"]["code"] == 107
+    arun(body())
 
 
 def test_moderators_follow_users_and_conversations_but_not_config(stack):

@@ -412,3 +412,79 @@ def test_sign_in_errors_reload_and_sign_out(board, browser):
     r = requests.post(board.hub.url + "/auth/refresh", json={"refresh_token": refresh}, timeout=WAIT)
     assert r.status_code == 401, r.text
     context.close()
+
+
+class WatchedClient(threading.Thread):
+    """A protocol client subscribed to `channel` in its own event loop, recording its close code."""
+
+    def __init__(self, hub, user: str, channel: str):
+        super().__init__(daemon=True)
+        self.hub, self.user, self.channel = hub, user, channel
+        self.ready = threading.Event()
+        self.client_id = None
+        self.close_code = None
+        self.start()
+        assert self.ready.wait(WAIT), "client connected and subscribed"
+
+    def run(self):
+        import asyncio
+
+        async def body():
+            client = await self.hub.client(self.user)
+            await client.subscribe(self.channel)
+            self.client_id = client.connect_reply["client"]
+            self.ready.set()
+            self.close_code = await client.closed(timeout=60)
+
+        asyncio.run(body())
+
+
+def test_admin_inspects_a_live_channel_and_disconnects_a_connection(board, browser):
+    page, problems = open_board(browser, board.hub.url)
+    inspector = page.locator("#inspector")
+    expect(inspector).to_be_visible()
+    page.fill("#insp-pattern", "inspected-*")
+    page.dispatch_event("#insp-pattern", "change")
+    first = WatchedClient(board.hub, "ivy", "inspected-room")
+    row = page.locator('#insp-channels tr[data-channel="inspected-room"]')
+    expect(row.locator("td").nth(1)).to_have_text("1", timeout=5_000)
+    second = WatchedClient(board.hub, "jon", "inspected-room")
+    expect(row.locator("td").nth(1)).to_have_text("2", timeout=5_000)
+    board.hub.publish("inspected-room", {"note": "hello inspector"})
+    row.click()
+    expect(page.locator("#insp-channel")).to_have_text("inspected-room")
+    expect(page.locator("#insp-presence")).to_contain_text(f"ivy · {first.client_id}", timeout=5_000)
+    expect(page.locator("#insp-presence")).to_contain_text("jon")
+    expect(page.locator("#insp-history")).to_contain_text('"note":"hello inspector"', timeout=5_000)
+
+    connection = page.locator(f'#insp-connections tr[data-client="{first.client_id}"]')
+    expect(connection.locator("td").nth(0)).to_have_text("ivy")
+    connection.locator("button.disconnect").click()
+    first.join(WAIT)
+    assert first.close_code == 3503, "the client saw the disconnect"
+    expect(row.locator("td").nth(1)).to_have_text("1", timeout=5_000)
+    expect(connection).to_have_count(0, timeout=5_000)
+    assert second.close_code is None, "the other user's connection stays"
+    assert not problems, problems
+    page.context.close()
+
+
+def test_a_non_admin_sees_no_inspector_and_its_routes_refuse(board, browser):
+    admin = requests.post(board.hub.url + "/auth/login", json={"username": ADMIN, "password": PASSWORD}, timeout=WAIT).json()
+    r = requests.post(board.hub.url + "/admin/users", headers={"Authorization": f"Bearer {admin['access_token']}"},
+                      json={"username": "plainuser", "password": "password-123", "role": "user"}, timeout=WAIT)
+    assert r.status_code in (200, 409), r.text
+    user = requests.post(board.hub.url + "/auth/login", json={"username": "plainuser", "password": "password-123"}, timeout=WAIT).json()
+    for method in ("channels", "connections", "disconnect"):
+        r = requests.post(f"{board.hub.url}/admin/inspector/{method}", json={"user": "ivy"},
+                          headers={"Authorization": f"Bearer {user['access_token']}"}, timeout=WAIT)
+        assert r.status_code == 403 and r.json() == {"detail": "Insufficient permissions"}
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(board.hub.url + "/")
+    page.fill("#username", "plainuser")
+    page.fill("#password", "password-123")
+    page.click("#login-button")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=10_000)
+    expect(page.locator("#inspector")).to_be_hidden()
+    context.close()

@@ -566,3 +566,21 @@ def test_info_lists_live_nodes_and_a_killed_node_leaves_info_and_presence(cluste
         assert (await alice.call("ping", {})).get("ping") == {}
 
     arun(body())
+
+
+def test_user_wide_disconnect_send_and_refresh_reach_every_node(cluster):
+    """Server API calls on one node act on the user's connections on both (through Redis)."""
+    _, a, b = cluster
+
+    async def body():
+        on_a, on_b, bob = await a.client("alice"), await b.client("alice"), await b.client("bob")
+        a.api_result("send", {"user": "alice", "data": {"n": 1}})
+        for tab in (on_a, on_b):
+            assert (await tab.push(kind="message"))["message"] == {"data": {"n": 1}}
+        b.api_result("disconnect", {"user": "alice"})
+        assert await on_a.closed() == 3503 and await on_b.closed() == 3503
+        again_a, again_b = await a.client("alice"), await b.client("alice")
+        a.api_result("refresh", {"user": "alice", "expired": True})
+        assert await again_a.closed() == 3005 and await again_b.closed() == 3005
+        assert (await bob.call("ping", {})).get("ping") == {}
+    arun(body())

@@ -684,6 +684,26 @@ public final class ClientSession: Sendable {
         }
     }
 
+    /// The server API's `connections` entry, in the shape of Centrifugo's ConnectionInfo.
+    var connectionJSON: JSONValue {
+        state.withLock { state in
+            .compact([("user", .string(state.user)), ("transport", "websocket"),
+                      ("protocol", .string(codec == .protobuf ? "protobuf" : "json")),
+                      ("state", .compact([("channels", .object(state.subscriptions.keys.sorted().map { ($0, [:]) })),
+                                          ("conn_info", state.connInfo)]))])
+        }
+    }
+
+    /// The server API's `send`: an asynchronous `message` push outside any channel.
+    func serverMessage(_ data: JSONValue) {
+        send(codec.push(channel: nil, kind: "message", body: ["data": data]))
+    }
+
+    /// The server API's `refresh`: a new expiry (nil: none) replaces the token's; the tick enforces it.
+    func serverRefresh(expiresAt: Double?) {
+        state.withLock { $0.expiresAt = expiresAt }
+    }
+
     /// Closes the connection with a protocol disconnect code and forgets the session.
     public func disconnect(_ reason: DisconnectReason) {
         transport.close(reason)

@@ -223,6 +223,16 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
             let code = UInt16(clamping: command["code"]?.intValue ?? Int64(DisconnectReason.forceNoReconnect.code))
             let reason = DisconnectReason(code: code, reason: command["reason"]?.stringValue ?? DisconnectReason.forceNoReconnect.reason)
             for session in targets { session.disconnect(reason) }
+        case "send":
+            guard let data = command["data"] else { return }
+            for session in targets { session.serverMessage(data) }
+        case "refresh":
+            if command["expired"]?.boolValue == true {
+                for session in targets { session.disconnect(.expired) }
+            } else {
+                let expiresAt = command["expire_at"]?.doubleValue
+                for session in targets { session.serverRefresh(expiresAt: expiresAt) }
+            }
         default:
             break
         }
@@ -317,6 +327,28 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         broker.publishControl(.compact([("op", "disconnect"), ("user", .string(user)), ("client", client.map { .string($0) }),
                                         ("code", .int(Int64(reason.code))), ("reason", .string(reason.reason))]),
                               completion: completion)
+    }
+
+    /// Sends `data` as a `message` push to a user's connections (or one client) on every node.
+    public func send(user: String, client: String?, data: JSONValue,
+                     completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) {
+        broker.publishControl(.compact([("op", "send"), ("user", .string(user)), ("client", client.map { .string($0) }), ("data", data)]),
+                              completion: completion)
+    }
+
+    /// Gives a user's connections (or one client) on every node a new expiry (`expireAt` nil:
+    /// none), or ends them as expired.
+    public func refresh(user: String, client: String?, expired: Bool, expireAt: Int64?,
+                        completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void = { _ in }) {
+        broker.publishControl(.compact([("op", "refresh"), ("user", .string(user)), ("client", client.map { .string($0) }),
+                                        ("expired", expired ? .bool(true) : nil), ("expire_at", expireAt.map { .int($0) })]),
+                              completion: completion)
+    }
+
+    /// This node's connected clients, all or one user's, keyed by client id.
+    public func connections(user: String?) -> [(String, JSONValue)] {
+        let listed = user.map { self.sessions(user: $0, client: nil) } ?? allSessions()
+        return listed.filter { $0.isConnected }.map { ($0.id, $0.connectionJSON) }.sorted { $0.0 < $1.0 }
     }
 
     /// Channels with subscribers on this node matching a `*`-glob pattern (empty: all).

@@ -13,14 +13,33 @@ public struct ServerAPI: Sendable {
 
     public static let methods = [
         "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "presence", "presence_stats",
-        "history", "history_remove", "channels", "info",
+        "history", "history_remove", "channels", "info", "batch", "send", "refresh", "connections",
     ]
+
+    /// Commands one `batch` may carry: a batch runs in one request, so it is bounded like a body.
+    static let batchLimit = 1000
 
     public var routes: [Route] {
         Self.methods.map { method in
             Route("POST", "/api/\(method)", auth: .serverAPIKey, summary: "Server API: \(method)", tag: "server-api",
                   body: .json(["type": "object"], required: false),
                   responses: [200: "Result (`result`) or protocol error (`error`)", 400: "Body is not a JSON object"]) { context in
+                handle(method: method, request: context.request, respond: context.respond)
+            }
+        }
+    }
+
+    /// What the dashboard's channel inspector may call: reading, and ending a connection.
+    public static let inspectorMethods = ["info", "channels", "presence", "history", "connections", "disconnect"]
+
+    /// The same methods for the dashboard under seed 003's admin JWT, so a browser never holds the API key.
+    public var inspectorRoutes: [Route] {
+        Self.inspectorMethods.map { method in
+            Route("POST", "/admin/inspector/\(method)", auth: .jwt(roles: ["admin"]), errors: .fastAPI,
+                  summary: "Channel inspector: server API \(method) (admin only)", tag: "june-admin",
+                  body: .json(["type": "object"], required: false),
+                  responses: [200: "As POST /api/\(method)", 400: "Body is not a JSON object", 401: "Not authenticated",
+                              403: "Insufficient permissions"]) { context in
                 handle(method: method, request: context.request, respond: context.respond)
             }
         }
@@ -37,12 +56,20 @@ public struct ServerAPI: Sendable {
             }
             params = parsed
         }
-        let answer: @Sendable (Result<JSONValue, ProtocolError>) -> Void = { outcome in
+        if method == "batch" {
+            batch(params: params, respond: respond)
+            return
+        }
+        execute(method: method, params: params) { outcome in
             switch outcome {
             case .success(let result): respond(.json(200, ["result": result]))
             case .failure(let error): respond(.json(200, ["error": error.json]))
             }
         }
+    }
+
+    /// Runs one server API method; `batch` commands come here one by one as well.
+    func execute(method: String, params: JSONValue, answer: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) {
         func required(_ name: String) throws(ProtocolError) -> String {
             guard let value = params[name]?.stringValue, !value.isEmpty else {
                 throw ProtocolError.badRequest.with(message: "\(name) required")
@@ -80,6 +107,23 @@ public struct ServerAPI: Sendable {
                 node.disconnect(user: try required("user"), client: params["client"]?.stringValue, reason: reason) { sent in
                     answer(sent.map { [:] })
                 }
+            case "send":
+                let user = try required("user")
+                guard let data = params["data"] else { throw ProtocolError.badRequest.with(message: "data required") }
+                node.send(user: user, client: params["client"]?.stringValue, data: data) { sent in answer(sent.map { [:] }) }
+            case "refresh":
+                let user = try required("user")
+                guard params["session"] == nil else { throw ProtocolError.badRequest.with(message: "session is not supported; use client") }
+                var expireAt: Int64?
+                if let value = params["expire_at"], !value.isNull {
+                    guard let seconds = value.intValue, seconds > 0 else { throw ProtocolError.badRequest.with(message: "expire_at must be a positive integer") }
+                    expireAt = seconds
+                }
+                if let value = params["expired"], !value.isNull, value.boolValue == nil {
+                    throw ProtocolError.badRequest.with(message: "expired must be a boolean")
+                }
+                node.refresh(user: user, client: params["client"]?.stringValue, expired: params["expired"]?.boolValue == true,
+                             expireAt: expireAt) { sent in answer(sent.map { [:] }) }
             case "presence":
                 node.presence(channel: try required("channel")) { outcome in
                     answer(outcome.map { clients in ["presence": .object(clients.map { ($0.client, $0.json) })] })
@@ -97,6 +141,10 @@ public struct ServerAPI: Sendable {
                 let pattern = params["pattern"]?.stringValue ?? ""
                 let channels = node.channels(matching: pattern)
                 answer(.success(["channels": .object(channels.map { ($0.0, ["num_clients": .int(Int64($0.1))]) })]))
+            case "connections":
+                if let user = params["user"], !user.isNull, user.stringValue == nil { throw ProtocolError.badRequest.with(message: "user must be a string") }
+                let user = params["user"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+                answer(.success(["connections": .object(node.connections(user: user))]))
             case "info":
                 node.nodes { result in answer(result.map { ["nodes": .array($0.map(\.json))] }) }
             default:
@@ -104,6 +152,59 @@ public struct ServerAPI: Sendable {
             }
         } catch {
             answer(.failure(error))
+        }
+    }
+
+    /// Centrifugo's `batch`: `{"commands":[{"<method>":{params}},…],"parallel":bool}` answered with
+    /// `{"replies":[{"<method>":{result}} or {"error":{…}}]}` in request order. A malformed body runs nothing.
+    private func batch(params: JSONValue, respond: @escaping Responder) {
+        var parsed: [(method: String, params: JSONValue)] = []
+        let problem: String? = {
+            guard let list = params["commands"]?.arrayValue else { return "commands must be an array" }
+            guard list.count <= Self.batchLimit else { return "at most \(Self.batchLimit) commands" }
+            for command in list {
+                guard let fields = command.objectValue, fields.count == 1, fields[0].1.objectValue != nil else {
+                    return "each command must be an object with one method and its params object"
+                }
+                parsed.append((fields[0].0, fields[0].1))
+            }
+            if let parallel = params["parallel"], !parallel.isNull, parallel.boolValue == nil { return "parallel must be a boolean" }
+            return nil
+        }()
+        if let problem {
+            respond(.json(200, ["error": ProtocolError.badRequest.with(message: problem).json]))
+            return
+        }
+        let commands = parsed
+        let replies = Mutex<[JSONValue?]>(Array(repeating: nil, count: commands.count))
+        let finish: @Sendable () -> Void = {
+            respond(.json(200, ["replies": .array(replies.withLock { $0.map { $0 ?? .null } })]))
+        }
+        guard !commands.isEmpty else { finish(); return }
+        let run: @Sendable (Int, @escaping @Sendable () -> Void) -> Void = { index, done in
+            let (method, params) = commands[index]
+            guard method != "batch", Self.methods.contains(method) else {
+                replies.withLock { $0[index] = ["error": ProtocolError.methodNotFound.json] }
+                done()
+                return
+            }
+            execute(method: method, params: params) { outcome in
+                let reply: JSONValue
+                switch outcome {
+                case .success(let result): reply = .object([(method, result)])
+                case .failure(let error): reply = ["error": error.json]
+                }
+                replies.withLock { $0[index] = reply }
+                done()
+            }
+        }
+        if params["parallel"]?.boolValue == true {
+            let remaining = Atomic<Int>(commands.count)
+            for index in commands.indices {
+                run(index) { if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() } }
+            }
+        } else {
+            BatchSequence(count: commands.count, run: run, finish: finish).next(0)
         }
     }
 
@@ -130,6 +231,40 @@ public struct ServerAPI: Sendable {
                 }
             }
         }
+    }
+}
+
+/// Runs batch commands one after another: the next starts when the previous one has answered.
+/// Commands that answer at once are looped over, not recursed into, so a long batch cannot
+/// exhaust the stack.
+private struct BatchSequence: Sendable {
+    let count: Int
+    let run: @Sendable (Int, @escaping @Sendable () -> Void) -> Void
+    let finish: @Sendable () -> Void
+
+    private enum Step { case running, answeredInline, answersLater }
+
+    func next(_ start: Int) {
+        var index = start
+        while index < count {
+            let step = Mutex(Step.running)
+            let current = index
+            run(current) {
+                let later = step.withLock { step -> Bool in
+                    if step == .running { step = .answeredInline; return false }
+                    return true
+                }
+                if later { self.next(current + 1) }
+            }
+            let inline = step.withLock { step -> Bool in
+                if step == .answeredInline { return true }
+                step = .answersLater
+                return false
+            }
+            guard inline else { return }
+            index += 1
+        }
+        finish()
     }
 }
 
