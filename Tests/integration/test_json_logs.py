@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-
-from hubtest import HUB_BINARY, WAIT
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"trace", "debug", "info", "notice", "warning", "error", "critical"}
@@ -48,13 +45,20 @@ def test_every_line_is_an_object_and_the_access_log_has_its_fields(hub_factory):
     assert missing["status"] == 404 and missing["request_id"] != info["request_id"]
 
 
-def test_text_stays_the_default_and_an_unknown_format_is_refused(hub_factory, tmp_path):
+def test_the_config_key_and_env_select_json_too(hub_factory):
+    for hub in (hub_factory(config={"log_format": "json"}), hub_factory(env={"HUB_LOG_FORMAT": "json"})):
+        assert hub.get("/no/such/route").status_code == 404
+        assert hub.stop() == 0
+        assert any(e.get("route") == "/no/such/route" and e["status"] == 404 for e in json_lines(hub))
+
+
+def test_text_stays_the_default_and_an_unknown_format_is_refused(hub_factory):
     hub = hub_factory()
     assert hub.get("/no/such/route").status_code == 404
+    assert hub.stop() == 0  # the access line is written just after the answer: wait for it
     access = [line for line in hub.log().splitlines()[1:] if "GET /no/such/route 404" in line]
     assert access and not access[0].startswith("{")
 
-    refused = subprocess.run([HUB_BINARY, "--log-format", "xml", "--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=WAIT)
-    assert refused.returncode != 0
+    refused = hub_factory.run("--log-format", "xml")
+    assert refused.returncode == 64  # EX_USAGE, as for every bad option
     assert "log_format must be text or json" in refused.stdout + refused.stderr
