@@ -25,6 +25,7 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Service threads, one libwebsockets context each (default: number of cores).") var threads: Int?
     @Option(help: "Directory for durable state (default ./data).") var dataDir: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
+    @Option(help: "text, or json for one JSON object per line (default text).") var logFormat: String?
     @Option(help: "This node's name in /api/info (default hub).") var nodeName: String?
     @Option(help: "HMAC secret for HS256/384/512 connection and subscription tokens.") var tokenHmacSecret: String?
     @Option(help: "PEM file with the RSA public key for RS256 tokens.") var tokenRsaPublicKey: String?
@@ -136,6 +137,7 @@ struct HubCommand: ParsableCommand {
         c.threads = try threads ?? envInt("HUB_THREADS") ?? c.threads
         c.dataDir = dataDir ?? env["HUB_DATA_DIR"] ?? c.dataDir
         c.logLevel = logLevel ?? env["HUB_LOG_LEVEL"] ?? c.logLevel
+        c.logFormat = logFormat ?? env["HUB_LOG_FORMAT"] ?? c.logFormat
         c.nodeName = nodeName ?? env["HUB_NODE_NAME"] ?? c.nodeName
         c.tokenHMACSecret = tokenHmacSecret ?? env["HUB_TOKEN_HMAC_SECRET"] ?? c.tokenHMACSecret
         c.tokenRSAPublicKeyPath = tokenRsaPublicKey ?? env["HUB_TOKEN_RSA_PUBLIC_KEY"] ?? c.tokenRSAPublicKeyPath

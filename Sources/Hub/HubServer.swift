@@ -15,7 +15,9 @@ final class HubServer {
     init(config: HubConfig) {
         self.config = config
         let level = Logger.Level(rawValue: config.logLevel) ?? .info
+        let json = config.logFormat == "json"
         LoggingSystem.bootstrap { label in
+            if json { return JSONLineLogHandler(label: label, logLevel: level) }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -154,7 +156,7 @@ final class HubServer {
             host: config.host, port: config.port, maxMessageSize: config.maxMessageSize, maxBodySize: config.maxBodySize,
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
             corsOrigins: config.corsOrigins, chat: june.chat,
-            transport: TransportSettings(config: config))
+            transport: TransportSettings(config: config), structuredAccessLog: config.logFormat == "json")
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }

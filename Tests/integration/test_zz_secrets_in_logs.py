@@ -8,18 +8,20 @@ last), for
 
 The lines the harness itself writes (`$ argv`) are not the product's and are skipped.
 test_authz_matrix.py checks the same at log level trace for one hub that sees every kind of
-credential.
+credential; the JSON log format gets the same check below, from a hub at trace level that is
+handed a password, the tokens it issues, the API key, a gateway token and a connection JWT.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 import hubtest
-from hubtest import ARTIFACTS
+from hubtest import ARTIFACTS, WAIT, WSClient, arun, conn_token
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")
 PASSWORD_LITERAL = re.compile(r"""["']?\w*password\w*["']?\s*[:=]\s*["']([^"'\s]{8,})["']""", re.I)
@@ -30,6 +32,38 @@ def passwords_in_tests() -> set:
     for source in Path(__file__).parent.glob("*.py"):
         found |= set(PASSWORD_LITERAL.findall(source.read_text(errors="replace")))
     return found
+
+
+JSON_ADMIN_PASSWORD = "json-admin-pass-5678"
+JSON_GATEWAY_TOKEN = "json-log-gateway-token"
+
+
+def test_a_json_format_log_at_trace_level_holds_no_secret(hub_factory):
+    hub = hub_factory("--log-format", "json", "--log-level", "trace",
+                      env={"HUB_ADMIN_USER": "json-admin", "HUB_ADMIN_PASSWORD": JSON_ADMIN_PASSWORD,
+                           "HUB_GATEWAY_ALLOWED_TOKEN": JSON_GATEWAY_TOKEN,
+                           "HUB_GATEWAY_ADMIN_TOKEN": JSON_GATEWAY_TOKEN + "-admin"})
+    login = hub.http.post(hub.url + "/auth/login", json={"username": "json-admin", "password": JSON_ADMIN_PASSWORD},
+                          timeout=WAIT)
+    assert login.status_code == 200, login.text
+    issued = [login.json()["access_token"], login.json()["refresh_token"]]
+    assert hub.get("/admin/users", headers={"Authorization": f"Bearer {issued[0]}"}).status_code == 200
+    assert hub.get("/status", headers={"Authorization": f"Bearer {JSON_GATEWAY_TOKEN}"}).status_code != 401
+    assert hub.api_result("info", {})
+    token = conn_token("json-log-user")
+
+    async def connect():
+        async with await WSClient.open(hub.ws_url) as ws:
+            assert (await ws.connect(token))["client"]
+    arun(connect())
+    assert hub.stop() == 0
+
+    lines = hub.log().splitlines()[1:]  # the first line is the harness's record of argv
+    assert any(json.loads(line).get("route") == "/auth/login" for line in lines), "the login was not logged"
+    secrets = [JSON_ADMIN_PASSWORD, JSON_GATEWAY_TOKEN, hub.api_key, hub.secret, token, *issued]
+    leaked = [s[:6] + "…" for s in secrets if s and any(s in line for line in lines)]
+    assert not leaked, f"secrets in the JSON log: {leaked}"
+    assert not any(JWT.search(line) for line in lines)
 
 
 def test_no_secret_token_or_password_reaches_a_log():

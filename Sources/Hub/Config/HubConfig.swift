@@ -12,6 +12,7 @@ struct HubConfig: Sendable {
     var threads = HubConfig.usableCores()
     var dataDir = "./data"
     var logLevel = "info"
+    var logFormat = "text"
     var nodeName = "hub"
     var tokenHMACSecret: String?
     var tokenRSAPublicKeyPath: String?
@@ -162,6 +163,7 @@ struct HubConfig: Sendable {
             case "threads": threads = try int(value, key)
             case "data_dir": dataDir = try string(value, key)
             case "log_level": logLevel = try string(value, key)
+            case "log_format": logFormat = try string(value, key)
             case "node_name": nodeName = try string(value, key)
             case "token_hmac_secret": tokenHMACSecret = try string(value, key)
             case "token_rsa_public_key": tokenRSAPublicKeyPath = try string(value, key)
@@ -406,6 +408,7 @@ struct HubConfig: Sendable {
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        guard ["text", "json"].contains(logFormat) else { throw HubError.config("log_format must be text or json") }
     }
 }
 

@@ -155,5 +155,10 @@ func finishTransaction(_ exchange: HTTPExchange, wsi: OpaquePointer) -> Int32 {
 func logAccess(_ exchange: HTTPExchange, status: Int, loop: ServiceLoop) {
     let tenths = Int(((loop.node.clock.now() - exchange.startedAt) * 10_000).rounded())
     let requestID = exchange.response.withLock { $0?.headers.first { $0.0 == "x-request-id" }?.1 } ?? "-"
-    loop.logger.info("\(exchange.method) \(exchange.path) \(status) \(tenths / 10).\(tenths % 10)ms id=\(requestID)")
+    let message: Logger.Message = "\(exchange.method) \(exchange.path) \(status) \(tenths / 10).\(tenths % 10)ms id=\(requestID)"
+    guard loop.settings.structuredAccessLog else { return loop.logger.info(message) }
+    loop.logger.info(message, metadata: [
+        "request_id": .string(requestID), "method": .string(exchange.method), "route": .string(exchange.path),
+        "status": .stringConvertible(status), "duration_ms": .stringConvertible(Double(tenths) / 10),
+    ])
 }

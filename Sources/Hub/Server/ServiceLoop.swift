@@ -17,6 +17,8 @@ struct EdgeSettings: Sendable {
     /// Seed 003's `/ws/{user_id}` chat endpoint; nil turns that WebSocket path off.
     var chat: ChatService? = nil
     var transport: TransportSettings
+    /// `--log-format json`: the access log's fields as metadata, not only in the message.
+    var structuredAccessLog = false
 }
 
 /// One libwebsockets context on its own thread. Several loops listen on the same port
