@@ -86,6 +86,9 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Failed polls in a row before a gateway's mapping is removed (default 3).") var gatewayMonitorFailures: Int?
     @Option(help: "Folder of the dashboard served at / and /ui/{file} (default ./dashboard).") var dashboardDir: String?
     @Option(help: "Folder of the JavaScript client served at /ui/lib/{file} (default ./clients/js).") var dashboardLibDir: String?
+    @Option(help: "OTLP/HTTP base URL traces are posted to (<url>/v1/traces), e.g. http://127.0.0.1:4318; unset, no traces (also OTEL_EXPORTER_OTLP_ENDPOINT).")
+    var otelEndpoint: String?
+    @Option(help: "service.name of the exported spans (default hub; also OTEL_SERVICE_NAME).") var otelServiceName: String?
     @Option(help: "Meetings: largest upload, bytes (default 524288000); larger gets 413 FILE_TOO_LARGE.") var meetingsMaxUploadBytes: Int?
     @Option(help: "Meetings: seconds an artifact download link stays valid (default 3600).") var meetingsLinkTtl: Double?
     @Option(help: "Meetings: lifetime of access tokens issued after a Telegram check, seconds (default 86400).") var meetingsTokenTtl: Double?
@@ -204,6 +207,13 @@ struct HubCommand: ParsableCommand {
         c.gatewayMonitorFailures = try gatewayMonitorFailures ?? envInt("HUB_GATEWAY_MONITOR_FAILURES") ?? c.gatewayMonitorFailures
         c.dashboardDir = dashboardDir ?? env["HUB_DASHBOARD_DIR"] ?? c.dashboardDir
         c.dashboardLibDir = dashboardLibDir ?? env["HUB_DASHBOARD_LIB_DIR"] ?? c.dashboardLibDir
+        // OpenTelemetry's own variable names sit below the HUB_ ones, as seed 001's do.
+        c.otelEndpoint = (otelEndpoint ?? env["HUB_OTEL_ENDPOINT"] ?? env["OTEL_EXPORTER_OTLP_ENDPOINT"]).flatMap { $0.isEmpty ? nil : $0 } ?? c.otelEndpoint
+        c.otelServiceName = otelServiceName ?? env["HUB_OTEL_SERVICE_NAME"] ?? env["OTEL_SERVICE_NAME"] ?? c.otelServiceName
+        c.otelScheduleDelayMs = try envDouble("OTEL_BSP_SCHEDULE_DELAY") ?? c.otelScheduleDelayMs
+        c.otelMaxQueueSize = try envInt("OTEL_BSP_MAX_QUEUE_SIZE") ?? c.otelMaxQueueSize
+        c.otelMaxExportBatchSize = try envInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") ?? c.otelMaxExportBatchSize
+        c.otelTimeoutMs = try envDouble("OTEL_EXPORTER_OTLP_TIMEOUT") ?? c.otelTimeoutMs
         c.meetingsMaxUploadBytes = try Int64(meetingsMaxUploadBytes ?? envInt("HUB_MEETINGS_MAX_UPLOAD_BYTES") ?? Int(c.meetingsMaxUploadBytes))
         c.meetingsLinkTTL = try meetingsLinkTtl ?? envDouble("HUB_MEETINGS_LINK_TTL") ?? c.meetingsLinkTTL
         c.meetingsTokenTTL = try meetingsTokenTtl ?? envDouble("HUB_MEETINGS_TOKEN_TTL") ?? c.meetingsTokenTTL

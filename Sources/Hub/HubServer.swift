@@ -139,11 +139,23 @@ final class HubServer {
             + june.routes
             + meetings.routes
             + DashboardFiles(root: config.dashboardDir, libraryRoot: config.dashboardLibDir).routes
+        // Traces only with an endpoint: otherwise no exporter thread, no tracer, no spans.
+        let exporter = config.spanExporterSettings.map { SpanExporter(settings: $0, logger: Logger(label: "hub.otel")) }
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
                                                                      bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
-                            uploads: uploads)
+                            uploads: uploads, tracer: exporter.map(Tracer.init(exporter:)))
         routerBox.router = router
+        if let exporter {
+            metrics.gauge("hub_trace_spans_exported_total", type: "counter", help: "Spans the OTLP collector accepted.") {
+                Double(exporter.exported.load(ordering: .relaxed))
+            }
+            metrics.gauge("hub_trace_spans_dropped_total", type: "counter", help: "Spans dropped: export queue full or export failed.") {
+                Double(exporter.dropped.load(ordering: .relaxed))
+            }
+            exporter.start()
+            logger.notice("exporting traces to http://\(exporter.settings.endpoint.address)\(exporter.settings.endpoint.path) as \(config.otelServiceName)")
+        }
         let counters = node.counters
         metrics.gauge("hub_connections", help: "Client connections on this node.") { Double(node.clientCount) }
         metrics.gauge("hub_subscriptions", help: "Channel subscriptions on this node.") { Double(node.info().subscriptions) }
@@ -203,6 +215,8 @@ final class HubServer {
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
         gateways.stop()
+        // Last, so the spans of requests answered while stopping go out too.
+        exporter?.shutdown()
         ticker.cancel()
         meetings.stop()
         redis?.0.stop()

@@ -474,7 +474,8 @@ class Hub:
 
 
 def _clean_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k != "CORS_ORIGINS"}
+    # OTEL_*: a tracing setup of the machine running the tests must not turn traces on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "OTEL_")) and k != "CORS_ORIGINS"}
     # Never route the tests' localhost traffic through a proxy.
     for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
         env.pop(k, None)

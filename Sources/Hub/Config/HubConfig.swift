@@ -82,6 +82,14 @@ struct HubConfig: Sendable {
     // the hub in the repository root).
     var dashboardDir = "dashboard"
     var dashboardLibDir = "clients/js"
+    // Traces (docs/admin.md, "Traces"): off without an endpoint. The batch settings are
+    // OpenTelemetry's OTEL_BSP_* variables, in milliseconds as there.
+    var otelEndpoint: String?
+    var otelServiceName = "hub"
+    var otelScheduleDelayMs: Double = 5000
+    var otelMaxQueueSize = 2048
+    var otelMaxExportBatchSize = 512
+    var otelTimeoutMs: Double = 10_000
 
     /// The `gateways` namespace unless the config defines it: every change kept an hour
     /// (up to 1000), so dashboards recover from a snapshot's position.
@@ -213,6 +221,8 @@ struct HubConfig: Sendable {
             case "gateway_monitor_failures": gatewayMonitorFailures = try int(value, key)
             case "dashboard_dir": dashboardDir = try string(value, key)
             case "dashboard_lib_dir": dashboardLibDir = try string(value, key)
+            case "otel_endpoint": otelEndpoint = try string(value, key)
+            case "otel_service_name": otelServiceName = try string(value, key)
             case "meetings_max_upload_bytes": meetingsMaxUploadBytes = Int64(try int(value, key))
             case "meetings_link_ttl": meetingsLinkTTL = try double(value, key)
             case "meetings_token_ttl": meetingsTokenTTL = try double(value, key)
@@ -351,6 +361,20 @@ struct HubConfig: Sendable {
                        limits: MultipartLimits(maxBodyBytes: maxUploadSize, maxFileBytes: maxUploadFileSize))
     }
 
+    /// The span exporter's settings, when traces are on.
+    var spanExporterSettings: SpanExporter.Settings? {
+        guard let url = otelEndpoint, let endpoint = try? OTLPEndpoint(url: url) else { return nil }
+        var settings = SpanExporter.Settings(endpoint: endpoint, resource: [
+            ("service.name", .string(otelServiceName)), ("service.version", .string(HubVersion.string)),
+            ("service.instance.id", .string(nodeName)),
+        ])
+        settings.interval = otelScheduleDelayMs / 1000
+        settings.timeout = otelTimeoutMs / 1000
+        settings.maxQueue = otelMaxQueueSize
+        settings.maxBatch = otelMaxExportBatchSize
+        return settings
+    }
+
     /// Checks the values together once everything is merged.
     func validate() throws {
         guard (1...65535).contains(port) else { throw HubError.config("port must be 1-65535") }
@@ -409,6 +433,16 @@ struct HubConfig: Sendable {
             throw HubError.config("log_level must be one of trace, debug, info, notice, warning, error, critical")
         }
         guard ["text", "json"].contains(logFormat) else { throw HubError.config("log_format must be text or json") }
+        if let otelEndpoint {
+            do { _ = try OTLPEndpoint(url: otelEndpoint) } catch { throw HubError.config(error.description) }
+        }
+        guard !otelServiceName.isEmpty else { throw HubError.config("otel_service_name must not be empty") }
+        guard (10...3_600_000).contains(otelScheduleDelayMs), (100...600_000).contains(otelTimeoutMs) else {
+            throw HubError.config("OTEL_BSP_SCHEDULE_DELAY must be 10-3600000 ms and OTEL_EXPORTER_OTLP_TIMEOUT 100-600000 ms")
+        }
+        guard (1...1_000_000).contains(otelMaxQueueSize), (1...otelMaxQueueSize).contains(otelMaxExportBatchSize) else {
+            throw HubError.config("OTEL_BSP_MAX_QUEUE_SIZE must be 1-1000000 and OTEL_BSP_MAX_EXPORT_BATCH_SIZE 1 to the queue size")
+        }
     }
 }
 

@@ -104,6 +104,11 @@ func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop: Service
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
+    if loop.router.tracing {
+        for name in traceRequestHeaders {
+            if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
+        }
+    }
     // The address the accept loop already read (same numeric form), not a getpeername per request.
     if let admitted = loop.admitted[lws_get_network_wsi(wsi) ?? wsi]?.address, !admitted.isEmpty {
         exchange.remoteAddress = admitted

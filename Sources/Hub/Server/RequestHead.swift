@@ -41,6 +41,8 @@ let requestHeaders: [(lws_token_indexes, String)] = [
 
 /// Custom headers lws does not tokenise; the names routes read.
 let customRequestHeaders = ["x-api-key", "x-request-id", "access-control-request-method", "access-control-request-headers"]
+/// W3C Trace Context, read only while traces are exported (each custom header is a lookup).
+let traceRequestHeaders = ["traceparent", "tracestate"]
 
 /// The user id of a `/ws/{user_id}` path (percent-decoded), or nil for other paths.
 func chatUserID(_ path: String) -> String? {

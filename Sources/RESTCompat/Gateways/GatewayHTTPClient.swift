@@ -1,3 +1,4 @@
+import Channels
 import Glibc
 import Synchronization
 
@@ -123,10 +124,32 @@ public final class GatewayHTTPClient: @unchecked Sendable {
     }
 
     /// Sends `method path` with `body` (JSON when not empty) to the gateway and calls back once.
+    /// With `trace`, the exchange is a client span under it and carries that span's `traceparent`.
     public func send(to address: GatewayAddress, method: String, path: String, body: [UInt8] = [],
-                     contentType: String = "application/json",
+                     contentType: String = "application/json", trace: TraceParent? = nil,
                      completion: @escaping @Sendable (Result<GatewayHTTPResponse, GatewayHTTPError>) -> Void) {
         var head = "\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: hub-gateway-client\r\nAccept: application/json\r\n"
+        var completion = completion
+        if let trace {
+            let route = String(path.prefix { $0 != "?" })
+            let span = trace.startSpan(method + " " + route, kind: .client, attributes: [
+                ("http.request.method", .string(method)), ("server.address", .string(address.host)),
+                ("server.port", .int(Int64(address.port))), ("url.path", .string(route)),
+            ])
+            head += "traceparent: \(span.context.traceparent)\r\n"
+            if let state = span.context.state { head += "tracestate: \(state)\r\n" }
+            let answer = completion
+            completion = { result in
+                switch result {
+                case .success(let response):
+                    span.end(attributes: [("http.response.status_code", .int(Int64(response.status)))],
+                             error: response.status >= 400 ? "HTTP \(response.status)" : nil)
+                case .failure(let error):
+                    span.end(attributes: [("error.type", .string(error.isTimeout ? "timeout" : "unreachable"))], error: "\(error)")
+                }
+                answer(result)
+            }
+        }
         if !body.isEmpty || method == "POST" {
             head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
         }

@@ -47,13 +47,13 @@ public struct GatewayLauncher: Sendable {
                 var body = params.objectValue ?? []
                 body.removeAll { $0.0 == "webrtc_domain" }
                 body.append(("webrtc_domain", domain!))
-                service.start(id: id, room: room, body: .object(body), reply: context.respond)
+                service.start(id: id, room: room, body: .object(body), trace: context.trace, reply: context.respond)
             },
             Route("POST", "/gateway/stop", auth: RoomProxy.normal, errors: .fastAPI, summary: "Stop the named gateway", tag: Self.tag,
                   query: [QueryParameter("gw_id")], body: .json(["type": "object", "required": ["gw_id"]]),
                   responses: [200: "processing_state", 404: "Unknown gw_id", 422: "Missing gw_id"]) { context in
                 guard let params = Self.parameters(context), let id = Self.gatewayID(context, params) else { return }
-                service.stop(id: id, body: params, reply: context.respond)
+                service.stop(id: id, body: params, trace: context.trace, reply: context.respond)
             },
             Route("GET", "/gateway/status", auth: RoomProxy.normal, errors: .fastAPI, summary: "The named gateway's task and progress",
                   tag: Self.tag, query: [QueryParameter("gw_id", required: true)],
@@ -65,7 +65,8 @@ public struct GatewayLauncher: Sendable {
                   tag: Self.tag, query: [QueryParameter("gw_id", required: true)], body: .json(["type": "object"]),
                   responses: [200: "ACK with echoed input", 403: "Gateway is not working", 404: "Unknown gw_id", 422: "Missing gw_id"]) { context in
                 guard let params = Self.parameters(context), let id = Self.gatewayID(context, params) else { return }
-                service.command(id: id, body: context.request.body, contentType: context.request.header("content-type"), reply: context.respond)
+                service.command(id: id, body: context.request.body, contentType: context.request.header("content-type"), trace: context.trace,
+                                reply: context.respond)
             },
         ]
     }

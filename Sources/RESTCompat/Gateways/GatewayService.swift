@@ -185,7 +185,8 @@ public final class GatewayService: Sendable {
 
     /// `POST /start`: claims a free gateway with compare-and-set (so concurrent starts on any
     /// number of nodes never share one), then asks it to start.
-    public func start(room: String, body: JSONValue, reply: @escaping Reply) {
+    /// `trace`, here and below: the request's span, so the call to the gateway is its child.
+    public func start(room: String, body: JSONValue, trace: TraceParent? = nil, reply: @escaping Reply) {
         if let problem = GatewayRecord.problem(with: room, field: "room") {
             reply(Self.error(400, problem))
             return
@@ -198,14 +199,14 @@ public final class GatewayService: Sendable {
                 case .failure: reply(Self.storeDown)
                 case .success(nil): reply(Self.error(503, "No available gateways"))
                 case .success(let (id, previous, claimed)?):
-                    forwardStart(id: id, previous: previous, claimed: claimed, body: body, reply: reply)
+                    forwardStart(id: id, previous: previous, claimed: claimed, body: body, trace: trace, reply: reply)
                 }
             }
         }
     }
 
     /// Seed 002's `POST /gateway/start` on the hub: the named gateway, if it is free.
-    public func start(id: String, room: String, body: JSONValue, reply: @escaping Reply) {
+    public func start(id: String, room: String, body: JSONValue, trace: TraceParent? = nil, reply: @escaping Reply) {
         record(id) { [self] result in
             switch result {
             case .failure: reply(Self.storeDown)
@@ -220,7 +221,7 @@ public final class GatewayService: Sendable {
                     case .failure: reply(Self.storeDown)
                     case .success(nil): reply(Self.error(409, "Gateway \(id) was taken by another request"))
                     case .success(let (id, previous, claimed)?):
-                        forwardStart(id: id, previous: previous, claimed: claimed, body: body, reply: reply)
+                        forwardStart(id: id, previous: previous, claimed: claimed, body: body, trace: trace, reply: reply)
                     }
                 }
             }
@@ -243,11 +244,13 @@ public final class GatewayService: Sendable {
         }
     }
 
-    private func forwardStart(id: String, previous: GatewayRecord, claimed: GatewayRecord, body: JSONValue, reply: @escaping Reply) {
+    private func forwardStart(id: String, previous: GatewayRecord, claimed: GatewayRecord, body: JSONValue, trace: TraceParent?,
+                              reply: @escaping Reply) {
         let room = claimed.room ?? ""
         let members = (body.objectValue ?? []).filter { $0.0 != "gw_id" } + [("gw_id", JSONValue.string(id))]
         store.put(GatewayRecord.roomKey(room), value: Array(id.utf8)) { [self] _ in
-            call(id: id, ip: claimed.ip, method: "POST", path: "/gateway/start", body: JSONWriter.bytes(.object(members))) { [self] outcome in
+            call(id: id, ip: claimed.ip, method: "POST", path: "/gateway/start", body: JSONWriter.bytes(.object(members)),
+                 trace: trace) { [self] outcome in
                 switch outcome {
                 case .success(let response) where (200..<300).contains(response.status):
                     inFlight.withLock { _ = $0.remove(id) }
@@ -274,7 +277,7 @@ public final class GatewayService: Sendable {
     }
 
     /// `POST /stop`: asks the gateway to stop; on success the record is `stopped` without a room.
-    public func stop(id: String, body: JSONValue, reply: @escaping Reply) {
+    public func stop(id: String, body: JSONValue, trace: TraceParent? = nil, reply: @escaping Reply) {
         record(id) { [self] result in
             switch result {
             case .failure: reply(Self.storeDown)
@@ -282,7 +285,8 @@ public final class GatewayService: Sendable {
             case .success(let current?):
                 let members = (body.objectValue ?? []).filter { $0.0 != "gw_id" } + [("gw_id", JSONValue.string(id))]
                 inFlight.withLock { _ = $0.insert(id) }
-                call(id: id, ip: current.ip, method: "POST", path: "/gateway/stop", body: JSONWriter.bytes(.object(members))) { [self] outcome in
+                call(id: id, ip: current.ip, method: "POST", path: "/gateway/stop", body: JSONWriter.bytes(.object(members)),
+                     trace: trace) { [self] outcome in
                     guard case .success(let response) = outcome, (200..<300).contains(response.status) else {
                         inFlight.withLock { _ = $0.remove(id) }
                         switch outcome {
@@ -312,7 +316,7 @@ public final class GatewayService: Sendable {
     }
 
     /// `GET|POST /command`: the body as-is to the gateway, only while it is `working`.
-    public func command(id: String, body: [UInt8], contentType: String?, reply: @escaping Reply) {
+    public func command(id: String, body: [UInt8], contentType: String?, trace: TraceParent? = nil, reply: @escaping Reply) {
         record(id) { [self] result in
             switch result {
             case .failure: reply(Self.storeDown)
@@ -323,7 +327,7 @@ public final class GatewayService: Sendable {
                     return
                 }
                 call(id: id, ip: current.ip, method: "POST", path: "/gateway/command?gw_id=" + Self.percentEncode(id), body: body,
-                     contentType: contentType ?? "application/json") { outcome in
+                     contentType: contentType ?? "application/json", trace: trace) { outcome in
                     switch outcome {
                     case .success(let response): reply(response)
                     case .failure(let failure): reply(failure.response)
@@ -337,12 +341,12 @@ public final class GatewayService: Sendable {
 
     /// Calls a gateway; a failure comes back as the 502/504 to answer with.
     func call(id: String, ip: String, method: String, path: String, body: [UInt8], contentType: String = "application/json",
-              completion: @escaping @Sendable (Result<HTTPResponse, HTTPResponseFailure>) -> Void) {
+              trace: TraceParent? = nil, completion: @escaping @Sendable (Result<HTTPResponse, HTTPResponseFailure>) -> Void) {
         guard let address = GatewayAddress(ip) else {
             completion(.failure(HTTPResponseFailure(Self.error(502, "Gateway \(id) has an unusable address '\(ip)'"))))
             return
         }
-        client.send(to: address, method: method, path: path, body: body, contentType: contentType) { [settings] result in
+        client.send(to: address, method: method, path: path, body: body, contentType: contentType, trace: trace) { [settings] result in
             switch result {
             case .success(let response):
                 var headers: [(String, String)] = []

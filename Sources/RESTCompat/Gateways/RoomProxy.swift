@@ -26,14 +26,14 @@ public struct RoomProxy: Sendable {
                               504: "Gateway did not answer in time"]) { context in
                 guard let body = Self.body(context) else { return }
                 guard let room = Self.field(context, body, "room") else { return }
-                service.start(room: room, body: body, reply: context.respond)
+                service.start(room: room, body: body, trace: context.trace, reply: context.respond)
             },
             Route("POST", "/stop", auth: Self.normal, errors: .fastAPI, summary: "Stop a gateway", tag: Self.tag,
                   body: .json(["type": "object", "required": ["gw_id"], "properties": ["gw_id": ["type": "string"]]]),
                   responses: [200: "The gateway's response", 400: "Missing 'gw_id'", 404: "No mapping found for provided gw_id"]) { context in
                 guard let body = Self.body(context) else { return }
                 guard let id = Self.field(context, body, "gw_id") else { return }
-                service.stop(id: id, body: body, reply: context.respond)
+                service.stop(id: id, body: body, trace: context.trace, reply: context.respond)
             },
             Self.statusRoute("/status", summary: "A gateway's stored status, by gw_id or room", service: service),
             Self.statusRoute("/progress", summary: "A gateway's stored progress, by gw_id or room", service: service),
@@ -116,7 +116,8 @@ public struct RoomProxy: Sendable {
                 context.fail(RouteError(400, "Missing 'gw_id'"))
                 return
             }
-            service.command(id: id, body: context.request.body, contentType: context.request.header("content-type"), reply: context.respond)
+            service.command(id: id, body: context.request.body, contentType: context.request.header("content-type"), trace: context.trace,
+                            reply: context.respond)
         }
     }
 

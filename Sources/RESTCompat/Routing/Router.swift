@@ -34,6 +34,8 @@ public struct RouteContext: Sendable {
     public let params: [String: String]
     public let caller: Caller
     public let errors: ErrorShape
+    /// This request's server span, for the spans of what the handler calls (nil: tracing off).
+    public let trace: TraceParent?
     let responder: Responder
 
     /// The parsed `multipart/form-data` body of a `.multipart` route (always set for one).
@@ -154,6 +156,10 @@ public final class Router: Sendable {
     public let metrics: MetricsRegistry
     private let corsOrigins: String
     private let clock: any Clock
+    /// Set when traces are exported: a server span per request.
+    private let tracer: Tracer?
+    /// Whether requests get server spans (the edge reads `traceparent` only then).
+    public var tracing: Bool { tracer != nil }
     /// Where `.multipart` routes' files go and how large uploads may be.
     public let uploads: UploadSettings
     /// Callers a rate limit refused, until their window resets (`class|rate key` → Unix time),
@@ -165,8 +171,10 @@ public final class Router: Sendable {
     public init(routes: [Route], credentials: Credentials, limiter: any RateLimiter = MemoryRateLimiter(),
                 limitClasses: [RateLimitClass] = [], metrics: MetricsRegistry = MetricsRegistry(), corsOrigins: String = "*",
                 clock: any Clock = SystemClock(),
-                uploads: UploadSettings = UploadSettings(directory: "/tmp", limits: MultipartLimits(maxBodyBytes: 10 << 20, maxFileBytes: 10 << 20))) {
+                uploads: UploadSettings = UploadSettings(directory: "/tmp", limits: MultipartLimits(maxBodyBytes: 10 << 20, maxFileBytes: 10 << 20)),
+                tracer: Tracer? = nil) {
         self.uploads = uploads
+        self.tracer = tracer
         self.routes = routes
         self.entries = routes.map(RouteEntry.init)
         self.credentials = credentials
@@ -211,7 +219,12 @@ public final class Router: Sendable {
         let started = clock.now()
         let requestID = request.header("x-request-id").flatMap { $0.isEmpty || $0.utf8.count > 128 ? nil : $0 } ?? RequestID.next()
         var routeLabel = "unmatched"
+        // Named once the route is known; `nil` (one check) when tracing is off.
+        let span = tracer?.startServerSpan(request.method, traceparent: request.header("traceparent"),
+                                           tracestate: request.header("tracestate"),
+                                           attributes: [("http.request.method", .string(request.method))])
         let finish: @Sendable (HTTPResponse, [(String, String)], String) -> Void = { [metrics, clock, corsOrigins] response, extra, label in
+            if let span { Router.end(span, label: label, status: response.status, requestID: requestID) }
             var response = response
             response.headers += extra
             response.headers.append(("x-request-id", requestID))
@@ -289,7 +302,8 @@ public final class Router: Sendable {
                     request.upload = upload
                     request.body = []
                 }
-                let context = RouteContext(request: request, params: params, caller: caller, errors: entry.route.errors) { [bufferedForm] response in
+                let context = RouteContext(request: request, params: params, caller: caller, errors: entry.route.errors,
+                                           trace: span?.asParent) { [bufferedForm] response in
                     bufferedForm?.removeFiles()
                     finish(response, headers, label)
                 }
@@ -317,6 +331,18 @@ public final class Router: Sendable {
         }
         let shape = ErrorShape.hub
         finish(pathMatched ? shape.response(405, "method not allowed") : shape.response(404, "not found"), [], routeLabel)
+    }
+
+    /// Ends a request's server span: named `METHOD /route/{pattern}` (a route's label is exactly
+    /// that, so the raw path, with its ids, never names a span), error status for a 5xx.
+    private static func end(_ span: Span, label: String, status: Int, requestID: String) {
+        var attributes: [(String, JSONValue)] = [("http.response.status_code", .int(Int64(status))), ("hub.request_id", .string(requestID))]
+        var name: String?
+        if let space = label.firstIndex(of: " ") {
+            attributes.append(("http.route", .string(String(label[label.index(after: space)...]))))
+            name = label
+        }
+        span.end(name: name, attributes: attributes, error: status >= 500 ? "HTTP \(status)" : nil)
     }
 
     private func rememberRefusal(_ limitKey: String, retryAfter: Int) {

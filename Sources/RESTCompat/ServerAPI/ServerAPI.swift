@@ -24,7 +24,7 @@ public struct ServerAPI: Sendable {
             Route("POST", "/api/\(method)", auth: .serverAPIKey, summary: "Server API: \(method)", tag: "server-api",
                   body: .json(["type": "object"], required: false),
                   responses: [200: "Result (`result`) or protocol error (`error`)", 400: "Body is not a JSON object"]) { context in
-                handle(method: method, request: context.request, respond: context.respond)
+                handle(method: method, request: context.request, trace: context.trace, respond: context.respond)
             }
         }
     }
@@ -40,12 +40,12 @@ public struct ServerAPI: Sendable {
                   body: .json(["type": "object"], required: false),
                   responses: [200: "As POST /api/\(method)", 400: "Body is not a JSON object", 401: "Not authenticated",
                               403: "Insufficient permissions"]) { context in
-                handle(method: method, request: context.request, respond: context.respond)
+                handle(method: method, request: context.request, trace: context.trace, respond: context.respond)
             }
         }
     }
 
-    func handle(method: String, request: HTTPRequest, respond: @escaping Responder) {
+    func handle(method: String, request: HTTPRequest, trace: TraceParent? = nil, respond: @escaping Responder) {
         let params: JSONValue
         if request.body.isEmpty {
             params = [:]
@@ -57,10 +57,10 @@ public struct ServerAPI: Sendable {
             params = parsed
         }
         if method == "batch" {
-            batch(params: params, respond: respond)
+            batch(params: params, trace: trace, respond: respond)
             return
         }
-        execute(method: method, params: params) { outcome in
+        execute(method: method, params: params, trace: trace) { outcome in
             switch outcome {
             case .success(let result): respond(.json(200, ["result": result]))
             case .failure(let error): respond(.json(200, ["error": error.json]))
@@ -68,8 +68,11 @@ public struct ServerAPI: Sendable {
         }
     }
 
-    /// Runs one server API method; `batch` commands come here one by one as well.
-    func execute(method: String, params: JSONValue, answer: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) {
+    /// Runs one server API method; `batch` commands come here one by one as well. With `trace`,
+    /// the call is a span of its own under it (a batch's commands under the batch's).
+    func execute(method: String, params: JSONValue, trace: TraceParent? = nil,
+                 answer given: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) {
+        let answer = Self.traced(method, trace, given)
         func required(_ name: String) throws(ProtocolError) -> String {
             guard let value = params[name]?.stringValue, !value.isEmpty else {
                 throw ProtocolError.badRequest.with(message: "\(name) required")
@@ -157,7 +160,8 @@ public struct ServerAPI: Sendable {
 
     /// Centrifugo's `batch`: `{"commands":[{"<method>":{params}},…],"parallel":bool}` answered with
     /// `{"replies":[{"<method>":{result}} or {"error":{…}}]}` in request order. A malformed body runs nothing.
-    private func batch(params: JSONValue, respond: @escaping Responder) {
+    private func batch(params: JSONValue, trace: TraceParent?, respond: @escaping Responder) {
+        let span = trace?.startSpan(Self.spanName("batch"), kind: .internal, attributes: Self.spanAttributes("batch"))
         var parsed: [(method: String, params: JSONValue)] = []
         let problem: String? = {
             guard let list = params["commands"]?.arrayValue else { return "commands must be an array" }
@@ -172,12 +176,15 @@ public struct ServerAPI: Sendable {
             return nil
         }()
         if let problem {
-            respond(.json(200, ["error": ProtocolError.badRequest.with(message: problem).json]))
+            let error = ProtocolError.badRequest.with(message: problem)
+            if let span { Self.end(span, .failure(error)) }
+            respond(.json(200, ["error": error.json]))
             return
         }
         let commands = parsed
         let replies = Mutex<[JSONValue?]>(Array(repeating: nil, count: commands.count))
         let finish: @Sendable () -> Void = {
+            span?.end(attributes: [("hub.server_api.commands", .int(Int64(commands.count)))])
             respond(.json(200, ["replies": .array(replies.withLock { $0.map { $0 ?? .null } })]))
         }
         guard !commands.isEmpty else { finish(); return }
@@ -188,7 +195,7 @@ public struct ServerAPI: Sendable {
                 done()
                 return
             }
-            execute(method: method, params: params) { outcome in
+            execute(method: method, params: params, trace: span?.asParent) { outcome in
                 let reply: JSONValue
                 switch outcome {
                 case .success(let result): reply = .object([(method, result)])
@@ -205,6 +212,32 @@ public struct ServerAPI: Sendable {
             }
         } else {
             BatchSequence(count: commands.count, run: run, finish: finish).next(0)
+        }
+    }
+
+    /// `answer`, ending a span of the method under `trace` first; `answer` itself without a trace.
+    static func traced(_ method: String, _ trace: TraceParent?,
+                       _ answer: @escaping @Sendable (Result<JSONValue, ProtocolError>) -> Void) -> @Sendable (Result<JSONValue, ProtocolError>) -> Void {
+        guard let trace else { return answer }
+        let span = trace.startSpan(spanName(method), kind: .internal, attributes: spanAttributes(method))
+        return { outcome in
+            end(span, outcome.map { _ in () })
+            answer(outcome)
+        }
+    }
+
+    static func spanName(_ method: String) -> String { "server-api " + method }
+
+    static func spanAttributes(_ method: String) -> [(String, JSONValue)] {
+        [("rpc.system", "hub-server-api"), ("rpc.method", .string(method))]
+    }
+
+    /// A protocol error is the span's error, with its code (Centrifugo's numbers) as an attribute.
+    static func end(_ span: Span, _ outcome: Result<Void, ProtocolError>) {
+        if case .failure(let error) = outcome {
+            span.end(attributes: [("hub.error.code", .int(Int64(error.code)))], error: error.message)
+        } else {
+            span.end()
         }
     }
 
