@@ -133,7 +133,7 @@ final class HubServer {
             route.method == "GET" && route.pattern == "/status" ? RoomProxy.sharedStatus(route, otherwise: june.status) : route
         }
         let serverAPI = ServerAPI(node: node)
-        let routes = Health(node: node).routes + serverAPI.routes + serverAPI.inspectorRoutes + gatewayRoutes
+        let routes = Health(node: node).routes + ClientStreams(node: node).routes + serverAPI.routes + serverAPI.inspectorRoutes + gatewayRoutes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes
@@ -144,7 +144,7 @@ final class HubServer {
         let router = Router(routes: routes, credentials: Credentials(serverAPIKey: config.apiKey, apiKeys: ["teamcache": config.cacheAPIKey ?? ""],
                                                                      bearerTokens: gateways.tokens, tokens: engine.tokens),
                             limiter: limiter, limitClasses: config.rateLimitClasses, metrics: metrics, corsOrigins: config.corsOrigins,
-                            uploads: uploads, tracer: exporter.map(Tracer.init(exporter:)))
+                            uploads: uploads, tracer: exporter.map(Tracer.init(exporter:)), node: node)
         routerBox.router = router
         if let exporter {
             metrics.gauge("hub_trace_spans_exported_total", type: "counter", help: "Spans the OTLP collector accepted.") {

@@ -8,8 +8,12 @@ import Synchronization
 public final class ClientSession: Sendable {
     public let id = RandomID.uuid()
     let transport: any ClientTransport
-    /// The protocol flavour chosen at the handshake; fixed for the connection's life.
-    public let codec: ProtocolCodec
+    /// The protocol flavour and framing chosen when the connection opened; fixed for its life.
+    public let wire: Wire
+    public var codec: ProtocolCodec { wire.codec }
+    /// A live read's session: it may subscribe to any channel it names (the route checked
+    /// the caller already), never sends a ping deadline.
+    private let trusted: Bool
     private unowned let node: Node
 
     enum Phase { case awaitingConnect, connecting, connected, closed }
@@ -34,10 +38,11 @@ public final class ClientSession: Sendable {
 
     private let state: Mutex<State>
 
-    init(node: Node, transport: any ClientTransport, codec: ProtocolCodec = .json) {
+    init(node: Node, transport: any ClientTransport, wire: Wire = .webSocketJSON, trusted: Bool = false) {
         self.node = node
         self.transport = transport
-        self.codec = codec
+        self.wire = wire
+        self.trusted = trusted
         state = Mutex(State(connectDeadline: node.clock.now() + node.config.connectTimeout))
     }
 
@@ -51,6 +56,8 @@ public final class ClientSession: Sendable {
     /// Handles one WebSocket message: one or more commands (newline-separated JSON, or
     /// length-delimited Protobuf).
     public func handle(message: [UInt8]) {
+        // A unidirectional client says one thing, its connect request; anything after is ignored.
+        if codec.isUnidirectional, state.withLock({ $0.phase != .awaitingConnect }) { return }
         for line in codec.commands(in: message) {
             switch line {
             case .command(let command): handle(command)
@@ -89,8 +96,8 @@ public final class ClientSession: Sendable {
 
     // MARK: Output
 
-    func send(_ payload: [UInt8]) {
-        if !transport.enqueue(codec.frame(payload, with: node.encoder)) {
+    func send(_ payload: [UInt8], eventID: String? = nil) {
+        if !transport.enqueue(wire.frame(payload, with: node.encoder, eventID: eventID)) {
             node.counters.slowDisconnects.add(1, ordering: .relaxed)
             disconnect(.slow)
         }
@@ -104,7 +111,26 @@ public final class ClientSession: Sendable {
 
     private func fail(id: Int64?, _ error: ProtocolError) {
         node.counters.commandErrors.add(1, ordering: .relaxed)
+        guard !codec.isUnidirectional else {
+            // A unidirectional client reads no replies: what would be an error ends the
+            // connection with the matching disconnect code (as Centrifugo does).
+            switch error.code {
+            case ProtocolError.tokenExpired.code: disconnect(.expired)
+            case ProtocolError.unauthorized.code: disconnect(.invalidToken)
+            case ProtocolError.permissionDenied.code: disconnect(.permissionDenied)
+            default: disconnect(.badRequest)
+            }
+            return
+        }
         send(codec.error(id: id, error))
+    }
+
+    /// A publication for this subscriber: on `uni_sse` it carries its event id, so a
+    /// reconnecting EventSource resumes from it through `Last-Event-ID`.
+    private func sendPublication(channel: String, _ publication: Publication, epoch: String?, forDelta: Bool = false) {
+        let eventID = wire.carriesEventIDs && publication.offset > 0
+            ? Wire.eventID(channel: channel, offset: publication.offset, epoch: epoch ?? "") : nil
+        send(codec.publication(channel: channel, publication, forDelta: forDelta), eventID: eventID)
     }
 
     private func requireChannel(_ body: JSONValue, id: Int64?) -> (String, ChannelOptions)? {
@@ -126,6 +152,8 @@ public final class ClientSession: Sendable {
     struct SubscribeReply: Sendable {
         var result: JSONValue
         var promised: StreamPosition?
+        /// The recovered publications (also in `result`), as this subscriber gets them.
+        var recovered: [Publication] = []
     }
 
     private struct Identity {
@@ -191,6 +219,35 @@ public final class ClientSession: Sendable {
             }
             identity = verified
         }
+        establish(id: id, body, identity: identity)
+    }
+
+    /// Starts a live read's session (the REST route authorized the caller already): connected
+    /// as `user`, subscribed to `channel`, recovering after `position` when one is given.
+    public func startTrusted(user: String, channel: String, recoverFrom position: StreamPosition?) {
+        guard trusted, state.withLock({ state -> Bool in
+            guard state.phase == .awaitingConnect else { return false }
+            state.phase = .connecting
+            return true
+        }) else { return }
+        var sub: JSONValue = [:]
+        if let position {
+            sub = ["recover": true, "offset": .int(Int64(clamping: position.offset)), "epoch": .string(position.epoch)]
+        }
+        establish(id: 1, ["subs": .object([(channel, sub)])], identity: Identity(user: user, expiresAt: nil, info: nil, channels: [channel]))
+    }
+
+    /// Whether this connection may subscribe to `channel` without a subscription token.
+    private func maySubscribe(_ channel: String, options: ChannelOptions, user: String) -> Bool {
+        if options.allowUserLimitedChannels, let users = ChannelNamespaces.allowedUsers(in: channel) {
+            return !user.isEmpty && users.contains(Substring(user))
+        } else if user.isEmpty {
+            return options.allowSubscribeForAnonymous
+        }
+        return options.allowSubscribeForClient
+    }
+
+    private func establish(id: Int64?, _ body: JSONValue, identity: Identity) {
         let now = node.clock.now()
         let stillOpen = state.withLock { state -> Bool in
             guard state.phase == .connecting else { return false }
@@ -205,7 +262,20 @@ public final class ClientSession: Sendable {
         // Server-side subscriptions from the token, recovered from the client's `subs`
         // when it reconnects with positions.
         var serverChannels: [(String, ChannelOptions, StreamPosition?)] = []
-        for channel in identity.channels.prefix(node.config.maxSubscriptionsPerClient) {
+        var wanted = identity.channels
+        if codec.isUnidirectional, let requested = body["subs"]?.objectValue {
+            // A unidirectional client cannot subscribe later: the channels of its connect
+            // request that it may subscribe to without a token are subscribed now, beside the
+            // token's (an extension of Centrifugo's uni protocol, where `subs` only recovers).
+            for (channel, _) in requested where !wanted.contains(channel) {
+                guard let options = try? node.options(for: channel), maySubscribe(channel, options: options, user: identity.user) else {
+                    disconnect(.permissionDenied)
+                    return
+                }
+                wanted.append(channel)
+            }
+        }
+        for channel in wanted.prefix(node.config.maxSubscriptionsPerClient) {
             guard let options = try? node.options(for: channel) else { continue }
             var position: StreamPosition?
             if let sub = body["subs"]?[channel], sub["recover"]?.boolValue == true {
@@ -216,16 +286,23 @@ public final class ClientSession: Sendable {
         let collected = Mutex<[(String, SubscribeReply)]>([])
         let remaining = Atomic<Int>(serverChannels.count)
         let finish: @Sendable () -> Void = { [self] in
-            let subs = collected.withLock { $0 }
+            let subs = collected.withLock { $0 }.sorted { $0.0 < $1.0 }
             let ttl = identity.expiresAt.map { max(0, Int64(($0 - now).rounded(.up))) }
+            // A unidirectional client gets its recovered publications as pushes of their own
+            // after the connect push (with event ids on uni_sse), not inside `subs`.
+            let separate = codec.isUnidirectional
+            let subResults = subs.map { channel, reply -> (String, JSONValue) in
+                guard separate, case let .object(members) = reply.result else { return (channel, reply.result) }
+                return (channel, .object(members.filter { $0.0 != "publications" }))
+            }
             let result = JSONValue.compact([
                 ("client", .string(self.id)),
                 ("version", .string(node.config.version)),
                 ("expires", ttl != nil ? .bool(true) : nil),
                 ("ttl", ttl.map { .int($0) }),
-                ("subs", subs.isEmpty ? nil : .object(subs.sorted { $0.0 < $1.0 }.map { ($0.0, $0.1.result) })),
+                ("subs", subResults.isEmpty ? nil : .object(subResults)),
                 ("ping", .int(Int64(node.config.pingInterval))),
-                ("pong", .bool(true)),
+                ("pong", codec.isUnidirectional ? nil : .bool(true)),
                 ("node", .string(node.uid)),
             ])
             state.withLock { state in
@@ -235,7 +312,12 @@ public final class ClientSession: Sendable {
             if let id {
                 send(codec.reply(id: id, method: "connect", result: result))
             }
-            for (channel, reply) in subs { activate(channel: channel, after: reply.promised) }
+            for (channel, reply) in subs {
+                if separate {
+                    for publication in reply.recovered { sendPublication(channel: channel, publication, epoch: reply.promised?.epoch) }
+                }
+                activate(channel: channel, after: reply.promised)
+            }
         }
         if serverChannels.isEmpty { finish(); return }
         for (channel, options, position) in serverChannels {
@@ -309,15 +391,7 @@ public final class ClientSession: Sendable {
             chanInfo = claims["info"]
             expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
         } else {
-            let allowed: Bool
-            if options.allowUserLimitedChannels, let users = ChannelNamespaces.allowedUsers(in: channel) {
-                allowed = !user.isEmpty && users.contains(Substring(user))
-            } else if user.isEmpty {
-                allowed = options.allowSubscribeForAnonymous
-            } else {
-                allowed = options.allowSubscribeForClient
-            }
-            guard allowed else {
+            guard maySubscribe(channel, options: options, user: user) else {
                 fail(id: id, .permissionDenied)
                 return
             }
@@ -418,15 +492,16 @@ public final class ClientSession: Sendable {
         }
         let recoverable = options.recoveryEnabled
         let result: @Sendable (StreamPosition, Recovery?) -> SubscribeReply = { position, recovery in
-            SubscribeReply(result: .compact([
+            let recovered = self.delivered(recovery?.publications ?? [], delivery)
+            return SubscribeReply(result: .compact([
                 ("recoverable", recoverable ? .bool(true) : nil),
                 ("epoch", .string(position.epoch)),
                 ("offset", position.offset > 0 ? .int(Int64(position.offset)) : nil),
                 ("positioned", .bool(true)),
-                ("publications", (recovery?.publications.isEmpty ?? true) ? nil : .array(self.delivered(recovery!.publications, delivery).map(\.json))),
+                ("publications", recovered.isEmpty ? nil : .array(recovered.map(\.json))),
                 ("recovered", recovery?.recovered == true ? .bool(true) : nil),
                 ("was_recovering", recovery != nil ? .bool(true) : nil),
-            ]), promised: position)
+            ]), promised: position, recovered: recovered)
         }
         if options.recoveryMode == .cache, options.historyEnabled {
             // Keep-latest channels (state such as a gateway's status): whoever subscribes, first
@@ -487,7 +562,7 @@ public final class ClientSession: Sendable {
                 return
             }
             for publication in due where delivery.filter?.matches(publication.tags) ?? true {
-                send(codec.publication(channel: channel, publication, forDelta: delivery.delta))
+                sendPublication(channel: channel, publication, epoch: promised?.epoch, forDelta: delivery.delta)
             }
         }
         guard active else { return }
@@ -548,6 +623,11 @@ public final class ClientSession: Sendable {
 
     func serverUnsubscribe(channel: String, reason: UnsubscribeReason) {
         guard state.withLock({ $0.subscriptions[channel] != nil }) else { return }
+        if codec.isUnidirectional, reason == .insufficientState {
+            // It cannot resubscribe by itself: reconnecting (with its positions) is how it recovers.
+            disconnect(.insufficientState)
+            return
+        }
         leave(channel: channel)
         send(codec.push(channel: channel, kind: "unsubscribe", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)]))
     }
@@ -671,7 +751,8 @@ public final class ClientSession: Sendable {
                 // Half a tick of slack: the 1 s housekeeping tick must not stretch the interval.
                 if now + 0.5 >= state.nextPing {
                     state.nextPing = max(state.nextPing + node.config.pingInterval, now + node.config.pingInterval - 0.5)
-                    if state.pongDeadline == nil { state.pongDeadline = now + node.config.pongTimeout }
+                    // Unidirectional clients never answer a ping: it only keeps proxies from idling out.
+                    if state.pongDeadline == nil, !codec.isUnidirectional { state.pongDeadline = now + node.config.pongTimeout }
                     return .ping
                 }
                 return .none
@@ -687,7 +768,7 @@ public final class ClientSession: Sendable {
     /// The server API's `connections` entry, in the shape of Centrifugo's ConnectionInfo.
     var connectionJSON: JSONValue {
         state.withLock { state in
-            .compact([("user", .string(state.user)), ("transport", "websocket"),
+            .compact([("user", .string(state.user)), ("transport", .string(wire.transportName)),
                       ("protocol", .string(codec == .protobuf ? "protobuf" : "json")),
                       ("state", .compact([("channels", .object(state.subscriptions.keys.sorted().map { ($0, [:]) })),
                                           ("conn_info", state.connInfo)]))])
@@ -706,6 +787,10 @@ public final class ClientSession: Sendable {
 
     /// Closes the connection with a protocol disconnect code and forgets the session.
     public func disconnect(_ reason: DisconnectReason) {
+        if wire.framing != .webSocket, state.withLock({ $0.phase != .closed }) {
+            // An HTTP stream has no close frame: the reason goes out as a disconnect push.
+            _ = transport.enqueue(wire.frame(PushEncoding.disconnect(reason, wrapped: !codec.isUnidirectional), with: node.encoder))
+        }
         transport.close(reason)
         closed()
     }

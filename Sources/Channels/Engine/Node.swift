@@ -109,7 +109,19 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     /// Starts the protocol for a new connection.
     public func accept(transport: any ClientTransport, codec: ProtocolCodec = .json) -> ClientSession {
-        ClientSession(node: self, transport: transport, codec: codec)
+        ClientSession(node: self, transport: transport, wire: Wire(codec))
+    }
+
+    /// Starts the protocol for a connection over another transport (the unidirectional
+    /// WebSocket, SSE and HTTP-streaming ones); the session keeps the wire for life.
+    public func accept(transport: any ClientTransport, wire: Wire) -> ClientSession {
+        ClientSession(node: self, transport: transport, wire: wire)
+    }
+
+    /// A session for a legacy REST read streamed live: unidirectional, newline-delimited JSON
+    /// pushes to `transport`; started with `startTrusted` once the route authorized the caller.
+    public func acceptLiveRead(transport: any ClientTransport) -> ClientSession {
+        ClientSession(node: self, transport: transport, wire: Wire(.uniJSON, .stream), trusted: true)
     }
 
     func register(_ session: ClientSession, user: String) {
@@ -163,14 +175,19 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
         var delta: [UInt8]?
-        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { codec, form in
+        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { wire, form in
+            let codec = wire.codec
+            let eventID = wire.carriesEventIDs && publication.offset > 0
+                ? Wire.eventID(channel: channel, offset: publication.offset, epoch: position?.epoch ?? "") : nil
             switch form {
-            case .whole, .wholeForDelta:
-                return codec.frame(codec.publication(channel: channel, publication, forDelta: form.index == 1), with: encoder)
+            case .whole:
+                return wire.frame(codec.publication(channel: channel, publication), with: encoder, eventID: eventID)
+            case .wholeForDelta:
+                return wire.frame(codec.publication(channel: channel, publication, forDelta: true), with: encoder, eventID: eventID)
             case .delta(let base):
                 // One delta per publication, shared by both codecs' delta subscribers.
                 if delta == nil { delta = FossilDelta.delta(from: base, to: JSONWriter.bytes(publication.data)) }
-                return codec.deltaPublication(channel: channel, publication, delta: delta!).map { codec.frame($0, with: encoder) }
+                return codec.deltaPublication(channel: channel, publication, delta: delta!).map { wire.frame($0, with: encoder) }
             }
         }
         counters.deliveries.add(delivered, ordering: .relaxed)
@@ -239,15 +256,15 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     }
 
     public func handleJoin(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec, _ in
-            codec.frame(codec.push(channel: channel, kind: "join", body: ["info": info.json]), with: encoder)
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
+            wire.frame(wire.codec.push(channel: channel, kind: "join", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }
 
     public func handleLeave(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { codec, _ in
-            codec.frame(codec.push(channel: channel, kind: "leave", body: ["info": info.json]), with: encoder)
+        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
+            wire.frame(wire.codec.push(channel: channel, kind: "leave", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }

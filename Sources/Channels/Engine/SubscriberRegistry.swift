@@ -130,7 +130,7 @@ final class SubscriberRegistry: Sendable {
     /// `makeFrame` builds the frame of one codec and form; a delta it cannot express (nil)
     /// goes out whole instead.
     func fanOut(channel: String, publication: Publication?, position: StreamPosition? = nil,
-                frame makeFrame: (ProtocolCodec, PublicationForm) -> WireFrame?) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
+                frame makeFrame: (Wire, PublicationForm) -> WireFrame?) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
         shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession]) in
             guard var members = map[channel] else { return (0, [], []) }
             var gap = false
@@ -151,12 +151,13 @@ final class SubscriberRegistry: Sendable {
             }
             var jsonFrame: WireFrame?
             var protobufFrame: WireFrame?
-            // Frames for filtered and delta subscribers, by codec and form, built when first needed.
+            // Frames for filtered and delta subscribers and for the HTTP transports, by wire and
+            // form, built when first needed.
             var special: [Int: WireFrame?] = [:]
-            func specialFrame(_ codec: ProtocolCodec, _ form: PublicationForm) -> WireFrame? {
-                let key = codec.rawValue * 4 + form.index
+            func specialFrame(_ wire: Wire, _ form: PublicationForm) -> WireFrame? {
+                let key = wire.index * 4 + form.index
                 if let built = special[key] { return built }
-                let built = makeFrame(codec, form)
+                let built = makeFrame(wire, form)
                 special[key] = built
                 return built
             }
@@ -185,20 +186,23 @@ final class SubscriberRegistry: Sendable {
                         deltaSubscribers = true
                         let id = ObjectIdentifier(session)
                         if members.deltaReady.contains(id), let base = members.previous {
-                            frame = specialFrame(session.codec, .delta(base: base))
+                            frame = specialFrame(session.wire, .delta(base: base))
                         }
-                        if frame == nil { frame = specialFrame(session.codec, .wholeForDelta) }
+                        if frame == nil { frame = specialFrame(session.wire, .wholeForDelta) }
                         nowReady.append(id)
                     }
                 }
                 if frame == nil {
-                    switch session.codec {
-                    case .json:
-                        if jsonFrame == nil { jsonFrame = makeFrame(.json, .whole) }
+                    // WebSocket subscribers, nearly all of them, take the two frames kept at hand.
+                    let wire = session.wire
+                    if wire == .webSocketJSON {
+                        if jsonFrame == nil { jsonFrame = makeFrame(.webSocketJSON, .whole) }
                         frame = jsonFrame
-                    case .protobuf:
-                        if protobufFrame == nil { protobufFrame = makeFrame(.protobuf, .whole) }
+                    } else if wire == .webSocketProtobuf {
+                        if protobufFrame == nil { protobufFrame = makeFrame(.webSocketProtobuf, .whole) }
                         frame = protobufFrame
+                    } else {
+                        frame = specialFrame(wire, .whole)
                     }
                 }
                 guard let frame else { continue }

@@ -2,10 +2,11 @@
 /// command's `id`, pushes carry none.
 public enum PushEncoding {
     /// `{"push":{"channel":…,"pub":{…}}}` — built byte by byte, once per publication.
-    public static func publication(channel: String, _ publication: Publication, delta: Bool = false) -> [UInt8] {
+    /// `wrapped: false`: the bare push of the unidirectional protocol, `{"channel":…,"pub":{…}}`.
+    public static func publication(channel: String, _ publication: Publication, delta: Bool = false, wrapped: Bool = true) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(64 + channel.utf8.count)
-        out.append(contentsOf: #"{"push":{"channel":"#.utf8)
+        out.append(contentsOf: (wrapped ? #"{"push":{"channel":"# : #"{"channel":"#).utf8)
         JSONWriter.writeString(channel, into: &out)
         out.append(contentsOf: #","pub":"#.utf8)
         var json = publication.json
@@ -14,15 +15,15 @@ public enum PushEncoding {
             json = .object(members)
         }
         JSONWriter.write(json, into: &out)
-        out.append(contentsOf: "}}".utf8)
+        out.append(contentsOf: (wrapped ? "}}" : "}").utf8)
         return out
     }
 
-    public static func push(channel: String?, kind: String, body: JSONValue) -> [UInt8] {
+    public static func push(channel: String?, kind: String, body: JSONValue, wrapped: Bool = true) -> [UInt8] {
         var push: [(String, JSONValue)] = []
         if let channel { push.append(("channel", .string(channel))) }
         push.append((kind, body))
-        return JSONWriter.bytes(["push": .object(push)])
+        return JSONWriter.bytes(wrapped ? ["push": .object(push)] : .object(push))
     }
 
     public static func reply(id: Int64, method: String, result: JSONValue) -> [UInt8] {
@@ -34,6 +35,11 @@ public enum PushEncoding {
         if let id { members.append(("id", .int(id))) }
         members.append(("error", error.json))
         return JSONWriter.bytes(.object(members))
+    }
+
+    /// `{"push":{"disconnect":{"code":…,"reason":…}}}`: how a stream without close frames ends.
+    public static func disconnect(_ reason: DisconnectReason, wrapped: Bool = true) -> [UInt8] {
+        push(channel: nil, kind: "disconnect", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)], wrapped: wrapped)
     }
 
     /// The ping the server sends and the pong clients answer with: an empty object.

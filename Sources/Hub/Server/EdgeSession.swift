@@ -19,11 +19,10 @@ class EdgeSession: @unchecked Sendable {
     final func wantWrite() { loop.requestWrite(self) }
 }
 
-/// A WebSocket connection speaking the client protocol. The engine's `ClientTransport`.
-///
-/// The outbound queue is bounded in bytes and messages; frames are shared, never copied
-/// per subscriber, and written only from the writeable callback.
-final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendable {
+/// A connection the engine writes frames to: the outbound queue is bounded in bytes and
+/// messages; frames are shared, never copied per subscriber, and written only from the
+/// writeable callback. The engine's `ClientTransport`, whatever the edge protocol.
+class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
     struct Outbound {
         var frames: [WireFrame] = []
         var head = 0
@@ -37,17 +36,6 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
     let remoteAddress: String
     private let maxQueuedBytes: Int
     private let maxQueuedMessages: Int
-    var session: ClientSession?
-    /// Set for `/ws/{user_id}` connections: the seed-format chat session driving `session`.
-    var chat: ChatSession?
-    /// Frame being assembled from fragments (service thread only).
-    var inbound: [UInt8] = []
-    /// permessage-deflate was negotiated: frames go out through lws (compressed), not raw.
-    var compressed = false
-    /// The connection speaks the Protobuf flavour: its messages are binary frames.
-    var binary = false
-    /// A message went past the size limit: the rest of it is dropped while the close goes out.
-    var oversized = false
 
     init(loop: ServiceLoop, wsi: OpaquePointer?, remoteAddress: String, maxQueuedBytes: Int, maxQueuedMessages: Int) {
         self.remoteAddress = remoteAddress
@@ -111,6 +99,45 @@ final class WebSocketConnection: EdgeSession, ClientTransport, @unchecked Sendab
             if !more { q.wakeRequested = false }
             return (taken, more, more ? nil : q.closeReason)
         }
+    }
+}
+
+/// A WebSocket connection speaking the client protocol (or seed 003's chat).
+final class WebSocketConnection: QueuedSession, @unchecked Sendable {
+    var session: ClientSession?
+    /// Set for `/ws/{user_id}` connections: the seed-format chat session driving `session`.
+    var chat: ChatSession?
+    /// Frame being assembled from fragments (service thread only).
+    var inbound: [UInt8] = []
+    /// permessage-deflate was negotiated: frames go out through lws (compressed), not raw.
+    var compressed = false
+    /// The connection speaks the Protobuf flavour: its messages are binary frames.
+    var binary = false
+    /// A message went past the size limit: the rest of it is dropped while the close goes out.
+    var oversized = false
+}
+
+/// An HTTP response whose body is a stream of messages (SSE, HTTP streaming): it replaces the
+/// request's `HTTPExchange` in the session slot once its headers are out.
+final class HTTPStream: QueuedSession, @unchecked Sendable {
+    let body: any ResponseStream
+    /// Bytes of a frame that did not fit the last write (service thread only).
+    var carry: [UInt8] = []
+    var carryOffset = 0
+    var stopped = false
+
+    init(loop: ServiceLoop, wsi: OpaquePointer?, remoteAddress: String, body: any ResponseStream) {
+        self.body = body
+        super.init(loop: loop, wsi: wsi, remoteAddress: remoteAddress,
+                   maxQueuedBytes: loop.settings.maxQueuedBytes, maxQueuedMessages: loop.settings.maxQueuedMessages)
+    }
+
+    /// The client went away (or lws closed the connection): the stream lets go of its session.
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        outbound.withLock { $0.closing = true }
+        body.stopped()
     }
 }
 

@@ -48,10 +48,16 @@ func httpCallback(
         return 0
 
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        guard let wsi, let exchange = sessionIn(user) as? HTTPExchange else { return 0 }
+        guard let wsi else { return 0 }
+        if let stream = sessionIn(user) as? HTTPStream { return writeStream(stream, wsi: wsi, loop: loop) }
+        guard let exchange = sessionIn(user) as? HTTPExchange else { return 0 }
+        if !exchange.headersSent, exchange.method != "HEAD", let response = exchange.response.withLock({ $0 }), let body = response.stream {
+            return startStream(exchange, response, body: body, wsi: wsi, user: user, loop: loop)
+        }
         return writeResponse(exchange, wsi: wsi, loop: loop)
 
     case LWS_CALLBACK_CLOSED_HTTP:
+        endStream(user, loop: loop)
         releaseSession(user)
         return 0
 
@@ -62,6 +68,7 @@ func httpCallback(
         if let wsi, let input, String(cString: input.assumingMemoryBound(to: CChar.self)) == "__lws_close_free_wsi" {
             answerDroppedRequest(wsi, loop: loop)
         }
+        endStream(user, loop: loop)
         releaseSession(user)
         return 0
 
@@ -103,6 +110,11 @@ func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop: Service
     }
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
+    }
+    if path.hasPrefix("/connection/") || exchange.headers["accept"]?.contains("text/event-stream") == true {
+        for name in streamRequestHeaders {
+            if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
+        }
     }
     if loop.router.tracing {
         for name in traceRequestHeaders {

@@ -41,6 +41,8 @@ let requestHeaders: [(lws_token_indexes, String)] = [
 
 /// Custom headers lws does not tokenise; the names routes read.
 let customRequestHeaders = ["x-api-key", "x-request-id", "access-control-request-method", "access-control-request-headers"]
+/// Where an EventSource resumes (`uni_sse`, live REST reads); read only for requests that can stream.
+let streamRequestHeaders = ["last-event-id"]
 /// W3C Trace Context, read only while traces are exported (each custom header is a lookup).
 let traceRequestHeaders = ["traceparent", "tracestate"]
 

@@ -47,6 +47,8 @@ final class ServiceLoop: @unchecked Sendable {
 
     /// Live WebSocket connections (service thread only).
     var connections: [ObjectIdentifier: WebSocketConnection] = [:]
+    /// Live streamed HTTP responses (SSE, HTTP streaming; service thread only).
+    var streams: [ObjectIdentifier: HTTPStream] = [:]
     /// Client address of every connection this loop accepted, until lws destroys it (service
     /// thread only): the connection limits count them.
     var admitted: [OpaquePointer: Admission] = [:]
@@ -149,8 +151,8 @@ final class ServiceLoop: @unchecked Sendable {
             if let wsi = session.wsi { lws_rx_flow_control(wsi, 1) }
         }
         if tickRequested.exchange(false, ordering: .acquiringAndReleasing) {
-            node.tick(sessions: connections.values.compactMap(\.session))
-            if let deadline = shutdownDeadline, node.clock.now() > deadline || connections.isEmpty {
+            node.tick(sessions: connections.values.compactMap(\.session) + streams.values.compactMap(\.body.session))
+            if let deadline = shutdownDeadline, node.clock.now() > deadline || (connections.isEmpty && streams.isEmpty) {
                 running.store(false, ordering: .releasing)
             }
         }
@@ -161,7 +163,11 @@ final class ServiceLoop: @unchecked Sendable {
                 connection.close(DisconnectReason(code: 1001, reason: "going away"))
                 if let wsi = connection.wsi { lws_callback_on_writable(wsi) }
             }
-            if connections.isEmpty { running.store(false, ordering: .releasing) }
+            for stream in streams.values {
+                // A stream has no close frame: its session says why in a disconnect push.
+                if let session = stream.body.session { session.disconnect(.shutdown) } else { stream.close(.shutdown) }
+            }
+            if connections.isEmpty && streams.isEmpty { running.store(false, ordering: .releasing) }
         }
     }
 }

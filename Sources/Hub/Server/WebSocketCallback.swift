@@ -13,9 +13,10 @@ func webSocketCallback(
 ) -> Int32 {
     switch reason {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        // Only the client-protocol endpoint and seed 003's chat endpoint upgrade to WebSocket.
+        // Only the client-protocol endpoints (bidirectional and unidirectional) and seed 003's chat
+        // endpoint upgrade to WebSocket.
         guard let wsi, let path = requestPath(wsi) else { return 1 }
-        if path == "/connection/websocket" { return 0 }
+        if path == "/connection/websocket" || path == "/connection/uni_websocket" { return 0 }
         // Seed 003's chat speaks its own JSON: a Protobuf client there is refused, not misread.
         if header(wsi, WSI_TOKEN_PROTOCOL)?.contains(protobufSubprotocol) == true { return 1 }
         return chatUserID(path) != nil && loop.settings.chat != nil ? 0 : 1
@@ -37,6 +38,9 @@ func webSocketCallback(
             connection.chat = session
             connection.session = session.clientSession
             session.start(token: bearerToken(wsi) ?? queryValue(wsi, "token"))
+        } else if requestPath(wsi) == "/connection/uni_websocket" {
+            // Unidirectional: the first message is the connect request, then the server talks.
+            connection.session = loop.node.accept(transport: connection, wire: Wire(.uniJSON))
         } else {
             // lws bound the connection to the subprotocol entry it negotiated.
             let codec: ProtocolCodec = negotiatedSubprotocol(wsi) == protobufSubprotocol ? .protobuf : .json

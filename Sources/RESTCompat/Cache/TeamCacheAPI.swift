@@ -58,7 +58,7 @@ public struct TeamCacheAPI: Sendable {
                     case .failure: context.fail(RouteError(500, "Failed to get job"))
                     }
                 }
-            },
+            }.streaming(.named { _, params in params["jobId"].map(CacheChannels.progress) }),
             Route("DELETE", "/api/v1/cache/jobs/{jobId}", auth: Self.auth, errors: .teamCache, rateLimit: Self.rateLimit,
                   summary: "Cancel a pending or running job", tag: Self.tag,
                   responses: [200: "Cancelled", 400: "Invalid job ID format, or the job already ended", 401: "Invalid or missing API key",

@@ -77,7 +77,12 @@ public struct RoomProxy: Sendable {
               query: [QueryParameter("gw_id", description: "gateway id (preferred)"), QueryParameter("room", description: "room name")],
               responses: [200: "success", 400: "Missing parameters", 404: "Gateway or room not found"]) { context in
             service.status(id: context.request.queryValue("gw_id"), room: context.request.queryValue("room"), reply: context.respond)
-        }
+        }.streaming(.named { request, _ in
+            // The channel the gateway's record changes are published on, as the read finds it.
+            if let id = request.queryValue("gw_id"), !id.isEmpty { return GatewayService.channel(gateway: id) }
+            if let room = request.queryValue("room"), !room.isEmpty { return GatewayService.channel(room: room) }
+            return nil
+        })
     }
 
     /// `GET /status` belongs to seed 000 (a gateway's status, by `gw_id` or `room`, bearer

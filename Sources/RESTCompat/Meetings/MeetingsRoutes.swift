@@ -35,7 +35,14 @@ extension MeetingsPipeline {
                         ("stage", meeting.stage.map(JSONValue.string)), ("error", meeting.error.map(JSONValue.string)),
                     ]))
                 }
-            },
+            }.streaming(LiveChannel { [self] _, _, caller, answer, done in
+                // The meeting's channel carries its owner, who may not be the caller (an admin).
+                guard let meetingID = answer["meeting_id"]?.stringValue else { return done(nil) }
+                Task { [self] in
+                    let meeting = try? await visibleMeeting(meetingID, caller: caller)
+                    done(meeting.map { MeetingChannels.meeting($0.meetingID, owner: $0.owner) })
+                }
+            }),
             Route("GET", "/v1/meetings", auth: Self.user, errors: .meetings, summary: "Your meetings, newest first, paginated",
                   tag: Self.tag,
                   query: [QueryParameter("page", type: "integer", description: "1-based page (default 1)"),

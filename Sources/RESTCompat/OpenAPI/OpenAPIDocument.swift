@@ -38,6 +38,8 @@ public enum OpenAPIDocument {
             var documented = route.responses
             switch route.auth {
             case .none, .optional: break
+            case .clientProtocol:
+                documented[200] = documented[200] ?? "OK"
             case .optionalJWT:
                 documented[401] = documented[401] ?? "Invalid credentials"
             case .jwt(let roles):
@@ -52,14 +54,20 @@ public enum OpenAPIDocument {
             if route.rateLimit != nil { documented[429] = documented[429] ?? "Rate limit exceeded" }
             if route.body != nil { documented[413] = documented[413] ?? "Body larger than the configured limit" }
             for (status, description) in documented.sorted(by: { $0.key < $1.key }) {
-                let content: JSONValue = status < 400
-                    ? .object([(route.produces, JSONValue.object([("schema", JSONValue.object([]))]))])
-                    : errorContent
+                var produced: [(String, JSONValue)] = [(route.produces, JSONValue.object([("schema", JSONValue.object([]))]))]
+                if status == 200, route.live != nil {
+                    // `Accept: text/event-stream`: the same answer as events, again on every change.
+                    produced.append(("text/event-stream", ["schema": [
+                        "type": "string",
+                        "description": "Server-sent events: `id: <offset>:<epoch>` and `data: <the JSON answer>`, first the current answer, then one after every change; resumes from Last-Event-ID",
+                    ]]))
+                }
+                let content: JSONValue = status < 400 ? .object(produced) : errorContent
                 responses.append((String(status), ["description": .string(description), "content": content]))
             }
             operation.append(("responses", .object(responses)))
             switch route.auth {
-            case .none:
+            case .none, .clientProtocol:
                 operation.append(("security", []))
             case .serverAPIKey:
                 addScheme("hubApiKey", ["type": "apiKey", "in": "header", "name": "X-API-Key"])
@@ -110,6 +118,7 @@ public enum OpenAPIDocument {
         case .bearerToken(let name, let admin): return ["scheme": "bearerToken", "name": .string(name), "admin": .bool(admin)]
         case .jwt(let roles): return ["scheme": "jwt", "roles": .array(roles.map { .string($0) })]
         case .optionalJWT: return ["scheme": "optionalJWT"]
+        case .clientProtocol: return ["scheme": "clientProtocol"]
         case .optional(let inner): return ["scheme": "optional", "inner": authDescriptor(inner)]
         }
     }

@@ -22,6 +22,9 @@ public indirect enum AuthScheme: Sendable, Equatable {
     /// for a route that serves two systems on one path and decides in its handler
     /// (`GET /status`: seed 000 with a gateway token, seed 003's open status without).
     case optional(AuthScheme)
+    /// The client protocol's own: nothing at the HTTP layer, the connection token travels in
+    /// the connect request and the engine verifies it (Centrifugo's HTTP transports).
+    case clientProtocol
 }
 
 /// Secrets the auth schemes compare against. Never logged.
@@ -66,7 +69,7 @@ enum Authenticator {
     static func check(_ request: HTTPRequest, scheme: AuthScheme, credentials: Credentials, now: Double) -> Result<Caller, RouteError> {
         let anonymous = Caller(rateKey: "ip:" + request.remoteAddress)
         switch scheme {
-        case .none:
+        case .none, .clientProtocol:
             return .success(anonymous)
         case .optional(let inner):
             return .success((try? check(request, scheme: inner, credentials: credentials, now: now).get()) ?? anonymous)

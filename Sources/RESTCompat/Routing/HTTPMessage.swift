@@ -63,11 +63,15 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [(String, String)]
     public var body: [UInt8]
+    /// A body written as it happens (SSE, HTTP streaming) instead of `body`: the edge sends the
+    /// headers without a length, then hands the stream its connection.
+    public var stream: (any ResponseStream)?
 
-    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = [], stream: (any ResponseStream)? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
+        self.stream = stream
     }
 
     public static func json(_ status: Int, _ value: JSONValue) -> HTTPResponse {
@@ -79,3 +83,14 @@ public struct HTTPResponse: Sendable {
 
 /// Hands a response back to the edge; callable once, from any thread.
 public typealias Responder = @Sendable (HTTPResponse) -> Void
+
+/// The body of a streamed response. The edge calls `start` on its service thread once the
+/// headers are out, and `stopped` exactly once when the connection ends (either side).
+public protocol ResponseStream: Sendable {
+    /// `sink` takes the body's bytes, frame by frame, under the connection's outbound limits;
+    /// `sink.close` ends the response.
+    func start(sink: any ClientTransport)
+    func stopped()
+    /// The protocol session behind the stream, whose deadlines and pings the edge's tick drives.
+    var session: ClientSession? { get }
+}

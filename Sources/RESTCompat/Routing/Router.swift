@@ -79,6 +79,9 @@ public struct Route: Sendable {
     public var responses: [Int: String]
     public var produces: String
     public var handler: @Sendable (RouteContext) -> Void
+    /// Set for a read whose answer lives on a channel: with `Accept: text/event-stream` it
+    /// streams (`LiveRead`); the plain GET is unchanged.
+    public var live: LiveChannel?
 
     public init(_ method: String, _ pattern: String, auth: AuthScheme, errors: ErrorShape = .hub, rateLimit: String? = nil,
                 summary: String, tag: String = "hub", query: [QueryParameter] = [], body: RequestBody? = nil,
@@ -100,6 +103,13 @@ public struct Route: Sendable {
     }
 
     private(set) var segments: [Substring]
+
+    /// This route, answering `Accept: text/event-stream` as a live stream of its answer.
+    public func streaming(_ channel: LiveChannel) -> Route {
+        var route = self
+        route.live = channel
+        return route
+    }
 
     static func split(_ path: String) -> [Substring] { path.split(separator: "/", omittingEmptySubsequences: true) }
 
@@ -146,6 +156,8 @@ private final class RouteEntry: Sendable {
 /// request ids, rate-limit, security and CORS headers; counts everything in the metrics.
 public final class Router: Sendable {
     public let routes: [Route]
+    /// The engine live reads subscribe through (nil: reads never stream).
+    let node: Node?
     /// The routes as the request path reads them: one reference each, so trying a route and
     /// capturing it in the closures that finish a request retains once instead of copying a
     /// struct of a dozen fields (retains and all), which showed up in REST profiles.
@@ -172,7 +184,8 @@ public final class Router: Sendable {
                 limitClasses: [RateLimitClass] = [], metrics: MetricsRegistry = MetricsRegistry(), corsOrigins: String = "*",
                 clock: any Clock = SystemClock(),
                 uploads: UploadSettings = UploadSettings(directory: "/tmp", limits: MultipartLimits(maxBodyBytes: 10 << 20, maxFileBytes: 10 << 20)),
-                tracer: Tracer? = nil) {
+                tracer: Tracer? = nil, node: Node? = nil) {
+        self.node = node
         self.uploads = uploads
         self.tracer = tracer
         self.routes = routes
@@ -273,7 +286,7 @@ public final class Router: Sendable {
                 finish(entry.route.errors.response(refusal.status, message, code: "UNAUTHORIZED"), challenge, label)
                 return
             }
-            let run: @Sendable ([(String, String)]) -> Void = { [uploads] headers in
+            let run: @Sendable ([(String, String)]) -> Void = { [uploads, node] headers in
                 var request = request
                 var bufferedForm: MultipartForm?
                 if case .multipart = entry.route.body {
@@ -302,10 +315,30 @@ public final class Router: Sendable {
                     request.upload = upload
                     request.body = []
                 }
+                let served = request
+                let streams = entry.route.live != nil && node != nil && served.method == "GET"
+                    && served.header("accept")?.contains("text/event-stream") == true
                 let context = RouteContext(request: request, params: params, caller: caller, errors: entry.route.errors,
-                                           trace: span?.asParent) { [bufferedForm] response in
+                                           trace: span?.asParent) { [bufferedForm, node] response in
                     bufferedForm?.removeFiles()
-                    finish(response, headers, label)
+                    // A live read answers its first read as usual when it fails (same errors, same
+                    // shape); a 200 becomes the stream's first event.
+                    guard streams, let node, let live = entry.route.live, response.status == 200,
+                          let answer = try? JSONParser.parse(response.body) else {
+                        finish(response, headers, label)
+                        return
+                    }
+                    live.resolve(served, params, caller, answer) { channel in
+                        guard let channel else {
+                            finish(response, headers, label)
+                            return
+                        }
+                        let errors = entry.route.errors
+                        let stream = LiveRead(node: node, channel: channel, lastEventID: served.header("last-event-id")) { done in
+                            entry.route.handler(RouteContext(request: served, params: params, caller: caller, errors: errors, trace: nil, responder: done))
+                        }
+                        finish(HTTPResponse(status: 200, headers: LiveRead.headers, stream: stream), headers, label)
+                    }
                 }
                 entry.route.handler(context)
             }

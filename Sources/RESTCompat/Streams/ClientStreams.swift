@@ -1,0 +1,104 @@
+import Channels
+import Synchronization
+
+/// Centrifugo's unidirectional HTTP transports: `uni_sse` (EventSource) and `uni_http_stream`.
+/// The client sends its connect request once — in the URL (`cf_connect`) or the body — and
+/// then only listens: a `{"connect":{…}}` push, then publications and pings, one message per
+/// SSE event or per line. The WebSocket one (`uni_websocket`) lives at the edge.
+public struct ClientStreams: Sendable {
+    let node: Node
+
+    public init(node: Node) { self.node = node }
+
+    static let eventStreamHeaders: [(String, String)] = [
+        ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+        // Proxies such as nginx must pass each event on at once, not buffer the body.
+        ("x-accel-buffering", "no"),
+    ]
+    static let streamHeaders: [(String, String)] = [
+        ("content-type", "application/json"), ("cache-control", "no-cache"), ("x-accel-buffering", "no"),
+    ]
+
+    public var routes: [Route] {
+        let connectSchema: JSONValue = [
+            "type": "object",
+            "description": "Centrifugo's connect request: token, data, subs (channel → {recover, offset, epoch}), name, version",
+        ]
+        let sse: @Sendable (RouteContext) -> Void = { context in
+            // GET: the connect request in `cf_connect` (EventSource cannot send a body); POST: the body.
+            let raw: [UInt8] = context.request.method == "POST"
+                ? context.request.body : Array((context.request.queryValue("cf_connect") ?? "").utf8)
+            start(context, raw: raw, wire: Wire(.uniJSON, .eventStream), headers: Self.eventStreamHeaders,
+                  lastEventID: context.request.header("last-event-id"))
+        }
+        return [
+            Route("GET", "/connection/uni_sse", auth: .clientProtocol, summary: "Unidirectional SSE transport (EventSource)",
+                  tag: "client protocol",
+                  query: [QueryParameter("cf_connect", type: "string", description: "the connect request, URL-encoded JSON")],
+                  responses: [200: "An event stream: the connect push, then publications", 400: "The connect request is not a JSON object"],
+                  produces: "text/event-stream", handler: sse),
+            Route("POST", "/connection/uni_sse", auth: .clientProtocol, summary: "Unidirectional SSE transport, connect request in the body",
+                  tag: "client protocol", body: .json(connectSchema, required: false),
+                  responses: [200: "An event stream: the connect push, then publications", 400: "The connect request is not a JSON object"],
+                  produces: "text/event-stream", handler: sse),
+            Route("POST", "/connection/uni_http_stream", auth: .clientProtocol, summary: "Unidirectional HTTP-streaming transport",
+                  tag: "client protocol", body: .json(connectSchema, required: false),
+                  responses: [200: "Newline-delimited JSON pushes: the connect push, then publications",
+                              400: "The connect request is not a JSON object"],
+                  produces: "application/json") { context in
+                start(context, raw: context.request.body, wire: Wire(.uniJSON, .stream), headers: Self.streamHeaders, lastEventID: nil)
+            },
+        ]
+    }
+
+    /// Checks the connect request, folds a `Last-Event-ID` into its `subs` (the channel of the
+    /// last event the client saw, recovering after it), and answers with the stream.
+    private func start(_ context: RouteContext, raw: [UInt8], wire: Wire, headers: [(String, String)], lastEventID: String?) {
+        var request: JSONValue = [:]
+        if raw.contains(where: { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }) {
+            guard let parsed = try? JSONParser.parse(raw), parsed.objectValue != nil else {
+                context.fail(RouteError(400, "the connect request must be a JSON object", code: "BAD_REQUEST"))
+                return
+            }
+            request = parsed
+        }
+        if let lastEventID, let (channel, position) = Wire.position(fromEventID: lastEventID) {
+            var subs = request["subs"]?.objectValue ?? []
+            subs.removeAll { $0.0 == channel }
+            subs.append((channel, ["recover": true, "offset": .int(Int64(clamping: position.offset)), "epoch": .string(position.epoch)]))
+            var members = request.objectValue ?? []
+            members.removeAll { $0.0 == "subs" }
+            members.append(("subs", .object(subs)))
+            request = .object(members)
+        }
+        context.respond(HTTPResponse(status: 200, headers: headers,
+                                     stream: ClientStream(node: node, wire: wire, connect: JSONWriter.bytes(request))))
+    }
+}
+
+/// One unidirectional client over an HTTP stream: its protocol session, started when the
+/// edge hands over the connection.
+final class ClientStream: ResponseStream, @unchecked Sendable {
+    private let node: Node
+    private let wire: Wire
+    private let connect: [UInt8]
+    private let current = Mutex<ClientSession?>(nil)
+
+    init(node: Node, wire: Wire, connect: [UInt8]) {
+        self.node = node
+        self.wire = wire
+        self.connect = connect
+    }
+
+    var session: ClientSession? { current.withLock { $0 } }
+
+    func start(sink: any ClientTransport) {
+        let session = node.accept(transport: sink, wire: wire)
+        current.withLock { $0 = session }
+        session.handle(message: connect)
+    }
+
+    func stopped() {
+        current.withLock { $0 }?.closed()
+    }
+}
