@@ -40,6 +40,8 @@ final class LiveRead: ResponseStream, @unchecked Sendable {
         var epoch = ""
         /// The newest offset heard of, and the one the last event sent reflects.
         var offset: UInt64 = 0
+        /// The offset the newest read (in flight or done) reflects: publications up to it are in it.
+        var reflected: UInt64 = 0
         var reading = false
         var readAgain = false
         var ended = false
@@ -96,12 +98,17 @@ final class LiveRead: ResponseStream, @unchecked Sendable {
             state.withLock {
                 $0.epoch = epoch
                 $0.offset = offset
+                if upToDate { $0.reflected = offset }
             }
             if !upToDate { read() }
         } else if let publication = push["pub"] {
             let offset = UInt64(max(0, publication["offset"]?.intValue ?? 0))
-            state.withLock { $0.offset = max($0.offset, offset) }
-            read()
+            // Recovered publications the first read already reflects are not read again.
+            let newer = state.withLock { state -> Bool in
+                state.offset = max(state.offset, offset)
+                return offset > state.reflected
+            }
+            if newer { read() }
         } else if push["disconnect"] != nil || push["unsubscribe"] != nil {
             end(.insufficientState)
         } else if push.objectValue?.isEmpty == true {
@@ -119,10 +126,11 @@ final class LiveRead: ResponseStream, @unchecked Sendable {
                 return false
             }
             state.reading = true
+            state.reflected = state.offset
             return true
         }
         guard go else { return }
-        let reflects = state.withLock { ($0.offset, $0.epoch) }
+        let reflects = state.withLock { ($0.reflected, $0.epoch) }
         // Off the caller's thread: a publication reaches here from inside the fan-out.
         Task { [self] in reread { [self] response in
             if response.status == 200 {
