@@ -133,7 +133,9 @@ def expected(auth: Dict[str, Any], caller: str, owned_params: List[str]) -> Tupl
     None): someone else's resource answers exactly as one that does not exist; ('any', None):
     the route decides."""
     scheme = auth["scheme"]
-    if scheme == "none":
+    if scheme in ("none", "clientProtocol"):
+        # clientProtocol: open at the HTTP layer; the client protocol's token in the connect
+        # request decides (test_transports.py covers those refusals).
         return ("same", None)
     if scheme == "optionalJWT" and caller == "anonymous":
         return ("any", None)  # without a bearer the route decides (seed 003's legacy /auth/token)
@@ -167,6 +169,12 @@ def expected(auth: Dict[str, Any], caller: str, owned_params: List[str]) -> Tupl
 def request_for(hub, method: str, path: str, op: Dict[str, Any], headers: Dict[str, str]) -> requests.Response:
     content = op.get("requestBody", {}).get("content", {})
     kwargs: Dict[str, Any] = {}
+    if op.get("x-auth", {}).get("scheme") == "clientProtocol":
+        # A streamed answer stays open: its status is the cell; the stream is let go at once.
+        r = hub.http.request(method, hub.url + path, headers=headers, timeout=10, stream=True,
+                             **({"json": {}} if "application/json" in content else {}))
+        r.close()
+        return r
     if "application/json" in content:
         kwargs["json"] = {}
     elif "multipart/form-data" in content:
@@ -227,7 +235,7 @@ def test_every_route_answers_each_kind_of_caller_as_its_scheme_declares(mhub):
                 if status in refused:
                     failures.append(cell + " (expected to pass auth)")
     assert not failures, f"{len(failures)} of {checked} cells wrong:\n" + "\n".join(failures)
-    assert {"none", "serverAPIKey", "apiKey", "bearerToken", "jwt", "optionalJWT", "optional"} <= seen_schemes
+    assert {"none", "serverAPIKey", "apiKey", "bearerToken", "jwt", "optionalJWT", "optional", "clientProtocol"} <= seen_schemes
     assert hub.alive()
 
     # Every credential above went through a hub logging at trace level; none may be in its log.

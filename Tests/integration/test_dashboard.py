@@ -9,6 +9,7 @@ watches the page change without ever reloading it. Screenshots go to test-artifa
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -17,12 +18,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 import requests
 
-from hubtest import API_KEY, ARTIFACTS, REPO_ROOT, WAIT, HubFactory, free_port, stop_processes, wait_for
+from hubtest import API_KEY, ARTIFACTS, REPO_ROOT, WAIT, HubFactory, conn_token, free_port, stop_processes, wait_for
 
 CHROMIUM = os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium")
 try:
@@ -487,4 +489,42 @@ def test_a_non_admin_sees_no_inspector_and_its_routes_refuse(board, browser):
     page.click("#login-button")
     expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=10_000)
     expect(page.locator("#inspector")).to_be_hidden()
+    context.close()
+
+
+def test_a_browser_eventsource_subscribes_with_no_sdk_and_resumes_after_a_drop(board, browser):
+    """uni_sse from a plain `EventSource`: the token's channels are subscribed, publications
+    arrive as events, and when the stream drops the browser's own reconnect (with
+    `Last-Event-ID`) brings what was published meanwhile."""
+    hub = board.hub
+    token = conn_token("eve", secret=hub.secret, channels=["eventsource-demo"])
+    url = "/connection/uni_sse?cf_connect=" + urllib.parse.quote(json.dumps({"token": token}))
+    context = browser.new_context()
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(hub.url + "/")
+    # (Polled from here: the page's CSP forbids the eval Playwright's wait_for_function needs.)
+    page.evaluate("""(url) => {
+        window.got = [];
+        window.opens = 0;
+        const source = new EventSource(url);
+        source.onopen = () => { window.opens += 1; };
+        source.onmessage = (e) => window.got.push({id: e.lastEventId, message: JSON.parse(e.data)});
+    }""", url)
+    wait_for(lambda: page.evaluate("window.got.some(e => e.message.connect)"), timeout=10, message="window.got.some(e => e.message.connect)")
+    hub.publish("eventsource-demo", {"n": 1})
+    wait_for(lambda: page.evaluate("window.got.some(e => e.message.pub && e.message.pub.data.n === 1)"), timeout=10, message="window.got.some(e => e.message.pub && e.")
+    first = next(e for e in page.evaluate("window.got") if "pub" in e["message"])
+    assert first["id"].startswith("1:") and first["id"].endswith(":eventsource-demo")
+    # The hub drops the stream; what is published before the browser is back must still arrive.
+    hub.api_result("disconnect", {"user": "eve"})
+    hub.publish("eventsource-demo", {"n": 2})
+    wait_for(lambda: page.evaluate("window.opens >= 2"), timeout=15, message="window.opens >= 2")
+    wait_for(lambda: page.evaluate("window.got.some(e => e.message.pub && e.message.pub.data.n === 2)"), timeout=10, message="window.got.some(e => e.message.pub && e.")
+    hub.publish("eventsource-demo", {"n": 3})
+    wait_for(lambda: page.evaluate("window.got.some(e => e.message.pub && e.message.pub.data.n === 3)"), timeout=10, message="window.got.some(e => e.message.pub && e.")
+    numbers = [e["message"]["pub"]["data"]["n"] for e in page.evaluate("window.got") if "pub" in e["message"]]
+    assert numbers == [1, 2, 3], "each publication once, in order, across the reconnect"
+    assert not problems, problems
     context.close()
