@@ -133,7 +133,7 @@ final class HubServer {
             route.method == "GET" && route.pattern == "/status" ? RoomProxy.sharedStatus(route, otherwise: june.status) : route
         }
         let serverAPI = ServerAPI(node: node)
-        let routes = Health(node: node).routes + ClientStreams(node: node).routes + serverAPI.routes + serverAPI.inspectorRoutes + gatewayRoutes
+        let routes = Health(node: node).routes + ClientStreams(node: node, maxMessageSize: config.maxMessageSize).routes + serverAPI.routes + serverAPI.inspectorRoutes + gatewayRoutes
             + APIDocs(version: HubVersion.string, router: { routerBox.router }).routes
             + TeamCacheAPI(service: cache).routes
             + june.routes

@@ -15,10 +15,12 @@ import pytest
 import websockets
 
 from hubtest import WAIT, arun, conn_token, wait_for
+from test_gateways import redis_url  # noqa: F401 (fixture)
 
 CONFIG = {"namespaces": [
     {"name": "news", "history_size": 100, "history_ttl": 300, "recovery": True, "presence": True,
-     "allow_subscribe_for_client": True, "allow_subscribe_for_anonymous": True},
+     "allow_subscribe_for_client": True, "allow_subscribe_for_anonymous": True,
+     "allow_publish_for_subscriber": True, "allow_presence_for_subscriber": True},
     {"name": "private", "history_size": 10, "history_ttl": 300},
 ]}
 
@@ -261,3 +263,139 @@ def test_a_stream_that_is_not_read_is_cut_off_and_others_keep_their_stream(hub_f
     assert json.loads(reader.event()["data"])["pub"]["data"]["n"] == "after"
     stalled.close()
     reader.close()
+
+
+# --------------------------------------------------------------------------------------------
+# bidirectional emulation: a stream down, POST /emulation up (centrifuge-js's SSE and
+# HTTP-streaming fallbacks), written here against the documented wire format
+
+
+def emulate(hub, session: str, node: str, *commands: dict, raw: Optional[bytes] = None) -> int:
+    body = raw if raw is not None else json.dumps(
+        {"session": session, "node": node, "data": "\n".join(json.dumps(c) for c in commands)}).encode()
+    return hub.http.post(hub.url + "/emulation", data=body, headers={"Content-Type": "application/json"}, timeout=WAIT).status_code
+
+
+def test_sse_emulation_connect_subscribe_publish_and_pongs(hub_factory):
+    hub = hub_factory("--ping-interval", "1", "--pong-timeout", "1", config=CONFIG)
+    connect = {"id": 1, "connect": {"token": conn_token("alice", secret=hub.secret), "name": "emulated"}}
+    s = RawStream(hub.port, "GET", "/connection/sse?cf_connect=" + urllib.parse.quote(json.dumps(connect)), {"Accept": "text/event-stream"})
+    assert s.status == 200 and s.headers["content-type"].startswith("text/event-stream")
+    reply = json.loads(s.event()["data"])
+    assert reply["id"] == 1
+    result = reply["connect"]
+    session, node = result["session"], result["node"]
+    assert result["pong"] is True and len(session) > 40
+
+    def next_message():
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            message = json.loads(s.event()["data"])
+            if message == {}:
+                assert emulate(hub, session, node, {}) == 204  # the pong goes up like any command
+                continue
+            return message
+        raise AssertionError("only pings within the deadline")
+
+    assert emulate(hub, session, node, {"id": 2, "subscribe": {"channel": "news:emu"}}) == 204
+    assert next_message()["id"] == 2
+    assert emulate(hub, session, node, {"id": 3, "publish": {"channel": "news:emu", "data": {"from": "sse"}}},
+                   {"id": 4, "presence_stats": {"channel": "news:emu"}}) == 204
+    got = [next_message() for _ in range(3)]
+    assert {"id": 3, "publish": {}} in got
+    assert {"id": 4, "presence_stats": {"num_clients": 1, "num_users": 1}} in got
+    [push] = [m for m in got if "push" in m]
+    assert push["push"]["channel"] == "news:emu" and push["push"]["pub"]["data"] == {"from": "sse"}
+    # Answering pings through /emulation keeps the session past several ping + pong timeouts.
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        try:
+            message = json.loads(s.event(timeout=deadline - time.monotonic())["data"])
+        except TimeoutError:
+            break
+        if message == {}:
+            emulate(hub, session, node, {})
+    assert [c["transport"] for c in connections(hub)] == ["sse"]
+    s.close()
+
+
+def test_http_stream_emulation_in_json_and_protobuf(hub_factory):
+    from centrifuge.protocol import client_pb2 as pb
+    from test_protobuf import delimited, replies
+
+    hub = hub_factory(config=CONFIG)
+    token = conn_token("alice", secret=hub.secret)
+    s = RawStream(hub.port, "POST", "/connection/http_stream", {"Content-Type": "application/json"},
+                  json.dumps({"id": 1, "connect": {"token": token}}).encode())
+    result = s.line()["connect"]
+    assert emulate(hub, result["session"], result["node"], {"id": 2, "rpc": {"method": "no-such-method"}}) == 204
+    assert s.line() == {"id": 2, "error": {"code": 104, "message": "unknown rpc method no-such-method"}}
+    s.close()
+
+    command = pb.Command(id=1)
+    command.connect.token = token
+    s = RawStream(hub.port, "POST", "/connection/http_stream", {"Content-Type": "application/octet-stream"},
+                  delimited(command))
+    assert s.status == 200 and s.headers["content-type"] == "application/octet-stream"
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            [connected] = replies(s.buf)
+            break
+        except (IndexError, ValueError, Exception):
+            s._fill(deadline)
+    s.buf = b""
+    assert connected.id == 1 and connected.connect.session and connected.connect.node
+    subscribe = pb.Command(id=2)
+    subscribe.subscribe.channel = "news:proto"
+    up = pb.EmulationRequest(node=connected.connect.node, session=connected.connect.session, data=delimited(subscribe))
+    r = hub.http.post(hub.url + "/emulation", data=up.SerializeToString(), headers={"Content-Type": "application/octet-stream"}, timeout=WAIT)
+    assert r.status_code == 204
+    hub.publish("news:proto", {"via": "protobuf"})
+    got = []
+    deadline = time.monotonic() + WAIT
+    while len(got) < 2:
+        s._fill(deadline)
+        try:
+            got = replies(s.buf)
+        except Exception:
+            continue
+    assert got[0].id == 2 and got[1].push.channel == "news:proto"
+    assert json.loads(got[1].push.pub.data) == {"via": "protobuf"}
+    s.close()
+
+
+def test_emulation_refuses_what_is_not_a_session(hub_factory):
+    hub = hub_factory(config=CONFIG)
+    s = RawStream(hub.port, "POST", "/connection/http_stream", {"Content-Type": "application/json"},
+                  json.dumps({"id": 1, "connect": {"token": conn_token("alice", secret=hub.secret)}}).encode())
+    result = s.line()["connect"]
+    client, _, secret = result["session"].partition(".")
+    forged = client + "." + ("a" * len(secret))
+    assert emulate(hub, forged, result["node"], {"id": 2, "subscribe": {"channel": "news:x"}}) == 404
+    assert emulate(hub, "nobody.nothing", result["node"], {"id": 2}) == 404
+    for raw in (b"not json", b"[]", json.dumps({"session": result["session"]}).encode(), b""):
+        assert emulate(hub, "", "", raw=raw) == 400
+    big = "x" * 70_000
+    assert emulate(hub, result["session"], result["node"], {"id": 3, "publish": {"channel": "news:x", "data": big}}) == 413
+    r = hub.http.post(hub.url + "/connection/http_stream", data=b"", timeout=WAIT)
+    assert r.status_code == 400 and r.json() == {"error": {"code": 400, "message": "the connect command is required"}}
+    # Nothing of the above reached the session: its next reply is to the next real command.
+    assert emulate(hub, result["session"], result["node"], {"id": 9, "presence_stats": {"channel": "news:x"}}) == 204
+    assert s.line() == {"id": 9, "error": {"code": 103, "message": "permission denied"}}  # not subscribed
+    s.close()
+
+
+def test_emulation_requests_reach_the_session_through_another_node(hub_factory, redis_url):
+    args = ("--engine", "redis", "--redis-url", f"redis://127.0.0.1:{redis_url}/0")
+    a = hub_factory(*args, config=CONFIG)
+    b = hub_factory(*args, config=CONFIG)
+    s = RawStream(a.port, "POST", "/connection/http_stream", {"Content-Type": "application/json"},
+                  json.dumps({"id": 1, "connect": {"token": conn_token("alice", secret=a.secret)}}).encode())
+    result = s.line()["connect"]
+    # The balancer sent the command to node b: it goes to a through the broker.
+    assert emulate(b, result["session"], result["node"], {"id": 2, "subscribe": {"channel": "news:far"}}) == 204
+    assert s.line()["id"] == 2
+    b.publish("news:far", {"n": 1})
+    assert s.line()["push"]["pub"]["data"] == {"n": 1}
+    s.close()

@@ -14,6 +14,9 @@ public final class ClientSession: Sendable {
     /// A live read's session: it may subscribe to any channel it names (the route checked
     /// the caller already), never sends a ping deadline.
     private let trusted: Bool
+    /// For the bidirectional HTTP emulation (SSE, HTTP streaming): the secret half of the
+    /// `session` the connect result names, which every `/emulation` request must present.
+    private let emulationSecret: String?
     private unowned let node: Node
 
     enum Phase { case awaitingConnect, connecting, connected, closed }
@@ -43,6 +46,7 @@ public final class ClientSession: Sendable {
         self.transport = transport
         self.wire = wire
         self.trusted = trusted
+        emulationSecret = wire.isEmulated ? RandomID.make(length: 32) : nil
         state = Mutex(State(connectDeadline: node.clock.now() + node.config.connectTimeout))
     }
 
@@ -92,6 +96,12 @@ public final class ClientSession: Sendable {
         case "ping": reply(id: id, method: "ping", [:])
         default: fail(id: id, ProtocolError.methodNotFound.with(message: "unknown method \(method)"))
         }
+    }
+
+    /// Whether an `/emulation` request's session secret is this session's.
+    func acceptsEmulation(secret: String) -> Bool {
+        guard let emulationSecret else { return false }
+        return ConstantTime.equal(emulationSecret, secret)
     }
 
     // MARK: Output
@@ -304,6 +314,7 @@ public final class ClientSession: Sendable {
                 ("ping", .int(Int64(node.config.pingInterval))),
                 ("pong", codec.isUnidirectional ? nil : .bool(true)),
                 ("node", .string(node.uid)),
+                ("session", emulationSecret.map { .string(self.id + "." + $0) }),
             ])
             state.withLock { state in
                 state.phase = .connected
@@ -789,7 +800,8 @@ public final class ClientSession: Sendable {
     public func disconnect(_ reason: DisconnectReason) {
         if wire.framing != .webSocket, state.withLock({ $0.phase != .closed }) {
             // An HTTP stream has no close frame: the reason goes out as a disconnect push.
-            _ = transport.enqueue(wire.frame(PushEncoding.disconnect(reason, wrapped: !codec.isUnidirectional), with: node.encoder))
+            let push = codec.push(channel: nil, kind: "disconnect", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)])
+            _ = transport.enqueue(wire.frame(push, with: node.encoder))
         }
         transport.close(reason)
         closed()

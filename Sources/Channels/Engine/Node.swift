@@ -103,6 +103,34 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         registerRPC("info") { [unowned self] _, _, reply in
             self.nodes { result in reply(result.map { ["nodes": .array($0.map(\.json))] }) }
         }
+        registerControl("emulation") { [unowned self] command in
+            // Another node took an `/emulation` request for a session of this one.
+            guard command["node"]?.stringValue == self.uid, let session = command["session"]?.stringValue,
+                  let data = command["data"]?.stringValue.flatMap({ Base64URL.decode($0) }) else { return }
+            _ = self.deliverEmulation(session: session, data: data)
+        }
+    }
+
+    /// What became of an `/emulation` request.
+    public enum EmulationOutcome: Sendable { case delivered, forwarded, unknownSession }
+
+    /// Hands the commands of an `/emulation` request to their session: here, or through the
+    /// broker to the node that holds it (the client may reach any node behind a balancer).
+    public func emulate(_ request: EmulationRequest) -> EmulationOutcome {
+        guard request.node == uid else {
+            publishControl(["op": "emulation", "node": .string(request.node), "session": .string(request.session),
+                            "data": .string(Base64URL.encode(request.data))])
+            return .forwarded
+        }
+        return deliverEmulation(session: request.session, data: request.data) ? .delivered : .unknownSession
+    }
+
+    private func deliverEmulation(session: String, data: [UInt8]) -> Bool {
+        let parts = session.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, let target = clients.withLock({ $0[String(parts[0])] }),
+              target.acceptsEmulation(secret: String(parts[1])) else { return false }
+        target.handle(message: data)
+        return true
     }
 
     // MARK: Clients

@@ -145,6 +145,9 @@ public struct Wire: Sendable, Equatable {
         }
     }
 
+    /// Centrifugo's bidirectional emulation: a stream down, `/emulation` requests up.
+    public var isEmulated: Bool { framing != .webSocket && !codec.isUnidirectional }
+
     /// Whether this wire's events carry an SSE `id:` (`uni_sse`, so `Last-Event-ID` can resume).
     public var carriesEventIDs: Bool { codec.isUnidirectional && framing == .eventStream }
 

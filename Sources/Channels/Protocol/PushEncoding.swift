@@ -37,11 +37,6 @@ public enum PushEncoding {
         return JSONWriter.bytes(.object(members))
     }
 
-    /// `{"push":{"disconnect":{"code":…,"reason":…}}}`: how a stream without close frames ends.
-    public static func disconnect(_ reason: DisconnectReason, wrapped: Bool = true) -> [UInt8] {
-        push(channel: nil, kind: "disconnect", body: ["code": .int(Int64(reason.code)), "reason": .string(reason.reason)], wrapped: wrapped)
-    }
-
     /// The ping the server sends and the pong clients answer with: an empty object.
     public static let ping: [UInt8] = Array("{}".utf8)
 }
