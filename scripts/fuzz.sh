@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-${HUB_FUZZ_SECONDS:-12}}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(protocol protobuf fossil filter session multipart router jwt telegram paths)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(protocol protobuf fossil filter session multipart router jwt telegram paths transports)
 
 # FUZZING: hub-fuzz hands its `main` to libFuzzer's driver instead of replaying files.
 swift build -c debug --product hub-fuzz --scratch-path .build-fuzz \

@@ -20,6 +20,7 @@ enum FuzzTargets {
         FuzzTarget(name: "jwt", check: JWTFuzz.check),
         FuzzTarget(name: "telegram", check: TelegramFuzz.check),
         FuzzTarget(name: "paths", check: PathFuzz.check),
+        FuzzTarget(name: "transports", check: TransportFuzz.check),
     ]
 
     static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }
