@@ -108,7 +108,7 @@ final class HubServer {
         // The record store behind RESTCompat: SQLite under --data-dir, or Redis with the redis engine.
         let store: any RecordStore
         if let redis {
-            store = RedisRecordStore(broker: redis.0)
+            store = RedisRecordStore(broker: redis.0, messageIndex: ConversationArchive.messageIndex, wordIndex: ConversationArchive.textIndex)
         } else {
             do {
                 store = try SQLiteRecordStore(path: config.dataDir + "/hub.db", textIndex: ConversationArchive.textIndex)
@@ -120,6 +120,17 @@ final class HubServer {
         let node = Node(config: engine, broker: broker, presence: presence,
                         encoder: WebSocketFrameEncoder(), logger: Logger(label: "hub.channels"))
         redis?.0.start()
+        // Analytics and search walk the messages until this has counted those written before;
+        // tried every second (from the first tick, once Redis is connected) until it succeeds.
+        let indexLogger = Logger(label: "hub.store")
+        let prepareIndex: @Sendable () -> Void = {
+            (store as? RedisRecordStore)?.prepareMessageIndex { result in
+                switch result {
+                case .success(let added): indexLogger.notice("analytics counters and word index ready (\(added) earlier messages counted now)")
+                case .failure(let error): indexLogger.warning("analytics counters not ready yet, analytics walk every message: \(error)")
+                }
+            }
+        }
         let routerBox = RouterBox()
         let cache = CacheJobService(node: node, store: store, settings: config.cacheSettings, logger: Logger(label: "hub.cache"))
         CacheWorkerRPC(service: cache, serverAPIKey: config.apiKey).register(on: node)
@@ -206,6 +217,7 @@ final class HubServer {
             if let presence = redis?.1, ticks % presenceRefreshEvery == 0 { presence.refresh() }
             if ticks % 300 == 0 { june.sweep() }
             june.tick()
+            prepareIndex()
         }
         ticker.resume()
 

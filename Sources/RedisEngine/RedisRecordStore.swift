@@ -1,17 +1,30 @@
 import Channels
 import Store
+import Synchronization
 
 /// Records in Redis, shared by every node. Values are stored under their own key as plain
 /// strings (`GET gateway:gw01` in redis-cli shows seed 000's seven-field record), and a
 /// lexicographic sorted set `hub:keys` indexes the keys for prefix listing without SCAN.
-/// Records live on the first shard.
+/// Records live on the first shard. With a `MessageIndex`, the records under its prefix also
+/// keep analytics counters and a word index up to date (RedisMessageIndex.swift).
 public final class RedisRecordStore: RecordStore, @unchecked Sendable {
     let shard: RedisShard
     static let indexKey = "hub:keys"
+    let messageIndex: MessageIndex?
+    let wordIndex: TextIndex?
+    /// Set once the counters cover every record (`prepareMessageIndex`).
+    let ready = Atomic<Bool>(false)
+    /// A backfill is under way (so the once-a-second retry does not start a second one).
+    let preparing = Atomic<Bool>(false)
 
-    public init(broker: RedisBroker) { shard = broker.shards[0] }
+    /// `wordIndex` names what `search` covers (the text field of the `messageIndex` records).
+    public init(broker: RedisBroker, messageIndex: MessageIndex? = nil, wordIndex: TextIndex? = nil) {
+        shard = broker.shards[0]
+        self.messageIndex = messageIndex
+        self.wordIndex = wordIndex
+    }
 
-    private static func failure(_ reply: RedisValue) -> StoreError {
+    static func failure(_ reply: RedisValue) -> StoreError {
         if case .error(let message) = reply { return StoreError("store unavailable: \(message)") }
         return StoreError("store: unexpected reply")
     }
@@ -33,6 +46,12 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         """)
 
     public func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) {
+        if isIndexed(key) {
+            Self.indexedPutScript.run(on: shard, keys: [key, Self.indexKey], arguments: [value, factsBytes(key, value)]) { reply in
+                completion(reply.isError ? .failure(Self.failure(reply)) : .success(()))
+            }
+            return
+        }
         Self.putScript.run(on: shard, keys: [key, Self.indexKey], arguments: [value]) { reply in
             completion(reply.isError ? .failure(Self.failure(reply)) : .success(()))
         }
@@ -44,7 +63,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         """)
 
     public func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
-        Self.deleteScript.run(on: shard, keys: [key, Self.indexKey], arguments: []) { reply in
+        (isIndexed(key) ? Self.indexedDeleteScript : Self.deleteScript).run(on: shard, keys: [key, Self.indexKey], arguments: []) { reply in
             guard let count = reply.int else { completion(.failure(Self.failure(reply))); return }
             completion(.success(count > 0))
         }
@@ -97,9 +116,10 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
 
     public func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?,
                               completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
-        Self.casScript.run(on: shard, keys: [key, Self.indexKey], arguments: [
+        let indexed = isIndexed(key)
+        (indexed ? Self.indexedCASScript : Self.casScript).run(on: shard, keys: [key, Self.indexKey], arguments: [
             Array((expected != nil ? "1" : "0").utf8), expected ?? [], Array((new != nil ? "1" : "0").utf8), new ?? [],
-        ]) { reply in
+        ] + (indexed ? [new.map { factsBytes(key, $0) } ?? []] : [])) { reply in
             guard let done = reply.int else { completion(.failure(Self.failure(reply))); return }
             completion(.success(done == 1))
         }

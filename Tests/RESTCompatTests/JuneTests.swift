@@ -37,6 +37,10 @@ final class JuneTests: XCTestCase {
     func testTimestampsAndBase64() {
         XCTAssertEqual(ISOTime.string(0), "1970-01-01T00:00:00.000Z")
         XCTAssertEqual(ISOTime.string(1_735_689_600.25), "2025-01-01T00:00:00.250Z")
+        // .123 is held as .12299995…: printed as stored (it came from "….123Z"), not cut to .122
+        XCTAssertEqual(ISOTime.string(1_741_000_000.123), "2025-03-03T11:06:40.123Z")
+        XCTAssertEqual(ISOTime.string(1_741_000_000.9996), "2025-03-03T11:06:41.000Z")
+        XCTAssertEqual(ISOTime.string(ISOTime.parse("2025-03-03T11:06:40.999Z")!), "2025-03-03T11:06:40.999Z")
         XCTAssertEqual(Base64.encode(Array("hi?".utf8)), "aGk/")
         XCTAssertEqual(Base64.encode(Array("h".utf8)), "aA==")
         XCTAssertEqual(Base64.decode("aGk/"), Array("hi?".utf8))

@@ -373,8 +373,28 @@ def test_slow_headers_are_cut_at_the_header_timeout(hub_factory, keep_alive):
     raw, closed = read_until_close(s, 5)
     s.close()
     assert closed and 1.5 <= time.monotonic() - started < 9
-    # lws drops the first request of a connection without a word; later ones get 408.
-    assert statuses(raw) == ([200, 408] if keep_alive else []), raw
+    # The first request of a connection too (docs/security.md, FirstRequestDeadline.swift).
+    assert statuses(raw) == ([200, 408] if keep_alive else [408]), raw
+    assert b"request head not received within 2 s" in raw
+
+
+def test_the_first_request_deadline_spares_answered_and_upgraded_connections(hub_factory):
+    # The edge's first-head timer fires on every plain connection at the header timeout; one
+    # whose request was answered, or that became a WebSocket, goes on as before.
+    hub = hub_factory("--header-timeout", "1", "--idle-timeout", "30")
+    s = socket.create_connection(("127.0.0.1", hub.port), timeout=5)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = s.recv(65536)
+    ws = RawWebSocket(hub.port, deflate=False)
+    time.sleep(1.6)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    second = s.recv(65536)
+    s.close()
+    assert statuses(first) == [200] and statuses(second) == [200], (first, second)
+    ws.send(json.dumps({"id": 1, "connect": {"token": conn_token("spared")}}).encode())
+    _, reply = ws.message()
+    assert reply["id"] == 1 and "connect" in reply, reply
+    ws.sock.close()
 
 
 def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(hub_factory):

@@ -113,6 +113,7 @@ func listenerCallback(
             continue
         }
         loop.admitted[connection] = Admission(address: address)
+        FirstRequestDeadline.arm(connection, loop: loop)
     }
     return 0
 }
@@ -153,6 +154,10 @@ private func hubCallback(
     case LWS_CALLBACK_HTTP, LWS_CALLBACK_HTTP_BODY, LWS_CALLBACK_HTTP_BODY_COMPLETION, LWS_CALLBACK_HTTP_WRITEABLE,
          LWS_CALLBACK_CLOSED_HTTP, LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         return httpCallback(wsi, reason, user, input, length, loop: loop)
+
+    case LWS_CALLBACK_TIMER:
+        guard let wsi else { return 0 }
+        return FirstRequestDeadline.fire(wsi, loop: loop)
 
     case LWS_CALLBACK_WSI_DESTROY:
         if let wsi, let admission = loop.admitted.removeValue(forKey: wsi) {

@@ -1,4 +1,5 @@
 import Channels
+import Store
 
 /// Seed 003's analytics, computed from stored messages (pure: unit-testable without a store).
 ///
@@ -36,6 +37,19 @@ public struct ConversationMetrics: Sendable, Equatable {
         }
         first = min(first ?? message.createdAt, message.createdAt)
         last = max(last ?? message.createdAt, message.createdAt)
+    }
+
+    /// From a store's counters (`MessageAnalytics`).
+    public init(userID: String, conversationID: String, tally: MessageTally) {
+        self.userID = userID
+        self.conversationID = conversationID
+        messageCount = tally.messages
+        userMessageCount = tally.userMessages
+        assistantMessageCount = tally.assistantMessages
+        responseTimeTotal = Double(tally.responseMicros) / 1_000_000
+        responseCount = tally.responseCount
+        first = tally.first
+        last = tally.last
     }
 
     static func rounded(_ value: Double) -> Double { (value * 1000).rounded() / 1000 }
@@ -110,7 +124,29 @@ public struct AnalyticsTotals: Sendable {
     public var userMessages = 0
     public var assistantMessages = 0
 
+    /// Distinct counts a store's counters gave without listing the users or conversations.
+    var countedConversations: Int?
+    var countedUsers: Int?
+
     public init(window: AnalyticsWindow) { self.window = window }
+
+    /// From a store's counters: the rows are there only when they were asked for.
+    public init(window: AnalyticsWindow, counted: WindowTally) {
+        self.window = window
+        messages = counted.total.messages
+        userMessages = counted.total.userMessages
+        assistantMessages = counted.total.assistantMessages
+        responseTimeTotal = Double(counted.total.responseMicros) / 1_000_000
+        responseCount = counted.total.responseCount
+        countedConversations = counted.conversations
+        countedUsers = counted.users
+        for row in counted.rows {
+            perConversation[row.userID + "\u{0}" + row.conversationID] = ConversationMetrics(userID: row.userID, conversationID: row.conversationID, tally: row.tally)
+        }
+    }
+
+    public var conversationCount: Int { countedConversations ?? perConversation.count }
+    public var userCount: Int { countedUsers ?? users.count }
 
     public mutating func add(_ message: StoredMessage) {
         guard window.contains(message.createdAt) else { return }
@@ -132,8 +168,8 @@ public struct AnalyticsTotals: Sendable {
 
     public var dashboard: JSONValue {
         [
-            "total_conversations": .int(Int64(perConversation.count)), "total_messages": .int(Int64(messages)),
-            "active_users": .int(Int64(users.count)), "average_response_time": .double(averageResponseTime),
+            "total_conversations": .int(Int64(conversationCount)), "total_messages": .int(Int64(messages)),
+            "active_users": .int(Int64(userCount)), "average_response_time": .double(averageResponseTime),
         ]
     }
 

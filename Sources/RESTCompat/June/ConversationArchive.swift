@@ -93,9 +93,11 @@ enum StoreWalk {
     }
 }
 
-/// Reads, searches and deletes the conversations `ChatService` keeps. Everything is a walk
-/// over store prefixes (the same on SQLite and Redis), so the cost of a whole-archive call
-/// (search, dashboard, report) grows with the number of stored messages; memory does not.
+/// Reads, searches and deletes the conversations `ChatService` keeps. Listing is a walk over
+/// store prefixes (the same on SQLite and Redis). Analytics use the store's counters when it
+/// keeps them (Redis: `MessageAnalytics`) and search its word index (SQLite FTS5, Redis sorted
+/// sets); otherwise they walk every message, so their cost grows with the archive while
+/// memory does not.
 public final class ConversationArchive: Sendable {
     let store: any RecordStore
     let events: AdminEvents
@@ -259,6 +261,49 @@ public final class ConversationArchive: Sendable {
 
     /// What the embedded store indexes for `search` (message content).
     public static let textIndex = TextIndex(prefix: allMessages, field: "content")
+
+    /// What the Redis store counts for analytics and indexes for `search`: every message,
+    /// its words split as `TextSearch` splits them.
+    public static let messageIndex = MessageIndex(prefix: allMessages) { record in
+        guard let message = StoredMessage(record: record) else { return nil }
+        let tokens = TextSearch.tokens(message.content)
+        var terms: [String: Int] = [:]
+        for token in tokens { terms[token, default: 0] += 1 }
+        return MessageFacts(userID: message.userID, conversationID: message.conversationID, role: message.role,
+                            createdAt: message.createdAt, responseTime: message.responseTime, terms: terms, length: tokens.count)
+    }
+
+    /// The store's own counters when it keeps them and they are complete.
+    var analytics: (any MessageAnalytics)? {
+        guard let counted = store as? any MessageAnalytics, counted.messageIndexReady else { return nil }
+        return counted
+    }
+
+    /// Figures over a window: from the store's counters when it keeps them (cost grows with the
+    /// days and conversations in the window), otherwise by walking every message.
+    func totals(_ window: AnalyticsWindow, rows: Bool, completion: @escaping @Sendable (Result<AnalyticsTotals, StoreError>) -> Void) {
+        if let analytics {
+            analytics.tally(start: window.start, end: window.end, rows: rows) { result in
+                completion(result.map { AnalyticsTotals(window: window, counted: $0) })
+            }
+            return
+        }
+        foldMessages(into: AnalyticsTotals(window: window)) { totals, message in totals.add(message) } done: { completion($0) }
+    }
+
+    /// One conversation's metrics; nil when it has no message.
+    func metrics(user: String, conversation: String, completion: @escaping @Sendable (Result<ConversationMetrics?, StoreError>) -> Void) {
+        if let analytics {
+            analytics.tally(userID: user, conversationID: conversation) { result in
+                completion(result.map { $0.map { ConversationMetrics(userID: user, conversationID: conversation, tally: $0) } })
+            }
+            return
+        }
+        foldMessages(prefix: Self.messagePrefix(user: user, conversation: conversation),
+                     into: ConversationMetrics(userID: user, conversationID: conversation)) { metrics, message in
+            metrics.add(message)
+        } done: { completion($0.map { $0.messageCount == 0 ? nil : $0 }) }
+    }
 
     /// Ranked text search over message content: the store's own index when it has one
     /// (SQLite FTS5, bm25), otherwise a scan scored by `TextSearch`.

@@ -65,14 +65,11 @@ public struct JuneAdminConsole: Sendable {
                     guard let chat = ctx.request.queryValue("chat_id"), JuneInput.isIdentifier(chat) else { throw RouteError(400, "chat_id is required") }
                     let role = ctx.caller.role ?? "user"
                     if role != "admin" && role != "moderator" && ctx.caller.user != user { throw RouteError(403, "Insufficient permissions") }
-                    archive.foldMessages(prefix: ConversationArchive.messagePrefix(user: user, conversation: chat),
-                                         into: ConversationMetrics(userID: user, conversationID: chat)) { metrics, message in
-                        metrics.add(message)
-                    } done: { result in
+                    archive.metrics(user: user, conversation: chat) { result in
                         switch result {
                         case .failure: ctx.fail(RouteError(503, "Conversation store unavailable"))
-                        case .success(let metrics) where metrics.messageCount == 0: ctx.fail(RouteError(404, "Conversation not found"))
-                        case .success(let metrics): ctx.json(200, metrics.json)
+                        case .success(nil): ctx.fail(RouteError(404, "Conversation not found"))
+                        case .success(let metrics?): ctx.json(200, metrics.json)
                         }
                     }
                 }
@@ -106,7 +103,7 @@ public struct JuneAdminConsole: Sendable {
             Route("GET", "/conversations/analytics/dashboard", auth: Self.readers, errors: .fastAPI, rateLimit: "june-default",
                   summary: "Totals over a time window (admin, moderator)", tag: "june-analytics", query: Self.window,
                   responses: Self.responses([200: "Totals", 400: "Bad date"])) { ctx in
-                totals(ctx) { totals in ctx.json(200, totals.dashboard) }
+                totals(ctx, rows: false) { totals in ctx.json(200, totals.dashboard) }
             },
             Route("GET", "/conversations/analytics/report", auth: Self.readers, errors: .fastAPI, rateLimit: "june-default",
                   summary: "Per-conversation report over a time window, JSON or CSV (admin, moderator)", tag: "june-analytics",
@@ -114,7 +111,7 @@ public struct JuneAdminConsole: Sendable {
                   responses: Self.responses([200: "Report", 400: "Bad date or format"])) { ctx in
                 let format = ctx.request.queryValue("format") ?? "json"
                 guard format == "json" || format == "csv" else { ctx.fail(RouteError(400, "format must be json or csv")); return }
-                totals(ctx) { totals in
+                totals(ctx, rows: true) { totals in
                     if format == "json" {
                         ctx.json(200, totals.report(generatedAt: node.clock.now()))
                     } else {
@@ -128,10 +125,10 @@ public struct JuneAdminConsole: Sendable {
         ]
     }
 
-    private func totals(_ ctx: RouteContext, then answer: @escaping @Sendable (AnalyticsTotals) -> Void) {
+    private func totals(_ ctx: RouteContext, rows: Bool, then answer: @escaping @Sendable (AnalyticsTotals) -> Void) {
         ctx.guarded { () throws(RouteError) in
             let window = try AnalyticsWindow.parse(start: ctx.request.queryValue("start_date"), end: ctx.request.queryValue("end_date"))
-            archive.foldMessages(into: AnalyticsTotals(window: window)) { totals, message in totals.add(message) } done: { result in
+            archive.totals(window, rows: rows) { result in
                 switch result {
                 case .failure: ctx.fail(RouteError(503, "Conversation store unavailable"))
                 case .success(let totals): answer(totals)
@@ -268,13 +265,13 @@ public struct JuneAdminConsole: Sendable {
             Route("GET", "/admin/bot/stats", auth: Self.admin, errors: .fastAPI, rateLimit: "june-default",
                   summary: "What the bot has done, from the stored conversations (admin only)", tag: Self.tag,
                   responses: Self.responses([200: "Statistics"])) { ctx in
-                archive.foldMessages(into: AnalyticsTotals(window: AnalyticsWindow())) { totals, message in totals.add(message) } done: { result in
+                archive.totals(AnalyticsWindow(), rows: false) { result in
                     guard case .success(let totals) = result else { ctx.fail(RouteError(503, "Conversation store unavailable")); return }
                     commands.list { listed in
                         ctx.json(200, [
-                            "total_conversations": .int(Int64(totals.perConversation.count)), "total_messages": .int(Int64(totals.messages)),
+                            "total_conversations": .int(Int64(totals.conversationCount)), "total_messages": .int(Int64(totals.messages)),
                             "user_messages": .int(Int64(totals.userMessages)), "bot_messages": .int(Int64(totals.assistantMessages)),
-                            "users": .int(Int64(totals.users.count)), "average_response_time": .double(totals.averageResponseTime),
+                            "users": .int(Int64(totals.userCount)), "average_response_time": .double(totals.averageResponseTime),
                             "commands": .int(Int64((try? listed.get())?.count ?? 0)),
                         ])
                     }

@@ -6,9 +6,10 @@ import Glibc
 public enum ISOTime {
     /// With milliseconds, as seeds 001 and 003 do (`2025-08-23T02:38:17.048Z`).
     public static func string(_ seconds: Double) -> String {
-        let whole = time_t(seconds.rounded(.down))
-        let millis = min(999, max(0, Int((seconds - Double(whole)) * 1000)))
-        return dateTime(whole) + "." + pad(millis, 3) + "Z"
+        // Whole milliseconds first: `.123` is stored as 0.12299…, and cutting that would print `.122`.
+        let total = Int64((seconds * 1000).rounded())
+        let whole = total >= 0 ? total / 1000 : (total - 999) / 1000
+        return dateTime(time_t(whole)) + "." + pad(Int(total - whole * 1000), 3) + "Z"
     }
 
     /// Whole seconds, for seed 004's fields (`2026-01-02T03:04:05Z`).
