@@ -25,8 +25,10 @@ public struct CacheRoot: Sendable {
 
     /// A path's segments with either separator (Windows forbids `\` in names, so a cross-platform
     /// filespace never has one).
+    /// Split on scalars, not characters: a prepended mark such as U+06DD joins the `\` after it
+    /// into one character, which a character split would keep inside a name (found by the fuzzer).
     static func segments(_ path: String) -> [Substring] {
-        path.split(whereSeparator: { $0 == "/" || $0 == "\\" })
+        path.unicodeScalars.split(whereSeparator: { $0 == "/" || $0 == "\\" }).map { Substring($0) }
     }
 
     static func isWindowsAbsolute(_ path: String) -> Bool {
