@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,15 @@ class Stack:
         port = free_port()
         self.spawn(FAKE_LLM, "--port", str(port))
         self.llm_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        # A loaded machine may start the worker's first request before the fake LLM listens.
+        wait_for(listening, timeout=10, message="the fake LLM")
 
     def start_worker(self, *services):
         proc = self.spawn(WORKER, "--hub", self.hub.url, "--api-key", self.hub.api_key,
