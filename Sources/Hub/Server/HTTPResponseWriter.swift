@@ -27,6 +27,7 @@ func writeResponse(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLo
             lws_add_http_common_headers(wsi, UInt32(response.status), type, lws_filepos_t(response.body.count), &cursor, end) != 0
         }
         if failed { return -1 }
+        if willClose(exchange, response, wsi: wsi), !addHeader(wsi, WSI_TOKEN_CONNECTION, "close", &cursor, end) { return -1 }
         for (name, value) in headers {
             let nameWithColon = name.lowercased() + ":"
             let ok = nameWithColon.withCString { n in
@@ -95,6 +96,9 @@ func writeWhole(_ response: HTTPResponse, _ exchange: HTTPExchange, wsi: OpaqueP
           addHeader(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, response.contentType, &cursor, end),
           addHeader(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, String(response.body.count), &cursor, end)
     else { return -1 }
+    // The connection closes after this answer (its body was left unread): say so, or a client
+    // reusing it for its next request finds it gone without an answer.
+    if willClose(exchange, response, wsi: wsi), !addHeader(wsi, WSI_TOKEN_CONNECTION, "close", &cursor, end) { return -1 }
     for (name, value) in response.headers where name.lowercased() != "content-type" {
         let ok = (name.lowercased() + ":").withCString { n in
             value.withCString { v in
@@ -120,6 +124,13 @@ func addHeader(_ wsi: OpaquePointer, _ token: lws_token_indexes, _ value: String
     value.withCString { v in
         lws_add_http_header_by_token(wsi, token, UnsafeRawPointer(v).assumingMemoryBound(to: UInt8.self), Int32(strlen(v)), &cursor, end) == 0
     }
+}
+
+/// Whether an HTTP/1.1 answer needs `connection: close` added: the connection ends after it and
+/// the route did not say so itself.
+func willClose(_ exchange: HTTPExchange, _ response: HTTPResponse, wsi: OpaquePointer) -> Bool {
+    (exchange.tooLarge || exchange.lengthRequired || exchange.closeAfterResponse) && lws_get_network_wsi(wsi) == wsi
+        && !response.headers.contains { $0.0.lowercased() == "connection" }
 }
 
 /// Ends the response: keep-alive for the next request, or close when the request body was
