@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -315,12 +316,130 @@ def summary(fan: list[dict], ch: list[dict], co: list[dict], rest: list[dict]) -
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Scenario 6: the hub's codecs and transports (a section that stands alone, so a run of only
+# this scenario can replace it in an existing report: see --splice)
+
+CODEC_MODES = [
+    ("json", "JSON, WebSocket"), ("protobuf", "Protobuf, WebSocket"),
+    ("json-gateway", "JSON, gateway record"), ("json-delta", "JSON + fossil delta, gateway record"),
+    ("protobuf-gateway", "Protobuf, gateway record"), ("protobuf-delta", "Protobuf + fossil delta, gateway record"),
+    ("sse", "JSON, uni_sse (EventSource wire)"),
+]
+SECTION_BEGIN = "<!-- section:{} -->"
+SECTION_END = "<!-- /section:{} -->"
+
+
+def codec_runs(rows: list[dict]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for r in by(rows, "codecs"):
+        runs.setdefault(r["server"].removeprefix("hub-codec-"), []).append(r)
+    return runs
+
+
+def codec_ceiling(runs: dict[str, list[dict]], mode: str) -> float | None:
+    values = [r["max_deliveries_per_s"] for r in runs.get(mode, []) if "max_deliveries_per_s" in r]
+    return statistics.median(values) if values else None
+
+
+def codec_half(runs: dict[str, list[dict]], mode: str, key: str) -> float | None:
+    values = [r["half"][key] for r in runs.get(mode, []) if key in r.get("half", {})]
+    return statistics.median(values) if values else None
+
+
+def codec_targets(rows: list[dict]) -> list[list[str]]:
+    runs = codec_runs(rows)
+    body = []
+    if runs.get("json") and runs.get("protobuf"):
+        body.append(ratio_line("6 (1,000 subs): Protobuf ceiling ≥ JSON (medians)", codec_ceiling(runs, "protobuf"),
+                               codec_ceiling(runs, "json"), 1.0, "/s"))
+    for codec in ("json", "protobuf"):
+        whole = codec_half(runs, f"{codec}-gateway", "bytes_per_delivery")
+        delta = codec_half(runs, f"{codec}-delta", "bytes_per_delivery")
+        if whole and delta:
+            cut = whole / delta
+            body.append([f"6: {codec} fossil delta cuts wire bytes ≥ 5× (gateway record)", f"{delta:.0f} B/delivery",
+                         f"{whole:.0f} B/delivery whole",
+                         f"**{'met' if cut >= 5 else 'missed'}** ({cut:.2f}× on the wire; data "
+                         f"{codec_half(runs, f'{codec}-gateway', 'data_bytes_per_delivery') or 0:.0f} → "
+                         f"{codec_half(runs, f'{codec}-delta', 'data_bytes_per_delivery') or 0:.0f} B)"])
+    return body
+
+
+def codecs_section(rows: list[dict], meta: dict, dated: str) -> list[str]:
+    runs = codec_runs(rows)
+    md = [SECTION_BEGIN.format("codecs"), "## 6. The hub's codecs and transports: fan-out to 1,000 subscribers", ""]
+    if not runs:
+        return md + ["Not run.", "", SECTION_END.format("codecs")]
+    md += [dated, ""]
+    body = []
+    json_ceiling = codec_ceiling(runs, "json")
+    for mode, title in CODEC_MODES:
+        mine = runs.get(mode, [])
+        if not mine:
+            continue
+        ceilings = [r["max_deliveries_per_s"] for r in mine if "max_deliveries_per_s" in r]
+        median = codec_ceiling(runs, mode)
+        spread = ", ".join(fmt_rate(c) for c in ceilings) if len(ceilings) > 1 else ""
+        base = codec_ceiling(runs, mode.replace("-delta", "-gateway")) if mode.endswith("-delta") else json_ceiling
+        vs = f"{median / base:.2f}×" if median and base and mode not in ("json", "json-gateway") else "–"
+        cpu = statistics.median([r["max_server_cpu"] for r in mine if r.get("max_server_cpu") is not None] or [0])
+        body.append([title, f"{mine[0].get('payload_bytes', 0)}",
+                     (f"**{fmt_rate(median)}**" + (f" (runs: {spread})" if spread else "")) if median else
+                     "failed: " + mine[0].get("error", "?"),
+                     vs, fmt_pct(cpu), fmt_ms(codec_half(runs, mode, "p50_ms")), fmt_ms(codec_half(runs, mode, "p99_ms")),
+                     f"{codec_half(runs, mode, 'bytes_per_delivery') or 0:.0f}",
+                     f"{codec_half(runs, mode, 'data_bytes_per_delivery') or 0:.0f}"])
+    md += table(["mode", "payload B", "highest sustained deliveries/s (median)", "vs JSON (deltas: vs the same record whole)",
+                 "server CPU", "p50 ms (half rate)", "p99 ms (half rate)", "wire B per delivery", "data B per delivery"], body)
+    md += ["", "Each mode on a fresh hub whose default namespace allows fossil deltas; JSON and Protobuf ran twice, "
+           "interleaved (JSON, Protobuf, JSON, Protobuf), and the table gives the median. *Wire bytes* are what the "
+           "subscribers' sockets read per delivery at the half rate (WebSocket or SSE framing and the push envelope: "
+           "channel, offset, time, the publishing client's info); *data bytes* are the publication's `data` field. "
+           "The gateway record is seed 000's `gateways:*` payload (186 bytes) with the benchmark's 15-digit stamp and "
+           "a media-duration counter that move in every publication; the generator rebuilds each delta to find the "
+           "stamp. The uni_sse subscribers are subscribed by their token's `channels` claim and read "
+           "`text/event-stream` events; the publisher is a JSON WebSocket client in every mode.", ""]
+    targets = codec_targets(rows)
+    if targets:
+        md += table(["target", "hub", "reference", "verdict"], targets) + [""]
+    return md + [SECTION_END.format("codecs")]
+
+
+def splice(markdown: str, name: str, section: list[str]) -> None:
+    """Replaces section `name` of an existing report (or adds it before the targets)."""
+    text = open(markdown).read() if os.path.exists(markdown) else "# Benchmarks\n"
+    begin, end = SECTION_BEGIN.format(name), SECTION_END.format(name)
+    block = "\n".join(section)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif "\n## Targets" in text:
+        head, rest = text.split("\n## Targets", 1)
+        text = head + "\n" + block + "\n\n## Targets" + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    open(markdown, "w").write(text)
+
+
 def report(args: argparse.Namespace) -> None:
     meta, rows = load(args.run)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.splice:
+        steal = f", hypervisor steal {args.steal} %" if args.steal else ""
+        dated = (f"Measured {now} by `{meta['command'].strip()}` (mode **{meta['mode']}**, {args.elapsed} s{steal}); "
+                 f"raw data: [bench/results-codecs.jsonl](bench/results-codecs.jsonl). The other sections are from "
+                 "the run named at the top.")
+        splice(args.markdown, "codecs", codecs_section(rows, meta, dated))
+        print(f"updated the codecs section of {args.markdown}", file=sys.stderr)
+        return
+    full_report(args, meta, rows, now)
+
+
+def full_report(args: argparse.Namespace, meta: dict, rows: list[dict], now: str) -> None:
     os.makedirs(args.plots, exist_ok=True)
     made = plots(rows, args.plots)
     md: list[str] = []
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md += [
         "# Benchmarks",
         "",
@@ -496,6 +615,7 @@ def report(args: argparse.Namespace) -> None:
     else:
         md += ["Not run."]
     md += [""]
+    md += codecs_section(rows, meta, "Measured in the run named at the top.") + [""]
 
     # Targets ------------------------------------------------------------------------------
     md += ["## Targets", ""]
@@ -548,6 +668,7 @@ def report(args: argparse.Namespace) -> None:
         p_ok = hub_rest.get("p99_ms", 1e9) <= fa_rest.get("p99_ms", 0)
         body.append(["4: hub p99 ≤ FastAPI p99", f"{fmt_ms(hub_rest.get('p99_ms'))} ms", f"{fmt_ms(fa_rest.get('p99_ms'))} ms",
                      "**met**" if p_ok else "**missed**"])
+    body += codec_targets(rows)
     md += table(["target", "hub", "reference", "verdict"], body)
     md += ["", "Scenario 4: both sides serve seed 000's `/status?gw_id=gw01` (the hub: `" + str(meta.get("hub_rest_path"))
            + "` from its record store; the peer: one redis-py GET per request).", ""]
@@ -605,6 +726,8 @@ def main() -> None:
     r.add_argument("--steal", default="")
     r.add_argument("--markdown", required=True)
     r.add_argument("--plots", required=True)
+    r.add_argument("--splice", action="store_true",
+                   help="only stand-alone sections ran (codecs): replace them in --markdown, keep the rest")
     args = parser.parse_args()
     if args.command == "wrk-json":
         wrk_json(args)

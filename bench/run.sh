@@ -5,9 +5,11 @@
 # work), also run at the hub's half rate so the report can set the two latencies side by side. Writes
 # docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
 #
-#   bench/run.sh                 full run (under 15 minutes on 2 cores)
-#   bench/run.sh --quick         smaller sizes, shorter steps (under 2 minutes once built)
+#   bench/run.sh                 full run (under 20 minutes on 2 cores)
+#   bench/run.sh --quick         smaller sizes, shorter steps (under 3 minutes once built)
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
+#   bench/run.sh --scenarios codecs   only the hub's codecs and transports: its section of
+#                                docs/benchmarks.md is replaced, the rest of the report kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
@@ -26,7 +28,9 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster"
+ALL_SCENARIOS="fanout channels connections rest cluster codecs"
+# Scenarios whose section stands alone: a run of only these updates that section in place.
+SPLICEABLE_SCENARIOS="codecs"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -50,6 +54,8 @@ HUB_REST_PATH=${HUB_REST_PATH:-/status?gw_id=gw01}
 HUB_THREADS=${HUB_THREADS:-1}
 SERVER_CPU=0
 GENERATOR_CPU=1
+# The default namespace's options on the hub (scenario codecs adds fossil deltas).
+HUB_CHANNEL_OPTIONS='{"allow_publish_for_client":true}'
 
 # Ports (all on 127.0.0.1).
 HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004 FLOOR_PORT=18006
@@ -123,7 +129,7 @@ start_server() {
         hub)
             PORT=$HUB_PORT
             rm -rf "$RUN/hub-data"
-            echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
+            echo "{\"channel\":$HUB_CHANNEL_OPTIONS}" > "$RUN/hub.json"
             HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
                 taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
                 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
@@ -333,8 +339,35 @@ scenario_cluster() {
     done
 }
 
+# Scenario 6: the hub alone, fan-out to 1,000 subscribers in each of its client modes — JSON and
+# Protobuf (twice each, interleaved, so drift hits both), both with fossil deltas on a gateway
+# record and the same record whole, and uni_sse subscribers (JSON) — each with bytes per delivery.
+scenario_codecs() {
+    local kind=$1 entry name args limit=50
+    [ "$kind" = hub ] || return 0
+    local modes=("json|--codec json" "protobuf|--codec protobuf" "json|--codec json" "protobuf|--codec protobuf"
+                 "json-gateway|--codec json --payload gateway" "json-delta|--codec json --payload gateway --delta"
+                 "protobuf-gateway|--codec protobuf --payload gateway"
+                 "protobuf-delta|--codec protobuf --payload gateway --delta" "sse|--transport sse")
+    for entry in "${modes[@]}"; do
+        name=hub-codec-${entry%%|*}
+        read -r -a args <<< "${entry#*|}"
+        HUB_CHANNEL_OPTIONS='{"allow_publish_for_client":true,"allowed_delta_types":["fossil"]}' start_server hub
+        log "codecs: $name (${args[*]}), $CODEC_SUBS subscribers"
+        generator fanout --server hub --label "$name" "${args[@]}" \
+            --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$CODEC_SUBS" \
+            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "codecs $name: generator failed" >&2
+        # the generator writes scenario "fanout"; relabel its lines for the report
+        sed -i -e "/\"server\":\"$name\"/s/\"scenario\":\"fanout\"/\"scenario\":\"codecs\"/" "$RESULTS"
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 
+CODEC_SUBS=1000
 if [ "$MODE" = quick ]; then
     FANOUT_SUBS="1000"
     STEP_S=0.6 HALF_S=1 STEP_BUDGET_S=4 START_DELIVERIES=40000
@@ -392,10 +425,22 @@ if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]]; then
     HUB_THREADS=$HUB_THREADS HUB_REST_PATH=$HUB_REST_PATH BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
 fi
 
+SPLICE=1
+for scenario in $SCENARIOS; do
+    [[ " $SPLICEABLE_SCENARIOS " == *" $scenario "* ]] || SPLICE=0
+done
+
 ELAPSED=$(( $(date +%s) - STARTED ))
 STEAL_PCT=$(echo "$STEAL0 $(steal_snapshot)" | awk '{ d=$4-$2; printf "%.1f", (d>0 ? 100*($3-$1)/d : 0) }')
 log "all scenarios done in ${ELAPSED}s; writing docs/benchmarks.md"
-cp "$RESULTS" "$ROOT/docs/bench/results.jsonl"
-"$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
-    --markdown "$ROOT/docs/benchmarks.md" --plots "$ROOT/docs/bench"
+if [ "$SPLICE" = 1 ]; then
+    # Only stand-alone sections ran: they replace their own sections, the rest of the report stays.
+    cp "$RESULTS" "$ROOT/docs/bench/results-${SCENARIOS// /-}.jsonl"
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
+        --markdown "$ROOT/docs/benchmarks.md" --plots "$ROOT/docs/bench" --splice
+else
+    cp "$RESULTS" "$ROOT/docs/bench/results.jsonl"
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
+        --markdown "$ROOT/docs/benchmarks.md" --plots "$ROOT/docs/bench"
+fi
 log "done: docs/benchmarks.md, docs/bench/"

@@ -204,6 +204,8 @@ final class HubServer {
         let (http, ws) = config.tlsCert == nil ? ("http", "ws") : ("https", "wss")
         logger.notice("hub serving \(http)://\(shownHost):\(config.port) (\(ws)://\(shownHost):\(config.port)/connection/websocket) engine=\(engineDescription) threads=\(config.threads) version=\(HubVersion.string)")
 
+        // Visible to the other nodes' `info` and surveys from the start, not only after the first tick.
+        node.announce()
         // Housekeeping: once a second each loop checks its connections' deadlines.
         let ticker = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "hub.ticker"))
         var ticks = 0

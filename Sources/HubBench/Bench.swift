@@ -16,7 +16,11 @@ struct Target {
     var concurrency: Int
     var perSource: Int
     var payloadSize: Int
+    /// A gateway record instead of `payloadSize` bytes of padding (what fossil deltas shrink).
+    var gatewayPayload = false
     var connectTimeout: Double
+    /// The hub's codec, transport and delta mode (other servers ignore it).
+    var hubMode = HubMode()
 }
 
 /// Pacing and pass/fail rules of one stepped measurement.
@@ -47,6 +51,8 @@ struct StepResult {
     var generatorCPU: Double = 0
     var stealPercent: Double = 0    // hypervisor steal over both CPUs while publishing
     var lost = 0                    // subscribers that went away during the step
+    var bytesPerDelivery: Double?   // bytes the subscribers read, per delivery
+    var dataBytesPerDelivery: Double?  // bytes of the publication's data field, per delivery
     var ok = false
     var reason = ""
 
@@ -58,6 +64,8 @@ struct StepResult {
             "generator_cpu": generatorCPU, "steal_pct": stealPercent, "lost": lost, "ok": ok, "reason": reason,
         ]
         if let serverCPU { j["server_cpu"] = serverCPU }
+        if let bytesPerDelivery { j["bytes_per_delivery"] = bytesPerDelivery }
+        if let dataBytesPerDelivery { j["data_bytes_per_delivery"] = dataBytesPerDelivery }
         return j
     }
 }
@@ -93,7 +101,7 @@ final class Bench {
 
     init(target: Target) {
         self.target = target
-        payload = StampedPayload(size: target.payloadSize)
+        payload = StampedPayload(size: target.payloadSize, gatewayState: target.gatewayPayload)
         wire = Wire.make(target.kind, host: self, secret: target.secret)
         wireRef = .passUnretained(wire)
         loop.delegate = self
@@ -107,6 +115,8 @@ final class Bench {
         var r = record
         r["server"] = target.label
         r["kind"] = target.kind.rawValue
+        if target.kind == .hub { r["mode"] = target.hubMode.label }
+        r["payload_bytes"] = payload.bytes.count
         guard let data = try? JSONSerialization.data(withJSONObject: r, options: [.sortedKeys]) else { return }
         let line = String(decoding: data, as: UTF8.self) + "\n"
         if let path = target.output {
@@ -146,6 +156,11 @@ final class Bench {
 
     func opened(_ connection: Connection) { wire.opened(connection) }
 
+    /// Bytes of an HTTP response stream (the hub's uni_sse); returns how many were used.
+    func streamed(_ connection: Connection, _ bytes: UnsafePointer<UInt8>, _ count: Int) -> Int {
+        (wire as? HubWire)?.streamed(connection, bytes, count) ?? count
+    }
+
     func message(_ connection: Connection, _ bytes: UnsafePointer<UInt8>, _ count: Int, opcode: UInt8) {
         wireRef.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.message(connection, bytes, count, opcode: opcode) }
     }
@@ -180,8 +195,10 @@ final class Bench {
     private func open(_ index: Int) {
         attempts[index] += 1
         let channels = channelsOf(index)
+        let sse = target.kind == .hub && target.hubMode.transport == .sse
+        let path = sse ? (wire as! HubWire).ssePath(user: "u\(index)", channels: channels) : wire.path(channels: channels)
         let result = loop.connect(index: index, host: target.host, port: target.port, source: sourceAddress(index),
-                                  path: wire.path(channels: channels), subprotocol: wire.subprotocol)
+                                  path: path, subprotocol: wire.subprotocol, httpStream: sse)
         switch result {
         case .success(let connection):
             connection.channels = channels
@@ -290,6 +307,9 @@ final class Bench {
         let serverCPU0 = target.serverPID.flatMap { CPUTime.of(pid: $0) }
         let selfCPU0 = CPUTime.ofSelf()
         let steal0 = CPUTime.stealTicks()
+        let bytes0 = loop.subscriberBytesRead
+        let hubWire = wire as? HubWire
+        let data0 = hubWire?.dataBytesReceived ?? 0
         let interval = 1e9 / rate
         let total = max(1, Int(rate * seconds))
         let end = start + UInt64(seconds * 1e9)
@@ -343,6 +363,14 @@ final class Bench {
         result.stale = stale
         result.lost = lostAfterReady
         result.deliveriesPerSecond = Double(delivered) / (Double(finish - start) / 1e9)
+        if delivered > 0 {
+            result.bytesPerDelivery = Double(loop.subscriberBytesRead - bytes0) / Double(delivered)
+            // Without deltas every delivery carries the payload as published.
+            if let hubWire {
+                result.dataBytesPerDelivery = hubWire.mode.delta
+                    ? Double(hubWire.dataBytesReceived - data0) / Double(delivered) : Double(payload.bytes.count)
+            }
+        }
         if histogram.totalCount > 0 {
             result.p50 = Double(histogram.valueAtPercentile(50)) / 1000
             result.p99 = Double(histogram.valueAtPercentile(99)) / 1000
@@ -359,8 +387,8 @@ final class Bench {
         if lostAfterReady > 0 { reasons.append("\(lostAfterReady) subscribers lost (\(topFailures()))") }
         result.ok = reasons.isEmpty
         result.reason = reasons.joined(separator: "; ")
-        log(String(format: "rate %.0f/s: %d published, %d/%d delivered, %.0f deliveries/s, p50 %.2f p99 %.2f p99.9 %.2f ms, server %.0f%% gen %.0f%% steal %.0f%% %@",
-                   rate, sent, delivered, expected, result.deliveriesPerSecond, result.p50, result.p99, result.p999,
+        log(String(format: "rate %.0f/s: %d published, %d/%d delivered, %.0f deliveries/s, %.0f B each, p50 %.2f p99 %.2f p99.9 %.2f ms, server %.0f%% gen %.0f%% steal %.0f%% %@",
+                   rate, sent, delivered, expected, result.deliveriesPerSecond, result.bytesPerDelivery ?? 0, result.p50, result.p99, result.p999,
                    result.serverCPU ?? -1, result.generatorCPU, result.stealPercent, result.ok ? "ok" : "FAIL: " + result.reason))
         return result
     }

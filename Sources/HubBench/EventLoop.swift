@@ -50,6 +50,11 @@ final class Connection {
     var user = ""
     var pendingReplies = 0
     var startedNs: UInt64 = 0
+    /// An HTTP response stream (SSE) instead of a WebSocket: after the response head, bytes go
+    /// to the wire as they come (`Bench.streamed`), with no frames.
+    var isHTTPStream = false
+    /// Delta mode: the previous publication's data, the base the next fossil delta applies to.
+    var deltaBase: [UInt8] = []
 
     init(fd: Int32, index: Int, requestHead: [UInt8]) {
         self.fd = fd
@@ -81,6 +86,8 @@ final class EventLoop {
     }
     /// When the last read returned: the arrival time of everything in it.
     private(set) var readTimeNs: UInt64 = 0
+    /// Bytes read from subscriber sockets (not the publisher's): wire bytes per delivery.
+    private(set) var subscriberBytesRead = 0
 
     init() {
         epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -99,7 +106,7 @@ final class EventLoop {
     /// Starts a non-blocking connection from `source` (an IPv4 address such as 127.0.0.2) to
     /// `host:port`; the upgrade request goes out once TCP connects.
     func connect(index: Int, host: String, port: UInt16, source: String?, path: String,
-                 subprotocol: String?) -> Result<Connection, SocketError> {
+                 subprotocol: String?, httpStream: Bool = false) -> Result<Connection, SocketError> {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(SocketError("socket", errno)) }
         var one: Int32 = 1
@@ -126,11 +133,17 @@ final class EventLoop {
         }
         if rc != 0 && errno != EINPROGRESS { let e = errno; Glibc.close(fd); return .failure(SocketError("connect", e)) }
 
-        var head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        head += "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        if let subprotocol { head += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        var head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\n"
+        if httpStream {
+            head += "Accept: text/event-stream\r\n"
+        } else {
+            head += "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            head += "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            if let subprotocol { head += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        }
         head += "\r\n"
         let connection = Connection(fd: fd, index: index, requestHead: Array(head.utf8))
+        connection.isHTTPStream = httpStream
         connection.startedNs = monotonicNs()
         if Int(fd) >= table.count { table.append(contentsOf: repeatElement(nil, count: Int(fd) + 1024 - table.count)) }
         table[Int(fd)] = connection
@@ -269,6 +282,7 @@ final class EventLoop {
             close(connection, reason: "read: \(String(cString: strerror(errno)))")
             return
         }
+        if !connection.isPublisher { subscriberBytesRead &+= n }
         if connection.inbound.isEmpty {
             let used = consume(connection, readBuffer, n)
             if used < n && connection.phase != .closed {
@@ -294,9 +308,9 @@ final class EventLoop {
                 if count > 16 * 1024 { close(connection, reason: "upgrade response too long") }
                 return 0
             }
-            // "HTTP/1.1 101 ..."
+            // "HTTP/1.1 101 ..." (200 for a response stream)
             let status = count >= 12 ? String(decoding: UnsafeBufferPointer(start: p + 9, count: 3), as: UTF8.self) : ""
-            guard status == "101" else {
+            guard status == (connection.isHTTPStream ? "200" : "101") else {
                 let line = String(decoding: UnsafeBufferPointer(start: p, count: min(end, 80)), as: UTF8.self)
                 close(connection, reason: "upgrade refused: \(line)")
                 return count
@@ -305,6 +319,9 @@ final class EventLoop {
             offset = end + 4
             delegate.opened(connection)
             if connection.phase == .closed { return count }
+        }
+        if connection.isHTTPStream {
+            return offset + delegate.streamed(connection, p + offset, count - offset)
         }
         while count - offset >= 2 {
             let b0 = p[offset], b1 = p[offset + 1]

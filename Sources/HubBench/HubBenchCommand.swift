@@ -26,14 +26,27 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Connections being opened at once.") var concurrency = 200
     @Option(help: "Connections per source address (127.0.0.2, .3, …).") var perSource = 100
     @Option(help: "Payload bytes per publication.") var payloadSize = 128
+    @Option(help: "padding (--payload-size bytes) or gateway (a seed-000 gateway record whose counters move).")
+    var payload = "padding"
+    @Option(help: "The hub's codec: json or protobuf (subprotocol centrifuge-protobuf).") var codec = "json"
+    @Option(help: "The hub subscribers' transport: websocket or sse (uni_sse, subscribed by the token's channels claim).")
+    var transport = "websocket"
+    @Flag(help: "Hub subscribers ask for fossil deltas (the channel's namespace must allow them).") var delta = false
     @Option(help: "Seconds allowed for opening all connections.") var connectTimeout = 180.0
 
     func target() throws -> Target {
         guard let kind = ServerKind(rawValue: server) else { throw ValidationError("unknown --server \(server)") }
+        guard let codec = HubMode.Codec(rawValue: codec) else { throw ValidationError("unknown --codec \(codec)") }
+        guard let transport = HubMode.Transport(rawValue: transport) else { throw ValidationError("unknown --transport \(transport)") }
+        guard payload == "padding" || payload == "gateway" else { throw ValidationError("unknown --payload \(payload)") }
+        if transport == .sse && (codec != .json || delta) {
+            throw ValidationError("--transport sse carries JSON without deltas (uni_sse has no codec choice)")
+        }
         return Target(kind: kind, label: label ?? server, host: host, port: UInt16(port),
                       publisherPort: UInt16(publisherPort ?? port), secret: secret,
                       serverPID: serverPid, output: out, concurrency: concurrency, perSource: perSource,
-                      payloadSize: payloadSize, connectTimeout: connectTimeout)
+                      payloadSize: payloadSize, gatewayPayload: payload == "gateway", connectTimeout: connectTimeout,
+                      hubMode: HubMode(codec: codec, transport: transport, delta: delta))
     }
 }
 

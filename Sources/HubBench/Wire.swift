@@ -25,7 +25,7 @@ class Wire {
 
     static func make(_ kind: ServerKind, host: Bench, secret: String) -> Wire {
         switch kind {
-        case .hub: return HubWire(host: host, secret: secret)
+        case .hub: return HubWire(host: host, secret: secret, mode: host.target.hubMode)
         case .nats: return NATSWire(host: host)
         case .mosquitto: return MQTTWire(host: host)
         case .fastapi: return FastAPIWire(host: host)
@@ -77,88 +77,7 @@ class Wire {
     }
 }
 
-// MARK: - The hub: Centrifugo protocol v2, JSON
-
-final class HubWire: Wire {
-    let secret: [UInt8]
-    var nextPublishID = 1000
-
-    init(host: Bench, secret: String) {
-        self.secret = Array(secret.utf8)
-        super.init(host: host)
-    }
-
-    override func path(channels: [String]) -> String { "/connection/websocket" }
-    override func personalChannel(_ user: Int) -> String { "#u\(user)" }
-
-    override func opened(_ connection: Connection) {
-        let token = JWT.hs256(subject: connection.user, secret: secret)
-        sendText(connection, #"{"id":1,"connect":{"token":""# + token + #"","name":"hub-bench"}}"#)
-    }
-
-    override func message(_ connection: Connection, _ p: UnsafePointer<UInt8>, _ n: Int, opcode: UInt8) {
-        // A frame may carry several messages, one per line.
-        var start = 0
-        while start < n {
-            let end = memchr(p + start, 0x0A, n - start).map { UnsafeRawPointer($0) - UnsafeRawPointer(p) } ?? n
-            line(connection, p + start, end - start)
-            if connection.phase == .closed { return }
-            start = end + 1
-        }
-    }
-
-    private func line(_ connection: Connection, _ p: UnsafePointer<UInt8>, _ n: Int) {
-        guard n >= 2 else { return }
-        if n == 2 && p[0] == UInt8(ascii: "{") && p[1] == UInt8(ascii: "}") {
-            sendText(connection, "{}")  // answer the server's ping
-            return
-        }
-        // {"push":...
-        if n > 8 && p[2] == UInt8(ascii: "p") {
-            deliver(connection, p, n)
-            return
-        }
-        // {"id":N,...
-        guard n > 6 && p[2] == UInt8(ascii: "i") && p[3] == UInt8(ascii: "d") else { return }
-        var id = 0
-        var i = 6
-        while i < n && p[i] >= 48 && p[i] <= 57 { id = id * 10 + Int(p[i] - 48); i += 1 }
-        if EventLoop.find(p, n, Array(#""error""#.utf8)) != nil {
-            host.failed(connection, "reply \(id): " + String(decoding: UnsafeBufferPointer(start: p, count: min(n, 200)), as: UTF8.self))
-            return
-        }
-        if id == 1 {
-            if connection.channels.isEmpty {
-                host.ready(connection)
-            } else {
-                var commands: [String] = []
-                for (k, channel) in connection.channels.enumerated() {
-                    commands.append(#"{"id":\#(k + 2),"subscribe":{"channel":"\#(channel)"}}"#)
-                }
-                connection.pendingReplies = commands.count
-                sendText(connection, commands.joined(separator: "\n"))
-            }
-        } else if id >= 2 && id < 1000 {
-            connection.pendingReplies -= 1
-            if connection.pendingReplies == 0 { host.ready(connection) }
-        }
-    }
-
-    override func appendPublish(to out: inout [UInt8], connection: Connection, channel: [UInt8], payload: [UInt8]) {
-        body.removeAll(keepingCapacity: true)
-        body.append(contentsOf: #"{"id":"#.utf8)
-        appendDecimal(&body, nextPublishID)
-        nextPublishID += 1
-        body.append(contentsOf: #","publish":{"channel":""#.utf8)
-        body.append(contentsOf: channel)
-        body.append(contentsOf: #"","data":"#.utf8)
-        body.append(contentsOf: payload)
-        body.append(contentsOf: "}}".utf8)
-        frameBody(to: &out, connection, opcode: WSOpcode.text)
-    }
-}
-
-// MARK: - NATS text protocol over WebSocket
+// MARK: - NATS
 
 final class NATSWire: Wire {
     override func personalChannel(_ user: Int) -> String { "u.\(user)" }
@@ -372,16 +291,29 @@ func appendDecimal(_ out: inout [UInt8], _ value: Int) {
 
 /// The payload every publisher sends: exactly `size` bytes of JSON whose "t" is the send time
 /// (ns since the run's start, 15 digits) — a string, so every server passes it through as is.
+/// Or (`gatewayState`) a seed-000 gateway record as the hub publishes it on `gateways:*`, where
+/// only the stamp and the media duration move from one publication to the next: the payload
+/// fossil deltas are for.
 struct StampedPayload {
     private(set) var bytes: [UInt8]
     static let stampDigits = 15
     private static let prefix = Array(#"{"t":""#.utf8)
+    /// Where the media-duration counter's 8 digits are (gateway state only).
+    private var counterAt: Int?
+    private var counter = 0
 
-    init(size: Int) {
-        let head = Self.prefix + [UInt8](repeating: 48, count: Self.stampDigits) + Array(#"","p":""#.utf8)
+    init(size: Int, gatewayState: Bool = false) {
+        let head = Self.prefix + [UInt8](repeating: 48, count: Self.stampDigits)
+        if gatewayState {
+            let fields = Array(#"","event":"update","gw_id":"gw01","gateway":"192.168.1.12","status":"working","room":"math101","media_duration":""#.utf8)
+            counterAt = head.count + fields.count
+            bytes = head + fields + Array(#"00000000","transcript_progress":"45","type":"recorder"}"#.utf8)
+            return
+        }
         let tail = Array(#""}"#.utf8)
-        let pad = max(0, size - head.count - tail.count)
-        bytes = head + [UInt8](repeating: UInt8(ascii: "x"), count: pad) + tail
+        let fields = Array(#"","p":""#.utf8)
+        let pad = max(0, size - head.count - fields.count - tail.count)
+        bytes = head + fields + [UInt8](repeating: UInt8(ascii: "x"), count: pad) + tail
     }
 
     mutating func stamp(_ ns: UInt64) {
@@ -390,6 +322,15 @@ struct StampedPayload {
             for i in stride(from: Self.prefix.count + Self.stampDigits - 1, through: Self.prefix.count, by: -1) {
                 b[i] = UInt8(48 + v % 10)
                 v /= 10
+            }
+        }
+        guard let at = counterAt else { return }
+        counter += 1
+        var c = counter
+        bytes.withUnsafeMutableBufferPointer { b in
+            for i in stride(from: at + 7, through: at, by: -1) {
+                b[i] = UInt8(48 + c % 10)
+                c /= 10
             }
         }
     }
@@ -436,9 +377,11 @@ struct StampedPayload {
 
 /// HS256 connection tokens for the hub.
 enum JWT {
-    static func hs256(subject: String, secret: [UInt8]) -> String {
+    /// `channels`: the server-side subscriptions of the token (what uni_sse subscribers use).
+    static func hs256(subject: String, secret: [UInt8], channels: [String] = []) -> String {
         let header = base64URL(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
-        let claims = base64URL(Array(#"{"sub":"\#(subject)","exp":\#(time(nil) + 86_400)}"#.utf8))
+        let list = channels.isEmpty ? "" : #","channels":["# + channels.map { #""\#($0)""# }.joined(separator: ",") + "]"
+        let claims = base64URL(Array(#"{"sub":"\#(subject)","exp":\#(time(nil) + 86_400)\#(list)}"#.utf8))
         let input = Array((header + "." + claims).utf8)
         var mac = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0

@@ -584,3 +584,42 @@ def test_user_wide_disconnect_send_and_refresh_reach_every_node(cluster):
         assert await again_a.closed() == 3005 and await again_b.closed() == 3005
         assert (await bob.call("ping", {})).get("ping") == {}
     arun(body())
+
+
+def test_channels_and_connections_list_every_nodes_clients(cluster):
+    """`channels` and `connections` on either node see the subscribers and clients of both
+    (a survey through Redis), with a channel's counts summed over the nodes; a node that
+    stopped answering drops out of the listing instead of failing it."""
+    _, a, b = cluster
+    shared, only_b = channel_name("shared"), channel_name("onlyb")
+
+    async def body():
+        await async_wait_for(lambda: len(a.api_result("info")["nodes"]) == 2, message="both nodes announced")
+        alice_a, alice_b, bob_b = await a.client("alice"), await b.client("alice"), await b.client("bob")
+        await alice_a.subscribe(shared)
+        await alice_b.subscribe(shared)
+        await bob_b.subscribe(shared)
+        await bob_b.subscribe(only_b)
+        for node in (a, b):
+            listed = node.api_result("channels")["channels"]
+            assert listed[shared] == {"num_clients": 3} and listed[only_b] == {"num_clients": 1}, listed
+            assert set(node.api_result("channels", {"pattern": "onlyb-*"})["channels"]) == {only_b}
+            everyone = node.api_result("connections")["connections"]
+            assert set(everyone) == {c.connect_reply["client"] for c in (alice_a, alice_b, bob_b)}
+            alices = node.api_result("connections", {"user": "alice"})["connections"]
+            assert set(alices) == {alice_a.connect_reply["client"], alice_b.connect_reply["client"]}
+            assert all(entry["user"] == "alice" for entry in alices.values())
+        assert a.api("channels", {"pattern": 7})["error"]["code"] == 107
+        # Node b frozen: its announcement is still fresh, so a waits for it, then answers with its own.
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            listed = a.api_result("channels")["channels"]
+            assert time.monotonic() - started < 5
+            assert listed[shared] == {"num_clients": 1} and only_b not in listed, listed
+            assert set(a.api_result("connections")["connections"]) == {alice_a.connect_reply["client"]}
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        await async_wait_for(lambda: a.api_result("channels")["channels"].get(shared) == {"num_clients": 3},
+                             message="b answers again after SIGCONT")
+    arun(body())

@@ -66,7 +66,7 @@ def test_refresh_bad_params_are_107_and_change_nothing(hub):
     arun(body())
 
 
-def test_connections_lists_this_nodes_clients_with_their_channels(hub):
+def test_connections_lists_the_clients_with_their_channels(hub):
     async def body():
         alice = await hub.client("alice")
         await alice.subscribe("news")

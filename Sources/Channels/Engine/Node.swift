@@ -88,6 +88,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     private let users = Mutex<[String: Set<String>]>([:])
     private let rpcHandlers = Mutex<[String: RPCHandler]>([:])
     private let controlHandlers = Mutex<[String: @Sendable (JSONValue) -> Void]>([:])
+    let surveys = Surveys()
     private let startedAt: Double
 
     public init(config: EngineConfig, broker: any Broker, presence: any PresenceStore, encoder: any FrameEncoder,
@@ -109,6 +110,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
                   let data = command["data"]?.stringValue.flatMap({ Base64URL.decode($0) }) else { return }
             _ = self.deliverEmulation(session: session, data: data)
         }
+        registerSurveyControl()
     }
 
     /// What became of an `/emulation` request.
@@ -154,7 +156,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     func register(_ session: ClientSession, user: String) {
         clients.withLock { $0[session.id] = session }
-        users.withLock { $0[user, default: []].insert(session.id) }
+        users.withLock { _ = $0[user, default: []].insert(session.id) }
         counters.connects.add(1, ordering: .relaxed)
     }
 

@@ -141,13 +141,29 @@ public struct ServerAPI: Sendable {
             case "history_remove":
                 node.removeHistory(channel: try required("channel")) { outcome in answer(outcome.map { [:] }) }
             case "channels":
+                if let pattern = params["pattern"], !pattern.isNull, pattern.stringValue == nil {
+                    throw ProtocolError.badRequest.with(message: "pattern must be a string")
+                }
                 let pattern = params["pattern"]?.stringValue ?? ""
-                let channels = node.channels(matching: pattern)
-                answer(.success(["channels": .object(channels.map { ($0.0, ["num_clients": .int(Int64($0.1))]) })]))
+                // Every node's subscribers, summed per channel.
+                node.survey("channels", params: ["pattern": .string(pattern)]) { outcome in
+                    answer(outcome.map { answers in
+                        var counts: [String: Int64] = [:]
+                        for nodeAnswer in answers {
+                            for (channel, count) in nodeAnswer.objectValue ?? [] { counts[channel, default: 0] += count.intValue ?? 0 }
+                        }
+                        return ["channels": .object(counts.sorted { $0.key < $1.key }.map { ($0.key, ["num_clients": .int($0.value)]) })]
+                    })
+                }
             case "connections":
                 if let user = params["user"], !user.isNull, user.stringValue == nil { throw ProtocolError.badRequest.with(message: "user must be a string") }
                 let user = params["user"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
-                answer(.success(["connections": .object(node.connections(user: user))]))
+                node.survey("connections", params: user.map { ["user": .string($0)] } ?? [:]) { outcome in
+                    answer(outcome.map { answers in
+                        let all = answers.flatMap { $0.objectValue ?? [] }.sorted { $0.0 < $1.0 }
+                        return ["connections": .object(all)]
+                    })
+                }
             case "info":
                 node.nodes { result in answer(result.map { ["nodes": .array($0.map(\.json))] }) }
             default:
