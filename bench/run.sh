@@ -419,16 +419,17 @@ for scenario in $SCENARIOS; do
     done
 done
 
-# The hub's profile under the same loads (full runs only; a quick run keeps the last one).
-if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]]; then
-    log "profiling the hub (bench/profile.sh)"
-    HUB_THREADS=$HUB_THREADS HUB_REST_PATH=$HUB_REST_PATH BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
-fi
-
 SPLICE=1
 for scenario in $SCENARIOS; do
     [[ " $SPLICEABLE_SCENARIOS " == *" $scenario "* ]] || SPLICE=0
 done
+
+# The hub's profile under the same loads (full runs only; a quick run keeps the last one, and so
+# does a run of stand-alone sections, whose report keeps the rest of the page as it was).
+if [ "$MODE" = full ] && [ "$SPLICE" = 0 ] && [[ " $SERVERS " == *" hub "* ]]; then
+    log "profiling the hub (bench/profile.sh)"
+    HUB_THREADS=$HUB_THREADS HUB_REST_PATH=$HUB_REST_PATH BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
+fi
 
 ELAPSED=$(( $(date +%s) - STARTED ))
 STEAL_PCT=$(echo "$STEAL0 $(steal_snapshot)" | awk '{ d=$4-$2; printf "%.1f", (d>0 ? 100*($3-$1)/d : 0) }')
