@@ -2,6 +2,8 @@
 
     report.py report --run bench/results/latest --markdown docs/benchmarks.md --plots docs/bench
     report.py wrk-json wrk-output.txt --server hub --url URL ...   (one JSON line from wrk's text)
+    report.py start-section --run bench/results/latest --markdown docs/benchmarks.md
+        (a run of only scenario 6: its section of docs/benchmarks.md is replaced, the rest kept)
 """
 
 from __future__ import annotations
@@ -497,6 +499,8 @@ def report(args: argparse.Namespace) -> None:
         md += ["Not run."]
     md += [""]
 
+    md += start_section(rows, meta)
+
     # Targets ------------------------------------------------------------------------------
     md += ["## Targets", ""]
     body = []
@@ -589,6 +593,53 @@ def report(args: argparse.Namespace) -> None:
     print(f"wrote {args.markdown} and {len(made)} plots", file=sys.stderr)
 
 
+START_TITLE = "## 6. Gateway allocation: seed 000's /start against N registered gateways"
+
+
+def start_section(rows: list[dict], meta: dict) -> list[str]:
+    md = [START_TITLE, ""]
+    runs = by(rows, "start")
+    if not runs:
+        return md + ["Not run.", ""]
+    md += [f"Measured {meta.get('started', '?')} ({meta.get('mode', '?')} mode, `{meta.get('command', '').strip()}`).", ""]
+    body = []
+    for r in sorted(runs, key=lambda r: (r["server"], r["gateways"])):
+        body.append([r["server"], f"{r['gateways']:,}", f"{r.get('starts', 0):,} / {r.get('rounds', 0):,}",
+                     f"**{fmt_ms(r.get('start_p50_ms'))}**", f"**{fmt_ms(r.get('start_p99_ms'))}**",
+                     fmt_ms(r.get("release_p50_ms")), fmt_ms(r.get("release_p99_ms")), f"{r.get('register_s', 0):.1f} s"])
+    md += table(["hub store", "gateways", "starts ok / rounds", "/start p50 ms", "/start p99 ms",
+                 "release p50 ms", "release p99 ms", "registering them all"], body)
+    growth = []
+    for server in sorted({r["server"] for r in runs}):
+        mine = sorted((r for r in runs if r["server"] == server and r.get("start_p50_ms")), key=lambda r: r["gateways"])
+        if len(mine) >= 2:
+            growth.append(f"{server}: /start p50 at {mine[-1]['gateways']:,} gateways is "
+                          f"{mine[-1]['start_p50_ms'] / mine[0]['start_p50_ms']:.2f}× the p50 at {mine[0]['gateways']:,}")
+    md += ["", "`hub-bench starts` registers the gateways through `POST /register` (16 connections), all pointing at a "
+           "stand-in launcher (seed 002's API, answering 200 with the body it got) in the generator, then, one request "
+           "at a time: `POST /start` (timed), and the release that frees the gateway again, `POST /stop` then "
+           "`POST /register` (timed together). A start reads a few members of the store's free-gateway set "
+           "and claims one by compare-and-set; it never lists the gateways, so its time should not grow with "
+           "their number" + (": " + "; ".join(growth) + "." if growth else "."), ""]
+    return md
+
+
+def splice_start(args: argparse.Namespace) -> None:
+    meta, rows = load(args.run)
+    section = start_section(rows, meta)
+    text = open(args.markdown).read() if os.path.exists(args.markdown) else "# Benchmarks\n"
+    lines = text.split("\n")
+    if START_TITLE in lines:
+        begin = lines.index(START_TITLE)
+        end = next((i for i in range(begin + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[begin:end] = section
+    else:
+        at = next((i for i, line in enumerate(lines) if line == "## Targets"), len(lines))
+        lines[at:at] = section
+    open(args.markdown, "w").write("\n".join(lines))
+    print(f"replaced the /start section of {args.markdown}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -605,9 +656,14 @@ def main() -> None:
     r.add_argument("--steal", default="")
     r.add_argument("--markdown", required=True)
     r.add_argument("--plots", required=True)
+    t = sub.add_parser("start-section")
+    t.add_argument("--run", required=True)
+    t.add_argument("--markdown", required=True)
     args = parser.parse_args()
     if args.command == "wrk-json":
         wrk_json(args)
+    elif args.command == "start-section":
+        splice_start(args)
     else:
         report(args)
 

@@ -8,6 +8,8 @@
 #   bench/run.sh                 full run (under 15 minutes on 2 cores)
 #   bench/run.sh --quick         smaller sizes, shorter steps (under 2 minutes once built)
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
+#   bench/run.sh --scenarios start --servers hub   only scenario 6 (gateway allocation): its section
+#                                of docs/benchmarks.md is replaced, the rest of the report kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
@@ -26,7 +28,7 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster"
+ALL_SCENARIOS="fanout channels connections rest cluster start"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -333,6 +335,36 @@ scenario_cluster() {
     done
 }
 
+# Scenario 6: seed 000's /start against $START_GATEWAYS registered gateways, on the embedded store
+# and on Redis (`hub-bench starts` serves the gateways' launcher API itself).
+scenario_start() {
+    local kind=$1 count
+    [ "$kind" = hub ] || return 0
+    for count in $START_GATEWAYS; do
+        start_server hub
+        log "start: $count gateways, embedded store"
+        generator starts --port "$PORT" --server-pid "$SERVER_PID" --label hub --gateways "$count" --rounds "$START_ROUNDS" \
+            || echo "start $count: generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+        start_redis
+        rm -rf "$RUN/hub-data-redis"
+        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
+            taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $HUB_PORT --log-level warning --threads "$HUB_THREADS" \
+            --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT/0" --data-dir "$RUN/hub-data-redis" >>"$RUN/hub.log" 2>&1 &
+        SERVER_PID=$!
+        PORT=$HUB_PORT
+        wait_port "$PORT"
+        sleep 1.5  # the free-gateway set is rebuilt from Redis on the first tick
+        log "start: $count gateways, Redis store"
+        generator starts --port "$PORT" --server-pid "$SERVER_PID" --label hub-redis --gateways "$count" --rounds "$START_ROUNDS" \
+            || echo "start $count (redis): generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+        stop_redis
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 
 if [ "$MODE" = quick ]; then
@@ -341,12 +373,14 @@ if [ "$MODE" = quick ]; then
     CHANNEL_CONNS=1000
     IDLE_CONNS=3000 SETTLE_S=1
     WRK_S=2 WRK_CONNECTIONS=32
+    START_GATEWAYS="10 10000" START_ROUNDS=200
 else
     FANOUT_SUBS="1000 5000"
     STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
     CHANNEL_CONNS=10000
     IDLE_CONNS=20000 SETTLE_S=2
     WRK_S=10 WRK_CONNECTIONS=64
+    START_GATEWAYS="10 10000" START_ROUNDS=1000
 fi
 
 [ "$INSTALL" = 1 ] && install_peers
@@ -394,6 +428,12 @@ fi
 
 ELAPSED=$(( $(date +%s) - STARTED ))
 STEAL_PCT=$(echo "$STEAL0 $(steal_snapshot)" | awk '{ d=$4-$2; printf "%.1f", (d>0 ? 100*($3-$1)/d : 0) }')
+if [ "$SCENARIOS" = start ]; then
+    log "scenario start done in ${ELAPSED}s; replacing its section of docs/benchmarks.md"
+    cp "$RESULTS" "$ROOT/docs/bench/results-start.jsonl"
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" start-section --run "$RUN" --markdown "$ROOT/docs/benchmarks.md"
+    exit 0
+fi
 log "all scenarios done in ${ELAPSED}s; writing docs/benchmarks.md"
 cp "$RESULTS" "$ROOT/docs/bench/results.jsonl"
 "$BENCH/.venv/bin/python" "$BENCH/report.py" report --run "$RUN" --elapsed "$ELAPSED" --steal "$STEAL_PCT" \
