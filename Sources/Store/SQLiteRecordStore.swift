@@ -329,13 +329,23 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
     /// From a random member on, in `id` order, wrapping around: two index seeks however big the set.
     private func members(of set: String, limit: Int) -> Result<[Record], StoreError> {
         guard limit > 0 else { return .success([]) }
-        guard let bounds = prepare("SELECT min(id), max(id) FROM member_sets WHERE name = ?1") else { return .failure(lastError()) }
-        bind(bounds, 1, set)
-        guard sqlite3_step(bounds) == SQLITE_ROW else { sqlite3_finalize(bounds); return .failure(lastError()) }
-        let empty = sqlite3_column_type(bounds, 0) == SQLITE_NULL
-        let low = sqlite3_column_int64(bounds, 0), high = sqlite3_column_int64(bounds, 1)
-        sqlite3_finalize(bounds)
-        guard !empty else { return .success([]) }
+        // Two ORDER BY … LIMIT 1 seeks: `min(id), max(id)` in one SELECT would walk the whole set.
+        func end(_ order: String) -> Result<Int64?, StoreError> {
+            guard let statement = prepare("SELECT id FROM member_sets WHERE name = ?1 ORDER BY id \(order) LIMIT 1") else { return .failure(lastError()) }
+            defer { sqlite3_finalize(statement) }
+            bind(statement, 1, set)
+            switch sqlite3_step(statement) {
+            case SQLITE_ROW: return .success(sqlite3_column_int64(statement, 0))
+            case SQLITE_DONE: return .success(nil)
+            default: return .failure(lastError())
+            }
+        }
+        let low: Int64, high: Int64
+        switch (end("ASC"), end("DESC")) {
+        case (.failure(let error), _), (_, .failure(let error)): return .failure(error)
+        case (.success(let first?), .success(let last?)): (low, high) = (first, last)
+        default: return .success([])
+        }
         let start = Int64.random(in: low...high)
         var found: [Record] = []
         for (condition, count) in [("m.id >= ?2", limit), ("m.id < ?2", 0)] {
