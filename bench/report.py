@@ -593,6 +593,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"wrote {args.markdown} and {len(made)} plots", file=sys.stderr)
 
 
+START_STORES = {"hub": "embedded (SQLite)", "hub-redis": "Redis"}
 START_TITLE = "## 6. Gateway allocation: seed 000's /start against N registered gateways"
 
 
@@ -604,7 +605,7 @@ def start_section(rows: list[dict], meta: dict) -> list[str]:
     md += [f"Measured {meta.get('started', '?')} ({meta.get('mode', '?')} mode, `{meta.get('command', '').strip()}`).", ""]
     body = []
     for r in sorted(runs, key=lambda r: (r["server"], r["gateways"])):
-        body.append([r["server"], f"{r['gateways']:,}", f"{r.get('starts', 0):,} / {r.get('rounds', 0):,}",
+        body.append([START_STORES.get(r["server"], r["server"]), f"{r['gateways']:,}", f"{r.get('starts', 0):,} / {r.get('rounds', 0):,}",
                      f"**{fmt_ms(r.get('start_p50_ms'))}**", f"**{fmt_ms(r.get('start_p99_ms'))}**",
                      fmt_ms(r.get("release_p50_ms")), fmt_ms(r.get("release_p99_ms")), f"{r.get('register_s', 0):.1f} s"])
     md += table(["hub store", "gateways", "starts ok / rounds", "/start p50 ms", "/start p99 ms",
@@ -613,14 +614,19 @@ def start_section(rows: list[dict], meta: dict) -> list[str]:
     for server in sorted({r["server"] for r in runs}):
         mine = sorted((r for r in runs if r["server"] == server and r.get("start_p50_ms")), key=lambda r: r["gateways"])
         if len(mine) >= 2:
-            growth.append(f"{server}: /start p50 at {mine[-1]['gateways']:,} gateways is "
+            growth.append(f"{START_STORES.get(server, server)}: /start p50 at {mine[-1]['gateways']:,} gateways is "
                           f"{mine[-1]['start_p50_ms'] / mine[0]['start_p50_ms']:.2f}× the p50 at {mine[0]['gateways']:,}")
     md += ["", "`hub-bench starts` registers the gateways through `POST /register` (16 connections), all pointing at a "
            "stand-in launcher (seed 002's API, answering 200 with the body it got) in the generator, then, one request "
            "at a time: `POST /start` (timed), and the release that frees the gateway again, `POST /stop` then "
            "`POST /register` (timed together). A start reads a few members of the store's free-gateway set "
            "and claims one by compare-and-set; it never lists the gateways, so its time should not grow with "
-           "their number" + (": " + "; ".join(growth) + "." if growth else "."), ""]
+           "their number" + (": " + "; ".join(growth) + "." if growth else "."),
+           "",
+           "Release build; the hub (and redis-server) on CPU 0, the generator on CPU 1. For comparison, before the "
+           "free-gateway set a start listed every gateway record (500 per read): measured once, on 2026-12-06 with "
+           "debug builds of both on this machine, its p50 went from 4.5 ms at 10 gateways to 77 ms (p99 199 ms) at "
+           "10,000, where the set's was 2.2 ms and 2.6 ms.", ""]
     return md
 
 

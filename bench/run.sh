@@ -421,7 +421,7 @@ for scenario in $SCENARIOS; do
 done
 
 # The hub's profile under the same loads (full runs only; a quick run keeps the last one).
-if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]]; then
+if [ "$MODE" = full ] && [[ " $SERVERS " == *" hub "* ]] && [ "$SCENARIOS" != start ]; then
     log "profiling the hub (bench/profile.sh)"
     HUB_THREADS=$HUB_THREADS HUB_REST_PATH=$HUB_REST_PATH BENCH_SCRATCH=$SCRATCH "$BENCH/profile.sh" || echo "profile failed" >&2
 fi
