@@ -10,6 +10,8 @@
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
 #   bench/run.sh --scenarios codecs   only the hub's codecs and transports: its section of
 #                                docs/benchmarks.md is replaced, the rest of the report kept
+#   bench/run.sh --scenarios start --servers hub   only scenario 7 (gateway allocation): its section
+#                                of docs/benchmarks.md is replaced, the rest of the report kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
@@ -28,9 +30,9 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster codecs"
+ALL_SCENARIOS="fanout channels connections rest cluster codecs start"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
-SPLICEABLE_SCENARIOS="codecs"
+SPLICEABLE_SCENARIOS="codecs start"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -365,6 +367,36 @@ scenario_codecs() {
     done
 }
 
+# Scenario 7: seed 000's /start against $START_GATEWAYS registered gateways, on the embedded store
+# and on Redis (`hub-bench starts` serves the gateways' launcher API itself).
+scenario_start() {
+    local kind=$1 count
+    [ "$kind" = hub ] || return 0
+    for count in $START_GATEWAYS; do
+        start_server hub
+        log "start: $count gateways, embedded store"
+        generator starts --port "$PORT" --server-pid "$SERVER_PID" --label hub --gateways "$count" --rounds "$START_ROUNDS" \
+            || echo "start $count: generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+        start_redis
+        rm -rf "$RUN/hub-data-redis"
+        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
+            taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $HUB_PORT --log-level warning --threads "$HUB_THREADS" \
+            --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT/0" --data-dir "$RUN/hub-data-redis" >>"$RUN/hub.log" 2>&1 &
+        SERVER_PID=$!
+        PORT=$HUB_PORT
+        wait_port "$PORT"
+        sleep 1.5  # the free-gateway set is rebuilt from Redis on the first tick
+        log "start: $count gateways, Redis store"
+        generator starts --port "$PORT" --server-pid "$SERVER_PID" --label hub-redis --gateways "$count" --rounds "$START_ROUNDS" \
+            || echo "start $count (redis): generator failed" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+        stop_server
+        stop_redis
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 
 CODEC_SUBS=1000
@@ -374,12 +406,14 @@ if [ "$MODE" = quick ]; then
     CHANNEL_CONNS=1000
     IDLE_CONNS=3000 SETTLE_S=1
     WRK_S=2 WRK_CONNECTIONS=32
+    START_GATEWAYS="10 10000" START_ROUNDS=200
 else
     FANOUT_SUBS="1000 5000"
     STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
     CHANNEL_CONNS=10000
     IDLE_CONNS=20000 SETTLE_S=2
     WRK_S=10 WRK_CONNECTIONS=64
+    START_GATEWAYS="10 10000" START_ROUNDS=1000
 fi
 
 [ "$INSTALL" = 1 ] && install_peers

@@ -23,10 +23,13 @@ struct GatewayRooms {
         client = GatewayHTTPClient(settings: .init(connectTimeout: settings.connectTimeout, totalTimeout: settings.totalTimeout))
         service = GatewayService(store: store, node: node, client: client, settings: settings, logger: logger)
         // With Redis, records written by other tools (`redis-cli SET gateway:gw09 …`) are indexed
-        // so listings include them.
+        // so listings include them…
         var discover: (@Sendable (@escaping @Sendable () -> Void) -> Void)?
         if let redisStore {
-            discover = { done in redisStore.indexExisting(pattern: GatewayRecord.keyPrefix + "*") { _ in done() } }
+            // … and the free ones among them join the free set, so `/start` can hand them out.
+            discover = { done in
+                redisStore.indexExisting(pattern: GatewayRecord.keyPrefix + "*") { _ in redisStore.rebuildMemberSets { _ in done() } }
+            }
         }
         monitor = GatewayMonitor(service: service, nodeID: node.uid, discover: discover)
         routes = RoomProxy(service: service, assets: GatewayAssets(root: config.gatewayAssetsDir)).routes

@@ -108,10 +108,12 @@ final class HubServer {
         // The record store behind RESTCompat: SQLite under --data-dir, or Redis with the redis engine.
         let store: any RecordStore
         if let redis {
-            store = RedisRecordStore(broker: redis.0, messageIndex: ConversationArchive.messageIndex, wordIndex: ConversationArchive.textIndex)
+            store = RedisRecordStore(broker: redis.0, messageIndex: ConversationArchive.messageIndex, wordIndex: ConversationArchive.textIndex,
+                                     memberSets: [GatewayRecord.free])
         } else {
             do {
-                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db", textIndex: ConversationArchive.textIndex)
+                store = try SQLiteRecordStore(path: config.dataDir + "/hub.db", textIndex: ConversationArchive.textIndex,
+                                              memberSets: [GatewayRecord.free])
             } catch {
                 throw HubError.startup("\(error)")
             }
@@ -124,6 +126,14 @@ final class HubServer {
         // tried every second (from the first tick, once Redis is connected) until it succeeds.
         let indexLogger = Logger(label: "hub.store")
         let prepareIndex: @Sendable () -> Void = {
+            // The free-gateway set, rebuilt from the records once Redis answers (records from
+            // before the set existed, or written by other tools while no hub ran).
+            (store as? RedisRecordStore)?.prepareMemberSets { result in
+                switch result {
+                case .success(let members): indexLogger.notice("member sets rebuilt from the records (\(members) free gateways)")
+                case .failure(let error): indexLogger.warning("member sets not rebuilt yet: \(error)")
+                }
+            }
             (store as? RedisRecordStore)?.prepareMessageIndex { result in
                 switch result {
                 case .success(let added): indexLogger.notice("analytics counters and word index ready (\(added) earlier messages counted now)")

@@ -33,6 +33,30 @@ public protocol RecordStore: AnyObject, Sendable {
     /// must never double-assign.
     func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?,
                        completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void)
+    /// Up to `limit` records of the `MemberSet` named `set`, with their current values, picked at
+    /// random (so concurrent callers spread over the members instead of all trying the first).
+    /// A read of the set, never a scan of the records; an unknown set fails.
+    func members(of set: String, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void)
+}
+
+/// The records under `prefix` whose value `contains` accepts (e.g. the free gateways), kept by
+/// the store in the same atomic step as every write of such a record, so finding one is a read
+/// of the set rather than a walk over every record.
+public struct MemberSet: Sendable {
+    public var name: String
+    public var prefix: String
+    public var contains: @Sendable ([UInt8]) -> Bool
+    public init(name: String, prefix: String, contains: @escaping @Sendable ([UInt8]) -> Bool) {
+        self.name = name
+        self.prefix = prefix
+        self.contains = contains
+    }
+
+    /// Whether a value written under `key` belongs to the set.
+    public func includes(key: String, value: [UInt8]?) -> Bool {
+        guard let value, key.hasPrefix(prefix) else { return false }
+        return contains(value)
+    }
 }
 
 /// One JSON string field of the records under a key prefix, indexed for word search

@@ -11,6 +11,10 @@ import Synchronization
 ///
 /// With a `TextIndex`, an FTS5 table (`text_index`, its rows mapped to keys by `text_index_docs`)
 /// follows the indexed records through triggers, inside the same transactions as the writes.
+///
+/// Each `MemberSet` is rows of `member_sets` (set name, key), written in the same savepoint as
+/// the record write they follow, and rebuilt from the records when the store opens (so a file
+/// from before a set existed, or one another tool wrote, starts right).
 public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Sendable {
     private enum Operation {
         case get(String, @Sendable (Result<[UInt8]?, StoreError>) -> Void)
@@ -19,6 +23,7 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         case list(String, String?, Int, @Sendable (Result<[Record], StoreError>) -> Void)
         case compareAndSet(String, [UInt8]?, [UInt8]?, @Sendable (Result<Bool, StoreError>) -> Void)
         case search([String], Int, @Sendable (Result<[(Record, Double)], StoreError>) -> Void)
+        case members(String, Int, @Sendable (Result<[Record], StoreError>) -> Void)
         case stop
 
         var isWrite: Bool {
@@ -48,15 +53,18 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
     private var db: OpaquePointer?
     public let path: String
     public let textIndex: TextIndex?
+    let memberSets: [MemberSet]
     private let logger: Logger
     /// Store thread only: whether the last commit failed, so a failing disk is logged once
     /// when writes start failing and once when they work again, not once per request.
     private var writesFailing = false
 
     /// Opens (creating if needed) the database file. Throws when it cannot.
-    public init(path: String, textIndex: TextIndex? = nil, logger: Logger = Logger(label: "hub.store")) throws(StoreError) {
+    public init(path: String, textIndex: TextIndex? = nil, memberSets: [MemberSet] = [],
+                logger: Logger = Logger(label: "hub.store")) throws(StoreError) {
         self.path = path
         self.textIndex = textIndex
+        self.memberSets = memberSets
         self.logger = logger
         var handle: OpaquePointer?
         guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK else {
@@ -68,12 +76,20 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         for statement in [
             "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000",
             "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+            // `id` orders the members so a random pick is an index seek, not a sort of the set.
+            "CREATE TABLE IF NOT EXISTS member_sets (id INTEGER PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL, UNIQUE(name, key))",
+            "CREATE INDEX IF NOT EXISTS member_sets_by_name ON member_sets(name, id)",
         ] + (textIndex.map(Self.indexStatements) ?? []) {
             guard exec(statement) else {
                 let message = String(cString: sqlite3_errmsg(db))
                 sqlite3_close(db)
                 throw StoreError("cannot prepare store \(path): \(message)")
             }
+        }
+        if let problem = rebuildMemberSets() {
+            // A read-only or full disk at start: the rows kept by the last run stay as they were,
+            // and since nothing can be written now they cannot fall behind the records either.
+            logger.error("store \(path): could not rebuild the member sets (\(problem)); kept as they were")
         }
         pthread_mutex_init(&signalLock, nil)
         pthread_cond_init(&signal, nil)
@@ -117,6 +133,33 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         ]
     }
 
+    /// Store thread (or init) only: every set recomputed from the records, in one transaction.
+    /// Returns what went wrong, or nil.
+    private func rebuildMemberSets() -> String? {
+        guard !memberSets.isEmpty else { return nil }
+        guard exec("BEGIN IMMEDIATE") else { return String(cString: sqlite3_errmsg(db)) }
+        func rebuild(_ set: MemberSet) -> Bool {
+            guard let clear = prepare("DELETE FROM member_sets WHERE name = ?1") else { return false }
+            bind(clear, 1, set.name)
+            let cleared = sqlite3_step(clear) == SQLITE_DONE
+            sqlite3_finalize(clear)
+            guard cleared else { return false }
+            var after = ""
+            while true {
+                guard case .success(let page) = list(prefix: set.prefix, after: after, limit: 1000) else { return false }
+                for record in page where set.contains(record.value) {
+                    guard stepMember("INSERT OR IGNORE INTO member_sets(name, key) VALUES(?1, ?2)", set.name, record.key) else { return false }
+                }
+                guard page.count == 1000, let last = page.last else { return true }
+                after = last.key
+            }
+        }
+        if memberSets.allSatisfy(rebuild), exec("COMMIT") { return nil }
+        let problem = String(cString: sqlite3_errmsg(db))
+        _ = exec("ROLLBACK")
+        return problem
+    }
+
     /// SQL and FTS5 quoting: the quote character written twice.
     static func doubling(_ quote: Character, in text: String) -> String {
         var out = ""
@@ -153,6 +196,10 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
     }
     public func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
         enqueue(.compareAndSet(key, expected, new, completion))
+    }
+    public func members(of set: String, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) {
+        guard memberSets.contains(where: { $0.name == set }) else { completion(.failure(StoreError("no member set '\(set)'"))); return }
+        enqueue(.members(set, limit, completion))
     }
 
     private func enqueue(_ operation: Operation) {
@@ -211,12 +258,11 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         for operation in writes {
             switch operation {
             case .put(let key, let value, let completion):
-                let ok = step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, value)
+                let ok = write(key, value).ok
                 if ok { committed.append((key, value)) }
                 outcomes.append { completion(ok ? .success(()) : .failure(self.lastError())) }
             case .delete(let key, let completion):
-                let ok = step("DELETE FROM records WHERE key = ?1", key, nil)
-                let existed = sqlite3_changes(db) > 0
+                let (ok, existed) = write(key, nil)
                 if ok { committed.append((key, nil)) }
                 outcomes.append { completion(ok ? .success(existed) : .failure(self.lastError())) }
             case .compareAndSet(let key, let expected, let new, let completion):
@@ -229,8 +275,7 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
                     outcomes.append { completion(.success(false)) }
                     continue
                 }
-                let ok = new.map { step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, $0) }
-                    ?? step("DELETE FROM records WHERE key = ?1", key, nil)
+                let ok = write(key, new).ok
                 if ok { committed.append((key, new)) }
                 outcomes.append { completion(ok ? .success(true) : .failure(self.lastError())) }
             default:
@@ -250,6 +295,78 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         }
     }
 
+    /// Store thread, inside the batch's transaction: writes (nil: deletes) the record and follows it
+    /// in its member sets, all or nothing (a savepoint, so a failed set row takes the write back).
+    /// `changed`: whether a row was written or deleted.
+    private func write(_ key: String, _ value: [UInt8]?) -> (ok: Bool, changed: Bool) {
+        func record() -> (Bool, Bool) {
+            let ok = value.map { step("INSERT INTO records(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", key, $0) }
+                ?? step("DELETE FROM records WHERE key = ?1", key, nil)
+            return (ok, sqlite3_changes(db) > 0)
+        }
+        let sets = memberSets.filter { key.hasPrefix($0.prefix) }
+        guard !sets.isEmpty else { return record() }
+        guard exec("SAVEPOINT member_write") else { return (false, false) }
+        var (ok, changed) = record()
+        for set in sets where ok {
+            ok = set.includes(key: key, value: value)
+                ? stepMember("INSERT OR IGNORE INTO member_sets(name, key) VALUES(?1, ?2)", set.name, key)
+                : stepMember("DELETE FROM member_sets WHERE name = ?1 AND key = ?2", set.name, key)
+        }
+        if !ok { _ = exec("ROLLBACK TO member_write") }
+        _ = exec("RELEASE member_write")
+        return (ok, changed)
+    }
+
+    private func stepMember(_ sql: String, _ name: String, _ key: String) -> Bool {
+        guard let statement = prepare(sql) else { return false }
+        defer { sqlite3_finalize(statement) }
+        bind(statement, 1, name)
+        bind(statement, 2, key)
+        return sqlite3_step(statement) == SQLITE_DONE
+    }
+
+    /// From a random member on, in `id` order, wrapping around: two index seeks however big the set.
+    private func members(of set: String, limit: Int) -> Result<[Record], StoreError> {
+        guard limit > 0 else { return .success([]) }
+        // Two ORDER BY … LIMIT 1 seeks: `min(id), max(id)` in one SELECT would walk the whole set.
+        func end(_ order: String) -> Result<Int64?, StoreError> {
+            guard let statement = prepare("SELECT id FROM member_sets WHERE name = ?1 ORDER BY id \(order) LIMIT 1") else { return .failure(lastError()) }
+            defer { sqlite3_finalize(statement) }
+            bind(statement, 1, set)
+            switch sqlite3_step(statement) {
+            case SQLITE_ROW: return .success(sqlite3_column_int64(statement, 0))
+            case SQLITE_DONE: return .success(nil)
+            default: return .failure(lastError())
+            }
+        }
+        let low: Int64, high: Int64
+        switch (end("ASC"), end("DESC")) {
+        case (.failure(let error), _), (_, .failure(let error)): return .failure(error)
+        case (.success(let first?), .success(let last?)): (low, high) = (first, last)
+        default: return .success([])
+        }
+        let start = Int64.random(in: low...high)
+        var found: [Record] = []
+        for (condition, count) in [("m.id >= ?2", limit), ("m.id < ?2", 0)] {
+            let wanted = count > 0 ? count : limit - found.count
+            guard wanted > 0 else { break }
+            guard let statement = prepare("SELECT m.key, r.value FROM member_sets m JOIN records r ON r.key = m.key "
+                                          + "WHERE m.name = ?1 AND \(condition) ORDER BY m.id LIMIT ?3") else { return .failure(lastError()) }
+            defer { sqlite3_finalize(statement) }
+            bind(statement, 1, set)
+            sqlite3_bind_int64(statement, 2, start)
+            sqlite3_bind_int64(statement, 3, Int64(wanted))
+            while true {
+                let code = sqlite3_step(statement)
+                if code == SQLITE_DONE { break }
+                guard code == SQLITE_ROW else { return .failure(lastError()) }
+                found.append(Record(key: String(cString: sqlite3_column_text(statement, 0)), value: column(statement, 1)))
+            }
+        }
+        return .success(found)
+    }
+
     private func perform(_ operation: Operation) {
         switch operation {
         case .get(let key, let completion):
@@ -260,6 +377,8 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
             completion(list(prefix: prefix, after: after, limit: limit))
         case .search(let words, let limit, let completion):
             completion(search(words: words, limit: limit))
+        case .members(let set, let limit, let completion):
+            completion(members(of: set, limit: limit))
         default:
             break
         }
@@ -295,6 +414,7 @@ public final class SQLiteRecordStore: RecordStore, TextSearchable, @unchecked Se
         case .list(_, _, _, let c): c(.failure(error))
         case .compareAndSet(_, _, _, let c): c(.failure(error))
         case .search(_, _, let c): c(.failure(error))
+        case .members(_, _, let c): c(.failure(error))
         case .stop: break
         }
     }

@@ -67,4 +67,5 @@ final class MemoryStoreForTests: RecordStore, @unchecked Sendable {
     func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) { completion(.success(false)) }
     func list(prefix: String, after: String?, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) { completion(.success([])) }
     func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) { completion(.success(false)) }
+    func members(of set: String, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) { completion(.success([])) }
 }

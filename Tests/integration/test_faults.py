@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import os
 import resource
@@ -373,6 +374,168 @@ def test_data_dir_turning_read_only_refuses_writes_clearly_keeps_reads_and_loses
     assert register(again, "gw04").status_code == 200
     assert gw_post(again, "/unregister", {"gw_id": "gw01"}).status_code == 200
     assert sorted(gw_statuses(again)) == ["gw02", "gw03", "gw04"]
+
+
+# --------------------------------------------------------------------------------------------
+# The file system under --data-dir fills up
+
+
+class TinyDisk:
+    """A small tmpfs mounted for the test. `fill()` writes a filler file until the kernel says
+    ENOSPC, so every later allocation on it fails, as on a full disk; `free()` deletes it."""
+
+    SIZE_MB = 48
+
+    def __init__(self, root: Path):
+        self.mountpoint = root / "tiny"
+        self.mountpoint.mkdir()
+        self.filler = self.mountpoint / "filler"
+        self.mounted = False
+
+    def create(self) -> Optional[str]:
+        if os.geteuid() != 0:
+            return "needs root to mount a tmpfs"
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.SIZE_MB}m", "tmpfs", str(self.mountpoint)],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            return f"cannot mount a tmpfs here: {out.stderr.strip()}"
+        self.mounted = True
+        return None
+
+    def fill(self) -> None:
+        with open(self.filler, "ab", buffering=0) as f:
+            chunk = b"\0" * (1 << 20)
+            while True:
+                try:
+                    f.write(chunk if len(chunk) > 1 else b"\0")
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    if len(chunk) == 1:
+                        break
+                    chunk = chunk[: len(chunk) // 2]
+        assert shutil.disk_usage(self.mountpoint).free < 4096
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+    def unmount(self) -> None:
+        if self.mounted:
+            out = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, timeout=30)
+            self.mounted = False
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    disk = TinyDisk(tmp_path)
+    why = disk.create()
+    if why is not None:
+        pytest.skip(why)
+    yield disk
+    disk.unmount()
+
+
+def test_data_dir_full_refuses_writes_clearly_keeps_reads_and_recovers_when_space_is_freed(tiny_disk, hub_factory):
+    # tiny_disk first: it is unmounted after the hubs stopped, once nothing holds it.
+    from test_chat import ADMIN, ADMIN_PASSWORD, FAST_HASH
+    from test_meetings import bearer, upload
+    data = tiny_disk.mountpoint / "data"
+    args = ("--data-dir", str(data), "--gateway-monitor-interval", "60")
+    env = {**GATEWAY_TOKENS, **FAST_HASH}
+    hub = hub_factory(*args, env=env)
+
+    def admin_headers(h: Hub) -> Dict[str, str]:
+        r = h.http.post(h.url + "/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD}, timeout=WAIT)
+        assert r.status_code == 200, r.text
+        return {"Authorization": "Bearer " + r.json()["access_token"]}
+
+    def create_user(h: Hub, headers: Dict[str, str], name: str) -> requests.Response:
+        return h.http.post(h.url + "/admin/users", headers=headers, json={"username": name, "password": "password-123"}, timeout=WAIT)
+
+    def add_command(h: Hub, headers: Dict[str, str], name: str) -> requests.Response:
+        return h.http.post(h.url + "/admin/bot/commands", headers=headers, json={"name": name, "response": f"{name} answer"}, timeout=WAIT)
+
+    def usernames(h: Hub, headers: Dict[str, str]) -> List[str]:
+        r = h.http.get(h.url + "/admin/users", headers=headers, timeout=WAIT)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        users = body.get("users", body) if isinstance(body, dict) else body
+        return sorted(u["username"] for u in users)
+
+    def commands(h: Hub, headers: Dict[str, str]) -> List[str]:
+        r = h.http.get(h.url + "/admin/bot/commands", headers=headers, timeout=WAIT)
+        assert r.status_code == 200, r.text
+        return sorted(c["name"] for c in r.json())
+
+    # Acknowledged before the disk fills: three gateways (one started in a room), a user, a bot
+    # command, a meeting recording.
+    for gw in ("gw01", "gw02", "gw03"):
+        assert register(hub, gw).status_code == 200
+    admin = admin_headers(hub)
+    assert create_user(hub, admin, "before-full").status_code == 200
+    assert add_command(hub, admin, "hours").status_code == 200
+    first = upload(hub, "alice", silent_wav(0.5))
+    assert first.status_code in (200, 201, 202), first.text
+    meetings_before = hub.get("/v1/meetings", headers=bearer(hub, "alice")).json()
+    gateways_before = gw_statuses(hub)
+    users_before = usernames(hub, admin)
+    commands_before = commands(hub, admin)
+    assert "before-full" in users_before and commands_before == ["hours"]
+    leftovers_before = sorted(p.name for p in (data / "uploads").iterdir()) if (data / "uploads").exists() else []
+
+    tiny_disk.fill()
+    # Every write answers its route's documented error, every time (not only the first), quickly.
+    for attempt in range(3):
+        started = time.monotonic()
+        r = register(hub, f"gw-new{attempt}")
+        assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
+        assert time.monotonic() - started < 2
+    r = gw_post(hub, "/start", {"room": "full-room"})
+    assert r.status_code == 503 and r.json() == {"detail": "Gateway store unavailable"}, r.text
+    r = create_user(hub, admin, "during-full")
+    assert r.status_code == 503 and r.json() == {"detail": "User store unavailable"}, r.text
+    r = add_command(hub, admin, "during")
+    assert r.status_code == 503 and r.json() == {"detail": "Command store unavailable"}, r.text
+    # An upload that cannot be kept: seed 004's envelope, and no part of it left on the disk.
+    r = upload(hub, "alice", silent_wav(2.0))
+    assert r.status_code == 500 and r.json()["error"] == {"code": "INTERNAL_ERROR", "message": "could not store the upload", "details": {}}, r.text
+    if (data / "uploads").exists():
+        assert sorted(p.name for p in (data / "uploads").iterdir()) == leftovers_before
+    assert not [p for p in (data / "meetings").rglob("*.part-*")]
+    # Reads go on and show exactly what was acknowledged.
+    assert gw_statuses(hub) == gateways_before
+    assert usernames(hub, admin) == users_before
+    assert commands(hub, admin) == commands_before
+    assert hub.get("/v1/meetings", headers=bearer(hub, "alice")).json() == meetings_before
+    assert hub.get("/health").status_code == 200
+    assert hub.alive(), hub.log()[-2000:]
+
+    # Space comes back: the next writes succeed, without a restart.
+    tiny_disk.free()
+    assert register(hub, "gw04").status_code == 200
+    assert create_user(hub, admin, "after-full").status_code == 200
+    assert add_command(hub, admin, "later").status_code == 200
+    again_upload = upload(hub, "alice", silent_wav(0.5))
+    assert again_upload.status_code in (200, 201, 202), again_upload.text
+    log = hub.log()
+    failing = [line for line in log.splitlines() if "writes failing" in line]
+    assert len(failing) == 1 and "hub.db" in failing[0], failing
+    assert "writes succeed again" in log
+
+    # After a restart: everything acknowledged, nothing refused.
+    assert hub.stop(signal.SIGTERM) == 0
+    again = hub_factory(*args, env=env)
+    admin = admin_headers(again)
+    assert sorted(gw_statuses(again)) == ["gw01", "gw02", "gw03", "gw04"]
+    assert usernames(again, admin) == sorted(users_before + ["after-full"])
+    assert commands(again, admin) == ["hours", "later"]
+    meetings = again.get("/v1/meetings", headers=bearer(again, "alice")).json()
+    assert meetings["total"] == meetings_before["total"] + 1
+    assert meetings_before["meetings"][0] in meetings["meetings"]
+    # The gateways are free for /start again (the free set came back with the records).
+    assert gw_statuses(again)["gw04"]["status"] == "started"
+    again.stop(signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import Channels
 import Glibc
+import Store
 
 /// Seed 000's gateway mapping, stored under `gateway:{gw_id}` as seven pipe-delimited fields:
 /// `<gw_ip>|<state>|<type>|<room>|<start_time>|<media_duration>|<transcript_progress>`,
@@ -63,6 +64,12 @@ public struct GatewayRecord: Sendable, Equatable {
     public var bytes: [UInt8] { Array(text.utf8) }
 
     public var isAvailable: Bool { state == "started" }
+
+    /// The free (`started`) gateways, which `/start` draws from: the record store keeps the set
+    /// with every write of a record, so a start reads a few members instead of every record.
+    public static let free = MemberSet(name: "gateway-free", prefix: keyPrefix) { bytes in
+        GatewayRecord(bytes: bytes)?.isAvailable ?? false
+    }
 
     static func nullable(_ value: String) -> JSONValue {
         value == "None" || value.isEmpty ? .null : .string(value)

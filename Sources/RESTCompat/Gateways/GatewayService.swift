@@ -191,15 +191,42 @@ public final class GatewayService: Sendable {
             reply(Self.error(400, problem))
             return
         }
-        allRecords { [self] result in
-            guard case .success(let all) = result else { reply(Self.storeDown); return }
-            let candidates = all.filter { $0.1.isAvailable }.shuffled()
+        claimFree(room: room, rounds: Self.claimRounds) { [self] outcome in
+            switch outcome {
+            case .failure: reply(Self.storeDown)
+            case .success(nil): reply(Self.error(503, "No available gateways"))
+            case .success(let (id, previous, claimed)?):
+                forwardStart(id: id, previous: previous, claimed: claimed, body: body, trace: trace, reply: reply)
+            }
+        }
+    }
+
+    /// Members of the free set read per round: enough that a round rarely comes back with every
+    /// one taken, few enough that the read stays small however many gateways there are.
+    static let claimBatch = 16
+    /// Rounds before a start gives up: each new round means every member read was taken by
+    /// another start in the meantime, i.e. the free set shrank by at least a batch.
+    static let claimRounds = 64
+
+    /// A random few of the free set, tried in turn; when all of them were taken by other starts
+    /// (which took them out of the set), another few.
+    private func claimFree(room: String, rounds: Int,
+                           completion: @escaping @Sendable (Result<(String, GatewayRecord, GatewayRecord)?, StoreError>) -> Void) {
+        store.members(of: GatewayRecord.free.name, limit: Self.claimBatch) { [self] result in
+            guard case .success(let members) = result else {
+                if case .failure(let error) = result { completion(.failure(error)) }
+                return
+            }
+            let candidates = members.compactMap { member -> (String, GatewayRecord)? in
+                guard let record = GatewayRecord(bytes: member.value), record.isAvailable else { return nil }
+                return (String(member.key.dropFirst(GatewayRecord.keyPrefix.count)), record)
+            }.shuffled()
+            guard !candidates.isEmpty else { completion(.success(nil)); return }
             claim(candidates[...], room: room) { [self] outcome in
-                switch outcome {
-                case .failure: reply(Self.storeDown)
-                case .success(nil): reply(Self.error(503, "No available gateways"))
-                case .success(let (id, previous, claimed)?):
-                    forwardStart(id: id, previous: previous, claimed: claimed, body: body, trace: trace, reply: reply)
+                if case .success(nil) = outcome, rounds > 1 {
+                    claimFree(room: room, rounds: rounds - 1, completion: completion)
+                } else {
+                    completion(outcome)
                 }
             }
         }
