@@ -5,6 +5,7 @@
 #include <libwebsockets.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h> /* mallinfo2 for /metrics: Swift's Glibc module leaves malloc.h out */
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

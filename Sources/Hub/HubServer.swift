@@ -185,6 +185,16 @@ final class HubServer {
         metrics.gauge("hub_slow_disconnects_total", type: "counter", help: "Clients disconnected for not keeping up.") { Double(counters.slowDisconnects.load(ordering: .relaxed)) }
         metrics.gauge("hub_client_connects_total", type: "counter", help: "Successful client connects.") { Double(counters.connects.load(ordering: .relaxed)) }
         metrics.gauge("hub_command_errors_total", type: "counter", help: "Client commands answered with an error.") { Double(counters.commandErrors.load(ordering: .relaxed)) }
+        // Live heap next to what malloc holds from the system: resident memory alone cannot tell
+        // a leak (in use grows) from fragmentation (held grows, in use does not).
+        metrics.gauge("hub_heap_in_use_bytes", help: "Heap bytes allocated and not yet freed, all malloc arenas (glibc mallinfo2: uordblks + hblkhd).") {
+            let info = mallinfo2()
+            return Double(info.uordblks + info.hblkhd)
+        }
+        metrics.gauge("hub_heap_held_bytes", help: "Heap bytes malloc holds from the system, in use or free, all arenas (glibc mallinfo2: arena + hblkhd).") {
+            let info = mallinfo2()
+            return Double(info.arena + info.hblkhd)
+        }
         let settings = EdgeSettings(
             host: config.host, port: config.port, maxMessageSize: config.maxMessageSize, maxBodySize: config.maxBodySize,
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
