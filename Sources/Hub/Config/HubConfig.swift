@@ -16,6 +16,12 @@ struct HubConfig: Sendable {
     var nodeName = "hub"
     var tokenHMACSecret: String?
     var tokenRSAPublicKeyPath: String?
+    var tokenECDSAPublicKeyPath: String?
+    // JWKS (docs/security.md "Token keys from a JWKS").
+    var tokenJWKSURL: String?
+    var tokenJWKSTimeout: Double = 5
+    var tokenJWKSRefetchInterval: Double = 10
+    var tokenJWKSRefreshInterval: Double = 300
     var tokenAudience: String?
     var tokenIssuer: String?
     var apiKey: String?
@@ -175,6 +181,11 @@ struct HubConfig: Sendable {
             case "node_name": nodeName = try string(value, key)
             case "token_hmac_secret": tokenHMACSecret = try string(value, key)
             case "token_rsa_public_key": tokenRSAPublicKeyPath = try string(value, key)
+            case "token_ecdsa_public_key": tokenECDSAPublicKeyPath = try string(value, key)
+            case "token_jwks_url": tokenJWKSURL = try string(value, key)
+            case "token_jwks_timeout": tokenJWKSTimeout = try double(value, key)
+            case "token_jwks_refetch_interval": tokenJWKSRefetchInterval = try double(value, key)
+            case "token_jwks_refresh_interval": tokenJWKSRefreshInterval = try double(value, key)
             case "token_audience": tokenAudience = try string(value, key)
             case "token_issuer": tokenIssuer = try string(value, key)
             case "api_key": apiKey = try string(value, key)
@@ -427,6 +438,18 @@ struct HubConfig: Sendable {
               (1...year).contains(telegramAuthMaxAge)
         else {
             throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
+        }
+        guard (0.1...60).contains(tokenJWKSTimeout) else { throw HubError.config("token_jwks_timeout must be 0.1-60 seconds") }
+        guard (0.1...3600).contains(tokenJWKSRefetchInterval), (tokenJWKSRefetchInterval...86_400).contains(tokenJWKSRefreshInterval) else {
+            throw HubError.config("token_jwks_refetch_interval must be 0.1-3600 seconds and token_jwks_refresh_interval from it to a day")
+        }
+        if let tokenJWKSURL {
+            // The same checks JWKSEndpoint makes when the hub starts, so a bad URL fails before anything listens.
+            guard tokenJWKSURL.hasPrefix("http://") else {
+                throw HubError.config(tokenJWKSURL.hasPrefix("https://")
+                    ? "token_jwks_url: https is not supported (the hub's outbound client has no TLS); serve the JWKS over http:// from the issuer's sidecar or an internal address"
+                    : "token_jwks_url must be an http:// URL, e.g. http://127.0.0.1:8080/.well-known/jwks.json")
+            }
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
