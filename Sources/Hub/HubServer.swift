@@ -71,10 +71,10 @@ final class HubServer {
             engine.namespaces.namespaces[GatewayService.namespace] = HubConfig.gatewayChannelOptions
         }
         let rsaKey = try config.tokenRSAPublicKeyPath.map { path in
-            try publicKey(at: path, what: "RSA") { if case .rsa = $0 { return true } else { return false } }
+            try HubConfig.publicKey(at: path, what: "RSA") { if case .rsa = $0 { return true } else { return false } }
         }
         let ecdsaKey = try config.tokenECDSAPublicKeyPath.map { path in
-            try publicKey(at: path, what: "ECDSA (P-256 or P-384)") { $0 == .ecP256 || $0 == .ecP384 }
+            try HubConfig.publicKey(at: path, what: "ECDSA (P-256 or P-384)") { $0 == .ecP256 || $0 == .ecP384 }
         }
         var jwks: (endpoint: JWKSEndpoint, keys: TokenKeySet)?
         if let url = config.tokenJWKSURL {
@@ -255,15 +255,6 @@ final class HubServer {
         (store as? SQLiteRecordStore)?.close()
         logger.notice("stopped")
     }
-}
-
-/// A token public key from a PEM file, refused at start when unreadable or of the wrong type.
-private func publicKey(at path: String, what: String, fits: (VerificationKey.Kind) -> Bool) throws -> VerificationKey {
-    guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read \(what) public key \(path)") }
-    guard let key = VerificationKey(pem: String(decoding: bytes, as: UTF8.self)), fits(key.kind) else {
-        throw HubError.config("\(path) is not a PEM \(what) public key (-----BEGIN PUBLIC KEY-----)")
-    }
-    return key
 }
 
 extension HubConfig {

@@ -167,6 +167,15 @@ struct HubConfig: Sendable {
         return max(1, min(count, online))
     }
 
+    /// A token public key from a PEM file, refused at start when unreadable or of the wrong type.
+    static func publicKey(at path: String, what: String, fits: (VerificationKey.Kind) -> Bool) throws -> VerificationKey {
+        guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read \(what) public key \(path)") }
+        guard let key = VerificationKey(pem: String(decoding: bytes, as: UTF8.self)), fits(key.kind) else {
+            throw HubError.config("\(path) is not a PEM \(what) public key (-----BEGIN PUBLIC KEY-----)")
+        }
+        return key
+    }
+
     /// Applies a config file (JSON object, keys as in docs/configuration.md).
     mutating func apply(file json: JSONValue) throws {
         guard let members = json.objectValue else { throw HubError.config("config file must hold a JSON object") }
@@ -444,12 +453,13 @@ struct HubConfig: Sendable {
             throw HubError.config("token_jwks_refetch_interval must be 0.1-3600 seconds and token_jwks_refresh_interval from it to a day")
         }
         if let tokenJWKSURL {
-            // The same checks JWKSEndpoint makes when the hub starts, so a bad URL fails before anything listens.
-            guard tokenJWKSURL.hasPrefix("http://") else {
-                throw HubError.config(tokenJWKSURL.hasPrefix("https://")
-                    ? "token_jwks_url: https is not supported (the hub's outbound client has no TLS); serve the JWKS over http:// from the issuer's sidecar or an internal address"
-                    : "token_jwks_url must be an http:// URL, e.g. http://127.0.0.1:8080/.well-known/jwks.json")
-            }
+            do { _ = try JWKSEndpoint.parse(url: tokenJWKSURL) } catch { throw HubError.config(error.description) }
+        }
+        _ = try tokenRSAPublicKeyPath.map { path in
+            try Self.publicKey(at: path, what: "RSA") { if case .rsa = $0 { return true } else { return false } }
+        }
+        _ = try tokenECDSAPublicKeyPath.map { path in
+            try Self.publicKey(at: path, what: "ECDSA (P-256 or P-384)") { $0 == .ecP256 || $0 == .ecP384 }
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {

@@ -12,6 +12,18 @@ public final class JWKSEndpoint: Sendable {
 
     /// Checks the URL (the hub refuses to start on a bad one) and starts the client's thread.
     public init(url: String, timeout: Double, maxBodyBytes: Int) throws(ConfigProblem) {
+        (address, path) = try Self.parse(url: url)
+        var settings = GatewayHTTPClient.Settings(connectTimeout: min(timeout, 3), totalTimeout: timeout)
+        settings.maxActive = 1
+        settings.maxQueued = 4
+        settings.maxIdlePerAddress = 1
+        // Headers on top of the largest body the key set takes; a larger answer is cut off.
+        settings.maxResponseBytes = maxBodyBytes + 16 * 1024
+        client = GatewayHTTPClient(settings: settings)
+    }
+
+    /// The address and request path of a JWKS URL, or why the hub cannot fetch it.
+    public static func parse(url: String) throws(ConfigProblem) -> (GatewayAddress, String) {
         guard url.hasPrefix("http://") else {
             throw ConfigProblem(url.hasPrefix("https://")
                 ? "token_jwks_url: https is not supported (the hub's outbound client has no TLS); serve the JWKS over http:// from the issuer's sidecar or an internal address"
@@ -26,15 +38,7 @@ public final class JWKSEndpoint: Sendable {
         guard !path.contains("#"), path.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
             throw ConfigProblem("token_jwks_url '\(url)': the path must be plain (no fragment or spaces)")
         }
-        self.address = address
-        self.path = path
-        var settings = GatewayHTTPClient.Settings(connectTimeout: min(timeout, 3), totalTimeout: timeout)
-        settings.maxActive = 1
-        settings.maxQueued = 4
-        settings.maxIdlePerAddress = 1
-        // Headers on top of the largest body the key set takes; a larger answer is cut off.
-        settings.maxResponseBytes = maxBodyBytes + 16 * 1024
-        client = GatewayHTTPClient(settings: settings)
+        return (address, path)
     }
 
     /// `http://host:port/path`, without the query (which may carry a credential) for logs.
