@@ -85,7 +85,7 @@ final class HubServer {
                 throw HubError.config(error.description)
             }
             var jwksLogger = Logger(label: "hub.jwks")
-            jwksLogger[metadataKey: "jwks"] = "\(endpoint.shownURL)"
+            jwksLogger[metadataKey: "jwks"] = "\(endpoint.shownAddress)"
             let keys = TokenKeySet(limits: limits, logger: jwksLogger, fetch: endpoint.fetch)
             jwks = (endpoint, keys)
         }

@@ -22,7 +22,8 @@ public final class JWKSEndpoint: Sendable {
         client = GatewayHTTPClient(settings: settings)
     }
 
-    /// The address and request path of a JWKS URL, or why the hub cannot fetch it.
+    /// The address and request path of a JWKS URL, or why the hub cannot fetch it (the reason
+    /// leaves the URL out: it may carry a credential).
     public static func parse(url: String) throws(ConfigProblem) -> (GatewayAddress, String) {
         guard url.hasPrefix("http://") else {
             throw ConfigProblem(url.hasPrefix("https://")
@@ -32,17 +33,18 @@ public final class JWKSEndpoint: Sendable {
         let rest = url.dropFirst("http://".count)
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         guard let address = GatewayAddress(String(rest[..<slash])) else {
-            throw ConfigProblem("token_jwks_url '\(url)': the host must be an IP address or localhost, optionally with :port (names are not resolved)")
+            throw ConfigProblem("token_jwks_url: the host must be an IP address or localhost, optionally with :port (names are not resolved)")
         }
         let path = rest[slash...].isEmpty ? "/" : String(rest[slash...])
         guard !path.contains("#"), path.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
-            throw ConfigProblem("token_jwks_url '\(url)': the path must be plain (no fragment or spaces)")
+            throw ConfigProblem("token_jwks_url: the path must be plain (no fragment or spaces)")
         }
         return (address, path)
     }
 
-    /// `http://host:port/path`, without the query (which may carry a credential) for logs.
-    public var shownURL: String { "http://\(address)\(path.prefix { $0 != "?" })" }
+    /// Where the JWKS is, for logs: the address only, since the URL's path or query may carry
+    /// a credential (the URL is treated as a secret, like the other token settings).
+    public var shownAddress: String { "\(address)" }
 
     /// One GET of the JWKS; what the key set's refetches call.
     public func fetch(_ completion: @escaping @Sendable (Result<[UInt8], TokenKeySet.FetchFailure>) -> Void) {
