@@ -33,7 +33,6 @@ public final class TokenKeySet: Sendable {
         var keys: [String: JSONWebKey] = [:]
         var fetching = false
         var lastStarted = -Double.infinity
-        var lastCompleted: Double?
         var waiting: [@Sendable () -> Void] = []
     }
 
@@ -59,9 +58,6 @@ public final class TokenKeySet: Sendable {
     public func key(_ kid: String) -> JSONWebKey? { state.withLock { $0.keys[kid] } }
 
     public var keyIDs: [String] { state.withLock { Array($0.keys.keys) }.sorted() }
-
-    /// Whether any fetch has succeeded yet (the hub starts before the JWKS answers).
-    public var hasLoaded: Bool { state.withLock { $0.lastCompleted != nil } }
 
     /// Starts a fetch unless one is running or the last began under `minRefetchInterval` ago.
     /// `waiter` runs when the running (or started) fetch ends, or at once when none may start.
@@ -112,12 +108,8 @@ public final class TokenKeySet: Sendable {
         case .failure(let failure):
             logger.warning("JWKS fetch failed, keeping the keys held; tokens naming other kids are refused", metadata: ["error": "\(failure)"])
         }
-        let time = now()
         let waiting = state.withLock { state -> [@Sendable () -> Void] in
-            if let installed {
-                state.keys = installed
-                state.lastCompleted = time
-            }
+            if let installed { state.keys = installed }
             state.fetching = false
             defer { state.waiting.removeAll() }
             return state.waiting

@@ -60,7 +60,7 @@ public final class VerificationKey: @unchecked Sendable {
         self.init(owning: EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, raw, raw.count))
     }
 
-    public enum Hash: Sendable { case sha256, sha384, sha512, none }
+    enum Hash: Sendable { case sha256, sha384, sha512, none }
 
     /// Whether `signature` (DER for ECDSA, raw for RSA and Ed25519) signs `message`.
     func verify(_ message: [UInt8], signature: [UInt8], hash: Hash) -> Bool {
