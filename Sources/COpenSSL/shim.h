@@ -7,4 +7,5 @@
 #include <openssl/bio.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 #endif

@@ -28,7 +28,12 @@ struct HubCommand: ParsableCommand {
     @Option(help: "text, or json for one JSON object per line (default text).") var logFormat: String?
     @Option(help: "This node's name in /api/info (default hub).") var nodeName: String?
     @Option(help: "HMAC secret for HS256/384/512 connection and subscription tokens.") var tokenHmacSecret: String?
-    @Option(help: "PEM file with the RSA public key for RS256 tokens.") var tokenRsaPublicKey: String?
+    @Option(help: "PEM file with the RSA public key for RS256/384/512 tokens.") var tokenRsaPublicKey: String?
+    @Option(help: "PEM file with the ECDSA public key (P-256 for ES256, P-384 for ES384 tokens).") var tokenEcdsaPublicKey: String?
+    @Option(help: "http:// URL of a JWKS: RS256/384/512, ES256/384 and EdDSA tokens are checked with its key named by their kid.") var tokenJwksUrl: String?
+    @Option(help: "Seconds a JWKS fetch may take (default 5).") var tokenJwksTimeout: Double?
+    @Option(help: "Least seconds between two JWKS fetches, however many tokens name an unknown kid (default 10).") var tokenJwksRefetchInterval: Double?
+    @Option(help: "Seconds after which the JWKS is fetched again anyway, so withdrawn keys stop working (default 300).") var tokenJwksRefreshInterval: Double?
     @Option(help: "Required token audience (aud claim).") var tokenAudience: String?
     @Option(help: "Required token issuer (iss claim).") var tokenIssuer: String?
     @Option(help: "Key for the server API (/api/*): X-API-Key or 'Authorization: apikey <key>'.") var apiKey: String?
@@ -144,6 +149,11 @@ struct HubCommand: ParsableCommand {
         c.nodeName = nodeName ?? env["HUB_NODE_NAME"] ?? c.nodeName
         c.tokenHMACSecret = tokenHmacSecret ?? env["HUB_TOKEN_HMAC_SECRET"] ?? c.tokenHMACSecret
         c.tokenRSAPublicKeyPath = tokenRsaPublicKey ?? env["HUB_TOKEN_RSA_PUBLIC_KEY"] ?? c.tokenRSAPublicKeyPath
+        c.tokenECDSAPublicKeyPath = tokenEcdsaPublicKey ?? env["HUB_TOKEN_ECDSA_PUBLIC_KEY"] ?? c.tokenECDSAPublicKeyPath
+        c.tokenJWKSURL = tokenJwksUrl ?? env["HUB_TOKEN_JWKS_URL"] ?? c.tokenJWKSURL
+        c.tokenJWKSTimeout = try tokenJwksTimeout ?? envDouble("HUB_TOKEN_JWKS_TIMEOUT") ?? c.tokenJWKSTimeout
+        c.tokenJWKSRefetchInterval = try tokenJwksRefetchInterval ?? envDouble("HUB_TOKEN_JWKS_REFETCH_INTERVAL") ?? c.tokenJWKSRefetchInterval
+        c.tokenJWKSRefreshInterval = try tokenJwksRefreshInterval ?? envDouble("HUB_TOKEN_JWKS_REFRESH_INTERVAL") ?? c.tokenJWKSRefreshInterval
         c.tokenAudience = tokenAudience ?? env["HUB_TOKEN_AUDIENCE"] ?? c.tokenAudience
         c.tokenIssuer = tokenIssuer ?? env["HUB_TOKEN_ISSUER"] ?? c.tokenIssuer
         c.apiKey = apiKey ?? env["HUB_API_KEY"] ?? c.apiKey

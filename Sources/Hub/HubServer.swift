@@ -70,13 +70,30 @@ final class HubServer {
         if engine.namespaces.namespaces[GatewayService.namespace] == nil {
             engine.namespaces.namespaces[GatewayService.namespace] = HubConfig.gatewayChannelOptions
         }
-        var rsaKey: String?
-        if let path = config.tokenRSAPublicKeyPath {
-            guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read RSA public key \(path)") }
-            rsaKey = String(decoding: bytes, as: UTF8.self)
+        let rsaKey = try config.tokenRSAPublicKeyPath.map { path in
+            try HubConfig.publicKey(at: path, what: "RSA") { if case .rsa = $0 { return true } else { return false } }
         }
-        engine.tokens = TokenVerifier(hmacSecret: config.tokenHMACSecret, rsaPublicKeyPEM: rsaKey,
-                                      audience: config.tokenAudience, issuer: config.tokenIssuer)
+        let ecdsaKey = try config.tokenECDSAPublicKeyPath.map { path in
+            try HubConfig.publicKey(at: path, what: "ECDSA (P-256 or P-384)") { $0 == .ecP256 || $0 == .ecP384 }
+        }
+        var jwks: (endpoint: JWKSEndpoint, keys: TokenKeySet)?
+        if let url = config.tokenJWKSURL {
+            var limits = TokenKeySet.Limits()
+            limits.minRefetchInterval = config.tokenJWKSRefetchInterval
+            let endpoint: JWKSEndpoint
+            do { endpoint = try JWKSEndpoint(url: url, timeout: config.tokenJWKSTimeout, maxBodyBytes: limits.maxBodyBytes) } catch {
+                throw HubError.config(error.description)
+            }
+            var jwksLogger = Logger(label: "hub.jwks")
+            jwksLogger[metadataKey: "jwks"] = "\(endpoint.shownAddress)"
+            let keys = TokenKeySet(limits: limits, logger: jwksLogger, fetch: endpoint.fetch)
+            jwks = (endpoint, keys)
+        }
+        engine.tokens = TokenVerifier(hmacSecret: config.tokenHMACSecret, rsaPublicKey: rsaKey, ecdsaPublicKey: ecdsaKey,
+                                      keySet: jwks?.keys, audience: config.tokenAudience, issuer: config.tokenIssuer)
+        // Fetched before the hub listens but not waited for: a JWKS that is down leaves the
+        // hub up, refusing the tokens whose keys it lacks until a refetch brings them.
+        jwks?.keys.refetch(because: "start")
         engine.allowAnonymous = config.allowAnonymous
         engine.pingInterval = config.pingInterval
         engine.pongTimeout = config.pongTimeout
@@ -230,6 +247,7 @@ final class HubServer {
         let ticker = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "hub.ticker"))
         var ticks = 0
         let presenceRefreshEvery = max(1, Int(config.presenceTTL / 3))
+        let jwksRefreshInterval = config.tokenJWKSRefreshInterval
         ticker.schedule(deadline: .now() + 1, repeating: 1)
         ticker.setEventHandler {
             for loop in loops { loop.requestTick() }
@@ -238,6 +256,7 @@ final class HubServer {
             if (ticks - 1) % announceEvery == 0 { node.announce() }
             if let presence = redis?.1, ticks % presenceRefreshEvery == 0 { presence.refresh() }
             if ticks % 300 == 0 { june.sweep() }
+            jwks?.keys.refreshIfOlder(than: jwksRefreshInterval)
             june.tick()
             prepareIndex()
         }
@@ -249,6 +268,7 @@ final class HubServer {
         for loop in loops { loop.requestStop() }
         for loop in loops { loop.join() }
         gateways.stop()
+        jwks?.endpoint.shutdown()
         // Last, so the spans of requests answered while stopping go out too.
         exporter?.shutdown()
         ticker.cancel()

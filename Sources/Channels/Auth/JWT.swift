@@ -5,6 +5,8 @@ import COpenSSL
 public enum TokenError: Error, Sendable, Equatable {
     case malformed(String)
     case unsupportedAlgorithm(String)
+    /// The token's `kid` is not in the JWKS the hub holds (a refetch may bring it).
+    case unknownKey(String)
     case badSignature
     case expired
     case notYetValid
@@ -12,47 +14,114 @@ public enum TokenError: Error, Sendable, Equatable {
     case wrongIssuer
 }
 
-/// How the hub checks JWTs: HS256/384/512 with shared secrets, RS256 with a public key.
-/// `alg: none` and every other algorithm are refused.
+/// The JWS algorithms the hub verifies; `none` and every other name are refused.
+public enum TokenAlgorithm: String, Sendable, CaseIterable {
+    case hs256 = "HS256", hs384 = "HS384", hs512 = "HS512"
+    case rs256 = "RS256", rs384 = "RS384", rs512 = "RS512"
+    case es256 = "ES256", es384 = "ES384"
+    case edDSA = "EdDSA"
+
+    public var isHMAC: Bool { self == .hs256 || self == .hs384 || self == .hs512 }
+
+    var hash: VerificationKey.Hash {
+        switch self {
+        case .hs256, .rs256, .es256: return .sha256
+        case .hs384, .rs384, .es384: return .sha384
+        case .hs512, .rs512: return .sha512
+        case .edDSA: return .none
+        }
+    }
+
+    /// Whether a key of `kind` signs with this algorithm (what stops alg confusion).
+    func fits(_ kind: VerificationKey.Kind) -> Bool {
+        switch (self, kind) {
+        case (.rs256, .rsa), (.rs384, .rsa), (.rs512, .rsa): return true
+        case (.es256, .ecP256), (.es384, .ecP384), (.edDSA, .ed25519): return true
+        default: return false
+        }
+    }
+
+    /// The length of a JWS signature when the algorithm fixes it (raw `r || s`, Ed25519).
+    var signatureLength: Int? {
+        switch self {
+        case .es256, .edDSA: return 64
+        case .es384: return 96
+        default: return nil
+        }
+    }
+}
+
+/// How the hub checks JWTs: HS256/384/512 with a shared secret, RS256/384/512 with an RSA
+/// public key, ES256/ES384 with an ECDSA public key, and RS*/ES*/EdDSA with the keys of a
+/// JWKS, picked by the token's `kid`. The algorithm must fit the key; `alg: none` and every
+/// other algorithm are refused.
 public struct TokenVerifier: Sendable {
     private let hmacSecret: [UInt8]?
-    private let rsaPublicKeyPEM: String?
+    private let rsaKey: VerificationKey?
+    private let ecdsaKey: VerificationKey?
+    /// Keys from a JWKS endpoint; a token with a `kid` is checked against these only.
+    public let keySet: TokenKeySet?
     public var audience: String?
     public var issuer: String?
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     public var leeway: Double = 0
 
-    public init(hmacSecret: String?, rsaPublicKeyPEM: String? = nil, audience: String? = nil, issuer: String? = nil) {
+    public init(hmacSecret: String?, rsaPublicKey: VerificationKey? = nil, ecdsaPublicKey: VerificationKey? = nil,
+                keySet: TokenKeySet? = nil, audience: String? = nil, issuer: String? = nil) {
         self.hmacSecret = hmacSecret.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
-        self.rsaPublicKeyPEM = rsaPublicKeyPEM.flatMap { $0.isEmpty ? nil : $0 }
+        rsaKey = rsaPublicKey
+        ecdsaKey = ecdsaPublicKey
+        self.keySet = keySet
         self.audience = audience
         self.issuer = issuer
     }
 
-    public var isConfigured: Bool { hmacSecret != nil || rsaPublicKeyPEM != nil }
+    /// With the RSA public key as PEM (a PEM that does not parse verifies nothing).
+    public init(hmacSecret: String?, rsaPublicKeyPEM: String?, audience: String? = nil, issuer: String? = nil) {
+        self.init(hmacSecret: hmacSecret, rsaPublicKey: rsaPublicKeyPEM.flatMap { VerificationKey(pem: $0) },
+                  audience: audience, issuer: issuer)
+    }
 
-    /// Verifies signature and time claims and returns the claims object.
+    public var isConfigured: Bool { hmacSecret != nil || rsaKey != nil || ecdsaKey != nil || keySet != nil }
+
+    /// Verifies signature and time claims and returns the claims object. A `kid` the JWKS
+    /// lacks starts a (rate-limited) refetch in the background and is refused now.
     public func verify(_ token: String, now: Double) throws(TokenError) -> JSONValue {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3 else { throw .malformed("token must have three parts") }
         guard let headerBytes = Base64URL.decode(parts[0]), let header = try? JSONParser.parse(headerBytes) else {
             throw .malformed("bad token header")
         }
-        guard let alg = header["alg"]?.stringValue else { throw .malformed("token header has no alg") }
+        guard let name = header["alg"]?.stringValue else { throw .malformed("token header has no alg") }
         guard let signature = Base64URL.decode(parts[2]) else { throw .malformed("bad token signature encoding") }
+        guard let alg = TokenAlgorithm(rawValue: name) else { throw .unsupportedAlgorithm(name) }
         let signingInput = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
-        switch alg {
-        case "HS256", "HS384", "HS512":
-            guard let secret = hmacSecret else { throw .unsupportedAlgorithm(alg) }
-            let expected = HMAC.sign(signingInput, key: secret, algorithm: alg)
-            guard ConstantTime.equal(expected, signature) else { throw .badSignature }
-        case "RS256":
-            guard let pem = rsaPublicKeyPEM else { throw .unsupportedAlgorithm(alg) }
-            guard RSAVerifier.verifySHA256(message: signingInput, signature: signature, publicKeyPEM: pem) else {
-                throw .badSignature
+        if let keySet, let kid = header["kid"]?.stringValue {
+            // A shared secret is never looked up by kid: an HS256 token "signed" with a JWKS
+            // public key must not pass.
+            guard !alg.isHMAC else { throw .unsupportedAlgorithm(name) }
+            guard let jwk = keySet.key(kid) else {
+                keySet.refetch(because: "a token names an unknown kid")
+                throw .unknownKey(kid)
             }
-        default:
-            throw .unsupportedAlgorithm(alg)
+            guard jwk.accepts(alg) else { throw .unsupportedAlgorithm(name) }
+            try Self.check(signature, of: signingInput, alg: alg, key: jwk.key)
+        } else if alg.isHMAC {
+            guard let secret = hmacSecret else { throw .unsupportedAlgorithm(name) }
+            let expected = HMAC.sign(signingInput, key: secret, algorithm: name)
+            guard ConstantTime.equal(expected, signature) else { throw .badSignature }
+        } else {
+            let configured: VerificationKey?
+            switch alg {
+            case .rs256, .rs384, .rs512: configured = rsaKey
+            case .es256, .es384: configured = ecdsaKey
+            default: configured = nil
+            }
+            guard let key = configured, alg.fits(key.kind) else {
+                if keySet != nil { throw .malformed("token header has no kid (JWKS keys are picked by kid)") }
+                throw .unsupportedAlgorithm(name)
+            }
+            try Self.check(signature, of: signingInput, alg: alg, key: key)
         }
         guard let payloadBytes = Base64URL.decode(parts[1]), let claims = try? JSONParser.parse(payloadBytes),
               claims.objectValue != nil
@@ -73,6 +142,31 @@ public struct TokenVerifier: Sendable {
         }
         if let issuer, claims["iss"]?.stringValue != issuer { throw .wrongIssuer }
         return claims
+    }
+
+    /// Verifies like `verify(_:now:)`, but a token naming a `kid` the JWKS lacks waits for
+    /// the refetch it starts (or the one running) and is checked again once it ends. A
+    /// refetch refused by the rate limit, or one that fails, answers at once with the keys held.
+    public func verify(_ token: String, now: @escaping @Sendable () -> Double,
+                       then answer: @escaping @Sendable (Result<JSONValue, TokenError>) -> Void) {
+        do {
+            answer(.success(try verify(token, now: now())))
+        } catch .unknownKey {
+            guard let keySet else { answer(.failure(.unknownKey(""))); return }
+            keySet.refetch(because: "a token names an unknown kid") { [self] in
+                do throws(TokenError) { answer(.success(try verify(token, now: now()))) } catch { answer(.failure(error)) }
+            }
+        } catch {
+            answer(.failure(error))
+        }
+    }
+
+    private static func check(_ signature: [UInt8], of input: [UInt8], alg: TokenAlgorithm, key: VerificationKey) throws(TokenError) {
+        if let length = alg.signatureLength, signature.count != length {
+            throw .malformed("\(alg.rawValue) signature must be \(length) bytes")
+        }
+        let encoded = alg == .es256 || alg == .es384 ? DER.ecdsaSignature(raw: signature) : signature
+        guard key.verify(input, signature: encoded, hash: alg.hash) else { throw .badSignature }
     }
 }
 
@@ -113,24 +207,6 @@ enum HMAC {
             }
         }
         return Array(out.prefix(Int(length)))
-    }
-}
-
-enum RSAVerifier {
-    static func verifySHA256(message: [UInt8], signature: [UInt8], publicKeyPEM: String) -> Bool {
-        guard let bio = publicKeyPEM.withCString({ BIO_new_mem_buf($0, Int32(strlen($0))) }) else { return false }
-        defer { BIO_free(bio) }
-        guard let key = PEM_read_bio_PUBKEY(bio, nil, nil, nil) else { return false }
-        defer { EVP_PKEY_free(key) }
-        guard let context = EVP_MD_CTX_new() else { return false }
-        defer { EVP_MD_CTX_free(context) }
-        guard EVP_DigestVerifyInit(context, nil, EVP_sha256(), nil, key) == 1 else { return false }
-        let result = signature.withUnsafeBufferPointer { s in
-            message.withUnsafeBufferPointer { m in
-                EVP_DigestVerify(context, s.baseAddress, s.count, m.baseAddress, m.count)
-            }
-        }
-        return result == 1
     }
 }
 

@@ -173,34 +173,42 @@ public final class ClientSession: Sendable {
         var channels: [String]
     }
 
-    /// Verifies a connection token. Nil after answering the client when it is unusable.
-    private func verifyConnectionToken(_ token: String, id: Int64?, method: String) -> Identity? {
-        let now = node.clock.now()
+    /// Verifies a connection token and goes on with its identity, or with nil after answering
+    /// the client when it is unusable. A token naming a JWKS key the hub does not hold yet waits for the
+    /// refetch it starts (bounded by the JWKS timeout and the connect deadline).
+    private func verifyConnectionToken(_ token: String, id: Int64?, method: String, then proceed: @escaping @Sendable (Identity?) -> Void) {
         guard node.config.tokens.isConfigured else {
             fail(id: id, ProtocolError.unauthorized.with(message: "this hub accepts no tokens (no token secret configured)"))
-            return nil
+            proceed(nil)
+            return
         }
-        let claims: JSONValue
-        do {
-            claims = try node.config.tokens.verify(token, now: now)
-        } catch .expired {
-            fail(id: id, .tokenExpired)
-            return nil
-        } catch {
-            node.logger.info("refusing connection token", metadata: ["reason": "\(error)", "method": "\(method)"])
-            disconnect(.invalidToken)
-            return nil
+        let clock = node.clock
+        node.config.tokens.verify(token, now: { clock.now() }) { [self] outcome in
+            let claims: JSONValue
+            switch outcome {
+            case .success(let verified): claims = verified
+            case .failure(.expired):
+                fail(id: id, .tokenExpired)
+                proceed(nil)
+                return
+            case .failure(let error):
+                node.logger.info("refusing connection token", metadata: ["reason": "\(error)", "method": "\(method)"])
+                disconnect(.invalidToken)
+                proceed(nil)
+                return
+            }
+            guard let sub = claims["sub"]?.stringValue else {
+                disconnect(.invalidToken)
+                proceed(nil)
+                return
+            }
+            var info = claims["info"]
+            if info == nil, let b64 = claims["b64info"]?.stringValue, let bytes = Base64URL.decode(b64), let parsed = try? JSONParser.parse(bytes) {
+                info = parsed
+            }
+            let channels = claims["channels"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            proceed(Identity(user: sub, expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, info: info, channels: channels))
         }
-        guard let sub = claims["sub"]?.stringValue else {
-            disconnect(.invalidToken)
-            return nil
-        }
-        var info = claims["info"]
-        if info == nil, let b64 = claims["b64info"]?.stringValue, let bytes = Base64URL.decode(b64), let parsed = try? JSONParser.parse(bytes) {
-            info = parsed
-        }
-        let channels = claims["channels"]?.arrayValue?.compactMap(\.stringValue) ?? []
-        return Identity(user: sub, expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, info: info, channels: channels)
     }
 
     private func connect(id: Int64?, _ body: JSONValue) {
@@ -214,22 +222,22 @@ public final class ClientSession: Sendable {
             return
         }
         let token = body["token"]?.stringValue ?? ""
-        let identity: Identity
         if token.isEmpty {
             guard node.config.allowAnonymous else {
                 state.withLock { $0.phase = .awaitingConnect }
                 fail(id: id, ProtocolError.unauthorized.with(message: "connection token required"))
                 return
             }
-            identity = Identity(user: "", expiresAt: nil, info: nil, channels: [])
-        } else {
-            guard let verified = verifyConnectionToken(token, id: id, method: "connect") else {
+            establish(id: id, body, identity: Identity(user: "", expiresAt: nil, info: nil, channels: []))
+            return
+        }
+        verifyConnectionToken(token, id: id, method: "connect") { [self] identity in
+            guard let identity else {
                 state.withLock { if $0.phase == .connecting { $0.phase = .awaitingConnect } }
                 return
             }
-            identity = verified
+            establish(id: id, body, identity: identity)
         }
-        establish(id: id, body, identity: identity)
     }
 
     /// Starts a live read's session (the REST route authorized the caller already): connected
@@ -349,64 +357,70 @@ public final class ClientSession: Sendable {
             fail(id: id, ProtocolError.badRequest.with(message: "token required"))
             return
         }
-        guard let identity = verifyConnectionToken(token, id: id, method: "refresh") else { return }
-        let sameUser = state.withLock { state -> Bool in
-            guard state.user == identity.user else { return false }
-            state.expiresAt = identity.expiresAt
-            if let info = identity.info { state.connInfo = info }
-            return true
+        verifyConnectionToken(token, id: id, method: "refresh") { [self] identity in
+            guard let identity else { return }
+            let sameUser = state.withLock { state -> Bool in
+                guard state.user == identity.user else { return false }
+                state.expiresAt = identity.expiresAt
+                if let info = identity.info { state.connInfo = info }
+                return true
+            }
+            guard sameUser else {
+                disconnect(.invalidToken)
+                return
+            }
+            let ttl = identity.expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+            reply(id: id, method: "refresh", .compact([
+                ("client", .string(self.id)), ("version", .string(node.config.version)),
+                ("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) }),
+            ]))
         }
-        guard sameUser else {
-            disconnect(.invalidToken)
-            return
-        }
-        let ttl = identity.expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
-        reply(id: id, method: "refresh", .compact([
-            ("client", .string(self.id)), ("version", .string(node.config.version)),
-            ("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) }),
-        ]))
     }
 
     // MARK: Subscriptions
 
-    /// Checks a subscription token for this channel. Returns its claims, or nil after
-    /// answering the client.
-    private func subscriptionClaims(token: String, channel: String, id: Int64?) -> JSONValue? {
+    /// Checks a subscription token for this channel and goes on with its claims, or answers
+    /// the client. Like connection tokens, an unknown JWKS `kid` waits for the refetch.
+    private func subscriptionClaims(token: String, channel: String, id: Int64?, then proceed: @escaping @Sendable (JSONValue) -> Void) {
         guard node.config.tokens.isConfigured else {
             fail(id: id, .permissionDenied)
-            return nil
+            return
         }
-        do {
-            let claims = try node.config.tokens.verify(token, now: node.clock.now())
-            guard claims["sub"]?.stringValue == user, claims["channel"]?.stringValue == channel else {
-                fail(id: id, ProtocolError.permissionDenied.with(message: "subscription token is for another user or channel"))
-                return nil
+        let clock = node.clock
+        node.config.tokens.verify(token, now: { clock.now() }) { [self] outcome in
+            switch outcome {
+            case .success(let claims):
+                guard claims["sub"]?.stringValue == user, claims["channel"]?.stringValue == channel else {
+                    fail(id: id, ProtocolError.permissionDenied.with(message: "subscription token is for another user or channel"))
+                    return
+                }
+                proceed(claims)
+            case .failure(.expired):
+                fail(id: id, .tokenExpired)
+            case .failure:
+                fail(id: id, ProtocolError.permissionDenied.with(message: "invalid subscription token"))
             }
-            return claims
-        } catch .expired {
-            fail(id: id, .tokenExpired)
-            return nil
-        } catch {
-            fail(id: id, ProtocolError.permissionDenied.with(message: "invalid subscription token"))
-            return nil
         }
     }
 
     private func subscribe(id: Int64?, _ body: JSONValue) {
         guard let (channel, options) = requireChannel(body, id: id) else { return }
-        let user = self.user
-        var chanInfo: JSONValue?
-        var expiresAt: Double?
         if let token = body["token"]?.stringValue, !token.isEmpty {
-            guard let claims = subscriptionClaims(token: token, channel: channel, id: id) else { return }
-            chanInfo = claims["info"]
-            expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+            subscriptionClaims(token: token, channel: channel, id: id) { [self] claims in
+                subscribe(id: id, body, channel: channel, options: options, chanInfo: claims["info"],
+                          expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil })
+            }
         } else {
             guard maySubscribe(channel, options: options, user: user) else {
                 fail(id: id, .permissionDenied)
                 return
             }
+            subscribe(id: id, body, channel: channel, options: options, chanInfo: nil, expiresAt: nil)
         }
+    }
+
+    /// Subscribes once the channel is allowed (by its options or a subscription token).
+    private func subscribe(id: Int64?, _ body: JSONValue, channel: String, options: ChannelOptions, chanInfo: JSONValue?, expiresAt: Double?) {
         let delivery: Delivery
         do { delivery = try Self.delivery(body, options: options) } catch { fail(id: id, error); return }
         let problem = state.withLock { state -> ProtocolError? in
@@ -739,11 +753,12 @@ public final class ClientSession: Sendable {
             fail(id: id, ProtocolError.badRequest.with(message: "not subscribed to \(channel)"))
             return
         }
-        guard let claims = subscriptionClaims(token: token, channel: channel, id: id) else { return }
-        let expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
-        state.withLock { $0.subscriptions[channel]?.expiresAt = expiresAt }
-        let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
-        reply(id: id, method: "sub_refresh", .compact([("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) })]))
+        subscriptionClaims(token: token, channel: channel, id: id) { [self] claims in
+            let expiresAt = claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+            state.withLock { $0.subscriptions[channel]?.expiresAt = expiresAt }
+            let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+            reply(id: id, method: "sub_refresh", .compact([("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) })]))
+        }
     }
 
     // MARK: Lifecycle

@@ -16,6 +16,12 @@ struct HubConfig: Sendable {
     var nodeName = "hub"
     var tokenHMACSecret: String?
     var tokenRSAPublicKeyPath: String?
+    var tokenECDSAPublicKeyPath: String?
+    // JWKS (docs/security.md "Token keys from a JWKS").
+    var tokenJWKSURL: String?
+    var tokenJWKSTimeout: Double = 5
+    var tokenJWKSRefetchInterval: Double = 10
+    var tokenJWKSRefreshInterval: Double = 300
     var tokenAudience: String?
     var tokenIssuer: String?
     var apiKey: String?
@@ -161,6 +167,15 @@ struct HubConfig: Sendable {
         return max(1, min(count, online))
     }
 
+    /// A token public key from a PEM file, refused at start when unreadable or of the wrong type.
+    static func publicKey(at path: String, what: String, fits: (VerificationKey.Kind) -> Bool) throws -> VerificationKey {
+        guard let bytes = FileBytes.read(path) else { throw HubError.config("cannot read \(what) public key \(path)") }
+        guard let key = VerificationKey(pem: String(decoding: bytes, as: UTF8.self)), fits(key.kind) else {
+            throw HubError.config("\(path) is not a PEM \(what) public key (-----BEGIN PUBLIC KEY-----)")
+        }
+        return key
+    }
+
     /// Applies a config file (JSON object, keys as in docs/configuration.md).
     mutating func apply(file json: JSONValue) throws {
         guard let members = json.objectValue else { throw HubError.config("config file must hold a JSON object") }
@@ -175,6 +190,11 @@ struct HubConfig: Sendable {
             case "node_name": nodeName = try string(value, key)
             case "token_hmac_secret": tokenHMACSecret = try string(value, key)
             case "token_rsa_public_key": tokenRSAPublicKeyPath = try string(value, key)
+            case "token_ecdsa_public_key": tokenECDSAPublicKeyPath = try string(value, key)
+            case "token_jwks_url": tokenJWKSURL = try string(value, key)
+            case "token_jwks_timeout": tokenJWKSTimeout = try double(value, key)
+            case "token_jwks_refetch_interval": tokenJWKSRefetchInterval = try double(value, key)
+            case "token_jwks_refresh_interval": tokenJWKSRefreshInterval = try double(value, key)
             case "token_audience": tokenAudience = try string(value, key)
             case "token_issuer": tokenIssuer = try string(value, key)
             case "api_key": apiKey = try string(value, key)
@@ -427,6 +447,19 @@ struct HubConfig: Sendable {
               (1...year).contains(telegramAuthMaxAge)
         else {
             throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
+        }
+        guard (0.1...60).contains(tokenJWKSTimeout) else { throw HubError.config("token_jwks_timeout must be 0.1-60 seconds") }
+        guard (0.1...3600).contains(tokenJWKSRefetchInterval), (tokenJWKSRefetchInterval...86_400).contains(tokenJWKSRefreshInterval) else {
+            throw HubError.config("token_jwks_refetch_interval must be 0.1-3600 seconds and token_jwks_refresh_interval from it to a day")
+        }
+        if let tokenJWKSURL {
+            do { _ = try JWKSEndpoint.parse(url: tokenJWKSURL) } catch { throw HubError.config(error.description) }
+        }
+        _ = try tokenRSAPublicKeyPath.map { path in
+            try Self.publicKey(at: path, what: "RSA") { if case .rsa = $0 { return true } else { return false } }
+        }
+        _ = try tokenECDSAPublicKeyPath.map { path in
+            try Self.publicKey(at: path, what: "ECDSA (P-256 or P-384)") { $0 == .ecP256 || $0 == .ecP384 }
         }
         guard presenceTTL >= 5 else { throw HubError.config("presence_ttl must be at least 5 seconds") }
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) else {
