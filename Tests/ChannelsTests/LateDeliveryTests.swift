@@ -130,4 +130,21 @@ final class LateDeliveryTests: XCTestCase {
         XCTAssertEqual(clients[1].pushes.compactMap { $0["unsubscribe"]?["code"] }, [])
         XCTAssertEqual(clients[2].pushes.compactMap { $0["unsubscribe"]?["code"] }, [2500])
     }
+
+    func testStreamThatLostItsLastEntriesMakesSubscribersResubscribe() {
+        let node = makeNode()
+        let (carol, carolSees) = connect(node, user: "carol")
+        send(carol, ["id": 2, "subscribe": ["channel": "news"]])
+        let epoch = carolSees.reply(2)!["subscribe"]!["epoch"]!.stringValue!
+        for n in 1...3 { publish(node, "news", ["n": .int(Int64(n))]) }
+        XCTAssertEqual(carolSees.publications.map { $0["offset"]! }, [1, 2, 3])
+
+        // The new primary had only offset 1: its next publications are 2 and 3 again.
+        node.handleStreamPositions([("news", StreamPosition(offset: 1, epoch: epoch))])
+        XCTAssertEqual(carolSees.pushes.compactMap { $0["unsubscribe"]?["code"] }, [2500],
+                       "offsets 2 and 3 she holds are gone from the stream: she must resubscribe")
+        node.handlePublication(channel: "news", publication: Publication(offset: 2, data: ["n": 20]),
+                               position: StreamPosition(offset: 2, epoch: epoch))
+        XCTAssertEqual(carolSees.publications.count, 3, "a reused offset never reaches her as if it were new")
+    }
 }

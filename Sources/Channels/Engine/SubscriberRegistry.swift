@@ -84,10 +84,15 @@ final class SubscriberRegistry: Sendable {
     /// stream is gone. Returns the live subscribers that may have missed publications (the
     /// stream moved past what was delivered here, or into another epoch), to be told to
     /// resubscribe and recover.
+    ///
+    /// A stream *behind* what was delivered here, in the same epoch, lost its last entries (a
+    /// Redis failover to a replica that had not got them): its next publications reuse offsets
+    /// these subscribers hold, and would be dropped as already seen. They resubscribe too, and
+    /// their recovery from an offset past the stream's top answers `recovered: false`.
     func check(channel: String, position: StreamPosition?) -> [ClientSession] {
         shard(channel).withLock { map -> [ClientSession] in
             guard var members = map[channel], let last = members.last else { return [] }
-            if let position, position.epoch == last.epoch, position.offset <= last.offset { return [] }
+            if let position, position.epoch == last.epoch, position.offset == last.offset { return [] }
             members.last = position
             map[channel] = members
             return members.sessions.filter { members.pending[ObjectIdentifier($0)] == nil }
