@@ -262,7 +262,9 @@ public final class ClientSession: Sendable {
         .compact([
             ("client", .string(id)), ("transport", .string(wire.transportName)),
             ("protocol", .string(codec == .protobuf ? "protobuf" : "json")),
-            ("encoding", .string(codec == .protobuf ? "binary" : "json")),
+            // Payloads are JSON on every codec here (the Protobuf decoder requires it), so they
+            // travel as `data`, never `b64data`: the encoding Centrifugo reports for that is json.
+            ("encoding", .string("json")),
         ] + members)
     }
 
@@ -277,8 +279,8 @@ public final class ClientSession: Sendable {
         proxy.call(.connect, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
             switch answer {
             case .result(let result):
-                guard let user = result["user"]?.stringValue,
-                      let info = ProxyAnswer.payload(result, "info"), let data = ProxyAnswer.payload(result, "data") else {
+                let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
+                guard let user = result["user"]?.stringValue, info != .invalid, data != .invalid else {
                     node.logger.warning("connect proxy answered a result without a valid user, info or data")
                     connectRefused(id: id, .internal)
                     return
@@ -297,8 +299,8 @@ public final class ClientSession: Sendable {
                     state.meta = meta
                     state.refreshedByProxy = refreshedByProxy
                 }
-                establish(id: id, body, identity: Identity(user: user, expiresAt: expireAt, info: info ?? nil,
-                                                           channels: channels, data: data ?? nil, meta: meta))
+                establish(id: id, body, identity: Identity(user: user, expiresAt: expireAt, info: info.json,
+                                                           channels: channels, data: data.json, meta: meta))
             case .error(let error):
                 connectRefused(id: id, error)
             case .disconnect(let reason):
@@ -491,14 +493,10 @@ public final class ClientSession: Sendable {
             proxy.call(.subscribe, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
-                    guard let info = ProxyAnswer.payload(result, "info"), let data = ProxyAnswer.payload(result, "data") else {
-                        subscribe(id: id, body, channel: channel, options: options, chanInfo: nil,
-                                  expiresAt: result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil })
-                        return
-                    }
-                    guard info != .some(nil), data != .some(nil) else { fail(id: id, .internal); return }
-                    subscribe(id: id, body, channel: channel, options: options, chanInfo: info ?? nil,
-                              expiresAt: result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, data: data ?? nil)
+                    let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
+                    guard info != .invalid, data != .invalid else { fail(id: id, .internal); return }
+                    subscribe(id: id, body, channel: channel, options: options, chanInfo: info.json,
+                              expiresAt: result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, data: data.json)
                 case .error(let error): fail(id: id, error)
                 case .disconnect(let reason): disconnect(reason)
                 }
@@ -777,11 +775,9 @@ public final class ClientSession: Sendable {
             proxy.call(.publish, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
-                    var published = data
-                    if let rewritten = ProxyAnswer.payload(result, "data") {
-                        guard let rewritten else { fail(id: id, .internal); return }
-                        published = rewritten
-                    }
+                    let rewritten = ProxyAnswer.payload(result, "data")
+                    guard rewritten != .invalid else { fail(id: id, .internal); return }
+                    let published = rewritten.json ?? data
                     node.publish(channel: channel, data: published, info: info) { [self] outcome in
                         switch outcome {
                         case .success: reply(id: id, method: "publish", [:])
@@ -857,9 +853,9 @@ public final class ClientSession: Sendable {
             proxy.call(.rpc, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
-                    guard let data = ProxyAnswer.payload(result, "data") else { reply(id: id, method: "rpc", [:]); return }
-                    guard let data else { fail(id: id, .internal); return }
-                    reply(id: id, method: "rpc", ["data": data])
+                    let data = ProxyAnswer.payload(result, "data")
+                    guard data != .invalid else { fail(id: id, .internal); return }
+                    reply(id: id, method: "rpc", .compact([("data", data.json)]))
                 case .error(let error): fail(id: id, error)
                 case .disconnect(let reason): disconnect(reason)
                 }
@@ -975,7 +971,7 @@ public final class ClientSession: Sendable {
                     return
                 }
                 let expireAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
-                let info = ProxyAnswer.payload(result, "info") ?? nil
+                let info = ProxyAnswer.payload(result, "info").json
                 state.withLock { state in
                     state.refreshing = false
                     state.expiresAt = expireAt

@@ -33,13 +33,20 @@ public enum ProxyAnswer: Sendable, Equatable {
     }
 
     /// A payload of a result: `data` as JSON, or `b64data` decoded and parsed (the hub relays JSON
-    /// payloads to every codec, so bytes that are not JSON are refused). `.none` when neither is
-    /// there, nil inside when `b64data` is not base64 of JSON.
-    public static func payload(_ result: JSONValue, _ name: String) -> JSONValue?? {
-        if let value = result[name] { return .some(value) }
-        guard let b64 = result["b64" + name]?.stringValue else { return .none }
-        guard let bytes = Base64URL.decode(b64), let parsed = try? JSONParser.parse(bytes) else { return .some(nil) }
-        return .some(parsed)
+    /// payloads to every codec, so bytes that are not JSON are refused).
+    public static func payload(_ result: JSONValue, _ name: String) -> Payload {
+        if let value = result[name] { return .value(value) }
+        guard let b64 = result["b64" + name]?.stringValue else { return .absent }
+        guard let bytes = Base64URL.decode(b64), let parsed = try? JSONParser.parse(bytes) else { return .invalid }
+        return .value(parsed)
+    }
+
+    public enum Payload: Sendable, Equatable {
+        case absent, invalid
+        case value(JSONValue)
+
+        /// The value, or nil when the backend sent none.
+        public var json: JSONValue? { if case .value(let v) = self { return v } else { return nil } }
     }
 }
 
