@@ -27,7 +27,8 @@ public enum ProxyAnswer: Sendable, Equatable {
             guard let code = disconnect["code"]?.intValue, (0...Int64(UInt16.max)).contains(code) else { return nil }
             return .disconnect(DisconnectReason(code: UInt16(code), reason: disconnect["reason"]?.stringValue ?? ""))
         }
-        let result = json["result"] ?? [:]
+        var result = json["result"] ?? [:]
+        if result == .null { result = [:] }
         guard result.objectValue != nil else { return nil }
         return .result(result)
     }
