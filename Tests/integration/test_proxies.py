@@ -174,7 +174,13 @@ def proxy_hub(hub_factory, backend, *args, config=None, **kwargs):
                        *args, config=config, secret=None, **kwargs)
 
 
-def test_session_cookie_connects_through_the_connect_proxy(hub_factory, backend):
+def as_json(value):
+    """A payload as the Protobuf flavour hands it over (JSON bytes), or as it is."""
+    return json.loads(value) if isinstance(value, (bytes, bytearray)) else value
+
+
+@pytest.mark.parametrize("codec", ["json", "protobuf"])
+def test_session_cookie_connects_through_the_connect_proxy(hub_factory, backend, codec):
     backend.handlers["/connect"] = session_connect
     hub = proxy_hub(hub_factory, backend, config={"proxy_static_http_headers": {"X-Hub-Secret": STATIC_SECRET}})
     cent = CentClient(f"{hub.url}/api", hub.api_key, timeout=WAIT)
@@ -182,17 +188,17 @@ def test_session_cookie_connects_through_the_connect_proxy(hub_factory, backend)
     async def main():
         events = Events()
         client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE, "X-Real-Ip": "203.0.113.7",
-                                           "X-Not-Listed": "keep-me-here"})
+                                           "X-Not-Listed": "keep-me-here"}, use_protobuf=codec == "protobuf")
         try:
             await client.connect()
             await client.ready(WAIT)
             # The backend's `data` reaches the client; its `channels` are server-side subscriptions.
-            assert events.connected[0].data == {"welcome": "alice"}
+            assert as_json(events.connected[0].data) == {"welcome": "alice"}
             await async_wait_for(lambda: events.server_subscribed, message="server-side subscription to news")
             assert events.server_subscribed[0].channel == "news"
             await asyncio.to_thread(cent.publish, PublishRequest(channel="news", data={"n": 1}))
             await async_wait_for(lambda: events.server_pubs, message="publication on news")
-            assert events.server_pubs[0].pub.data == {"n": 1}
+            assert as_json(events.server_pubs[0].pub.data) == {"n": 1}
             # The backend named the user: the server API sees alice with the backend's info.
             conns = hub.api_result("connections", {})["connections"]
             (conn,) = conns.values()
@@ -203,7 +209,7 @@ def test_session_cookie_connects_through_the_connect_proxy(hub_factory, backend)
     arun(main())
     (request, headers), = backend.seen("/connect")
     assert request["client"] and request["transport"] == "websocket"
-    assert request["protocol"] == "json" and request["encoding"] == "json"
+    assert request["protocol"] == codec and request["encoding"] == "json"
     assert request["name"] == "python"
     # Exactly the allow-listed headers the client sent, plus the static one; nothing else.
     assert headers["Cookie"] == SESSION_COOKIE
@@ -426,3 +432,39 @@ def test_bad_proxy_config_stops_the_hub(hub_factory, args, config, says):
     cp = hub_factory.run(*args, config=config)
     assert cp.returncode == 64
     assert says in cp.stderr + cp.stdout
+
+
+def test_the_sub_refresh_proxy_extends_a_subscription_then_ends_it(hub_factory, backend):
+    backend.handlers["/connect"] = session_connect
+    refreshes = []
+
+    def subscribe(request, headers):
+        return ok({"expire_at": int(time.time()) + 2})
+
+    def sub_refresh(request, headers):
+        refreshes.append(request)
+        return ok({"expire_at": int(time.time()) + 2} if len(refreshes) == 1 else {"expired": True})
+
+    backend.handlers.update({"/subscribe": subscribe, "/sub_refresh": sub_refresh})
+    hub = proxy_hub(hub_factory, backend, "--proxy-subscribe-endpoint", backend.url("/subscribe"),
+                    "--proxy-sub-refresh-endpoint", backend.url("/sub_refresh"),
+                    config={"namespaces": [{"name": "room", "proxy_subscribe": True, "proxy_sub_refresh": True}]})
+
+    async def main():
+        events, room_events = Events(), SubEvents()
+        client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE})
+        room = client.new_subscription("room:a", room_events)
+        try:
+            await client.connect()
+            await room.subscribe()
+            await room.ready(WAIT)
+            await async_wait_for(lambda: refreshes, timeout=4, message="first sub_refresh")
+            # Extended by the backend: the client is still subscribed, on its first connection.
+            assert room.state == SubscriptionState.SUBSCRIBED and len(events.connected) == 1
+            await async_wait_for(lambda: any(c.code == 3006 for c in events.connecting), timeout=4,
+                                 message="subscription expired disconnect")
+        finally:
+            await client.disconnect()
+
+    arun(main())
+    assert refreshes[0]["user"] == "alice" and refreshes[0]["channel"] == "room:a"

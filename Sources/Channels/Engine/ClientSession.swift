@@ -28,6 +28,8 @@ public final class ClientSession: Sendable {
         var chanInfo: JSONValue?
         var expiresAt: Double?
         var delivery = Delivery.whole
+        /// A sub_refresh proxy call for this subscription is under way.
+        var refreshing = false
     }
 
     struct State {
@@ -531,7 +533,9 @@ public final class ClientSession: Sendable {
         if body["recover"]?.boolValue == true {
             position = StreamPosition(offset: UInt64(max(0, body["offset"]?.intValue ?? 0)), epoch: body["epoch"]?.stringValue ?? "")
         }
-        let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+        // A subscription the sub_refresh proxy extends is not told to refresh itself (as in Centrifugo).
+        let refreshedByProxy = options.proxySubRefresh && node.config.proxy?.proxies(.subRefresh) == true
+        let ttl = refreshedByProxy ? nil : expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
         startSubscription(channel: channel, options: options, recoverFrom: position, delivery: delivery) { [self] outcome in
             switch outcome {
             case .success(let subscribed):
@@ -881,29 +885,6 @@ public final class ClientSession: Sendable {
     }
 
     private func subRefresh(id: Int64?, _ body: JSONValue) {
-        if let channel = body["channel"]?.stringValue, (body["token"]?.stringValue ?? "").isEmpty,
-           let options = try? node.options(for: channel), options.proxySubRefresh,
-           let proxy = node.config.proxy, proxy.proxies(.subRefresh) {
-            guard state.withLock({ $0.subscriptions[channel] != nil }) else {
-                fail(id: id, ProtocolError.badRequest.with(message: "not subscribed to \(channel)"))
-                return
-            }
-            let (user, meta) = state.withLock { ($0.user, $0.meta) }
-            let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta)])
-            proxy.call(.subRefresh, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
-                switch answer {
-                case .result(let result):
-                    if result["expired"]?.boolValue == true { disconnect(.subscriptionExpired); return }
-                    let expiresAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
-                    state.withLock { $0.subscriptions[channel]?.expiresAt = expiresAt }
-                    let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
-                    reply(id: id, method: "sub_refresh", .compact([("expires", ttl != nil ? .bool(true) : nil), ("ttl", ttl.map { .int($0) })]))
-                case .error(let error): fail(id: id, error)
-                case .disconnect(let reason): disconnect(reason)
-                }
-            }
-            return
-        }
         guard let channel = body["channel"]?.stringValue, let token = body["token"]?.stringValue else {
             fail(id: id, ProtocolError.badRequest.with(message: "channel and token required"))
             return
@@ -924,7 +905,8 @@ public final class ClientSession: Sendable {
 
     /// Periodic check: connect and pong deadlines, token expiry, the next ping.
     func tick(now: Double) {
-        enum Action { case none, ping, disconnect(DisconnectReason), refresh }
+        enum Action { case none, ping, disconnect(DisconnectReason), refresh, refreshSubscription(String) }
+        let subRefreshProxied = node.config.proxy?.proxies(.subRefresh) ?? false
         let action = state.withLock { state -> Action in
             switch state.phase {
             case .closed, .connecting: return .none
@@ -937,7 +919,13 @@ public final class ClientSession: Sendable {
                     return .refresh
                 }
                 if let deadline = state.pongDeadline, now > deadline { return .disconnect(.noPong) }
-                for sub in state.subscriptions.values { if let exp = sub.expiresAt, now >= exp { return .disconnect(.subscriptionExpired) } }
+                for (channel, sub) in state.subscriptions {
+                    guard let exp = sub.expiresAt, now >= exp else { continue }
+                    guard subRefreshProxied, (try? node.options(for: channel))?.proxySubRefresh == true else { return .disconnect(.subscriptionExpired) }
+                    if sub.refreshing { continue }
+                    state.subscriptions[channel]?.refreshing = true
+                    return .refreshSubscription(channel)
+                }
                 // Half a tick of slack: the 1 s housekeeping tick must not stretch the interval.
                 if now + 0.5 >= state.nextPing {
                     state.nextPing = max(state.nextPing + node.config.pingInterval, now + node.config.pingInterval - 0.5)
@@ -953,6 +941,34 @@ public final class ClientSession: Sendable {
         case .ping: send(codec.ping)
         case .disconnect(let reason): disconnect(reason)
         case .refresh: refreshThroughProxy()
+        case .refreshSubscription(let channel): refreshSubscriptionThroughProxy(channel)
+        }
+    }
+
+    /// At a subscription's expiry, in a namespace with `proxy_sub_refresh`, the backend extends it
+    /// (new `expire_at`) or ends it (`expired`: disconnect 3006, as a lapsed subscription token does).
+    /// A backend that cannot be asked is asked again on the next tick.
+    private func refreshSubscriptionThroughProxy(_ channel: String) {
+        guard let proxy = node.config.proxy else { return }
+        let (user, meta) = state.withLock { ($0.user, $0.meta) }
+        let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta)])
+        proxy.call(.subRefresh, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+            switch answer {
+            case .result(let result):
+                if result["expired"]?.boolValue == true {
+                    disconnect(.subscriptionExpired)
+                    return
+                }
+                let expiresAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+                state.withLock { state in
+                    state.subscriptions[channel]?.expiresAt = expiresAt
+                    state.subscriptions[channel]?.refreshing = false
+                }
+            case .error:
+                state.withLock { $0.subscriptions[channel]?.refreshing = false }
+            case .disconnect(let reason):
+                disconnect(reason)
+            }
         }
     }
 
