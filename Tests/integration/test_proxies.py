@@ -468,3 +468,21 @@ def test_the_sub_refresh_proxy_extends_a_subscription_then_ends_it(hub_factory, 
 
     arun(main())
     assert refreshes[0]["user"] == "alice" and refreshes[0]["channel"] == "room:a"
+
+
+def test_a_uni_sse_client_with_a_cookie_connects_through_the_connect_proxy(hub_factory, backend):
+    from test_transports import RawStream  # the raw socket reader the transport tests use
+
+    backend.handlers["/connect"] = session_connect
+    hub = proxy_hub(hub_factory, backend)
+    stream = RawStream(hub.port, "GET", "/connection/uni_sse?cf_connect=%7B%7D",
+                       {"Accept": "text/event-stream", "Cookie": SESSION_COOKIE, "X-Not-Listed": "x"})
+    try:
+        assert stream.status == 200
+        push = json.loads(stream.event()["data"])
+    finally:
+        stream.close()
+    assert push["connect"]["data"] == {"welcome": "alice"} and "news" in push["connect"]["subs"]
+    (request, headers), = backend.seen("/connect")
+    assert request["transport"] == "uni_sse"
+    assert headers["Cookie"] == SESSION_COOKIE and "X-Not-Listed" not in headers
