@@ -36,6 +36,15 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds after which the JWKS is fetched again anyway, so withdrawn keys stop working (default 300).") var tokenJwksRefreshInterval: Double?
     @Option(help: "Required token audience (aud claim).") var tokenAudience: String?
     @Option(help: "Required token issuer (iss claim).") var tokenIssuer: String?
+    @Option(help: "Connect proxy: http:// URL the hub POSTs a connect without a token to; the backend's answer decides.") var proxyConnectEndpoint: String?
+    @Option(help: "Refresh proxy: http:// URL asked at a proxied session's expiry to extend or end it.") var proxyRefreshEndpoint: String?
+    @Option(help: "Subscribe proxy: http:// URL deciding subscriptions in namespaces with proxy_subscribe.") var proxySubscribeEndpoint: String?
+    @Option(help: "Publish proxy: http:// URL deciding (and rewriting) client publications in namespaces with proxy_publish.") var proxyPublishEndpoint: String?
+    @Option(help: "RPC proxy: http:// URL serving client RPCs the hub does not serve itself.") var proxyRpcEndpoint: String?
+    @Option(help: "Sub-refresh proxy: http:// URL extending subscriptions in namespaces with proxy_sub_refresh.") var proxySubRefreshEndpoint: String?
+    @Option(help: "Seconds a proxy call may take, connect included (default 1).") var proxyTimeout: Double?
+    @Option(help: "Client request headers forwarded to proxies, comma-separated (e.g. Cookie,Authorization).") var proxyHttpHeaders: String?
+    @Option(help: "Proxy calls in flight per node (default 256); more are answered with a temporary error.") var proxyMaxInFlight: Int?
     @Option(help: "Key for the server API (/api/*): X-API-Key or 'Authorization: apikey <key>'.") var apiKey: String?
     @Flag(help: "Let clients connect without a token (as anonymous users).") var allowAnonymous = false
     @Option(help: "Seconds between server pings (default 25).") var pingInterval: Double?
@@ -156,6 +165,18 @@ struct HubCommand: ParsableCommand {
         c.tokenJWKSRefreshInterval = try tokenJwksRefreshInterval ?? envDouble("HUB_TOKEN_JWKS_REFRESH_INTERVAL") ?? c.tokenJWKSRefreshInterval
         c.tokenAudience = tokenAudience ?? env["HUB_TOKEN_AUDIENCE"] ?? c.tokenAudience
         c.tokenIssuer = tokenIssuer ?? env["HUB_TOKEN_ISSUER"] ?? c.tokenIssuer
+        let proxyFlags: [(ProxyKind, String?)] = [
+            (.connect, proxyConnectEndpoint), (.refresh, proxyRefreshEndpoint), (.subscribe, proxySubscribeEndpoint),
+            (.publish, proxyPublishEndpoint), (.rpc, proxyRpcEndpoint), (.subRefresh, proxySubRefreshEndpoint),
+        ]
+        for (kind, flag) in proxyFlags {
+            if let url = flag ?? env["HUB_PROXY_\(kind.rawValue.uppercased())_ENDPOINT"] { c.proxyEndpoints[kind] = url }
+        }
+        c.proxyTimeout = try proxyTimeout ?? envDouble("HUB_PROXY_TIMEOUT") ?? c.proxyTimeout
+        c.proxyMaxInFlight = try proxyMaxInFlight ?? envInt("HUB_PROXY_MAX_IN_FLIGHT") ?? c.proxyMaxInFlight
+        if let names = proxyHttpHeaders ?? env["HUB_PROXY_HTTP_HEADERS"] {
+            c.proxyHTTPHeaders = names.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        }
         c.apiKey = apiKey ?? env["HUB_API_KEY"] ?? c.apiKey
         c.allowAnonymous = try allowAnonymous ? true : (envBool("HUB_ALLOW_ANONYMOUS") ?? c.allowAnonymous)
         c.pingInterval = try pingInterval ?? envDouble("HUB_PING_INTERVAL") ?? c.pingInterval

@@ -95,6 +95,20 @@ final class HubServer {
         // hub up, refusing the tokens whose keys it lacks until a refetch brings them.
         jwks?.keys.refetch(because: "start")
         engine.allowAnonymous = config.allowAnonymous
+        // Made before the node: the proxy backend counts its calls from the first connection.
+        let metrics = MetricsRegistry()
+        var proxy: HTTPProxyBackend?
+        if !config.proxyEndpoints.isEmpty {
+            var settings = HTTPProxyBackend.Settings()
+            settings.endpoints = config.proxyEndpoints
+            settings.timeout = config.proxyTimeout
+            settings.staticHeaders = config.proxyStaticHTTPHeaders
+            settings.maxInFlight = config.proxyMaxInFlight
+            do { proxy = try HTTPProxyBackend(settings: settings, metrics: metrics, logger: Logger(label: "hub.proxy")) } catch {
+                throw HubError.config(error.description)
+            }
+            engine.proxy = proxy
+        }
         engine.pingInterval = config.pingInterval
         engine.pongTimeout = config.pongTimeout
         engine.connectTimeout = config.connectTimeout
@@ -165,7 +179,6 @@ final class HubServer {
         let gateways = GatewayRooms(config: config, store: store, node: node, redisStore: store as? RedisRecordStore)
         let limiter: any RateLimiter = redis.map { RedisRateLimiter(broker: $0.0, logger: Logger(label: "hub.ratelimit")) } ?? MemoryRateLimiter()
         let meetings = try makeMeetings(node: node, store: store, limiter: limiter)
-        let metrics = MetricsRegistry()
         let june = makeJune(node: node, store: store, limiter: limiter, metrics: metrics, tokens: engine.tokens)
         let gatewayRoutes = gateways.routes.map { route in
             route.method == "GET" && route.pattern == "/status" ? RoomProxy.sharedStatus(route, otherwise: june.status) : route
@@ -216,7 +229,8 @@ final class HubServer {
             host: config.host, port: config.port, maxMessageSize: config.maxMessageSize, maxBodySize: config.maxBodySize,
             maxQueuedBytes: config.clientQueueMaxBytes, maxQueuedMessages: config.clientQueueMaxMessages,
             corsOrigins: config.corsOrigins, chat: june.chat,
-            transport: TransportSettings(config: config), structuredAccessLog: config.logFormat == "json")
+            transport: TransportSettings(config: config), structuredAccessLog: config.logFormat == "json",
+            proxyHeaderNames: proxy == nil ? [] : config.proxyHTTPHeaders)
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
@@ -224,7 +238,7 @@ final class HubServer {
         gateways.start()
         meetings.start(interval: max(0.5, min(5, config.meetingsTaskLease / 2)))
 
-        if !engine.tokens.isConfigured && !config.allowAnonymous {
+        if !engine.tokens.isConfigured && !config.allowAnonymous && config.proxyEndpoints[.connect] == nil {
             logger.warning("no token secret or key configured and anonymous access is off: clients cannot connect (set HUB_TOKEN_HMAC_SECRET)")
         }
         if config.cacheAPIKey?.isEmpty ?? true {
@@ -269,6 +283,7 @@ final class HubServer {
         for loop in loops { loop.join() }
         gateways.stop()
         jwks?.endpoint.shutdown()
+        proxy?.shutdown()
         // Last, so the spans of requests answered while stopping go out too.
         exporter?.shutdown()
         ticker.cancel()

@@ -41,6 +41,12 @@ public struct ChannelOptions: Sendable, Equatable {
     public var allowedDeltaTypes: [String] = []
     /// Subscribers may send a tags filter (`tf`) and get only the publications it passes.
     public var allowTagsFilter = false
+    /// A subscribe without a subscription token is decided by the subscribe proxy.
+    public var proxySubscribe = false
+    /// A client publish is decided (and may be rewritten) by the publish proxy.
+    public var proxyPublish = false
+    /// A `sub_refresh` is decided by the sub_refresh proxy instead of a subscription token.
+    public var proxySubRefresh = false
     /// What a subscriber is sent on subscribe and recovery.
     public var recoveryMode = RecoveryMode.stream
 

@@ -18,6 +18,8 @@ public final class ClientSession: Sendable {
     /// `session` the connect result names, which every `/emulation` request must present.
     private let emulationSecret: String?
     private unowned let node: Node
+    /// The upgrade request's headers the proxy allow-list names, forwarded on every proxy call.
+    private let forwardedHeaders: [(String, String)]
 
     enum Phase { case awaitingConnect, connecting, connected, closed }
 
@@ -26,13 +28,21 @@ public final class ClientSession: Sendable {
         var chanInfo: JSONValue?
         var expiresAt: Double?
         var delivery = Delivery.whole
+        /// A sub_refresh proxy call for this subscription is under way.
+        var refreshing = false
     }
 
     struct State {
         var phase = Phase.awaitingConnect
         var user = ""
         var connInfo: JSONValue?
+        /// The connect proxy's `meta`: never sent to clients, passed back on later proxy calls.
+        var meta: JSONValue?
         var expiresAt: Double?
+        /// The session's expiry is extended by the refresh proxy, not by the client's `refresh`.
+        var refreshedByProxy = false
+        /// A refresh proxy call is under way (at most one per session).
+        var refreshing = false
         var subscriptions: [String: Subscription] = [:]
         var connectDeadline: Double
         var nextPing: Double = .infinity
@@ -41,8 +51,10 @@ public final class ClientSession: Sendable {
 
     private let state: Mutex<State>
 
-    init(node: Node, transport: any ClientTransport, wire: Wire = .webSocketJSON, trusted: Bool = false) {
+    init(node: Node, transport: any ClientTransport, wire: Wire = .webSocketJSON, trusted: Bool = false,
+         forwardedHeaders: [(String, String)] = []) {
         self.node = node
+        self.forwardedHeaders = forwardedHeaders
         self.transport = transport
         self.wire = wire
         self.trusted = trusted
@@ -171,6 +183,9 @@ public final class ClientSession: Sendable {
         var expiresAt: Double?
         var info: JSONValue?
         var channels: [String]
+        /// The connect proxy's `data`, returned in the connect reply.
+        var data: JSONValue? = nil
+        var meta: JSONValue? = nil
     }
 
     /// Verifies a connection token and goes on with its identity, or with nil after answering
@@ -222,6 +237,10 @@ public final class ClientSession: Sendable {
             return
         }
         let token = body["token"]?.stringValue ?? ""
+        if token.isEmpty, let proxy = node.config.proxy, proxy.proxies(.connect) {
+            connectThroughProxy(proxy, id: id, body)
+            return
+        }
         if token.isEmpty {
             guard node.config.allowAnonymous else {
                 state.withLock { $0.phase = .awaitingConnect }
@@ -238,6 +257,64 @@ public final class ClientSession: Sendable {
             }
             establish(id: id, body, identity: identity)
         }
+    }
+
+    /// The members every proxy request starts with (Centrifugo's shape).
+    private func proxyRequest(_ members: [(String, JSONValue?)]) -> JSONValue {
+        .compact([
+            ("client", .string(id)), ("transport", .string(wire.transportName)),
+            ("protocol", .string(codec == .protobuf ? "protobuf" : "json")),
+            // Payloads are JSON on every codec here (the Protobuf decoder requires it), so they
+            // travel as `data`, never `b64data`: the encoding Centrifugo reports for that is json.
+            ("encoding", .string("json")),
+        ] + members)
+    }
+
+    /// A connect without a token, decided by the backend: it names the user, the expiry, the
+    /// info and data, and the server-side channels. The session holds the command meanwhile;
+    /// the proxy's HTTP client bounds how long.
+    private func connectThroughProxy(_ proxy: any ProxyBackend, id: Int64?, _ body: JSONValue) {
+        let request = proxyRequest([
+            ("name", body["name"]), ("version", body["version"]), ("data", body["data"]),
+            ("channels", body["subs"]?.objectValue.map { .array($0.map { .string($0.0) }) }),
+        ])
+        proxy.call(.connect, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+            switch answer {
+            case .result(let result):
+                let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
+                guard let user = result["user"]?.stringValue, info != .invalid, data != .invalid else {
+                    node.logger.warning("connect proxy answered a result without a valid user, info or data")
+                    connectRefused(id: id, .internal)
+                    return
+                }
+                if user.isEmpty && !node.config.allowAnonymous {
+                    connectRefused(id: id, ProtocolError.unauthorized.with(message: "connection token required"))
+                    return
+                }
+                let expireAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+                var channels = result["channels"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                // `subs` (channel → options) subscribes like `channels`; only the names are used.
+                for (channel, _) in result["subs"]?.objectValue ?? [] where !channels.contains(channel) { channels.append(channel) }
+                let meta = result["meta"]
+                let refreshedByProxy = proxy.proxies(.refresh)
+                state.withLock { state in
+                    state.meta = meta
+                    state.refreshedByProxy = refreshedByProxy
+                }
+                establish(id: id, body, identity: Identity(user: user, expiresAt: expireAt, info: info.json,
+                                                           channels: channels, data: data.json, meta: meta))
+            case .error(let error):
+                connectRefused(id: id, error)
+            case .disconnect(let reason):
+                disconnect(reason)
+            }
+        }
+    }
+
+    /// Answers a connect with an error and lets the client try again on this connection.
+    private func connectRefused(id: Int64?, _ error: ProtocolError) {
+        state.withLock { if $0.phase == .connecting { $0.phase = .awaitingConnect } }
+        fail(id: id, error)
     }
 
     /// Starts a live read's session (the REST route authorized the caller already): connected
@@ -305,7 +382,8 @@ public final class ClientSession: Sendable {
         let remaining = Atomic<Int>(serverChannels.count)
         let finish: @Sendable () -> Void = { [self] in
             let subs = collected.withLock { $0 }.sorted { $0.0 < $1.0 }
-            let ttl = identity.expiresAt.map { max(0, Int64(($0 - now).rounded(.up))) }
+            // A session the refresh proxy extends is not told to refresh itself (as in Centrifugo).
+            let ttl = state.withLock { $0.refreshedByProxy } ? nil : identity.expiresAt.map { max(0, Int64(($0 - now).rounded(.up))) }
             // A unidirectional client gets its recovered publications as pushes of their own
             // after the connect push (with event ids on uni_sse), not inside `subs`.
             let separate = codec.isUnidirectional
@@ -318,6 +396,7 @@ public final class ClientSession: Sendable {
                 ("version", .string(node.config.version)),
                 ("expires", ttl != nil ? .bool(true) : nil),
                 ("ttl", ttl.map { .int($0) }),
+                ("data", identity.data),
                 ("subs", subResults.isEmpty ? nil : .object(subResults)),
                 ("ping", .int(Int64(node.config.pingInterval))),
                 ("pong", codec.isUnidirectional ? nil : .bool(true)),
@@ -410,6 +489,20 @@ public final class ClientSession: Sendable {
                 subscribe(id: id, body, channel: channel, options: options, chanInfo: claims["info"],
                           expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil })
             }
+        } else if options.proxySubscribe, let proxy = node.config.proxy, proxy.proxies(.subscribe) {
+            let (user, meta) = state.withLock { ($0.user, $0.meta) }
+            let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta), ("data", body["data"])])
+            proxy.call(.subscribe, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+                switch answer {
+                case .result(let result):
+                    let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
+                    guard info != .invalid, data != .invalid else { fail(id: id, .internal); return }
+                    subscribe(id: id, body, channel: channel, options: options, chanInfo: info.json,
+                              expiresAt: result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }, data: data.json)
+                case .error(let error): fail(id: id, error)
+                case .disconnect(let reason): disconnect(reason)
+                }
+            }
         } else {
             guard maySubscribe(channel, options: options, user: user) else {
                 fail(id: id, .permissionDenied)
@@ -420,7 +513,8 @@ public final class ClientSession: Sendable {
     }
 
     /// Subscribes once the channel is allowed (by its options or a subscription token).
-    private func subscribe(id: Int64?, _ body: JSONValue, channel: String, options: ChannelOptions, chanInfo: JSONValue?, expiresAt: Double?) {
+    private func subscribe(id: Int64?, _ body: JSONValue, channel: String, options: ChannelOptions, chanInfo: JSONValue?, expiresAt: Double?,
+                           data: JSONValue? = nil) {
         let delivery: Delivery
         do { delivery = try Self.delivery(body, options: options) } catch { fail(id: id, error); return }
         let problem = state.withLock { state -> ProtocolError? in
@@ -439,7 +533,9 @@ public final class ClientSession: Sendable {
         if body["recover"]?.boolValue == true {
             position = StreamPosition(offset: UInt64(max(0, body["offset"]?.intValue ?? 0)), epoch: body["epoch"]?.stringValue ?? "")
         }
-        let ttl = expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
+        // A subscription the sub_refresh proxy extends is not told to refresh itself (as in Centrifugo).
+        let refreshedByProxy = options.proxySubRefresh && node.config.proxy?.proxies(.subRefresh) == true
+        let ttl = refreshedByProxy ? nil : expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
         startSubscription(channel: channel, options: options, recoverFrom: position, delivery: delivery) { [self] outcome in
             switch outcome {
             case .success(let subscribed):
@@ -450,6 +546,11 @@ public final class ClientSession: Sendable {
                 }
                 if delivery.delta, case var .object(members) = result {
                     members.append(("delta", .bool(true)))
+                    result = .object(members)
+                }
+                if let data, case var .object(members) = result {
+                    // The subscribe proxy's `data`, for the client's subscribed event.
+                    members.append(("data", data))
                     result = .object(members)
                 }
                 reply(id: id, method: "subscribe", result)
@@ -670,6 +771,29 @@ public final class ClientSession: Sendable {
             return
         }
         let info = clientInfo
+        if options.proxyPublish, let proxy = node.config.proxy, proxy.proxies(.publish) {
+            // The backend decides instead of the namespace's publish permissions, and may
+            // rewrite the data before it is broadcast and kept in history.
+            let meta = state.withLock { $0.meta }
+            let request = proxyRequest([("user", .string(info.user)), ("channel", .string(channel)), ("meta", meta), ("data", data)])
+            proxy.call(.publish, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+                switch answer {
+                case .result(let result):
+                    let rewritten = ProxyAnswer.payload(result, "data")
+                    guard rewritten != .invalid else { fail(id: id, .internal); return }
+                    let published = rewritten.json ?? data
+                    node.publish(channel: channel, data: published, info: info) { [self] outcome in
+                        switch outcome {
+                        case .success: reply(id: id, method: "publish", [:])
+                        case .failure(let error): fail(id: id, error)
+                        }
+                    }
+                case .error(let error): fail(id: id, error)
+                case .disconnect(let reason): disconnect(reason)
+                }
+            }
+            return
+        }
         var allowed = (options.allowPublishForSubscriber && isSubscribed(channel)) || options.allowPublishForClient
         if info.user.isEmpty && !options.allowPublishForAnonymous { allowed = false }
         guard allowed else {
@@ -726,6 +850,22 @@ public final class ClientSession: Sendable {
 
     private func rpc(id: Int64?, _ body: JSONValue) {
         let method = body["method"]?.stringValue ?? ""
+        if node.rpcHandler(method) == nil, let proxy = node.config.proxy, proxy.proxies(.rpc) {
+            // RPCs the hub does not serve itself go to the backend.
+            let (user, meta) = state.withLock { ($0.user, $0.meta) }
+            let request = proxyRequest([("user", .string(user)), ("method", .string(method)), ("data", body["data"]), ("meta", meta)])
+            proxy.call(.rpc, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+                switch answer {
+                case .result(let result):
+                    let data = ProxyAnswer.payload(result, "data")
+                    guard data != .invalid else { fail(id: id, .internal); return }
+                    reply(id: id, method: "rpc", .compact([("data", data.json)]))
+                case .error(let error): fail(id: id, error)
+                case .disconnect(let reason): disconnect(reason)
+                }
+            }
+            return
+        }
         guard let handler = node.rpcHandler(method) else {
             fail(id: id, ProtocolError.methodNotFound.with(message: method.isEmpty ? "rpc method required" : "unknown rpc method \(method)"))
             return
@@ -765,15 +905,27 @@ public final class ClientSession: Sendable {
 
     /// Periodic check: connect and pong deadlines, token expiry, the next ping.
     func tick(now: Double) {
-        enum Action { case none, ping, disconnect(DisconnectReason) }
+        enum Action { case none, ping, disconnect(DisconnectReason), refresh, refreshSubscription(String) }
+        let subRefreshProxied = node.config.proxy?.proxies(.subRefresh) ?? false
         let action = state.withLock { state -> Action in
             switch state.phase {
             case .closed, .connecting: return .none
             case .awaitingConnect: return now > state.connectDeadline ? .disconnect(.stale) : .none
             case .connected:
-                if let exp = state.expiresAt, now >= exp { return .disconnect(.expired) }
+                if let exp = state.expiresAt, now >= exp {
+                    guard state.refreshedByProxy else { return .disconnect(.expired) }
+                    if state.refreshing { return .none }
+                    state.refreshing = true
+                    return .refresh
+                }
                 if let deadline = state.pongDeadline, now > deadline { return .disconnect(.noPong) }
-                for sub in state.subscriptions.values { if let exp = sub.expiresAt, now >= exp { return .disconnect(.subscriptionExpired) } }
+                for (channel, sub) in state.subscriptions {
+                    guard let exp = sub.expiresAt, now >= exp else { continue }
+                    guard subRefreshProxied, (try? node.options(for: channel))?.proxySubRefresh == true else { return .disconnect(.subscriptionExpired) }
+                    if sub.refreshing { continue }
+                    state.subscriptions[channel]?.refreshing = true
+                    return .refreshSubscription(channel)
+                }
                 // Half a tick of slack: the 1 s housekeeping tick must not stretch the interval.
                 if now + 0.5 >= state.nextPing {
                     state.nextPing = max(state.nextPing + node.config.pingInterval, now + node.config.pingInterval - 0.5)
@@ -788,6 +940,64 @@ public final class ClientSession: Sendable {
         case .none: break
         case .ping: send(codec.ping)
         case .disconnect(let reason): disconnect(reason)
+        case .refresh: refreshThroughProxy()
+        case .refreshSubscription(let channel): refreshSubscriptionThroughProxy(channel)
+        }
+    }
+
+    /// At a subscription's expiry, in a namespace with `proxy_sub_refresh`, the backend extends it
+    /// (new `expire_at`) or ends it (`expired`: disconnect 3006, as a lapsed subscription token does).
+    /// A backend that cannot be asked is asked again on the next tick.
+    private func refreshSubscriptionThroughProxy(_ channel: String) {
+        guard let proxy = node.config.proxy else { return }
+        let (user, meta) = state.withLock { ($0.user, $0.meta) }
+        let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta)])
+        proxy.call(.subRefresh, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+            switch answer {
+            case .result(let result):
+                if result["expired"]?.boolValue == true {
+                    disconnect(.subscriptionExpired)
+                    return
+                }
+                let expiresAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+                state.withLock { state in
+                    state.subscriptions[channel]?.expiresAt = expiresAt
+                    state.subscriptions[channel]?.refreshing = false
+                }
+            case .error:
+                state.withLock { $0.subscriptions[channel]?.refreshing = false }
+            case .disconnect(let reason):
+                disconnect(reason)
+            }
+        }
+    }
+
+    /// At expiry the refresh proxy extends the session (new `expire_at`, maybe new `info`) or
+    /// ends it (`expired`). A backend that cannot be asked is retried on the next tick, as the
+    /// client did nothing wrong; a session whose backend stays down is kept, not dropped.
+    private func refreshThroughProxy() {
+        guard let proxy = node.config.proxy else { return }
+        let (user, meta) = state.withLock { ($0.user, $0.meta) }
+        let request = proxyRequest([("user", .string(user)), ("meta", meta)])
+        proxy.call(.refresh, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+            switch answer {
+            case .result(let result):
+                if result["expired"]?.boolValue == true {
+                    disconnect(.expired)
+                    return
+                }
+                let expireAt = result["expire_at"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil }
+                let info = ProxyAnswer.payload(result, "info").json
+                state.withLock { state in
+                    state.refreshing = false
+                    state.expiresAt = expireAt
+                    if let info { state.connInfo = info }
+                }
+            case .error:
+                state.withLock { $0.refreshing = false }
+            case .disconnect(let reason):
+                disconnect(reason)
+            }
         }
     }
 

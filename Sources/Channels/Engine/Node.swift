@@ -14,6 +14,9 @@ public struct EngineConfig: Sendable {
     /// Seconds a new connection has to send `connect`.
     public var connectTimeout: Double = 10
     public var maxSubscriptionsPerClient = 128
+    /// The backend that decides connects without a token, refreshes, RPCs and, where a namespace
+    /// asks, subscribes, publishes and subscription refreshes (nil: the hub decides alone).
+    public var proxy: (any ProxyBackend)?
     public var nodeName = "hub"
     public var version = "0.1.0"
 
@@ -138,14 +141,15 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     // MARK: Clients
 
     /// Starts the protocol for a new connection.
-    public func accept(transport: any ClientTransport, codec: ProtocolCodec = .json) -> ClientSession {
-        ClientSession(node: self, transport: transport, wire: Wire(codec))
+    /// `forwardedHeaders` are the request headers the proxy allow-list names, sent on each proxy call.
+    public func accept(transport: any ClientTransport, codec: ProtocolCodec = .json, forwardedHeaders: [(String, String)] = []) -> ClientSession {
+        ClientSession(node: self, transport: transport, wire: Wire(codec), forwardedHeaders: forwardedHeaders)
     }
 
     /// Starts the protocol for a connection over another transport (the unidirectional
     /// WebSocket, SSE and HTTP-streaming ones); the session keeps the wire for life.
-    public func accept(transport: any ClientTransport, wire: Wire) -> ClientSession {
-        ClientSession(node: self, transport: transport, wire: wire)
+    public func accept(transport: any ClientTransport, wire: Wire, forwardedHeaders: [(String, String)] = []) -> ClientSession {
+        ClientSession(node: self, transport: transport, wire: wire, forwardedHeaders: forwardedHeaders)
     }
 
     /// A session for a legacy REST read streamed live: unidirectional, newline-delimited JSON

@@ -22,6 +22,12 @@ struct HubConfig: Sendable {
     var tokenJWKSTimeout: Double = 5
     var tokenJWKSRefetchInterval: Double = 10
     var tokenJWKSRefreshInterval: Double = 300
+    // Backend proxies (docs/protocol.md "Backend proxies"): Centrifugo's key names.
+    var proxyEndpoints: [ProxyKind: String] = [:]
+    var proxyTimeout: Double = 1
+    var proxyHTTPHeaders: [String] = []
+    var proxyStaticHTTPHeaders: [(String, String)] = []
+    var proxyMaxInFlight = 256
     var tokenAudience: String?
     var tokenIssuer: String?
     var apiKey: String?
@@ -196,6 +202,22 @@ struct HubConfig: Sendable {
             case "token_jwks_refetch_interval": tokenJWKSRefetchInterval = try double(value, key)
             case "token_jwks_refresh_interval": tokenJWKSRefreshInterval = try double(value, key)
             case "token_audience": tokenAudience = try string(value, key)
+            case "proxy_connect_endpoint", "proxy_refresh_endpoint", "proxy_subscribe_endpoint", "proxy_publish_endpoint",
+                 "proxy_rpc_endpoint", "proxy_sub_refresh_endpoint":
+                let kind = ProxyKind(rawValue: String(key.dropFirst("proxy_".count).dropLast("_endpoint".count)))!
+                proxyEndpoints[kind] = try string(value, key)
+            case "proxy_timeout": proxyTimeout = try double(value, key)
+            case "proxy_max_in_flight": proxyMaxInFlight = try int(value, key)
+            case "proxy_http_headers":
+                guard let names = value.arrayValue?.compactMap(\.stringValue), names.count == value.arrayValue?.count else {
+                    throw HubError.config("proxy_http_headers must be a list of header names")
+                }
+                proxyHTTPHeaders = names
+            case "proxy_static_http_headers":
+                guard let members = value.objectValue, members.allSatisfy({ $0.1.stringValue != nil }) else {
+                    throw HubError.config("proxy_static_http_headers must be an object of header names to string values")
+                }
+                proxyStaticHTTPHeaders = members.map { ($0.0, $0.1.stringValue!) }
             case "token_issuer": tokenIssuer = try string(value, key)
             case "api_key": apiKey = try string(value, key)
             case "allow_anonymous": allowAnonymous = try bool(value, key)
@@ -336,6 +358,9 @@ struct HubConfig: Sendable {
                 else { throw HubError.config("\(context): allowed_delta_types must be a list of delta types (only \"fossil\" exists)") }
                 o.allowedDeltaTypes = types
             case "allow_tags_filter": o.allowTagsFilter = try flag(value, key)
+            case "proxy_subscribe": o.proxySubscribe = try flag(value, key)
+            case "proxy_publish": o.proxyPublish = try flag(value, key)
+            case "proxy_sub_refresh": o.proxySubRefresh = try flag(value, key)
             case "recovery_mode":
                 guard let mode = value.stringValue.flatMap(ChannelOptions.RecoveryMode.init(rawValue:)) else {
                     throw HubError.config("\(context): recovery_mode must be \"stream\" or \"cache\"")
@@ -447,6 +472,22 @@ struct HubConfig: Sendable {
               (1...year).contains(telegramAuthMaxAge)
         else {
             throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
+        }
+        guard (0.01...60).contains(proxyTimeout) else { throw HubError.config("proxy_timeout must be 0.01-60 seconds") }
+        guard (1...100_000).contains(proxyMaxInFlight) else { throw HubError.config("proxy_max_in_flight must be 1-100000") }
+        for name in proxyHTTPHeaders where !HTTPProxyBackend.isToken(name) {
+            throw HubError.config("proxy_http_headers: '\(name)' is not a header name")
+        }
+        for (kind, url) in proxyEndpoints {
+            do { _ = try HTTPProxyBackend.parse(url: url, key: "proxy_\(kind.rawValue)_endpoint") } catch { throw HubError.config(error.description) }
+        }
+        // A namespace asking for a proxy that has no endpoint would silently fall back to the
+        // namespace's own permissions: refused instead.
+        for (name, options) in [("default namespace", withJuneNamespaces.defaultOptions)] + withJuneNamespaces.namespaces.map({ ("namespace \($0.key)", $0.value) }) {
+            for (asks, kind) in [(options.proxySubscribe, ProxyKind.subscribe), (options.proxyPublish, .publish), (options.proxySubRefresh, .subRefresh)]
+            where asks && proxyEndpoints[kind] == nil {
+                throw HubError.config("\(name): proxy_\(kind.rawValue) needs proxy_\(kind.rawValue)_endpoint")
+            }
         }
         guard (0.1...60).contains(tokenJWKSTimeout) else { throw HubError.config("token_jwks_timeout must be 0.1-60 seconds") }
         guard (0.1...3600).contains(tokenJWKSRefetchInterval), (tokenJWKSRefetchInterval...86_400).contains(tokenJWKSRefreshInterval) else {

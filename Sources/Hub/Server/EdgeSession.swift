@@ -147,6 +147,8 @@ final class HTTPExchange: EdgeSession, @unchecked Sendable {
     var path = "/"
     var query: [(String, String)] = []
     var headers: [String: String] = [:]
+    /// The `proxy_http_headers` of a client-protocol request, for its session's proxy calls.
+    var forwardedHeaders: [(String, String)] = []
     var body: [UInt8] = []
     var expectedLength = 0
     var tooLarge = false

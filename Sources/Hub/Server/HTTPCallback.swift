@@ -111,6 +111,9 @@ func beginHTTP(wsi: OpaquePointer, user: UnsafeMutableRawPointer?, loop: Service
     for name in customRequestHeaders {
         if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
     }
+    if path.hasPrefix("/connection/"), !loop.settings.proxyHeaderNames.isEmpty {
+        exchange.forwardedHeaders = forwardedHeaders(wsi, names: loop.settings.proxyHeaderNames)
+    }
     if path.hasPrefix("/connection/") || exchange.headers["accept"]?.contains("text/event-stream") == true {
         for name in streamRequestHeaders {
             if let value = customHeader(wsi, name + ":") { exchange.headers[name] = value }
@@ -212,8 +215,10 @@ func dispatch(_ exchange: HTTPExchange, wsi: OpaquePointer, loop: ServiceLoop) {
         refuse(413, "request body larger than \(loop.settings.maxBodySize) bytes", code: "FILE_TOO_LARGE")
         return
     }
-    let request = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
-                              body: exchange.body, remoteAddress: exchange.remoteAddress)
+    var built = HTTPRequest(method: exchange.method, path: exchange.path, query: exchange.query, headers: exchange.headers,
+                            body: exchange.body, remoteAddress: exchange.remoteAddress)
+    built.forwardedHeaders = exchange.forwardedHeaders
+    let request = built
     exchange.body = []
     if let intake = exchange.intake {
         // Handled on the upload queue once the last bytes are on disk.

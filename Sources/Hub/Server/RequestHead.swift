@@ -85,3 +85,20 @@ func negotiatedSubprotocol(_ wsi: OpaquePointer) -> String? {
     guard let proto = lws_get_protocol(wsi), let name = proto.pointee.name else { return nil }
     return String(cString: name)
 }
+
+/// The request headers `names` lists that the request carries, named as configured: what a
+/// client session forwards to the backend proxies. lws keeps the headers it knows as tokens
+/// and the rest as custom headers, so each name is looked up the way lws stored it.
+func forwardedHeaders(_ wsi: OpaquePointer, names: [String]) -> [(String, String)] {
+    names.compactMap { name in
+        let wanted = name.lowercased() + ":"
+        var token: lws_token_indexes?
+        for index in 0..<Int32(WSI_TOKEN_COUNT.rawValue) {
+            let candidate = lws_token_indexes(rawValue: UInt32(index))
+            guard let text = lws_token_to_string(candidate) else { continue }
+            if String(cString: text) == wanted { token = candidate; break }
+        }
+        let value = token.map { header(wsi, $0) } ?? customHeader(wsi, wanted)
+        return value.map { (name, $0) }
+    }
+}

@@ -19,6 +19,8 @@ struct EdgeSettings: Sendable {
     var transport: TransportSettings
     /// `--log-format json`: the access log's fields as metadata, not only in the message.
     var structuredAccessLog = false
+    /// `proxy_http_headers`: upgrade request headers a session forwards on each proxy call.
+    var proxyHeaderNames: [String] = []
 }
 
 /// One libwebsockets context on its own thread. Several loops listen on the same port

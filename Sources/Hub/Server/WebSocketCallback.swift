@@ -40,12 +40,14 @@ func webSocketCallback(
             session.start(token: bearerToken(wsi) ?? queryValue(wsi, "token"))
         } else if requestPath(wsi) == "/connection/uni_websocket" {
             // Unidirectional: the first message is the connect request, then the server talks.
-            connection.session = loop.node.accept(transport: connection, wire: Wire(.uniJSON))
+            connection.session = loop.node.accept(transport: connection, wire: Wire(.uniJSON),
+                                                  forwardedHeaders: forwardedHeaders(wsi, names: loop.settings.proxyHeaderNames))
         } else {
             // lws bound the connection to the subprotocol entry it negotiated.
             let codec: ProtocolCodec = negotiatedSubprotocol(wsi) == protobufSubprotocol ? .protobuf : .json
             connection.binary = codec.isBinary
-            connection.session = loop.node.accept(transport: connection, codec: codec)
+            connection.session = loop.node.accept(transport: connection, codec: codec,
+                                                  forwardedHeaders: forwardedHeaders(wsi, names: loop.settings.proxyHeaderNames))
         }
         return 0
 

@@ -126,10 +126,16 @@ public final class GatewayHTTPClient: @unchecked Sendable {
     /// Sends `method path` with `body` (JSON when not empty) to the gateway and calls back once.
     /// With `trace`, the exchange is a client span under it and carries that span's `traceparent`.
     public func send(to address: GatewayAddress, method: String, path: String, body: [UInt8] = [],
-                     contentType: String = "application/json", trace: TraceParent? = nil,
+                     contentType: String = "application/json", trace: TraceParent? = nil, headers: [(String, String)] = [],
                      completion: @escaping @Sendable (Result<GatewayHTTPResponse, GatewayHTTPError>) -> Void) {
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: hub-gateway-client\r\nAccept: application/json\r\n"
+        // A forwarded User-Agent (the proxies' allow-list) replaces the client's own.
+        let agent = headers.contains { $0.0.lowercased() == "user-agent" } ? "" : "User-Agent: hub-gateway-client\r\n"
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\n\(agent)Accept: application/json\r\n"
         var completion = completion
+        // A name or value with a line break would split the head: such a header is left out.
+        for (name, value) in headers where !(name + value).utf8.contains(where: { $0 == 13 || $0 == 10 }) && !name.isEmpty {
+            head += "\(name): \(value)\r\n"
+        }
         if let trace {
             let route = String(path.prefix { $0 != "?" })
             let span = trace.startSpan(method + " " + route, kind: .client, attributes: [

@@ -13,6 +13,9 @@ public struct HTTPRequest: Sendable {
     public var remoteAddress: String
     /// The streamed multipart body of a `.multipart` route (the edge sets it; `body` is then empty).
     public var upload: MultipartUpload?
+    /// The headers `proxy_http_headers` names, as sent (the client-protocol transports' sessions
+    /// forward them to the backend proxies); empty on other routes.
+    public var forwardedHeaders: [(String, String)] = []
 
     public init(method: String, path: String, query: [(String, String)] = [], headers: [String: String] = [:],
                 body: [UInt8] = [], remoteAddress: String = "", upload: MultipartUpload? = nil) {

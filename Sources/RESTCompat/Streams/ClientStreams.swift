@@ -129,7 +129,8 @@ public struct ClientStreams: Sendable {
             request = .object(members)
         }
         context.respond(HTTPResponse(status: 200, headers: headers,
-                                     stream: ClientStream(node: node, wire: wire, connect: JSONWriter.bytes(request))))
+                                     stream: ClientStream(node: node, wire: wire, connect: JSONWriter.bytes(request),
+                                                          forwardedHeaders: context.request.forwardedHeaders)))
     }
 }
 
@@ -140,7 +141,8 @@ extension ClientStreams {
             context.fail(RouteError(400, "the connect command is required", code: "BAD_REQUEST"))
             return
         }
-        context.respond(HTTPResponse(status: 200, headers: headers, stream: ClientStream(node: node, wire: wire, connect: raw)))
+        context.respond(HTTPResponse(status: 200, headers: headers, stream: ClientStream(node: node, wire: wire, connect: raw,
+                                                                                          forwardedHeaders: context.request.forwardedHeaders)))
     }
 }
 
@@ -151,17 +153,19 @@ final class ClientStream: ResponseStream, @unchecked Sendable {
     private let wire: Wire
     private let connect: [UInt8]
     private let current = Mutex<ClientSession?>(nil)
+    private let forwardedHeaders: [(String, String)]
 
-    init(node: Node, wire: Wire, connect: [UInt8]) {
+    init(node: Node, wire: Wire, connect: [UInt8], forwardedHeaders: [(String, String)] = []) {
         self.node = node
         self.wire = wire
         self.connect = connect
+        self.forwardedHeaders = forwardedHeaders
     }
 
     var session: ClientSession? { current.withLock { $0 } }
 
     func start(sink: any ClientTransport) {
-        let session = node.accept(transport: sink, wire: wire)
+        let session = node.accept(transport: sink, wire: wire, forwardedHeaders: forwardedHeaders)
         current.withLock { $0 = session }
         session.handle(message: connect)
     }
