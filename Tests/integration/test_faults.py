@@ -952,6 +952,7 @@ def test_twenty_thousand_connections_churn_and_memory_is_flat(hub_factory):
     async def body():
         # A standing population stays connected throughout, so the churn runs past 1024 fds.
         standing = Churn(hub.port, token)
+        empty_heap = heap_in_use(hub)
         held = await asyncio.gather(*(standing.open(i) for i in range(standing_count)))
 
         async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -968,6 +969,10 @@ def test_twenty_thousand_connections_churn_and_memory_is_flat(hub_factory):
         await asyncio.sleep(1)
         report["rss_before_kib"] = rss_kib(hub.proc.pid)
         heap = [heap_in_use(hub)]  # before, halfway, after
+        # What a standing connection costs: lws's receive buffer once took 64 KiB of each
+        # (≈100 MB for these 1,500); a session, its subscription and lws's share stay small.
+        report["heap_per_connection_bytes"] = per_connection = (heap[0] - empty_heap) / standing_count
+        assert per_connection < 16_000, f"{per_connection:.0f} heap bytes per idle subscribed connection"
         churn = Churn(hub.port, token)
         started = time.monotonic()
         samples: List[Tuple[float, int]] = []
