@@ -781,23 +781,37 @@ def proxies_body(rows: list[dict], meta: dict, dated: str) -> list[str]:
     subscribes = [r for r in rows if r.get("scenario") == "proxies" and r.get("phase") == "subscribe"]
     mode_name = {"jwt": "direct: HS256 token checked by the hub", "proxy": "connect proxy: the backend allows"}
     body = []
+    direct = {r["round"]: r for r in connects if r["mode"] == "jwt"}
+    rate_ratios, cpu_ratios = [], []
     for r in sorted(connects, key=lambda r: (r["round"], r["mode"])):
+        ratio = "–"
+        d = direct.get(r["round"])
+        if r["mode"] == "proxy" and d and d.get("connects_per_s"):
+            rate_ratios.append(r["connects_per_s"] / d["connects_per_s"])
+            ratio = f"{rate_ratios[-1]:.2f}×"
+            if r.get("server_cpu_us_per_connect") and d.get("server_cpu_us_per_connect"):
+                cpu_ratios.append(r["server_cpu_us_per_connect"] / d["server_cpu_us_per_connect"])
+                ratio += f" (CPU {cpu_ratios[-1]:.2f}×)"
         body.append([str(r["round"]), mode_name.get(r["mode"], r["mode"]), f"{r.get('ok', 0):,} / {r.get('connections', 0):,}",
                      f"**{fmt_rate(r.get('connects_per_s'))}**", fmt_ms(r.get("p50_ms")), fmt_ms(r.get("p99_ms")),
                      f"{r['server_cpu_us_per_connect']:.0f}" if r.get("server_cpu_us_per_connect") else "–",
-                     f"{r['backend_cpu_s']:.2f} s" if "backend_cpu_s" in r else "–"])
+                     f"{r['backend_cpu_s']:.2f} s" if "backend_cpu_s" in r else "–", ratio])
     md += table(["round", "connect", "ok / tried", "connects/s", "connect p50 ms", "connect p99 ms",
-                 "hub CPU µs per connect", "backend CPU"], body) + [""]
+                 "hub CPU µs per connect", "backend CPU", "proxy / direct, same round"], body) + [""]
     sub_name = {"jwt": "direct: subscription token", "proxy": "subscribe proxy: the backend allows"}
     body = []
     for r in sorted(subscribes, key=lambda r: (r["round"], r["mode"])):
         body.append([str(r["round"]), sub_name.get(r["mode"], r["mode"]), f"{r.get('ok', 0):,} / {r.get('subscribes', 0):,}",
                      f"**{fmt_ms(r.get('p50_ms'))}**", f"**{fmt_ms(r.get('p99_ms'))}**", fmt_ms(r.get("mean_ms"))])
     md += table(["round", "subscribe", "ok / tried", "p50 ms", "p99 ms", "mean ms"], body) + [""]
+    spread = (f" (per round {min(rate_ratios):.2f}–{max(rate_ratios):.2f}×; hub CPU per connect "
+              f"{statistics.median(cpu_ratios):.2f}× direct, per round {min(cpu_ratios):.2f}–{max(cpu_ratios):.2f}×)"
+              if rate_ratios and cpu_ratios else "")
     md += [f"Medians over the rounds: **{fmt_rate(s.get('connects_per_s_proxy'))} connects/s through the connect proxy "
-           f"against {fmt_rate(s.get('connects_per_s_jwt'))} with a token checked by the hub "
-           f"({s.get('connect_rate_ratio', 0):.2f}×)**; hub CPU per connect {s.get('server_cpu_us_per_connect_proxy', 0):.0f} µs "
-           f"against {s.get('server_cpu_us_per_connect_jwt', 0):.0f} µs. The subscribe proxy adds "
+           f"against {fmt_rate(s.get('connects_per_s_jwt'))} with a token checked by the hub; the same-round ratio's "
+           f"median is {statistics.median(rate_ratios) if rate_ratios else 0:.2f}×**{spread}; hub CPU per connect "
+           f"{s.get('server_cpu_us_per_connect_proxy', 0):.0f} µs against {s.get('server_cpu_us_per_connect_jwt', 0):.0f} µs. "
+           f"The subscribe proxy adds "
            f"**{s.get('subscribe_added_p50_ms', 0):.3f} ms at p50 and {s.get('subscribe_added_p99_ms', 0):.3f} ms at p99** "
            f"(all rounds pooled: {fmt_ms(s.get('subscribe_p50_ms_proxy'))} / {fmt_ms(s.get('subscribe_p99_ms_proxy'))} ms against "
            f"{fmt_ms(s.get('subscribe_p50_ms_jwt'))} / {fmt_ms(s.get('subscribe_p99_ms_jwt'))} ms).", "",
