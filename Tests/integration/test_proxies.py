@@ -639,8 +639,9 @@ def test_the_webhook_gets_every_publication_join_and_leave_once_in_order(hub_fac
     assert max(map(len, event_backend.batches)) <= 100
     assert all(h["X-Stream-Key"] == STREAM_SECRET for h in event_backend.headers)
     metrics = hub.get("/metrics").text
-    assert 'hub_publication_stream_events_sent_total{target="webhook"} 52' in metrics
-    assert 'hub_publication_stream_queue_depth{target="webhook"} 0' in metrics
+    target = f'target="webhook:127.0.0.1:{event_backend.port}"'  # never the URL's path
+    assert f'hub_publication_stream_events_sent_total{{{target}}} 52' in metrics
+    assert f'hub_publication_stream_queue_depth{{{target}}} 0' in metrics
     assert STREAM_SECRET not in hub.log()
 
 
@@ -653,8 +654,9 @@ def test_a_backend_answering_500_gets_the_batch_again(hub_factory, event_backend
     assert event_backend.failed == 3
     assert [e["data"]["n"] for e in event_backend.events()] == list(range(1, 11))
     metrics = hub.get("/metrics").text
-    assert 'hub_publication_stream_events_sent_total{target="webhook"} 10' in metrics
-    assert 'hub_publication_stream_events_retried_total{target="webhook"}' in metrics
+    target = f'target="webhook:127.0.0.1:{event_backend.port}"'
+    assert f'hub_publication_stream_events_sent_total{{{target}}} 10' in metrics
+    assert f'hub_publication_stream_events_retried_total{{{target}}}' in metrics
     assert "publication stream target failed" in hub.log() and "HTTP 500" in hub.log()
 
 
@@ -694,7 +696,7 @@ def test_a_backend_down_for_30_seconds_gets_everything_once_in_order_afterwards(
     arun(main(), timeout=90)
     assert "publication stream target failed" in hub.log()
     depth = hub.get("/metrics").text
-    assert f'hub_publication_stream_queue_depth{{target="webhook"}} 0' not in depth
+    assert f'hub_publication_stream_queue_depth{{target="webhook:127.0.0.1:{event_backend.port}"}} 0' not in depth
     event_backend.start()
     wait_for(lambda: len(publications(event_backend.events(), "feed:outage")) >= len(published), timeout=15,
              message="the backlog after the outage")
@@ -710,11 +712,13 @@ def test_a_backend_down_for_30_seconds_gets_everything_once_in_order_afterwards(
 
 def test_a_full_stream_queue_drops_new_events_counts_and_says_so_once(hub_factory):
     # Nothing listens there: every event stays queued until the bound.
-    hub = stream_hub(hub_factory, f"http://127.0.0.1:{free_port()}/events", "--publication-stream-queue-max-bytes", "4096")
+    port = free_port()
+    hub = stream_hub(hub_factory, f"http://127.0.0.1:{port}/events", "--publication-stream-queue-max-bytes", "4096")
     for n in range(60):
         hub.publish("feed:full", {"n": n, "pad": "x" * 100})
     metrics = hub.get("/metrics").text
-    dropped = [line for line in metrics.splitlines() if line.startswith('hub_publication_stream_events_dropped_total{target="webhook"}')]
+    dropped = [line for line in metrics.splitlines()
+               if line.startswith(f'hub_publication_stream_events_dropped_total{{target="webhook:127.0.0.1:{port}"}}')]
     assert dropped and float(dropped[0].split()[-1]) > 0
     assert hub.log().count("publication stream queue full") == 1
 

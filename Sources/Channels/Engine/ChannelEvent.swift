@@ -5,11 +5,19 @@ public enum PublicationStreamTarget: Sendable, Hashable, CustomStringConvertible
     /// `XADD key MAXLEN ~ maxLength`: Redis trims the oldest entries beyond about that many.
     case redisStream(key: String, maxLength: Int)
 
-    /// How logs and metrics name it: a webhook by "webhook" only (its path or query may carry a credential).
+    /// A webhook as "webhook" only: its path or query may carry a credential.
     public var description: String {
         switch self {
         case .webhook: return "webhook"
         case .redisStream(let key, _): return "redis:" + key
+        }
+    }
+
+    /// A stable order for naming targets (the URL stays out of every name).
+    public var sortKey: String {
+        switch self {
+        case .webhook(let url): return "w" + url
+        case .redisStream(let key, _): return "r" + key
         }
     }
 }

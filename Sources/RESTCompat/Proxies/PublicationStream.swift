@@ -49,10 +49,15 @@ public final class PublicationStream: ChannelEventSink {
     private let settings: Settings
     private let lanes: [PublicationStreamTarget: Guarded<Lane>]
     private let webhooks: [PublicationStreamTarget: (GatewayAddress, String)]
+    /// How logs and metrics name each target: `webhook:<host>:<port>` (never the path or query, which
+    /// may carry a credential; `#2`, `#3`… for further URLs on one address) or `redis:<key>`.
+    private let names: [PublicationStreamTarget: String]
     private let client: GatewayHTTPClient?
     private let redis: RedisCommand?
     private let metrics: MetricsRegistry
     private let logger: Logger
+    /// Set at shutdown: a retry timer that fires afterwards sends nothing.
+    private let stopped = Atomic<Bool>(false)
 
     /// Checks every target (a webhook URL must be plain http:// to an IP or localhost; a Redis
     /// target needs the Redis engine) so that a bad one stops the start.
@@ -70,6 +75,15 @@ public final class PublicationStream: ChannelEventSink {
         for (name, value) in settings.headers where !HTTPProxyBackend.isToken(name) || value.utf8.contains(where: { $0 < 0x20 && $0 != 9 }) {
             throw ConfigProblem("publication_stream_http_headers: '\(name)' is not a valid header name, or its value has control characters")
         }
+        var names: [PublicationStreamTarget: String] = [:]
+        var seen: [String: Int] = [:]
+        // Sorted so that the same config names its targets the same way on every node.
+        for target in targets.sorted(by: { $0.sortKey < $1.sortKey }) {
+            let base = webhooks[target].map { "webhook:\($0.0)" } ?? target.description
+            seen[base, default: 0] += 1
+            names[target] = seen[base]! == 1 ? base : "\(base)#\(seen[base]!)"
+        }
+        self.names = names
         self.settings = settings
         self.webhooks = webhooks
         self.redis = redis
@@ -92,8 +106,8 @@ public final class PublicationStream: ChannelEventSink {
         metrics.describe("hub_publication_stream_events_sent_total", type: "counter", help: "Publication stream events the target acknowledged, by target.")
         metrics.describe("hub_publication_stream_events_retried_total", type: "counter", help: "Publication stream events sent again after a failed batch, by target.")
         metrics.describe("hub_publication_stream_events_dropped_total", type: "counter", help: "Publication stream events dropped because the target's queue was full, by target.")
-        metrics.gauge("hub_publication_stream_queue_depth", help: "Publication stream events queued (in flight included), by target.") { [lanes] in
-            lanes.map { target, lane in ([("target", target.description)], Double(lane.withLock { $0.queued })) }
+        metrics.gauge("hub_publication_stream_queue_depth", help: "Publication stream events queued (in flight included), by target.") { [lanes, names] in
+            lanes.map { target, lane in ([("target", names[target] ?? target.description)], Double(lane.withLock { $0.queued })) }
         }
     }
 
@@ -111,10 +125,10 @@ public final class PublicationStream: ChannelEventSink {
             return (true, false)
         }
         guard accepted else {
-            metrics.increment("hub_publication_stream_events_dropped_total", labels: [("target", target.description)])
+            metrics.increment("hub_publication_stream_events_dropped_total", labels: [("target", name(target))])
             if startedDropping {
                 logger.warning("publication stream queue full: dropping new events until the target catches up", metadata: [
-                    "target": "\(target)", "queue_max_bytes": "\(settings.queueMaxBytes)"])
+                    "target": "\(name(target))", "queue_max_bytes": "\(settings.queueMaxBytes)"])
             }
             return
         }
@@ -123,7 +137,7 @@ public final class PublicationStream: ChannelEventSink {
 
     /// Sends the next batch unless one is in flight or waiting for its retry.
     private func pump(_ target: PublicationStreamTarget) {
-        guard let lane = lanes[target] else { return }
+        guard let lane = lanes[target], !stopped.load(ordering: .acquiring) else { return }
         let batch = lane.withLock { lane -> [[UInt8]]? in
             guard lane.inFlight == 0, !lane.waitingToRetry, lane.queued > 0 else { return nil }
             let count = min(settings.batchSize, lane.queued)
@@ -201,10 +215,10 @@ public final class PublicationStream: ChannelEventSink {
             }
             return (count, recovered, dropped)
         }
-        metrics.increment("hub_publication_stream_events_sent_total", labels: [("target", target.description)], by: Double(count))
-        if recovered { logger.notice("publication stream target reachable again", metadata: ["target": "\(target)"]) }
+        metrics.increment("hub_publication_stream_events_sent_total", labels: [("target", name(target))], by: Double(count))
+        if recovered { logger.notice("publication stream target reachable again", metadata: ["target": "\(name(target))"]) }
         if let dropped {
-            logger.notice("publication stream queue has room again", metadata: ["target": "\(target)", "dropped": "\(dropped)"])
+            logger.notice("publication stream queue has room again", metadata: ["target": "\(name(target))", "dropped": "\(dropped)"])
         }
         pump(target)
     }
@@ -218,10 +232,10 @@ public final class PublicationStream: ChannelEventSink {
             lane.waitingToRetry = true
             return (count, lane.failures)
         }
-        metrics.increment("hub_publication_stream_events_retried_total", labels: [("target", target.description)], by: Double(count))
+        metrics.increment("hub_publication_stream_events_retried_total", labels: [("target", name(target))], by: Double(count))
         // Once per outage, not once per retry.
         if failures == 1 {
-            logger.warning("publication stream target failed; retrying with backoff", metadata: ["target": "\(target)", "error": "\(why)"])
+            logger.warning("publication stream target failed; retrying with backoff", metadata: ["target": "\(name(target))", "error": "\(why)"])
         }
         let delay = min(settings.retryMaxDelay, settings.retryMinDelay * Double(1 << min(failures - 1, 30)))
         DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [self] in
@@ -230,5 +244,11 @@ public final class PublicationStream: ChannelEventSink {
         }
     }
 
-    public func shutdown() { client?.shutdown() }
+    private func name(_ target: PublicationStreamTarget) -> String { names[target] ?? target.description }
+
+    /// Stops sending; what is still queued is lost with the process (docs/channels.md says so).
+    public func shutdown() {
+        stopped.store(true, ordering: .releasing)
+        client?.shutdown()
+    }
 }
