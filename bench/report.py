@@ -2,7 +2,7 @@
 
     report.py report --run bench/results/latest --markdown docs/benchmarks.md --plots docs/bench
     report.py wrk-json wrk-output.txt --server hub --url URL ...   (one JSON line from wrk's text)
-    report.py report ... --splice   (a run of only stand-alone scenarios, codecs and start: their
+    report.py report ... --splice   (a run of only stand-alone scenarios, codecs, start, proxies: their
         sections of docs/benchmarks.md are replaced, the rest kept)
 """
 
@@ -438,6 +438,8 @@ def report(args: argparse.Namespace) -> None:
             splice(args.markdown, "codecs", codecs_section(rows, meta, dated))
         if "start" in ran:
             splice(args.markdown, "start", start_section(rows, meta))
+        if "proxies" in ran:
+            splice(args.markdown, "proxies", proxies_section(rows, meta, dated))
         print(f"updated the {', '.join(sorted(ran))} section(s) of {args.markdown}", file=sys.stderr)
         return
     full_report(args, meta, rows, now)
@@ -625,6 +627,7 @@ def full_report(args: argparse.Namespace, meta: dict, rows: list[dict], now: str
     md += codecs_section(rows, meta, "Measured in the run named at the top.") + [""]
 
     md += start_section(rows, meta) + [""]
+    md += proxies_section(rows, meta, "Measured in the run named at the top.") + [""]
 
     # Targets ------------------------------------------------------------------------------
     md += ["## Targets", ""]
@@ -760,6 +763,71 @@ def start_body(rows: list[dict], meta: dict) -> list[str]:
     return md
 
 
+PROXIES_TITLE = "## 8. Backend proxies: connects and subscribes decided by a backend, against direct JWT"
+
+
+def proxies_section(rows: list[dict], meta: dict, dated: str) -> list[str]:
+    return [SECTION_BEGIN.format("proxies")] + proxies_body(rows, meta, dated) + [SECTION_END.format("proxies")]
+
+
+def proxies_body(rows: list[dict], meta: dict, dated: str) -> list[str]:
+    md = [PROXIES_TITLE, ""]
+    summary = by(rows, "proxies")
+    if not summary:
+        return md + ["Not run.", ""]
+    s = summary[-1]
+    md += [dated, ""]
+    connects = [r for r in rows if r.get("scenario") == "proxies" and r.get("phase") == "connect"]
+    subscribes = [r for r in rows if r.get("scenario") == "proxies" and r.get("phase") == "subscribe"]
+    mode_name = {"jwt": "direct: HS256 token checked by the hub", "proxy": "connect proxy: the backend allows"}
+    body = []
+    direct = {r["round"]: r for r in connects if r["mode"] == "jwt"}
+    rate_ratios, cpu_ratios = [], []
+    for r in sorted(connects, key=lambda r: (r["round"], r["mode"])):
+        ratio = "–"
+        d = direct.get(r["round"])
+        if r["mode"] == "proxy" and d and d.get("connects_per_s"):
+            rate_ratios.append(r["connects_per_s"] / d["connects_per_s"])
+            ratio = f"{rate_ratios[-1]:.2f}×"
+            if r.get("server_cpu_us_per_connect") and d.get("server_cpu_us_per_connect"):
+                cpu_ratios.append(r["server_cpu_us_per_connect"] / d["server_cpu_us_per_connect"])
+                ratio += f" (CPU {cpu_ratios[-1]:.2f}×)"
+        body.append([str(r["round"]), mode_name.get(r["mode"], r["mode"]), f"{r.get('ok', 0):,} / {r.get('connections', 0):,}",
+                     f"**{fmt_rate(r.get('connects_per_s'))}**", fmt_ms(r.get("p50_ms")), fmt_ms(r.get("p99_ms")),
+                     f"{r['server_cpu_us_per_connect']:.0f}" if r.get("server_cpu_us_per_connect") else "–",
+                     f"{r['backend_cpu_s']:.2f} s" if "backend_cpu_s" in r else "–", ratio])
+    md += table(["round", "connect", "ok / tried", "connects/s", "connect p50 ms", "connect p99 ms",
+                 "hub CPU µs per connect", "backend CPU", "proxy / direct, same round"], body) + [""]
+    sub_name = {"jwt": "direct: subscription token", "proxy": "subscribe proxy: the backend allows"}
+    body = []
+    for r in sorted(subscribes, key=lambda r: (r["round"], r["mode"])):
+        body.append([str(r["round"]), sub_name.get(r["mode"], r["mode"]), f"{r.get('ok', 0):,} / {r.get('subscribes', 0):,}",
+                     f"**{fmt_ms(r.get('p50_ms'))}**", f"**{fmt_ms(r.get('p99_ms'))}**", fmt_ms(r.get("mean_ms"))])
+    md += table(["round", "subscribe", "ok / tried", "p50 ms", "p99 ms", "mean ms"], body) + [""]
+    spread = (f" (per round {min(rate_ratios):.2f}–{max(rate_ratios):.2f}×; hub CPU per connect "
+              f"{statistics.median(cpu_ratios):.2f}× direct, per round {min(cpu_ratios):.2f}–{max(cpu_ratios):.2f}×)"
+              if rate_ratios and cpu_ratios else "")
+    md += [f"Medians over the rounds: **{fmt_rate(s.get('connects_per_s_proxy'))} connects/s through the connect proxy "
+           f"against {fmt_rate(s.get('connects_per_s_jwt'))} with a token checked by the hub; the same-round ratio's "
+           f"median is {statistics.median(rate_ratios) if rate_ratios else 0:.2f}×**{spread}; hub CPU per connect "
+           f"{s.get('server_cpu_us_per_connect_proxy', 0):.0f} µs against {s.get('server_cpu_us_per_connect_jwt', 0):.0f} µs. "
+           f"The subscribe proxy adds "
+           f"**{s.get('subscribe_added_p50_ms', 0):.3f} ms at p50 and {s.get('subscribe_added_p99_ms', 0):.3f} ms at p99** "
+           f"(all rounds pooled: {fmt_ms(s.get('subscribe_p50_ms_proxy'))} / {fmt_ms(s.get('subscribe_p99_ms_proxy'))} ms against "
+           f"{fmt_ms(s.get('subscribe_p50_ms_jwt'))} / {fmt_ms(s.get('subscribe_p99_ms_jwt'))} ms).", "",
+           f"`hub-bench proxies`: {s.get('concurrency', '?')} threads each open a WebSocket, send `connect` and wait for the reply, "
+           "then reset the connection (connects/s is the whole batch over its wall time; latency from the TCP connect to the "
+           "reply); then one connected client subscribes and unsubscribes in turn, the subscribe timed. The modes alternate "
+           "within each round, on one hub started once with both proxies configured (`--proxy-connect-endpoint`, "
+           "`--proxy-subscribe-endpoint`; namespace `proxied` has `proxy_subscribe`, `direct` does not). The backend is "
+           "`hub-bench proxy-backend`, one epoll thread answering allow on kept-alive connections; its CPU time above "
+           "shows it is not what limits the rate.", "",
+           "Release build, one service thread; the hub on CPU 0, the generator and the backend on CPU 1. Other builds "
+           "may share this 2-core machine during a run: compare the two modes within one round (they run back to "
+           "back) rather than absolute numbers across runs.", ""]
+    return md
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -777,7 +845,7 @@ def main() -> None:
     r.add_argument("--markdown", required=True)
     r.add_argument("--plots", required=True)
     r.add_argument("--splice", action="store_true",
-                   help="only stand-alone sections ran (codecs, start): replace them in --markdown, keep the rest")
+                   help="only stand-alone sections ran (codecs, start, proxies): replace them in --markdown, keep the rest")
     args = parser.parse_args()
     if args.command == "wrk-json":
         wrk_json(args)

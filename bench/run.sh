@@ -12,6 +12,8 @@
 #                                docs/benchmarks.md is replaced, the rest of the report kept
 #   bench/run.sh --scenarios start --servers hub   only scenario 7 (gateway allocation): its section
 #                                of docs/benchmarks.md is replaced, the rest of the report kept
+#   bench/run.sh --scenarios proxies --servers hub   only scenario 8 (backend proxies against direct JWT,
+#                                `hub-bench proxy-backend` as the backend): its section replaced likewise
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
@@ -30,9 +32,9 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster codecs start"
+ALL_SCENARIOS="fanout channels connections rest cluster codecs start proxies"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
-SPLICEABLE_SCENARIOS="codecs start"
+SPLICEABLE_SCENARIOS="codecs start proxies"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
     shift
@@ -61,7 +63,7 @@ HUB_CHANNEL_OPTIONS='{"allow_publish_for_client":true}'
 
 # Ports (all on 127.0.0.1).
 HUB_PORT=18000 NATS_PORT=18001 MOSQUITTO_PORT=18002 FASTAPI_PORT=18003 LWS_PORT=18004 FLOOR_PORT=18006
-REST_PORT=18005 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883
+REST_PORT=18005 PROXY_BACKEND_PORT=18007 REDIS_PORT=16379 NATS_TCP_PORT=14222 MQTT_TCP_PORT=11883
 
 log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -397,6 +399,35 @@ scenario_start() {
     done
 }
 
+# Scenario 8: the backend proxies' cost on one hub, against the hub deciding alone (`hub-bench
+# proxies` alternates the modes per round). The backend is `hub-bench proxy-backend`, one epoll
+# thread answering allow, on the generator's CPU: its CPU time is in the results.
+scenario_proxies() {
+    local kind=$1 backend_pid
+    [ "$kind" = hub ] || return 0
+    taskset -c $GENERATOR_CPU "$BIN/hub-bench" proxy-backend --port $PROXY_BACKEND_PORT >>"$RUN/proxy-backend.log" 2>&1 &
+    backend_pid=$!
+    wait_port $PROXY_BACKEND_PORT
+    rm -rf "$RUN/hub-data"
+    echo '{"namespaces":[{"name":"direct"},{"name":"proxied","proxy_subscribe":true}]}' > "$RUN/hub-proxies.json"
+    HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $HUB_PORT \
+        --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub-proxies.json" --data-dir "$RUN/hub-data" \
+        --proxy-connect-endpoint "http://127.0.0.1:$PROXY_BACKEND_PORT/connect" \
+        --proxy-subscribe-endpoint "http://127.0.0.1:$PROXY_BACKEND_PORT/subscribe" >>"$RUN/hub.log" 2>&1 &
+    SERVER_PID=$!
+    PORT=$HUB_PORT
+    wait_port "$PORT"
+    sleep 0.3
+    log "proxies: $PROXY_CONNECTIONS connects and $PROXY_SUBSCRIBES subscribes per mode, $PROXY_ROUNDS rounds"
+    generator proxies --port "$PORT" --server-pid "$SERVER_PID" --backend-pid "$backend_pid" \
+        --connections "$PROXY_CONNECTIONS" --subscribes "$PROXY_SUBSCRIBES" --rounds "$PROXY_ROUNDS" \
+        || echo "proxies: generator failed" >&2
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
+    kill "$backend_pid" 2>/dev/null || true
+    wait "$backend_pid" 2>/dev/null || true
+}
+
 # ---------------------------------------------------------------------------------------------
 
 CODEC_SUBS=1000
@@ -407,6 +438,7 @@ if [ "$MODE" = quick ]; then
     IDLE_CONNS=3000 SETTLE_S=1
     WRK_S=2 WRK_CONNECTIONS=32
     START_GATEWAYS="10 10000" START_ROUNDS=200
+    PROXY_CONNECTIONS=1000 PROXY_SUBSCRIBES=500 PROXY_ROUNDS=1
 else
     FANOUT_SUBS="1000 5000"
     STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
@@ -414,6 +446,7 @@ else
     IDLE_CONNS=20000 SETTLE_S=2
     WRK_S=10 WRK_CONNECTIONS=64
     START_GATEWAYS="10 10000" START_ROUNDS=1000
+    PROXY_CONNECTIONS=10000 PROXY_SUBSCRIBES=3000 PROXY_ROUNDS=5
 fi
 
 [ "$INSTALL" = 1 ] && install_peers

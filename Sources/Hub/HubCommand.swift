@@ -45,6 +45,10 @@ struct HubCommand: ParsableCommand {
     @Option(help: "Seconds a proxy call may take, connect included (default 1).") var proxyTimeout: Double?
     @Option(help: "Client request headers forwarded to proxies, comma-separated (e.g. Cookie,Authorization).") var proxyHttpHeaders: String?
     @Option(help: "Proxy calls in flight per node (default 256); more are answered with a temporary error.") var proxyMaxInFlight: Int?
+    @Option(help: "Bytes of events each publication stream target may have queued (default 16777216); more are dropped and counted.") var publicationStreamQueueMaxBytes: Int?
+    @Option(help: "Events per publication stream POST or XADD run (default 100).") var publicationStreamBatchSize: Int?
+    @Option(help: "Seconds one publication stream POST may take, connect included (default 5).") var publicationStreamTimeout: Double?
+    @Option(help: "Longest wait between publication stream retries, seconds (default 10).") var publicationStreamRetryMaxDelay: Double?
     @Option(help: "Key for the server API (/api/*): X-API-Key or 'Authorization: apikey <key>'.") var apiKey: String?
     @Flag(help: "Let clients connect without a token (as anonymous users).") var allowAnonymous = false
     @Option(help: "Seconds between server pings (default 25).") var pingInterval: Double?
@@ -174,6 +178,10 @@ struct HubCommand: ParsableCommand {
         }
         c.proxyTimeout = try proxyTimeout ?? envDouble("HUB_PROXY_TIMEOUT") ?? c.proxyTimeout
         c.proxyMaxInFlight = try proxyMaxInFlight ?? envInt("HUB_PROXY_MAX_IN_FLIGHT") ?? c.proxyMaxInFlight
+        c.publicationStream.queueMaxBytes = try publicationStreamQueueMaxBytes ?? envInt("HUB_PUBLICATION_STREAM_QUEUE_MAX_BYTES") ?? c.publicationStream.queueMaxBytes
+        c.publicationStream.batchSize = try publicationStreamBatchSize ?? envInt("HUB_PUBLICATION_STREAM_BATCH_SIZE") ?? c.publicationStream.batchSize
+        c.publicationStream.timeout = try publicationStreamTimeout ?? envDouble("HUB_PUBLICATION_STREAM_TIMEOUT") ?? c.publicationStream.timeout
+        c.publicationStream.retryMaxDelay = try publicationStreamRetryMaxDelay ?? envDouble("HUB_PUBLICATION_STREAM_RETRY_MAX_DELAY") ?? c.publicationStream.retryMaxDelay
         if let names = proxyHttpHeaders ?? env["HUB_PROXY_HTTP_HEADERS"] {
             c.proxyHTTPHeaders = names.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
         }

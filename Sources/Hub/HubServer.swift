@@ -137,6 +137,21 @@ final class HubServer {
             presence = MemoryPresenceStore()
         }
         // The record store behind RESTCompat: SQLite under --data-dir, or Redis with the redis engine.
+        var publicationStream: PublicationStream?
+        let streamTargets = config.publicationStreamTargets
+        if !streamTargets.isEmpty {
+            var command: PublicationStream.RedisCommand?
+            if let broker = redis?.0 {
+                command = { key, arguments, completion in
+                    broker.send(key: key, arguments) { reply in completion(!reply.isError) }
+                }
+            }
+            do {
+                publicationStream = try PublicationStream(targets: streamTargets, settings: config.publicationStream, redis: command,
+                                                          metrics: metrics, logger: Logger(label: "hub.publication-stream"))
+            } catch { throw HubError.config(error.description) }
+            engine.publicationStream = publicationStream
+        }
         let store: any RecordStore
         if let redis {
             store = RedisRecordStore(broker: redis.0, messageIndex: ConversationArchive.messageIndex, wordIndex: ConversationArchive.textIndex,
@@ -284,6 +299,7 @@ final class HubServer {
         gateways.stop()
         jwks?.endpoint.shutdown()
         proxy?.shutdown()
+        publicationStream?.shutdown()
         // Last, so the spans of requests answered while stopping go out too.
         exporter?.shutdown()
         ticker.cancel()

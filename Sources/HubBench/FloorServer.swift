@@ -3,7 +3,8 @@
 // protocol work beyond WebSocket framing, and per turn of its epoll loop writes everything it
 // read in that turn to each client with one send(2). Any real server doing one send per
 // subscriber pays at least this much kernel time; the report sets the hub's latency beside it.
-// Its socket and buffer code is hub-bench's only unsafe code outside EventLoop.swift and Wire.swift.
+// Its socket and buffer code (and that of `hub-bench proxy-backend`, below) is hub-bench's only unsafe code
+// outside EventLoop.swift, Wire.swift and the blocking clients of Starts.swift.
 import ArgumentParser
 import CEpoll
 import COpenSSL
@@ -250,5 +251,146 @@ final class FloorServer {
         var out = [UInt8](repeating: 0, count: 32)
         let written = EVP_EncodeBlock(&out, digest, 20)
         return String(decoding: out[0..<Int(written)], as: UTF8.self)
+    }
+}
+
+// MARK: - `hub-bench proxy-backend`
+
+/// The backend of scenario 8 (`hub-bench proxies`): Centrifugo's proxy protocol as cheap as it
+/// gets, so that what the scenario measures is the hub's proxy path and not the backend. One epoll
+/// loop, keep-alive HTTP/1.1; `/connect` allows every client as user `proxied`, `/subscribe` allows
+/// every subscription, anything else is 404.
+struct ProxyBackendCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy-backend", abstract: "A minimal epoll HTTP backend for the hub's connect and subscribe proxies (answers allow).")
+    @Option var host = "127.0.0.1"
+    @Option var port: Int
+
+    func run() throws {
+        try ProxyBackendServer(host: host, port: UInt16(port)).run()
+    }
+}
+
+private final class BackendClient {
+    let fd: Int32
+    var inbound: [UInt8] = []
+    var pending: [UInt8] = []
+    /// EPOLLOUT is armed (only while the kernel holds back part of a reply).
+    var writeArmed = false
+    init(fd: Int32) { self.fd = fd }
+}
+
+final class ProxyBackendServer {
+    private let epfd: Int32
+    private let listener: Int32
+    private var clients: [BackendClient?] = []
+    private let readBuffer: UnsafeMutablePointer<UInt8>
+    private let readCapacity = 64 * 1024
+    private static let answers: [String: [UInt8]] = [
+        "/connect": reply(#"{"result":{"user":"proxied"}}"#),
+        "/subscribe": reply(#"{"result":{}}"#),
+    ]
+    private static let notFound = Array("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".utf8)
+
+    private static func reply(_ body: String) -> [UInt8] {
+        Array("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+    }
+
+    init(host: String, port: UInt16) throws {
+        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        readBuffer = .allocate(capacity: readCapacity)
+        guard epfd >= 0, listener >= 0 else { throw SocketError("socket", errno) }
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(listener, 4096) == 0 else { throw SocketError("bind/listen \(host):\(port)", errno) }
+        watch(listener, EPOLLIN.rawValue, add: true)
+    }
+
+    func run() {
+        let capacity: Int32 = 1024
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        defer { events.deallocate() }
+        while true {
+            let n = epoll_wait(epfd, events, capacity, -1)
+            if n < 0 && errno != EINTR { break }
+            for i in 0..<Int(max(n, 0)) {
+                let fd = events[i].data.fd
+                if fd == listener { accept(); continue }
+                guard Int(fd) < clients.count, let client = clients[Int(fd)] else { continue }
+                if events[i].events & EPOLLOUT.rawValue != 0 { send(client, []) }
+                if events[i].events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
+                    read(client)
+                }
+            }
+        }
+    }
+
+    private func watch(_ fd: Int32, _ mask: UInt32, add: Bool) {
+        var event = epoll_event()
+        event.events = mask
+        event.data.fd = fd
+        epoll_ctl(epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event)
+    }
+
+    private func accept() {
+        while true {
+            let fd = Glibc.accept(listener, nil, nil)
+            if fd < 0 { return }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            if Int(fd) >= clients.count { clients.append(contentsOf: repeatElement(nil, count: Int(fd) + 1024 - clients.count)) }
+            clients[Int(fd)] = BackendClient(fd: fd)
+            watch(fd, EPOLLIN.rawValue | EPOLLRDHUP.rawValue, add: true)
+        }
+    }
+
+    private func drop(_ client: BackendClient) {
+        clients[Int(client.fd)] = nil
+        Glibc.close(client.fd)
+    }
+
+    private func read(_ client: BackendClient) {
+        let n = Glibc.read(client.fd, readBuffer, readCapacity)
+        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { drop(client); return }
+        if n < 0 { return }
+        client.inbound.append(contentsOf: UnsafeBufferPointer(start: readBuffer, count: n))
+        // Every complete request in the buffer (the hub may pipeline on a kept-alive connection).
+        var out: [UInt8] = []
+        while let end = client.inbound.withUnsafeBufferPointer({ EventLoop.find($0.baseAddress!, $0.count, Array("\r\n\r\n".utf8)) }) {
+            let head = String(decoding: client.inbound[..<end], as: UTF8.self)
+            var length = 0
+            for line in head.split(separator: "\r\n").dropFirst() {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                if parts.count == 2, parts[0].lowercased() == "content-length" { length = Int(parts[1].drop { $0 == " " }) ?? 0 }
+            }
+            guard client.inbound.count >= end + 4 + length else { break }
+            client.inbound.removeFirst(end + 4 + length)
+            let path = head.split(separator: " ", maxSplits: 2).dropFirst().first.map(String.init) ?? ""
+            out += Self.answers[path] ?? Self.notFound
+        }
+        if client.inbound.count > 1 << 20 { drop(client); return }
+        if !out.isEmpty { send(client, out) }
+    }
+
+    /// Sends `bytes` after whatever is still pending; arms EPOLLOUT while the kernel holds back.
+    private func send(_ client: BackendClient, _ bytes: [UInt8]) {
+        client.pending += bytes
+        guard !client.pending.isEmpty else { return }
+        let n = client.pending.withUnsafeBytes { Glibc.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && errno != EAGAIN { drop(client); return }
+        client.pending.removeFirst(max(n, 0))
+        if client.writeArmed == client.pending.isEmpty {
+            client.writeArmed = !client.pending.isEmpty
+            watch(client.fd, EPOLLIN.rawValue | EPOLLRDHUP.rawValue | (client.writeArmed ? EPOLLOUT.rawValue : 0), add: false)
+        }
     }
 }

@@ -10,7 +10,8 @@ struct HubBenchCommand: ParsableCommand {
             One thread, one epoll set, raw non-blocking sockets. Latency is publish-to-deliver, from a
             monotonic stamp inside each payload. Results go to stdout (and --out) as JSON lines.
             """,
-        subcommands: [FanOut.self, ManyChannels.self, IdleConnections.self, Starts.self, FloorServerCommand.self]
+        subcommands: [FanOut.self, ManyChannels.self, IdleConnections.self, Starts.self, Proxies.self, FloorServerCommand.self,
+                      ProxyBackendCommand.self]
     )
 }
 

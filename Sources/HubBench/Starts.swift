@@ -259,3 +259,99 @@ final class StandInLauncher: @unchecked Sendable {
         }
     }
 }
+
+/// One WebSocket connection to the hub, blocking: the client of `hub-bench proxies`, which times
+/// one command at a time per connection (connects per second come from many threads of these).
+final class BlockingWebSocket {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+
+    init(host: String, port: UInt16, path: String = "/connection/websocket") throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw BenchError("socket: \(errno)") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        // Closed with a reset: thousands of short connections leave no TIME_WAIT ports behind.
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { close(fd); throw BenchError("connect \(host):\(port): errno \(errno)") }
+        let head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        try write(Array(head.utf8))
+        let separator: [UInt8] = [13, 10, 13, 10]
+        var end: Int?
+        while end == nil {
+            if buffer.count >= 4 { end = (0...(buffer.count - 4)).first { buffer[$0..<($0 + 4)].elementsEqual(separator) } }
+            if end == nil { try fill() }
+        }
+        guard buffer.starts(with: Array("HTTP/1.1 101".utf8)) else {
+            close(fd)
+            throw BenchError("upgrade refused: \(String(decoding: buffer.prefix(60), as: UTF8.self))")
+        }
+        buffer.removeFirst(end! + 4)
+    }
+
+    deinit { close(fd) }
+
+    /// One masked text frame (a zero mask: the bytes go as they are, which RFC 6455 allows).
+    func send(_ text: String) throws {
+        let payload = Array(text.utf8)
+        var frame: [UInt8] = [0x81]
+        if payload.count < 126 {
+            frame.append(0x80 | UInt8(payload.count))
+        } else {
+            frame += [0x80 | 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)]
+        }
+        frame += [0, 0, 0, 0]
+        try write(frame + payload)
+    }
+
+    /// The next text message (a server frame, unmasked).
+    func receive() throws -> [UInt8] {
+        while true {
+            if buffer.count >= 2 {
+                var length = Int(buffer[1] & 0x7F)
+                var header = 2
+                if length == 126, buffer.count >= 4 {
+                    length = Int(buffer[2]) << 8 | Int(buffer[3])
+                    header = 4
+                } else if length == 127, buffer.count >= 10 {
+                    length = (0..<8).reduce(0) { $0 << 8 | Int(buffer[2 + $1]) }
+                    header = 10
+                }
+                if length < 126 || header > 2, buffer.count >= header + length {
+                    let opcode = buffer[0] & 0x0F
+                    let message = Array(buffer[header..<(header + length)])
+                    buffer.removeFirst(header + length)
+                    if opcode == 8 { throw BenchError("closed by the server: \(String(decoding: message.dropFirst(2), as: UTF8.self))") }
+                    if opcode == 1 || opcode == 2 { return message }
+                    continue
+                }
+            }
+            try fill()
+        }
+    }
+
+    private func write(_ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw BenchError("send: errno \(errno)") }
+            sent += n
+        }
+    }
+
+    private func fill() throws {
+        var chunk = [UInt8](repeating: 0, count: 16_384)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { throw BenchError("connection closed by the server") }
+        buffer += chunk[0..<n]
+    }
+}

@@ -379,9 +379,18 @@ struct StampedPayload {
 enum JWT {
     /// `channels`: the server-side subscriptions of the token (what uni_sse subscribers use).
     static func hs256(subject: String, secret: [UInt8], channels: [String] = []) -> String {
-        let header = base64URL(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
         let list = channels.isEmpty ? "" : #","channels":["# + channels.map { #""\#($0)""# }.joined(separator: ",") + "]"
-        let claims = base64URL(Array(#"{"sub":"\#(subject)","exp":\#(time(nil) + 86_400)\#(list)}"#.utf8))
+        return hs256(claims: #"{"sub":"\#(subject)","exp":\#(time(nil) + 86_400)\#(list)}"#, secret: secret)
+    }
+
+    /// A subscription token: the hub lets `subject` into `channel` without asking anyone.
+    static func hs256(subject: String, channel: String, secret: [UInt8]) -> String {
+        hs256(claims: #"{"sub":"\#(subject)","channel":"\#(channel)","exp":\#(time(nil) + 86_400)}"#, secret: secret)
+    }
+
+    static func hs256(claims json: String, secret: [UInt8]) -> String {
+        let header = base64URL(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+        let claims = base64URL(Array(json.utf8))
         let input = Array((header + "." + claims).utf8)
         var mac = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0

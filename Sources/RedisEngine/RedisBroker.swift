@@ -89,9 +89,13 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         var publication = publication
         if publication.time == 0 { publication.time = Int64(clock.now() * 1000) }
         let body = JSONWriter.bytes(publication.json)
+        let published = publication
         let shard = shard(for: channel)
+        // Replies come back in command order on the shard's one connection: handlePublished
+        // sees this node's publications of a channel in offset order.
         guard options.historyEnabled else {
-            shard.send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("p0::".utf8) + body]) { reply in
+            shard.send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("p0::".utf8) + body]) { [weak self] reply in
+                if !reply.isError { self?.eventHandler?.handlePublished(channel: channel, publication: published, position: nil) }
                 completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(nil))
             }
             return
@@ -101,13 +105,22 @@ public final class RedisBroker: Broker, @unchecked Sendable {
             Array((Self.channelPrefix + channel).utf8), body, Array(String(options.historySize).utf8),
             Array(String(Int(options.historyTTL.rounded(.up))).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8),
             Array(RandomID.make(length: 8).utf8),
-        ]) { reply in
+        ]) { [weak self] reply in
             guard case .array(let parts) = reply, parts.count == 2, let offset = parts[0].int, let epoch = parts[1].text else {
                 completion(.failure(Self.unavailable(reply)))
                 return
             }
-            completion(.success(StreamPosition(offset: UInt64(offset), epoch: epoch)))
+            let position = StreamPosition(offset: UInt64(offset), epoch: epoch)
+            var stored = published
+            stored.offset = position.offset
+            self?.eventHandler?.handlePublished(channel: channel, publication: stored, position: position)
+            completion(.success(position))
         }
+    }
+
+    /// Runs one command on the shard that holds `key` (the engine's own connection, replies in order).
+    public func send(key: String, _ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+        shard(for: key).send(arguments, completion: completion)
     }
 
     static func unavailable(_ reply: RedisValue) -> ProtocolError {

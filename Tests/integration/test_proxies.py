@@ -23,7 +23,7 @@ from centrifuge import (
     SubscriptionState,
 )
 
-from hubtest import WAIT, WSClient, arun, async_wait_for, free_port, note_secrets
+from hubtest import WAIT, WSClient, arun, async_wait_for, free_port, note_secrets, wait_for
 
 logging.getLogger("centrifuge").setLevel(logging.CRITICAL)
 
@@ -486,3 +486,292 @@ def test_a_uni_sse_client_with_a_cookie_connects_through_the_connect_proxy(hub_f
     (request, headers), = backend.seen("/connect")
     assert request["transport"] == "uni_sse"
     assert headers["Cookie"] == SESSION_COOKIE and "X-Not-Listed" not in headers
+
+
+def test_the_publish_proxy_can_skip_history(hub_factory, backend):
+    """Centrifugo's `skip_history` in the publish proxy result: subscribers get the publication,
+    history does not keep it."""
+    backend.handlers["/connect"] = session_connect
+
+    def publish(request, headers):
+        return ok({"skip_history": request["data"].get("ephemeral", False)})
+
+    backend.handlers["/publish"] = publish
+    hub = proxy_hub(hub_factory, backend, "--proxy-publish-endpoint", backend.url("/publish"),
+                    config={"namespaces": [{"name": "room", "proxy_publish": True, "history_size": 10, "history_ttl": 300}]})
+    cent = CentClient(f"{hub.url}/api", hub.api_key, timeout=WAIT)
+
+    async def main():
+        events, room_events = Events(), SubEvents()
+        client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE})
+        room = client.new_subscription("room:typing", room_events)
+        try:
+            await client.connect()
+            await room.subscribe()
+            await room.ready(WAIT)
+            await room.publish({"text": "kept"})
+            await room.publish({"text": "typing…", "ephemeral": True})
+            await room.publish({"text": "kept too"})
+            await async_wait_for(lambda: len(room_events.pubs) == 3, message="three publications")
+            assert [p.pub.data["text"] for p in room_events.pubs] == ["kept", "typing…", "kept too"]
+        finally:
+            await client.disconnect()
+
+    arun(main())
+    history = cent.history(HistoryRequest(channel="room:typing", limit=10))
+    assert [p.data["text"] for p in history.publications] == ["kept", "kept too"]
+    assert [p.offset for p in history.publications] == [1, 2]
+
+
+# Publication stream (docs/channels.md "Publication stream")
+
+STREAM_SECRET = "stream-backend-key-51c0ffee"
+note_secrets([("stream_secret", STREAM_SECRET)])
+
+
+class EventBackend:
+    """A backend receiving the publication stream's POSTs on a fixed loopback port; it can be
+    stopped (connections refused) and started again, and can answer 500 to the first POSTs."""
+
+    def __init__(self, port: Optional[int] = None) -> None:
+        self.port = port or free_port()
+        self.batches: List[List[Dict[str, Any]]] = []
+        self.headers: List[Dict[str, str]] = []
+        self.fail_next = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.server: Optional[ThreadingHTTPServer] = None
+        self.start()
+
+    def start(self) -> None:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                with backend.lock:
+                    failing = backend.fail_next > 0
+                    if failing:
+                        backend.fail_next -= 1
+                        backend.failed += 1
+                    else:
+                        backend.batches.append(body["events"])
+                        backend.headers.append(dict(self.headers.items()))
+                status, payload = (500, b"down for maintenance") if failing else (200, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+        self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hub/events"
+
+    def events(self) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [e for batch in self.batches for e in batch]
+
+
+@pytest.fixture
+def event_backend():
+    b = EventBackend()
+    yield b
+    if b.server is not None:
+        b.stop()
+
+
+def stream_hub(hub_factory, url: str, *args, **options):
+    feed = {"name": "feed", "history_size": 1000, "history_ttl": 600, "join_leave": True,
+            "publication_stream_url": url, **options}
+    return hub_factory("--publication-stream-retry-max-delay", "0.5", *args,
+                       config={"namespaces": [feed], "publication_stream_http_headers": {"X-Stream-Key": STREAM_SECRET}})
+
+
+def publications(events: List[Dict[str, Any]], channel: str) -> List[Dict[str, Any]]:
+    return [e for e in events if e["type"] == "publication" and e["channel"] == channel]
+
+
+def test_the_webhook_gets_every_publication_join_and_leave_once_in_order(hub_factory, event_backend):
+    hub = stream_hub(hub_factory, event_backend.url)
+
+    async def main():
+        sub_events = SubEvents()
+        client = Client(hub.ws_url, token=hub.token("alice"), timeout=WAIT, proxy=None)
+        feed = client.new_subscription("feed:orders", sub_events)
+        await client.connect()
+        await feed.subscribe()
+        await feed.ready(WAIT)
+        for n in range(1, 51):
+            await asyncio.to_thread(hub.publish, "feed:orders", {"n": n})
+        await async_wait_for(lambda: len(sub_events.pubs) == 50, message="50 publications delivered")
+        await feed.unsubscribe()
+        await client.disconnect()
+
+    arun(main())
+    # A channel of a namespace without a stream is not sent.
+    hub.publish("news", {"not": "streamed"})
+    wait_for(lambda: any(e["type"] == "leave" for e in event_backend.events()), message="the leave event")
+    events = event_backend.events()
+    assert [e["type"] for e in events] == ["join"] + ["publication"] * 50 + ["leave"]
+    join, leave = events[0], events[-1]
+    assert join["channel"] == leave["channel"] == "feed:orders"
+    assert join["info"]["user"] == "alice" and join["info"]["client"] == leave["info"]["client"]
+    pubs = events[1:-1]
+    assert [p["data"] for p in pubs] == [{"n": n} for n in range(1, 51)]
+    assert [p["offset"] for p in pubs] == list(range(1, 51))
+    epoch = pubs[0]["epoch"]
+    assert [p["id"] for p in pubs] == [f"feed:orders@{epoch}:{n}" for n in range(1, 51)]
+    assert len({e["id"] for e in events}) == len(events)
+    assert all(isinstance(e["time"], int) and e["time"] > 1_600_000_000_000 for e in events)
+    assert max(map(len, event_backend.batches)) <= 100
+    assert all(h["X-Stream-Key"] == STREAM_SECRET for h in event_backend.headers)
+    metrics = hub.get("/metrics").text
+    target = f'target="webhook:127.0.0.1:{event_backend.port}"'  # never the URL's path
+    assert f'hub_publication_stream_events_sent_total{{{target}}} 52' in metrics
+    assert f'hub_publication_stream_queue_depth{{{target}}} 0' in metrics
+    assert STREAM_SECRET not in hub.log()
+
+
+def test_a_backend_answering_500_gets_the_batch_again(hub_factory, event_backend):
+    event_backend.fail_next = 3
+    hub = stream_hub(hub_factory, event_backend.url)
+    for n in range(1, 11):
+        hub.publish("feed:retry", {"n": n})
+    wait_for(lambda: len(event_backend.events()) == 10, message="ten events after the 500s")
+    assert event_backend.failed == 3
+    assert [e["data"]["n"] for e in event_backend.events()] == list(range(1, 11))
+    metrics = hub.get("/metrics").text
+    target = f'target="webhook:127.0.0.1:{event_backend.port}"'
+    assert f'hub_publication_stream_events_sent_total{{{target}}} 10' in metrics
+    assert f'hub_publication_stream_events_retried_total{{{target}}}' in metrics
+    assert "publication stream target failed" in hub.log() and "HTTP 500" in hub.log()
+
+
+def test_a_backend_down_for_30_seconds_gets_everything_once_in_order_afterwards(hub_factory, event_backend):
+    hub = stream_hub(hub_factory, event_backend.url)
+    hub.publish("feed:outage", {"n": 0})
+    wait_for(lambda: len(event_backend.events()) == 1, message="the first event")
+    event_backend.stop()  # connection refused from now on
+    published = [0]
+
+    async def main():
+        sub_events = SubEvents()
+        client = Client(hub.ws_url, token=hub.token("bob"), timeout=WAIT, proxy=None)
+        feed = client.new_subscription("feed:outage", sub_events)
+        try:
+            await client.connect()
+            await feed.subscribe()
+            await feed.ready(WAIT)
+            started = time.monotonic()
+            n = 0
+            while time.monotonic() - started < 30:
+                n += 1
+                await asyncio.to_thread(hub.publish, "feed:outage", {"n": n})
+                published.append(n)
+                if n % 50 == 0:
+                    # The hub keeps serving: subscribers get each publication, new clients connect.
+                    await async_wait_for(lambda: len(sub_events.pubs) == n, message=f"publication {n} delivered")
+                    late = Client(hub.ws_url, token=hub.token(f"late{n}"), timeout=WAIT, proxy=None)
+                    await late.connect()
+                    await late.ready(WAIT)
+                    await late.disconnect()
+                await asyncio.sleep(0.05)
+            await async_wait_for(lambda: len(sub_events.pubs) == n, message="every publication delivered")
+        finally:
+            await client.disconnect()
+
+    arun(main(), timeout=90)
+    assert "publication stream target failed" in hub.log()
+    depth = hub.get("/metrics").text
+    assert f'hub_publication_stream_queue_depth{{target="webhook:127.0.0.1:{event_backend.port}"}} 0' not in depth
+    event_backend.start()
+    wait_for(lambda: len(publications(event_backend.events(), "feed:outage")) >= len(published), timeout=15,
+             message="the backlog after the outage")
+    pubs = publications(event_backend.events(), "feed:outage")
+    assert [p["data"]["n"] for p in pubs] == published  # exactly once, in order
+    assert [p["offset"] for p in pubs] == list(range(1, len(published) + 1))
+    assert len(published) > 200
+    # The backlog went in batches of at most the default 100 events per POST.
+    assert len(event_backend.batches) < len(pubs) / 2 and max(map(len, event_backend.batches)) == 100
+    assert "publication stream target reachable again" in hub.log()
+    assert 'hub_publication_stream_events_dropped_total{' not in hub.get("/metrics").text
+
+
+def test_a_full_stream_queue_drops_new_events_counts_and_says_so_once(hub_factory):
+    # Nothing listens there: every event stays queued until the bound.
+    port = free_port()
+    hub = stream_hub(hub_factory, f"http://127.0.0.1:{port}/events", "--publication-stream-queue-max-bytes", "4096")
+    for n in range(60):
+        hub.publish("feed:full", {"n": n, "pad": "x" * 100})
+    metrics = hub.get("/metrics").text
+    dropped = [line for line in metrics.splitlines()
+               if line.startswith(f'hub_publication_stream_events_dropped_total{{target="webhook:127.0.0.1:{port}"}}')]
+    assert dropped and float(dropped[0].split()[-1]) > 0
+    assert hub.log().count("publication stream queue full") == 1
+
+
+@pytest.mark.parametrize("config,says", [
+    ({"namespaces": [{"name": "feed", "publication_stream_redis_key": "events"}]}, "needs the redis engine"),
+    ({"namespaces": [{"name": "feed", "publication_stream_url": "https://127.0.0.1/x"}]}, "https is not supported"),
+    ({"namespaces": [{"name": "feed", "publication_stream_url": "http://127.0.0.1:9/x",
+                      "publication_stream_redis_key": "events"}]}, "exclude each other"),
+    ({"publication_stream_batch_size": 0}, "publication_stream_batch_size must be 1-10000"),
+])
+def test_bad_publication_stream_config_stops_the_hub(hub_factory, config, says):
+    cp = hub_factory.run(config=config)
+    assert cp.returncode == 64
+    assert says in cp.stderr + cp.stdout
+
+
+def test_the_redis_stream_target_holds_each_event_once_in_order(hub_factory, redis_factory):
+    redis = redis_factory()
+    feed = {"name": "feed", "history_size": 100, "history_ttl": 600,
+            "publication_stream_redis_key": "archive:feed", "publication_stream_redis_maxlen": 1000}
+    config = {"namespaces": [feed]}
+    a = hub_factory("--engine", "redis", "--redis-url", redis.url, "--node-name", "a", config=config)
+    b = hub_factory("--engine", "redis", "--redis-url", redis.url, "--node-name", "b", config=config)
+
+    async def main():
+        sub_events = SubEvents()
+        # Subscribed on node b; publications made through node a.
+        client = Client(b.ws_url, token=b.token("carol"), timeout=WAIT, proxy=None)
+        sub = client.new_subscription("feed:ledger", sub_events)
+        await client.connect()
+        await sub.subscribe()
+        await sub.ready(WAIT)
+        for n in range(1, 21):
+            await asyncio.to_thread(a.publish, "feed:ledger", {"n": n})
+        await async_wait_for(lambda: len(sub_events.pubs) == 20, message="20 publications on node b")
+        await sub.unsubscribe()
+        await client.disconnect()
+
+    arun(main())
+
+    def entries():
+        out = redis.cli("XRANGE", "archive:feed", "-", "+").splitlines()
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    wait_for(lambda: len(entries()) == 22, message="22 stream entries")
+    events = entries()
+    # Once overall: node a wrote the publications, node b (holding the client) the join and leave.
+    assert [e["type"] for e in events] == ["join"] + ["publication"] * 20 + ["leave"]
+    assert [e["data"]["n"] for e in events[1:-1]] == list(range(1, 21))
+    assert [e["offset"] for e in events[1:-1]] == list(range(1, 21))
+    assert {e["node"] for e in events[1:-1]} == {a.api_result("info", {})["nodes"][0]["uid"]}
+    assert events[0]["info"]["user"] == "carol"
+
+
+from test_redis import redis_factory  # noqa: E402,F401 (the fixture, shared with the Redis tests)

@@ -4,6 +4,9 @@ import Glibc
 /// channels the node has subscribers in. Implemented by `Node`.
 public protocol BrokerEventHandler: AnyObject, Sendable {
     func handlePublication(channel: String, publication: Publication, position: StreamPosition?)
+    /// A publication made on this node took its place in the channel's stream: called once per
+    /// publication, on the publishing node only, in the channel's offset order.
+    func handlePublished(channel: String, publication: Publication, position: StreamPosition?)
     func handleJoin(channel: String, info: ClientInfo)
     func handleLeave(channel: String, info: ClientInfo)
     func handleControl(_ command: JSONValue)
@@ -12,6 +15,10 @@ public protocol BrokerEventHandler: AnyObject, Sendable {
     /// channel it resubscribed (nil: the stream is gone), read once delivery was guaranteed
     /// again. Subscribers that may have missed publications meanwhile are told to recover.
     func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)])
+}
+
+extension BrokerEventHandler {
+    public func handlePublished(channel: String, publication: Publication, position: StreamPosition?) {}
 }
 
 /// Moves publications between publishers and the nodes that have subscribers, and keeps

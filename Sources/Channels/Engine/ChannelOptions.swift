@@ -47,6 +47,9 @@ public struct ChannelOptions: Sendable, Equatable {
     public var proxyPublish = false
     /// A `sub_refresh` is decided by the sub_refresh proxy instead of a subscription token.
     public var proxySubRefresh = false
+    /// Where every publication, join and leave of the namespace is also sent for a backend to
+    /// archive or react to (nil: nowhere).
+    public var publicationStream: PublicationStreamTarget?
     /// What a subscriber is sent on subscribe and recovery.
     public var recoveryMode = RecoveryMode.stream
 

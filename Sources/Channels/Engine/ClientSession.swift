@@ -704,6 +704,8 @@ public final class ClientSession: Sendable {
         guard let info else { return }
         if options.presence { node.presence.add(channel: channel, info: info) }
         if options.joinLeave { node.broker.publishJoin(channel: channel, info: info) }
+        // Streamed whether or not subscribers get join pushes: the backend keeps its own account.
+        node.recordPresenceChange(.join, channel: channel, info: info, options: options)
     }
 
     private func unsubscribe(id: Int64?, _ body: JSONValue) {
@@ -726,6 +728,8 @@ public final class ClientSession: Sendable {
         guard subscription.active, let options = try? node.options(for: channel) else { return }
         if options.presence { node.presence.remove(channel: channel, client: id) }
         if options.joinLeave { node.broker.publishLeave(channel: channel, info: info) }
+        // Streamed whether or not subscribers get leave pushes: the backend keeps its own account.
+        node.recordPresenceChange(.leave, channel: channel, info: info, options: options)
     }
 
     func serverSubscribe(channel: String) {
@@ -782,7 +786,8 @@ public final class ClientSession: Sendable {
                     let rewritten = ProxyAnswer.payload(result, "data")
                     guard rewritten != .invalid else { fail(id: id, .internal); return }
                     let published = rewritten.json ?? data
-                    node.publish(channel: channel, data: published, info: info) { [self] outcome in
+                    let skipHistory = result["skip_history"]?.boolValue ?? false
+                    node.publish(channel: channel, data: published, info: info, skipHistory: skipHistory) { [self] outcome in
                         switch outcome {
                         case .success: reply(id: id, method: "publish", [:])
                         case .failure(let error): fail(id: id, error)

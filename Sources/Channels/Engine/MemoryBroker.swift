@@ -38,6 +38,7 @@ public final class MemoryBroker: Broker {
         if publication.time == 0 { publication.time = Int64(now * 1000) }
         guard options.historyEnabled else {
             handler?.handlePublication(channel: channel, publication: publication, position: nil)
+            handler?.handlePublished(channel: channel, publication: publication, position: nil)
             completion(.success(nil))
             return
         }
@@ -50,6 +51,7 @@ public final class MemoryBroker: Broker {
             shard.streams[channel] = stream
             // Delivered under the shard lock: concurrent publishers cannot reorder offsets.
             handler?.handlePublication(channel: channel, publication: stored, position: position)
+            handler?.handlePublished(channel: channel, publication: stored, position: position)
             return position
         }
         completion(.success(position))

@@ -17,6 +17,9 @@ public struct EngineConfig: Sendable {
     /// The backend that decides connects without a token, refreshes, RPCs and, where a namespace
     /// asks, subscribes, publishes and subscription refreshes (nil: the hub decides alone).
     public var proxy: (any ProxyBackend)?
+    /// Where namespaces with a `publicationStream` target send their events (nil: such
+    /// namespaces are refused by the hub's config check, so none has one).
+    public var publicationStream: (any ChannelEventSink)?
     public var nodeName = "hub"
     public var version = "0.1.0"
 
@@ -92,6 +95,9 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     private let rpcHandlers = Mutex<[String: RPCHandler]>([:])
     private let controlHandlers = Mutex<[String: @Sendable (JSONValue) -> Void]>([:])
     let surveys = Surveys()
+    /// Numbers this node's stream events that have no stream position (join, leave, and
+    /// publications without history), so each still has an id to dedupe on.
+    private let eventSequence = Atomic<UInt64>(0)
     private let startedAt: Double
 
     public init(config: EngineConfig, broker: any Broker, presence: any PresenceStore, encoder: any FrameEncoder,
@@ -233,6 +239,25 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         }
     }
 
+    public func handlePublished(channel: String, publication: Publication, position: StreamPosition?) {
+        guard let sink = config.publicationStream, let target = config.namespaces.options(for: channel)?.publicationStream else { return }
+        let id = position.map { "\(channel)@\($0.epoch):\($0.offset)" } ?? nextEventID()
+        sink.record(ChannelEvent(id: id, kind: .publication, channel: channel, time: publication.time, node: uid,
+                                 publication: publication, position: position), to: target)
+    }
+
+    /// A client of this node joined or left: the stream event is recorded here, once, however
+    /// many nodes deliver the join/leave push.
+    func recordPresenceChange(_ kind: ChannelEvent.Kind, channel: String, info: ClientInfo, options: ChannelOptions) {
+        guard let sink = config.publicationStream, let target = options.publicationStream else { return }
+        sink.record(ChannelEvent(id: nextEventID(), kind: kind, channel: channel, time: Int64(clock.now() * 1000), node: uid,
+                                 client: info), to: target)
+    }
+
+    private func nextEventID() -> String {
+        "\(uid):\(eventSequence.add(1, ordering: .relaxed).newValue)"
+    }
+
     public func handleStreamPositions(_ positions: [(channel: String, position: StreamPosition?)]) {
         var channels = 0
         var told = 0
@@ -319,10 +344,14 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
         return options
     }
 
+    /// Publishes into a channel. `skipHistory` (the publish proxy's `skip_history`) broadcasts
+    /// without keeping the publication in history: it gets no offset.
     public func publish(channel: String, data: JSONValue, info: ClientInfo? = nil, tags: [(String, String)] = [],
+                        skipHistory: Bool = false,
                         completion: @escaping @Sendable (Result<StreamPosition?, ProtocolError>) -> Void) {
-        let options: ChannelOptions
+        var options: ChannelOptions
         do { options = try self.options(for: channel) } catch { completion(.failure(error)); return }
+        if skipHistory { options.historySize = 0 }
         counters.publications.add(1, ordering: .relaxed)
         let stored: JSONValue
         if case .raw = data { stored = data } else { stored = .raw(JSONWriter.bytes(data)) }

@@ -28,6 +28,8 @@ struct HubConfig: Sendable {
     var proxyHTTPHeaders: [String] = []
     var proxyStaticHTTPHeaders: [(String, String)] = []
     var proxyMaxInFlight = 256
+    // Publication stream (docs/channels.md "Publication stream"): where namespaces send their events.
+    var publicationStream = PublicationStream.Settings()
     var tokenAudience: String?
     var tokenIssuer: String?
     var apiKey: String?
@@ -218,6 +220,15 @@ struct HubConfig: Sendable {
                     throw HubError.config("proxy_static_http_headers must be an object of header names to string values")
                 }
                 proxyStaticHTTPHeaders = members.map { ($0.0, $0.1.stringValue!) }
+            case "publication_stream_queue_max_bytes": publicationStream.queueMaxBytes = try int(value, key)
+            case "publication_stream_batch_size": publicationStream.batchSize = try int(value, key)
+            case "publication_stream_timeout": publicationStream.timeout = try double(value, key)
+            case "publication_stream_retry_max_delay": publicationStream.retryMaxDelay = try double(value, key)
+            case "publication_stream_http_headers":
+                guard let members = value.objectValue, members.allSatisfy({ $0.1.stringValue != nil }) else {
+                    throw HubError.config("publication_stream_http_headers must be an object of header names to string values")
+                }
+                publicationStream.headers = members.map { ($0.0, $0.1.stringValue!) }
             case "token_issuer": tokenIssuer = try string(value, key)
             case "api_key": apiKey = try string(value, key)
             case "allow_anonymous": allowAnonymous = try bool(value, key)
@@ -361,6 +372,11 @@ struct HubConfig: Sendable {
             case "proxy_subscribe": o.proxySubscribe = try flag(value, key)
             case "proxy_publish": o.proxyPublish = try flag(value, key)
             case "proxy_sub_refresh": o.proxySubRefresh = try flag(value, key)
+            case "publication_stream_url":
+                guard let url = value.stringValue, !url.isEmpty else { throw HubError.config("\(context): publication_stream_url must be an http:// URL") }
+                do { _ = try HTTPProxyBackend.parse(url: url, key: "\(context): publication_stream_url") } catch { throw HubError.config(error.description) }
+                o.publicationStream = .webhook(url: url)
+            case "publication_stream_redis_key", "publication_stream_redis_maxlen": continue
             case "recovery_mode":
                 guard let mode = value.stringValue.flatMap(ChannelOptions.RecoveryMode.init(rawValue:)) else {
                     throw HubError.config("\(context): recovery_mode must be \"stream\" or \"cache\"")
@@ -368,6 +384,18 @@ struct HubConfig: Sendable {
                 o.recoveryMode = mode
             default: throw HubError.config("\(context): unknown option '\(key)'")
             }
+        }
+        if let key = members.first(where: { $0.0 == "publication_stream_redis_key" })?.1 {
+            guard let key = key.stringValue, !key.isEmpty else { throw HubError.config("\(context): publication_stream_redis_key must be a non-empty string") }
+            guard o.publicationStream == nil else { throw HubError.config("\(context): publication_stream_url and publication_stream_redis_key exclude each other") }
+            var maxLength = 100_000
+            if let cap = members.first(where: { $0.0 == "publication_stream_redis_maxlen" })?.1 {
+                guard let n = cap.intValue, (1...100_000_000).contains(n) else { throw HubError.config("\(context): publication_stream_redis_maxlen must be an integer 1-100000000") }
+                maxLength = Int(n)
+            }
+            o.publicationStream = .redisStream(key: key, maxLength: maxLength)
+        } else if members.contains(where: { $0.0 == "publication_stream_redis_maxlen" }) {
+            throw HubError.config("\(context): publication_stream_redis_maxlen needs publication_stream_redis_key")
         }
         if o.historySize > 0 && o.historyTTL <= 0 { throw HubError.config("\(context): history_size needs history_ttl") }
         if o.historySize > 100_000 { throw HubError.config("\(context): history_size is at most 100000") }
@@ -389,6 +417,12 @@ struct HubConfig: Sendable {
     private func bool(_ v: JSONValue, _ k: String) throws -> Bool {
         guard let b = v.boolValue else { throw HubError.config("\(k) must be true or false") }
         return b
+    }
+
+    /// Every namespace's publication stream target, once each.
+    var publicationStreamTargets: Set<PublicationStreamTarget> {
+        let namespaces = withJuneNamespaces
+        return Set(([namespaces.defaultOptions] + Array(namespaces.namespaces.values)).compactMap(\.publicationStream))
     }
 
     /// The seed defaults with the config file's overrides.
@@ -488,6 +522,13 @@ struct HubConfig: Sendable {
             where asks && proxyEndpoints[kind] == nil {
                 throw HubError.config("\(name): proxy_\(kind.rawValue) needs proxy_\(kind.rawValue)_endpoint")
             }
+        }
+        guard (1024...(1 << 34)).contains(publicationStream.queueMaxBytes) else { throw HubError.config("publication_stream_queue_max_bytes must be 1024-17179869184") }
+        guard (1...10_000).contains(publicationStream.batchSize) else { throw HubError.config("publication_stream_batch_size must be 1-10000") }
+        guard (0.1...600).contains(publicationStream.timeout) else { throw HubError.config("publication_stream_timeout must be 0.1-600 seconds") }
+        guard (0.25...3600).contains(publicationStream.retryMaxDelay) else { throw HubError.config("publication_stream_retry_max_delay must be 0.25-3600 seconds") }
+        if engine != "redis", publicationStreamTargets.contains(where: { if case .redisStream = $0 { return true } else { return false } }) {
+            throw HubError.config("publication_stream_redis_key needs the redis engine (engine: redis)")
         }
         guard (0.1...60).contains(tokenJWKSTimeout) else { throw HubError.config("token_jwks_timeout must be 0.1-60 seconds") }
         guard (0.1...3600).contains(tokenJWKSRefetchInterval), (tokenJWKSRefetchInterval...86_400).contains(tokenJWKSRefreshInterval) else {
