@@ -219,6 +219,44 @@ def test_session_cookie_connects_through_the_connect_proxy(hub_factory, backend,
     assert "X-Not-Listed" not in headers and "Authorization" not in headers
 
 
+def test_a_connect_proxy_url_alone_lets_the_browser_cookie_through(hub_factory, backend):
+    """The default allow-list: a session-cookie backend needs only `--proxy-connect-endpoint`."""
+    backend.handlers["/connect"] = session_connect
+    hub = hub_factory("--proxy-connect-endpoint", backend.url("/connect"), secret=None)
+
+    async def main():
+        events = Events()
+        client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE, "X-Not-Listed": "keep-me-here"})
+        try:
+            await client.connect()
+            await client.ready(WAIT)
+            assert as_json(events.connected[0].data) == {"welcome": "alice"}
+        finally:
+            await client.disconnect()
+
+    arun(main())
+    (_, headers), = backend.seen("/connect")
+    assert headers["Cookie"] == SESSION_COOKIE and headers["User-Agent"].startswith("Python/")
+    assert "X-Not-Listed" not in headers
+
+
+def test_an_empty_header_allow_list_forwards_no_client_header(hub_factory, backend):
+    backend.handlers["/connect"] = session_connect
+    hub = hub_factory("--proxy-connect-endpoint", backend.url("/connect"), "--proxy-http-headers", "", secret=None)
+
+    async def main():
+        events = Events()
+        client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE})
+        await client.connect()
+        # Without the cookie the backend knows no user: the connect is refused.
+        await async_wait_for(lambda: events.disconnected, message="refused connect")
+        assert events.disconnected[0].code == 1401 and not events.connected
+
+    arun(main())
+    (_, headers), = backend.seen("/connect")
+    assert "Cookie" not in headers and not headers["User-Agent"].startswith("Python/")  # the hub's own
+
+
 def test_a_client_without_a_session_is_refused_as_the_backend_says(hub_factory, backend):
     backend.handlers["/connect"] = session_connect
     hub = proxy_hub(hub_factory, backend)

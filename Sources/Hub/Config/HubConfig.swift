@@ -25,7 +25,10 @@ struct HubConfig: Sendable {
     // Backend proxies (docs/protocol.md "Backend proxies"): Centrifugo's key names.
     var proxyEndpoints: [ProxyKind: String] = [:]
     var proxyTimeout: Double = 1
-    var proxyHTTPHeaders: [String] = []
+    /// Until configured, the headers a session-cookie or bearer backend needs to know its caller,
+    /// so a connect proxy URL alone lets a browser's cookie through; an empty list forwards none.
+    var proxyHTTPHeaders = HubConfig.defaultProxyHTTPHeaders
+    static let defaultProxyHTTPHeaders = ["Cookie", "Authorization", "X-Real-Ip", "X-Forwarded-For", "User-Agent", "Origin"]
     var proxyStaticHTTPHeaders: [(String, String)] = []
     var proxyMaxInFlight = 256
     // Publication stream (docs/channels.md "Publication stream"): where namespaces send their events.
