@@ -159,6 +159,13 @@ def test_publications_on_either_node_reach_both_nodes_once_in_order(redis_cluste
                 await sub.ready(WAIT)
                 subs[(user, ch)] = events
         try:
+            # Sharded PUB/SUB: each hub subscribed on the channel's slot owner only.
+            primaries = redis_cluster.primaries()
+            for ch in channels:
+                owner = redis_cluster.owner(redis_cluster.slot(f"hub:ch:{{{ch}}}"))
+                for node, info in primaries.items():
+                    counts = redis_cluster.cli(info["port"], "PUBSUB", "SHARDNUMSUB", f"hub:ch:{{{ch}}}").split()
+                    assert counts[1] == ("2" if node == owner else "0"), (ch, node, counts)
             for n in range(6):
                 for ch in channels:
                     assert "error" not in (a if n % 2 == 0 else b).publish(ch, {"n": n})
