@@ -217,6 +217,23 @@ def test_history_presence_and_recovery_agree_across_nodes(redis_cluster, nodes):
     arun(body())
 
 
+def test_node_directory_and_control_messages_work_engine_wide(nodes):
+    """The node list and server-API control messages: one slot and one sharded channel each."""
+    a, b = nodes
+
+    async def body():
+        await async_wait_for(lambda: sorted(n["name"] for n in a.api_result("info")["nodes"]) == ["a", "b"],
+                             message="both nodes announced")
+        on_a, on_b = await a.client("alice"), await b.client("alice")
+        a.api_result("send", {"user": "alice", "data": {"n": 1}})
+        for tab in (on_a, on_b):
+            assert (await tab.push(kind="message"))["message"] == {"data": {"n": 1}}
+        b.api_result("disconnect", {"user": "alice"})
+        assert await on_a.closed() == 3503 and await on_b.closed() == 3503
+
+    arun(body())
+
+
 def test_gateway_records_are_shared_and_readable_with_redis_cli(redis_cluster, hub_factory, simulators):
     args = ("--engine", "redis", "--redis-cluster", redis_cluster.seeds)
     a = gateway_hub(hub_factory, *args, interval=30)
