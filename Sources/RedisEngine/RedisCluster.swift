@@ -288,7 +288,9 @@ public final class RedisCluster: @unchecked Sendable {
     private func refreshIfDue() {
         let now = Self.now()
         let shard = state.withLock { state -> RedisShard? in
-            let periodic = now - state.lastRefresh >= Self.refreshInterval
+            // While a slot's owner is unreachable its replica may be taking over: look often.
+            let ownerDown = Set(state.owners.compactMap { $0 }).contains { !(state.shards[$0]?.isConnected ?? false) }
+            let periodic = now - state.lastRefresh >= (ownerDown ? 0.5 : Self.refreshInterval)
             // At most ten refreshes a second, however many MOVED replies ask for one.
             guard !state.refreshInFlight, periodic || (state.refreshWanted && now - state.lastRefresh >= 0.1) else { return nil }
             // Ask a node that owns slots first; the seeds when the map is unknown or all are down.
