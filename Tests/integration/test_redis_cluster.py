@@ -123,9 +123,12 @@ def redis_cluster(tmp_path_factory):
     cluster.stop()
 
 
-def start_node(hub_factory, cluster: RedisCluster, name: str, *args: str, **kwargs):
+def start_node(hub_factory, cluster: RedisCluster, name: str, *args: str, via_env: bool = False, **kwargs):
     env = {"API_GATEWAY_KEY": CACHE_KEY, **kwargs.pop("env", {})}
-    hub = hub_factory("--engine", "redis", "--redis-cluster", cluster.seeds, "--node-name", name,
+    seeds = ("--redis-cluster", cluster.seeds)
+    if via_env:  # the same through HUB_REDIS_CLUSTER
+        env["HUB_REDIS_CLUSTER"], seeds = cluster.seeds, ()
+    hub = hub_factory("--engine", "redis", *seeds, "--node-name", name,
                       "--presence-ttl", "5", *args, config=HUB_CONFIG, env=env, **kwargs)
     # Ready once the slot map is known and the node directory (one slot) answers.
     wait_for(lambda: "error" not in hub.api("info", {}), message="info through the cluster")
@@ -134,7 +137,7 @@ def start_node(hub_factory, cluster: RedisCluster, name: str, *args: str, **kwar
 
 @pytest.fixture
 def nodes(redis_cluster, hub_factory):
-    return start_node(hub_factory, redis_cluster, "a"), start_node(hub_factory, redis_cluster, "b")
+    return start_node(hub_factory, redis_cluster, "a"), start_node(hub_factory, redis_cluster, "b", via_env=True)
 
 
 def channels_on_every_primary(cluster: RedisCluster, per_primary: int = 2) -> List[str]:
