@@ -24,6 +24,7 @@ import requests
 
 from hubtest import ARTIFACTS, WAIT, arun, async_wait_for, free_port, wait_for
 from test_gateways import RECORD, TEN, fifty_starts, gateway_hub, post, simulators, statuses  # noqa: F401 (fixture)
+from test_cache import cache_hub, history as channel_history, job_until, post_job, tree  # noqa: F401 (fixture)
 from test_sdk import Events, SubEvents, make_client
 
 HUB_CONFIG = {"channel": {"allow_publish_for_client": True},
@@ -266,6 +267,24 @@ def test_gateway_records_are_shared_and_readable_with_redis_cli(redis_cluster, h
     assert post(b, "/register", {"gw_ip": "192.168.1.12", "gw_id": "gwx1", "gw_type": "recorder"}).status_code == 200
     assert re.match(r"192\.168\.1\.12\|started\|recorder\|", redis_cluster.cli(redis_cluster.ports[1], "GET", "gateway:gwx1", cluster=True))
     assert "gwx1" in statuses(a)
+
+
+def test_cache_jobs_are_claimed_once_across_nodes(redis_cluster, hub_factory, tree):
+    """Seed 001's job queue and leases are records: claims by compare-and-set, each in its slot."""
+    args = ("--engine", "redis", "--redis-cluster", redis_cluster.seeds)
+    a = cache_hub(hub_factory, tree, *args, "--node-name", "cache-a")
+    b = cache_hub(hub_factory, tree, *args, "--node-name", "cache-b")
+    jobs = []
+    for n in range(4):
+        files = [f"00_Media/Farm/ProRes422/Farm{i:05d}.mov" for i in range(n * 10, n * 10 + 10)]
+        r = post_job(a if n % 2 else b, {"files": files})
+        assert r.status_code == 201, r.text
+        jobs.append((r.json()["jobId"], files))
+    for job_id, files in jobs:
+        for hub in (a, b):
+            assert job_until(hub, job_id, lambda j: j["status"] == "completed")["job"]["progress"]["files"]["completed"] == 10
+        started = sorted(e["path"] for e in channel_history(a, f"cache:files:{job_id}") if e["event"] == "started")
+        assert started == sorted(files), f"job {job_id}: files read {len(started)} times for 10 files"
 
 
 def test_rate_limit_holds_across_nodes(redis_cluster, nodes):
