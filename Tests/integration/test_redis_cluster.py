@@ -344,7 +344,11 @@ def test_resharding_a_live_channel_loses_and_repeats_nothing(redis_cluster, node
 
     source = cluster.owner(slot)
     arun(body(), timeout=90)
-    assert cluster.owner(slot) != source
+    target = cluster.owner(slot)
+    assert target != source
+    # Publications between MIGRATE and SETSLOT NODE went to the target after ASKING.
+    stats = cluster.cli(cluster.primaries()[target]["port"], "INFO", "commandstats")
+    assert re.search(r"cmdstat_asking:calls=[1-9]", stats), stats
     history = b.api_result("history", {"channel": ch, "limit": -1})
     assert history["offset"] == RESHARD_PUBLICATIONS + 1
 
