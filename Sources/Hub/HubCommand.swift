@@ -78,6 +78,8 @@ struct HubCommand: ParsableCommand {
     @Option(help: "memory (one node, the default) or redis (many nodes sharing Redis).") var engine: String?
     @Option(help: "Redis address for the redis engine, redis://[:password@]host[:port][/db]; repeat or comma-separate for shards.")
     var redisUrl: [String] = []
+    @Option(help: "Redis Cluster seed nodes for the redis engine, host:port (or redis://[:password@]host:port); repeat or comma-separate.")
+    var redisCluster: [String] = []
     @Option(help: "Seconds a crashed node's clients stay in presence with the redis engine (default 60).") var presenceTtl: Double?
     @Option(help: "Cache jobs: the mount point (cache root) files are read from (also CACHE_ROOT).") var cacheRoot: String?
     @Option(help: "Cache jobs: the X-API-Key of /api/v1/cache/* (also API_GATEWAY_KEY).") var cacheApiKey: String?
@@ -214,6 +216,8 @@ struct HubCommand: ParsableCommand {
         c.engine = engine ?? env["HUB_ENGINE"] ?? c.engine
         let urls = redisUrl.isEmpty ? (env["HUB_REDIS_URL"].map { [$0] } ?? []) : redisUrl
         if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
+        let seeds = redisCluster.isEmpty ? (env["HUB_REDIS_CLUSTER"].map { [$0] } ?? []) : redisCluster
+        if !seeds.isEmpty { c.redisCluster = seeds.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
         c.presenceTTL = try presenceTtl ?? envDouble("HUB_PRESENCE_TTL") ?? c.presenceTTL
         // Seed 001's variables sit below the HUB_ ones: API_GATEWAY_PORT is the port when nothing else sets it.
         if port == nil && env["HUB_PORT"] == nil, let gatewayPort = try envInt("API_GATEWAY_PORT") { c.port = gatewayPort }

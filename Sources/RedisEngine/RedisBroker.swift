@@ -13,8 +13,14 @@ import Synchronization
 ///   without persistence, keys expired) gets a new epoch: clients learn `recovered:false`.
 /// - Shards: each channel lives on one Redis, chosen by a stable hash of its name (FNV-1a).
 ///   Control messages and the node directory live on the first shard.
+/// - Cluster (`init(cluster:)`): a channel's keys and PUB/SUB channel carry its name as a hash
+///   tag (`hub:stream:{news}`, `hub:meta:{news}`, `hub:ch:{news}`), so they share a slot and the
+///   scripts stay single-slot; fan-out is sharded PUB/SUB (SPUBLISH/SSUBSCRIBE), reaching only
+///   the nodes that own the slot instead of every node of the cluster (RedisCluster.swift).
 public final class RedisBroker: Broker, @unchecked Sendable {
+    /// The standalone shards; empty in cluster mode.
     let shards: [RedisShard]
+    let cluster: RedisCluster?
     let logger: Logger
     private let handler = Mutex<(any BrokerEventHandler)?>(nil)
     private let clock: any Clock
@@ -30,10 +36,11 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         self.clock = clock
         self.logger = logger
         shards = addresses.map { RedisShard(address: $0, logger: logger) }
+        cluster = nil
         for shard in shards {
             shard.onMessage = { [unowned self] channel, payload in self.deliver(redisChannel: channel, payload: payload) }
             shard.onResubscribed = { [unowned self, unowned shard] redisChannels in
-                self.checkPositions(on: shard, redisChannels: redisChannels)
+                self.checkPositions(on: .shard(shard), redisChannels: redisChannels)
             }
             shard.wanted = { [unowned self] redisChannel in
                 guard redisChannel.hasPrefix(Self.channelPrefix) else { return false }
@@ -42,12 +49,44 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         }
     }
 
+    /// The engine on a Redis Cluster, found from any of `seeds` (their password applies to every node).
+    public init(cluster seeds: [RedisShard.Address], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
+        precondition(!seeds.isEmpty)
+        self.nodeTTL = nodeTTL
+        self.clock = clock
+        self.logger = logger
+        shards = []
+        let cluster = RedisCluster(seeds: seeds, logger: logger)
+        self.cluster = cluster
+        cluster.onMessage = { [unowned self] topic, payload in self.deliver(redisChannel: topic, payload: payload) }
+        cluster.wanted = { [unowned self] topic in
+            if topic == Self.controlChannel { return true }
+            guard let channel = self.channel(ofTopic: topic) else { return false }
+            return self.eventHandler?.hasLocalSubscribers(channel: channel) ?? false
+        }
+        cluster.onResubscribed = { [unowned self, unowned cluster] topics, slot in
+            self.checkPositions(on: RedisRoute(target: .slot(cluster, slot)), redisChannels: topics)
+        }
+    }
+
     public func start() {
+        if let cluster {
+            cluster.start()
+            // Engine-wide, yet one sharded channel: every node SSUBSCRIBEs it on its slot's owner.
+            cluster.subscribe(Self.controlChannel) { _ in }
+            return
+        }
         for shard in shards { shard.start() }
         shards[0].subscribe(Self.controlChannel, always: true) { _ in }
     }
 
-    public func stop() { for shard in shards { shard.stop() } }
+    public func stop() {
+        cluster?.stop()
+        for shard in shards { shard.stop() }
+    }
+
+    /// Every shard (or every slot's owner) is connected.
+    public var isConnected: Bool { cluster?.isConnected ?? shards.allSatisfy(\.isConnected) }
 
     /// The shard a channel lives on: FNV-1a of its UTF-8 name, modulo the shard count.
     public static func shardIndex(for channel: String, count: Int) -> Int {
@@ -59,13 +98,42 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         return Int(hash % UInt32(count))
     }
 
-    func shard(for channel: String) -> RedisShard { shards[Self.shardIndex(for: channel, count: shards.count)] }
+    /// Where a channel's keys and PUB/SUB channel live.
+    func shard(for channel: String) -> RedisRoute {
+        if let cluster { return .cluster(cluster, key: topic(channel)) }
+        return .shard(shards[Self.shardIndex(for: channel, count: shards.count)])
+    }
+
+    /// Where engine-wide keys (records, rate limits, the node directory) live: the first shard,
+    /// or in a cluster the owner of the key's own slot.
+    public func route(forKey key: String) -> RedisRoute {
+        if let cluster { return .cluster(cluster, key: key) }
+        return .shard(shards[0])
+    }
+
+    /// Keys carry a channel's name as their hash tag (cluster mode).
+    var tagsKeys: Bool { cluster != nil }
+
+    /// A key of `name` under `prefix`: hash-tagged in a cluster, plain otherwise (as before).
+    func key(_ prefix: String, _ name: String) -> String { tagsKeys ? RedisSlot.taggedKey(prefix, name) : prefix + name }
+
+    func topic(_ channel: String) -> String { key(Self.channelPrefix, channel) }
+
+    func channel(ofTopic topic: String) -> String? {
+        if tagsKeys { return RedisSlot.name(inTaggedKey: topic, prefix: Self.channelPrefix) }
+        return topic.hasPrefix(Self.channelPrefix) ? String(topic.dropFirst(Self.channelPrefix.count)) : nil
+    }
+
+    func streamKey(_ channel: String) -> String { key("hub:stream:", channel) }
+    func metaKey(_ channel: String) -> String { key("hub:meta:", channel) }
+    /// Sharded PUB/SUB in a cluster: a message goes to its slot's nodes, not to every node.
+    var publishCommand: [UInt8] { Array((tagsKeys ? "SPUBLISH" : "PUBLISH").utf8) }
+    var nodesKey: String { tagsKeys ? "{hub:nodes}" : "hub:nodes" }
+    var nodesExpiryKey: String { tagsKeys ? "{hub:nodes}:exp" : "hub:nodes:exp" }
 
     public func setEventHandler(_ handler: any BrokerEventHandler) { self.handler.withLock { $0 = handler } }
     private var eventHandler: (any BrokerEventHandler)? { handler.withLock { $0 } }
 
-    static func streamKey(_ channel: String) -> String { "hub:stream:" + channel }
-    static func metaKey(_ channel: String) -> String { "hub:meta:" + channel }
 
     // MARK: Publish and deliver
 
@@ -80,7 +148,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         redis.call('expire', KEYS[2], ARGV[5])
         redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
         redis.call('expire', KEYS[1], ARGV[4])
-        redis.call('publish', ARGV[1], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[2])
+        redis.call(ARGV[7], ARGV[1], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[2])
         return {offset, epoch}
         """)
 
@@ -94,17 +162,17 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         // Replies come back in command order on the shard's one connection: handlePublished
         // sees this node's publications of a channel in offset order.
         guard options.historyEnabled else {
-            shard.send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("p0::".utf8) + body]) { [weak self] reply in
+            shard.send([publishCommand, Array(topic(channel).utf8), Array("p0::".utf8) + body]) { [weak self] reply in
                 if !reply.isError { self?.eventHandler?.handlePublished(channel: channel, publication: published, position: nil) }
                 completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(nil))
             }
             return
         }
         let metaTTL = max(options.historyMetaTTL, options.historyTTL)
-        Self.publishScript.run(on: shard, keys: [Self.streamKey(channel), Self.metaKey(channel)], arguments: [
-            Array((Self.channelPrefix + channel).utf8), body, Array(String(options.historySize).utf8),
+        Self.publishScript.run(on: shard, keys: [streamKey(channel), metaKey(channel)], arguments: [
+            Array(topic(channel).utf8), body, Array(String(options.historySize).utf8),
             Array(String(Int(options.historyTTL.rounded(.up))).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8),
-            Array(RandomID.make(length: 8).utf8),
+            Array(RandomID.make(length: 8).utf8), publishCommand,
         ]) { [weak self] reply in
             guard case .array(let parts) = reply, parts.count == 2, let offset = parts[0].int, let epoch = parts[1].text else {
                 completion(.failure(Self.unavailable(reply)))
@@ -129,15 +197,15 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     }
 
     public func publishJoin(channel: String, info: ClientInfo) {
-        shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("j".utf8) + JSONWriter.bytes(info.json)]) { _ in }
+        shard(for: channel).send([publishCommand, Array(topic(channel).utf8), Array("j".utf8) + JSONWriter.bytes(info.json)]) { _ in }
     }
 
     public func publishLeave(channel: String, info: ClientInfo) {
-        shard(for: channel).send([Array("PUBLISH".utf8), Array((Self.channelPrefix + channel).utf8), Array("l".utf8) + JSONWriter.bytes(info.json)]) { _ in }
+        shard(for: channel).send([publishCommand, Array(topic(channel).utf8), Array("l".utf8) + JSONWriter.bytes(info.json)]) { _ in }
     }
 
     public func publishControl(_ command: JSONValue, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
-        shards[0].send([Array("PUBLISH".utf8), Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { reply in
+        route(forKey: Self.controlChannel).send([publishCommand, Array(Self.controlChannel.utf8), JSONWriter.bytes(command)]) { reply in
             completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(()))
         }
     }
@@ -149,8 +217,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
             if let command = try? JSONParser.parse(payload) { handler.handleControl(command) }
             return
         }
-        guard redisChannel.hasPrefix(Self.channelPrefix), let kind = payload.first else { return }
-        let channel = String(redisChannel.dropFirst(Self.channelPrefix.count))
+        guard let channel = channel(ofTopic: redisChannel), let kind = payload.first else { return }
         switch kind {
         case UInt8(ascii: "p"):
             guard let first = payload.firstIndex(of: UInt8(ascii: ":")),
@@ -175,13 +242,13 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     /// the positions to the node in one batch. A stream that moved on (publications made
     /// while this node was not subscribed) or was lost (Redis restarted empty) makes its
     /// subscribers recover instead of waiting, unaware, for the next publication.
-    private func checkPositions(on shard: RedisShard, redisChannels: [String]) {
-        let channels = redisChannels.filter { $0.hasPrefix(Self.channelPrefix) }.map { String($0.dropFirst(Self.channelPrefix.count)) }
+    private func checkPositions(on shard: RedisRoute, redisChannels: [String]) {
+        let channels = redisChannels.compactMap { channel(ofTopic: $0) }
         guard !channels.isEmpty else { return }
         // Replies come back in order on the shard's I/O thread; the last one hands the batch over.
         let batch = Mutex<(remaining: Int, positions: [(channel: String, position: StreamPosition?)])>((channels.count, []))
         for channel in channels {
-            shard.send(["HMGET", Self.metaKey(channel), "e", "s"]) { [weak self] reply in
+            shard.send(["HMGET", metaKey(channel), "e", "s"]) { [weak self] reply in
                 let done = batch.withLock { batch -> [(channel: String, position: StreamPosition?)]? in
                     batch.remaining -= 1
                     if case .array(let fields) = reply, fields.count == 2 {
@@ -234,7 +301,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         let metaTTL = max(options.historyMetaTTL, options.historyTTL)
         let now = clock.now()
         let ttl = options.historyTTL
-        Self.historyScript.run(on: shard(for: channel), keys: [Self.streamKey(channel), Self.metaKey(channel)], arguments: [
+        Self.historyScript.run(on: shard(for: channel), keys: [streamKey(channel), metaKey(channel)], arguments: [
             Array(RandomID.make(length: 8).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8), Array(start.utf8),
             Array(String(limit).utf8), Array((filter.reverse ? "1" : "0").utf8),
         ]) { reply in
@@ -274,7 +341,7 @@ public final class RedisBroker: Broker, @unchecked Sendable {
 
     public func removeHistory(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
         // Drops the publications, keeps offset and epoch: positions never go backwards.
-        shard(for: channel).send(["DEL", Self.streamKey(channel)]) { reply in
+        shard(for: channel).send(["DEL", streamKey(channel)]) { reply in
             completion(reply.isError ? .failure(Self.unavailable(reply)) : .success(()))
         }
     }
@@ -282,11 +349,13 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     // MARK: Node-level subscriptions
 
     public func subscribe(channel: String, completion: @escaping @Sendable (Result<Void, ProtocolError>) -> Void) {
-        shard(for: channel).subscribe(Self.channelPrefix + channel, completion: completion)
+        if let cluster { cluster.subscribe(topic(channel), completion: completion); return }
+        shards[Self.shardIndex(for: channel, count: shards.count)].subscribe(Self.channelPrefix + channel, completion: completion)
     }
 
     public func unsubscribe(channel: String) {
-        shard(for: channel).release(Self.channelPrefix + channel)
+        if let cluster { cluster.release(topic(channel)); return }
+        shards[Self.shardIndex(for: channel, count: shards.count)].release(Self.channelPrefix + channel)
     }
 
     public func sweep(now: Double) {}  // Redis expires keys itself
@@ -304,12 +373,13 @@ public final class RedisBroker: Broker, @unchecked Sendable {
 
     public func announce(node: NodeInfo) {
         let expiresAt = String(Int(clock.now()) + nodeTTL)
-        shards[0].send(["HSET", "hub:nodes", node.uid, JSONWriter.string(node.json)]) { _ in }
-        shards[0].send(["ZADD", "hub:nodes:exp", expiresAt, node.uid]) { _ in }
+        let route = route(forKey: nodesKey)
+        route.send(["HSET", nodesKey, node.uid, JSONWriter.string(node.json)]) { _ in }
+        route.send(["ZADD", nodesExpiryKey, expiresAt, node.uid]) { _ in }
     }
 
     public func nodes(completion: @escaping @Sendable (Result<[NodeInfo], ProtocolError>) -> Void) {
-        Self.nodesScript.run(on: shards[0], keys: ["hub:nodes", "hub:nodes:exp"].map { Array($0.utf8) },
+        Self.nodesScript.run(on: route(forKey: nodesKey), keys: [nodesKey, nodesExpiryKey].map { Array($0.utf8) },
                              arguments: [Array(String(Int(clock.now())).utf8)]) { reply in
             guard case .array(let values) = reply else {
                 completion(.failure(Self.unavailable(reply)))
@@ -334,11 +404,11 @@ struct RedisScript: Sendable {
         sha = SHA1.hex(Array(source.utf8))
     }
 
-    func run(on shard: RedisShard, keys: [String], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+    func run(on shard: RedisRoute, keys: [String], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
         run(on: shard, keys: keys.map { Array($0.utf8) }, arguments: arguments, completion: completion)
     }
 
-    func run(on shard: RedisShard, keys: [[UInt8]], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+    func run(on shard: RedisRoute, keys: [[UInt8]], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
         let tail = [Array(String(keys.count).utf8)] + keys + arguments
         shard.send([Array("EVALSHA".utf8), Array(sha.utf8)] + tail) { [source] reply in
             if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {

@@ -17,8 +17,9 @@ public final class RedisPresenceStore: PresenceStore, @unchecked Sendable {
         self.clock = clock
     }
 
-    static func hashKey(_ channel: String) -> String { "hub:presence:" + channel }
-    static func expiryKey(_ channel: String) -> String { "hub:presence:exp:" + channel }
+    /// Tagged with the channel in a cluster, beside its stream (RedisBroker).
+    func hashKey(_ channel: String) -> String { broker.key("hub:presence:", channel) }
+    func expiryKey(_ channel: String) -> String { broker.key("hub:presence:exp:", channel) }
 
     public func add(channel: String, info: ClientInfo) {
         local.withLock { $0[channel, default: [:]][info.client] = info }
@@ -30,16 +31,16 @@ public final class RedisPresenceStore: PresenceStore, @unchecked Sendable {
         let shard = broker.shard(for: channel)
         let expiresAt = String(Int(clock.now() + ttl))
         let seconds = String(Int(ttl) + 10)
-        var hset = ["HSET", Self.hashKey(channel)]
-        var zadd = ["ZADD", Self.expiryKey(channel)]
+        var hset = ["HSET", hashKey(channel)]
+        var zadd = ["ZADD", expiryKey(channel)]
         for info in infos {
             hset += [info.client, JSONWriter.string(info.json)]
             zadd += [expiresAt, info.client]
         }
         shard.send(hset) { _ in }
         shard.send(zadd) { _ in }
-        shard.send(["EXPIRE", Self.hashKey(channel), seconds]) { _ in }
-        shard.send(["EXPIRE", Self.expiryKey(channel), seconds]) { _ in }
+        shard.send(["EXPIRE", hashKey(channel), seconds]) { _ in }
+        shard.send(["EXPIRE", expiryKey(channel), seconds]) { _ in }
     }
 
     public func remove(channel: String, client: String) {
@@ -48,8 +49,8 @@ public final class RedisPresenceStore: PresenceStore, @unchecked Sendable {
             if map[channel]?.isEmpty == true { map.removeValue(forKey: channel) }
         }
         let shard = broker.shard(for: channel)
-        shard.send(["HDEL", Self.hashKey(channel), client]) { _ in }
-        shard.send(["ZREM", Self.expiryKey(channel), client]) { _ in }
+        shard.send(["HDEL", hashKey(channel), client]) { _ in }
+        shard.send(["ZREM", expiryKey(channel), client]) { _ in }
     }
 
     /// Re-announces every local entry; called periodically (well within `ttl`).
@@ -67,7 +68,7 @@ public final class RedisPresenceStore: PresenceStore, @unchecked Sendable {
         """)
 
     public func presence(channel: String, completion: @escaping @Sendable (Result<[ClientInfo], ProtocolError>) -> Void) {
-        Self.readScript.run(on: broker.shard(for: channel), keys: [Self.hashKey(channel), Self.expiryKey(channel)],
+        Self.readScript.run(on: broker.shard(for: channel), keys: [hashKey(channel), expiryKey(channel)],
                             arguments: [Array(String(Int(clock.now())).utf8)]) { reply in
             guard case .array(let values) = reply else {
                 completion(.failure(RedisBroker.unavailable(reply)))

@@ -8,13 +8,13 @@ import Synchronization
 /// read-then-write race between nodes. If Redis cannot be reached the request is allowed
 /// (and logged): an outage of the limiter must not take the APIs down with it.
 public final class RedisRateLimiter: RateLimiter, @unchecked Sendable {
-    let shard: RedisShard
+    let broker: RedisBroker
     let logger: Logger
     /// Set while Redis does not answer: the outage is logged once, not once per request.
     private let failing = Atomic<Bool>(false)
 
     public init(broker: RedisBroker, logger: Logger) {
-        shard = broker.shards[0]
+        self.broker = broker
         self.logger = logger
     }
 
@@ -36,9 +36,11 @@ public final class RedisRateLimiter: RateLimiter, @unchecked Sendable {
         """)
 
     public func hit(key: String, limits: [RateLimit], now: Double, completion: @escaping @Sendable (RateDecision) -> Void) {
-        let keys = limits.map { limit in "hub:rl:\(key)|\(limit.window)|\(Int(now) / limit.window)" }
+        // In a cluster every window of one subject shares the subject's slot (one script).
+        let subject = broker.key("hub:rl:", key)
+        let keys = limits.map { limit in "\(subject)|\(limit.window)|\(Int(now) / limit.window)" }
         let arguments = limits.flatMap { [Array(String($0.count).utf8), Array(String($0.window + 1).utf8)] }
-        Self.script.run(on: shard, keys: keys, arguments: arguments) { [self] reply in
+        Self.script.run(on: broker.route(forKey: subject), keys: keys, arguments: arguments) { [self] reply in
             guard case .array(let values) = reply, values.count == limits.count else {
                 if !self.failing.exchange(true, ordering: .relaxed) {
                     self.logger.warning("rate limiter unavailable; allowing requests until Redis answers again")

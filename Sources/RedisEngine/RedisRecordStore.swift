@@ -14,8 +14,13 @@ import Synchronization
 /// join when `prepareMemberSets`/`rebuildMemberSets` walks the records; a member whose record
 /// was changed behind the hub's back is dropped when `members` meets it. Member set prefixes
 /// must not overlap the `MessageIndex` prefix (its scripts do not follow sets).
+///
+/// On a Redis Cluster each record stays under its own key, in its own slot, so the index and
+/// the sets (each in another slot) are updated in a second step (RedisClusterRecords.swift).
 public final class RedisRecordStore: RecordStore, @unchecked Sendable {
-    let shard: RedisShard
+    /// Standalone: the first shard, for every key. Cluster: the owner of `hub:keys`.
+    let shard: RedisRoute
+    let broker: RedisBroker
     static let indexKey = "hub:keys"
     let messageIndex: MessageIndex?
     let wordIndex: TextIndex?
@@ -30,10 +35,14 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
 
     /// `wordIndex` names what `search` covers (the text field of the `messageIndex` records).
     public init(broker: RedisBroker, messageIndex: MessageIndex? = nil, wordIndex: TextIndex? = nil, memberSets: [MemberSet] = []) {
-        shard = broker.shards[0]
+        self.broker = broker
+        shard = broker.route(forKey: Self.indexKey)
         self.memberSets = memberSets
-        self.messageIndex = messageIndex
-        self.wordIndex = wordIndex
+        // The counters' scripts touch keys they compute (per day, per word) together with the
+        // record: in a cluster those are in many slots, so analytics and search walk the
+        // records there instead (as before the counters are ready).
+        self.messageIndex = broker.cluster == nil ? messageIndex : nil
+        self.wordIndex = broker.cluster == nil ? wordIndex : nil
     }
 
     static func failure(_ reply: RedisValue) -> StoreError {
@@ -42,7 +51,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
     }
 
     public func get(_ key: String, completion: @escaping @Sendable (Result<[UInt8]?, StoreError>) -> Void) {
-        shard.send(["GET", key]) { reply in
+        broker.route(forKey: key).send(["GET", key]) { reply in
             switch reply {
             case .string(let bytes): completion(.success(bytes))
             case .null: completion(.success(nil))
@@ -75,6 +84,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         """)
 
     public func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) {
+        if broker.cluster != nil { clusterPut(key, value: value, completion: completion); return }
         if isIndexed(key) {
             Self.indexedPutScript.run(on: shard, keys: [key, Self.indexKey], arguments: [value, factsBytes(key, value)]) { reply in
                 completion(reply.isError ? .failure(Self.failure(reply)) : .success(()))
@@ -95,6 +105,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         """)
 
     public func delete(_ key: String, completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
+        if broker.cluster != nil { clusterDelete(key, completion: completion); return }
         let indexed = isIndexed(key)
         let sets: (keys: [[UInt8]], flags: [[UInt8]]) = indexed ? ([], []) : sets(for: key, value: nil)
         (indexed ? Self.indexedDeleteScript : Self.deleteScript).run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys,
@@ -123,6 +134,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
     public func list(prefix: String, after: String?, limit: Int, completion: @escaping @Sendable (Result<[Record], StoreError>) -> Void) {
         let start = after.map { $0 < prefix ? "[" + prefix : "(" + $0 } ?? "[" + prefix
         let end = Array(("[" + prefix).utf8) + [0xFF]
+        if broker.cluster != nil { clusterList(start: Array(start.utf8), end: end, limit: limit, completion: completion); return }
         Self.listScript.run(on: shard, keys: [Array(Self.indexKey.utf8)], arguments: [Array(start.utf8), end, Array(String(max(0, limit)).utf8)]) { reply in
             guard case .array(let items) = reply else { completion(.failure(Self.failure(reply))); return }
             var records: [Record] = []
@@ -155,6 +167,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
 
     public func compareAndSet(_ key: String, expected: [UInt8]?, new: [UInt8]?,
                               completion: @escaping @Sendable (Result<Bool, StoreError>) -> Void) {
+        if broker.cluster != nil { clusterCompareAndSet(key, expected: expected, new: new, completion: completion); return }
         let indexed = isIndexed(key)
         let sets: (keys: [[UInt8]], flags: [[UInt8]]) = indexed ? ([], []) : sets(for: key, value: new)
         (indexed ? Self.indexedCASScript : Self.casScript).run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys, arguments: [
@@ -197,6 +210,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
             completion(.failure(StoreError("no member set '\(set)'")))
             return
         }
+        if broker.cluster != nil { clusterMembers(of: memberSet, limit: limit, completion: completion); return }
         let setKey = Array(Self.setKey(set).utf8)
         Self.membersScript.run(on: shard, keys: [setKey], arguments: [Array(String(max(0, limit)).utf8)]) { [shard] reply in
             guard case .array(let items) = reply else { completion(.failure(Self.failure(reply))); return }
@@ -233,6 +247,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
     /// Walks the records under every member set's prefix and adds or removes each as its current
     /// value says; completes with how many are members.
     public func rebuildMemberSets(completion: @escaping @Sendable (Result<Int, StoreError>) -> Void) {
+        if broker.cluster != nil { clusterRebuildMemberSets(completion: completion); return }
         @Sendable func walk(_ remaining: ArraySlice<MemberSet>, after: String?, members: Int) {
             guard let set = remaining.first else { completion(.success(members)); return }
             list(prefix: set.prefix, after: after, limit: 500) { [self] result in
@@ -263,6 +278,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
 
     /// Adds keys written by other tools (`redis-cli SET gateway:gw09 …`) to the index.
     public func indexExisting(pattern: String, completion: @escaping @Sendable (Result<Int, StoreError>) -> Void) {
+        if let cluster = broker.cluster { clusterIndexExisting(pattern: pattern, primaries: cluster.primaries, completion: completion); return }
         scan(cursor: "0", pattern: pattern, found: 0, completion: completion)
     }
 

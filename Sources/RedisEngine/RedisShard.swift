@@ -87,6 +87,33 @@ public final class RedisShard: @unchecked Sendable {
     /// reconnection: from then on nothing published there can pass this node unseen.
     var onResubscribed: (@Sendable (_ channels: [String]) -> Void)?
 
+    // MARK: Cluster hooks (RedisCluster.swift drives these; a standalone shard leaves them unset)
+
+    /// Sharded PUB/SUB (SSUBSCRIBE/SUNSUBSCRIBE, one channel per command since a cluster refuses
+    /// channels of several slots in one) instead of SUBSCRIBE. Set before `start`.
+    var shardedPubSub = false
+    /// Called on the I/O thread when Redis ended a subscription itself: a `sunsubscribe` push
+    /// (its slot moved away) or an error (`MOVED`) answering SSUBSCRIBE. Waiters were failed.
+    var onChannelDropped: (@Sendable (_ channel: String, _ reason: String) -> Void)?
+    /// Called on the I/O thread when a connection broke (the node may have failed over).
+    var onConnectionLost: (@Sendable () -> Void)?
+    /// SSUBSCRIBEs sent and not yet confirmed, in order: an error reply belongs to the first.
+    private var shardSubscribesPending: [String] = []
+
+    /// Sends `ASKING` and the command back to back on the command connection, as an `ASK`
+    /// redirection requires (the command is served by a node still importing the slot).
+    public func sendAsking(_ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+        let accepted = inbox.withLock { inbox -> Bool in
+            guard inbox.connected, !inbox.stopping else { return false }
+            inbox.commands.append(([Array("ASKING".utf8)], { _ in }))
+            inbox.commands.append((arguments, completion))
+            return true
+        }
+        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(address) unavailable")) }
+    }
+
+    // MARK: -
+
     private struct Inbox {
         var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
         var subscribeWaiters: [String: [@Sendable (Result<Void, ProtocolError>) -> Void]] = [:]
@@ -261,6 +288,7 @@ public final class RedisShard: @unchecked Sendable {
         backoff = 0.05
         subscribed = []
         confirmed = []
+        shardSubscribesPending = []
         let channels = inbox.withLock { inbox -> Set<String> in
             inbox.connected = true
             return inbox.alwaysSubscribed.union(inbox.subscribeWaiters.keys).union(inbox.dirtyChannels)
@@ -325,6 +353,7 @@ public final class RedisShard: @unchecked Sendable {
         confirmed = []
         resubscribing = []
         resubscribed = []
+        shardSubscribesPending = []
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
             inbox.connected = false
             let queued = inbox.commands.map(\.1)
@@ -339,6 +368,7 @@ public final class RedisShard: @unchecked Sendable {
         if !quiet {
             logger.error("redis \(address) connection lost (\(reason)); reconnecting")
             reportedDown = true
+            onConnectionLost?()
         }
         nextAttempt = now() + backoff
     }
@@ -382,7 +412,10 @@ public final class RedisShard: @unchecked Sendable {
                 if !want && subscribed.contains(channel) { remove.append(channel) }
             }
             subscribeChannels(add)
-            if !remove.isEmpty, let pubsub {
+            if !remove.isEmpty, let pubsub, shardedPubSub {
+                for channel in remove { append(pubsub, [Array("SUNSUBSCRIBE".utf8), Array(channel.utf8)]) }
+                for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
+            } else if !remove.isEmpty, let pubsub {
                 for chunk in stride(from: 0, to: remove.count, by: 512) {
                     append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
                 }
@@ -393,6 +426,13 @@ public final class RedisShard: @unchecked Sendable {
 
     private func subscribeChannels(_ channels: [String]) {
         guard let pubsub, !channels.isEmpty else { return }
+        if shardedPubSub {
+            for channel in channels { append(pubsub, [Array("SSUBSCRIBE".utf8), Array(channel.utf8)]) }
+            shardSubscribesPending += channels
+            subscribed.formUnion(channels)
+            knownChannels.formUnion(channels)
+            return
+        }
         for chunk in stride(from: 0, to: channels.count, by: 512) {
             append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
         }
@@ -444,17 +484,35 @@ public final class RedisShard: @unchecked Sendable {
     private func readMessages(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
         guard redisBufferRead(context) == REDIS_OK else { return false }
         var confirmedNow: [String] = []
+        var dropped: [(String, String)] = []
         while true {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
             guard let raw else { break }
             let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
+            if case .error(let message) = reply, shardedPubSub, !shardSubscribesPending.isEmpty {
+                let channel = shardSubscribesPending.removeFirst()
+                subscribed.remove(channel)
+                knownChannels.remove(channel)
+                dropped.append((channel, message))
+                continue
+            }
             guard case .array(let parts) = reply, parts.count >= 3, let kind = parts[0].text else { continue }
             switch kind {
-            case "message":
+            case "message", "smessage":
                 if let channel = parts[1].text, case .string(let payload) = parts[2] { onMessage?(channel, payload) }
-            case "subscribe":
+            case "sunsubscribe":
+                // Still subscribed as far as this side knows: Redis ended it (the slot moved).
+                if let channel = parts[1].text, subscribed.remove(channel) != nil {
+                    confirmed.remove(channel)
+                    knownChannels.remove(channel)
+                    dropped.append((channel, "slot moved"))
+                }
+            case "subscribe", "ssubscribe":
+                if kind == "ssubscribe", let channel = parts[1].text, let at = shardSubscribesPending.firstIndex(of: channel) {
+                    shardSubscribesPending.remove(at: at)
+                }
                 if let channel = parts[1].text {
                     confirmed.insert(channel)
                     confirmedNow.append(channel)
@@ -473,6 +531,20 @@ public final class RedisShard: @unchecked Sendable {
                 confirmedNow.flatMap { inbox.subscribeWaiters.removeValue(forKey: $0) ?? [] }
             }
             for waiter in waiters { waiter(.success(())) }
+        }
+        if !dropped.isEmpty {
+            let waiters = inbox.withLock { inbox -> [@Sendable (Result<Void, ProtocolError>) -> Void] in
+                dropped.flatMap { inbox.subscribeWaiters.removeValue(forKey: $0.0) ?? [] }
+            }
+            for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis subscription moved"))) }
+            for (channel, reason) in dropped {
+                if resubscribing.remove(channel) != nil, resubscribing.isEmpty {
+                    let channels = resubscribed
+                    resubscribed = []
+                    onResubscribed?(channels)
+                }
+                onChannelDropped?(channel, reason)
+            }
         }
         return true
     }

@@ -207,6 +207,32 @@ final class RedisRecordStoreTests: RecordStoreContract {
         XCTAssertEqual(try completed { store.list(prefix: "gateway:gw9", after: nil, limit: 10, completion: $0) }.map(\.key), ["gateway:gw99"])
     }
 
+    /// The same contract on a Redis Cluster: records in their own slots, the index and the sets
+    /// in theirs, settled after each write (RedisClusterRecords.swift).
+    func testContractOnACluster() throws {
+        let cluster = try RedisClusterServers()
+        let broker = RedisBroker(cluster: cluster.seeds.compactMap(RedisShard.Address.init(url:)), logger: Logger(label: "test"))
+        broker.start()
+        defer { broker.stop() }
+        for _ in 0..<200 where !broker.isConnected { usleep(20_000) }
+        XCTAssertTrue(broker.isConnected)
+        let plain = RedisRecordStore(broker: broker)
+        try checkContract(plain)
+        // Under plain keys, in several slots.
+        XCTAssertEqual(cluster.cli("GET", "gateway:gw01"), "192.168.1.12|started|media|None|2025-01-01T12:00:00|0|0")
+        for server in cluster.servers { server.cli("FLUSHALL") }
+        let store = RedisRecordStore(broker: broker, memberSets: [Self.free])
+        try checkMemberSets(store)
+        // Other tools' records are found on every primary, listed and made members.
+        _ = cluster.cli("SET", "gateway:gw99", "10.0.0.9|started|sip|None|2025-01-01T12:00:00|0|0")
+        XCTAssertGreaterThanOrEqual(try completed { store.indexExisting(pattern: "gateway:*", completion: $0) }, 1)
+        XCTAssertEqual(try completed { store.list(prefix: "gateway:gw9", after: nil, limit: 10, completion: $0) }.map(\.key), ["gateway:gw99"])
+        XCTAssertTrue(try members(store).keys.contains("gateway:gw99"))
+        // Rewritten behind the hub's back: not handed out, and settled out of the set.
+        _ = cluster.cli("SET", "gateway:gw99", "10.0.0.9|working|sip|room|2025-01-01T12:00:00|0|0")
+        XCTAssertFalse(try members(store).keys.contains("gateway:gw99"))
+    }
+
     func testMembersOfASetFollowTheRecordsAndOtherTools() throws {
         let redis = try RedisServer()
         let broker = RedisBroker(addresses: [RedisShard.Address(url: "redis://127.0.0.1:\(redis.port)/0")!], logger: Logger(label: "test"))

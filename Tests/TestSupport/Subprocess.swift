@@ -100,9 +100,15 @@ public final class RedisServer: @unchecked Sendable {
     public let port: Int
     public let dir: URL
     private var process: Subprocess?
+    let extraArguments: [String]
 
-    public init() throws {
-        port = Self.freePort()
+    /// `extraArguments` go after the defaults (e.g. `--cluster-enabled yes`).
+    public init(extraArguments: [String] = []) throws {
+        self.extraArguments = extraArguments
+        // A cluster node's bus listens on port + 10000.
+        var port = Self.freePort()
+        while !extraArguments.isEmpty && port > 55535 { port = Self.freePort() }
+        self.port = port
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(port)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try start()
@@ -111,7 +117,7 @@ public final class RedisServer: @unchecked Sendable {
     /// Starts (or restarts, after `stop()`) the server on the same port.
     public func start() throws {
         process = try Subprocess("/usr/bin/redis-server",
-                                 ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.path],
+                                 ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.path] + extraArguments,
                                  captureOutput: false)
         for _ in 0..<200 {
             if cli("PING") == "PONG" { return }
@@ -150,5 +156,33 @@ public final class RedisServer: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// A real Redis Cluster of three primaries (no replicas) on free ports, for one test's lifetime.
+public final class RedisClusterServers: @unchecked Sendable {
+    public let servers: [RedisServer]
+
+    public init() throws {
+        servers = try (0..<3).map { _ in
+            try RedisServer(extraArguments: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
+        }
+        let created = try Subprocess.run("/usr/bin/redis-cli", ["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" }
+                                         + ["--cluster-replicas", "0", "--cluster-yes"], timeout: 60)
+        guard created.status == 0 else { throw SubprocessError("redis-cli --cluster create: \(created.output)") }
+        for _ in 0..<400 {
+            if servers.allSatisfy({ $0.cli("CLUSTER", "INFO").contains("cluster_state:ok") }) { return }
+            usleep(25_000)
+        }
+        throw SubprocessError("the cluster did not reach cluster_state:ok")
+    }
+
+    public var seeds: [String] { servers.map { "redis://127.0.0.1:\($0.port)/0" } }
+
+    /// One `redis-cli -c` command (following the key's slot); its trimmed output.
+    @discardableResult
+    public func cli(_ args: String...) -> String {
+        let result = try? Subprocess.run("/usr/bin/redis-cli", ["-c", "-p", "\(servers[0].port)"] + args, timeout: 10)
+        return (result?.output ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

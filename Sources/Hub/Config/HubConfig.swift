@@ -65,6 +65,9 @@ struct HubConfig: Sendable {
     var reusePort = false
     var engine = "memory"
     var redisURLs: [String] = []
+    /// Seed nodes of a Redis Cluster (`host:port` or `redis://[:password@]host:port`); set, they
+    /// replace `redisURLs` for the redis engine.
+    var redisCluster: [String] = []
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
@@ -308,6 +311,12 @@ struct HubConfig: Sendable {
                 } else {
                     redisURLs = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
                 }
+            case "redis_cluster":
+                if let list = value.arrayValue {
+                    redisCluster = try list.map { try string($0, key) }
+                } else {
+                    redisCluster = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
             case "channel":
                 namespaces.defaultOptions = try Self.channelOptions(value, base: Self.defaultChannelOptions, context: "channel")
             case "namespaces":
@@ -333,6 +342,11 @@ struct HubConfig: Sendable {
                 throw HubError.config("unknown config key '\(key)'")
             }
         }
+    }
+
+    /// A cluster seed: `host:port`, or a redis:// URL when a password is needed.
+    static func clusterSeed(_ text: String) -> RedisShard.Address? {
+        RedisShard.Address(url: text.hasPrefix("redis://") ? text : "redis://" + text)
     }
 
     static func channelOptions(_ json: JSONValue, base: ChannelOptions, context: String) throws -> ChannelOptions {
@@ -480,12 +494,21 @@ struct HubConfig: Sendable {
         guard maxConnections >= 1 else { throw HubError.config("max_connections must be at least 1") }
         guard maxConnectionsPerIP >= 0 else { throw HubError.config("max_connections_per_ip must be 0 (no limit) or more") }
         guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }
-        if engine == "redis" {
+        if engine == "redis", !redisCluster.isEmpty {
+            guard redisURLs.isEmpty else { throw HubError.config("give redis_url (standalone or shards) or redis_cluster, not both") }
+            for seed in redisCluster {
+                guard let address = Self.clusterSeed(seed) else {
+                    throw HubError.config("bad redis cluster node '\(seed)': expected host:port or redis://[:password@]host:port")
+                }
+                guard address.db == 0 else { throw HubError.config("redis cluster node '\(seed)': a cluster has only database 0") }
+            }
+        } else if engine == "redis" {
             guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db") }
             for url in redisURLs where RedisShard.Address(url: url) == nil {
                 throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
             }
         }
+        guard redisCluster.isEmpty || engine == "redis" else { throw HubError.config("redis_cluster needs engine redis") }
         guard (1...64).contains(cacheConcurrency) else { throw HubError.config("cache_concurrency must be 1-64") }
         guard cacheMaxReadRate >= 0 else { throw HubError.config("cache_max_read_rate must not be negative") }
         guard cacheJobRetention >= 0 else { throw HubError.config("cache_job_retention must not be negative") }
