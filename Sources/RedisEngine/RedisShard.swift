@@ -51,6 +51,13 @@ public final class RedisShard: @unchecked Sendable {
 
         public var description: String { "redis://\(host):\(port)/\(db)" }
 
+        public init(host: String, port: Int, db: Int = 0, password: String? = nil) {
+            self.host = host
+            self.port = port
+            self.db = db
+            self.password = password
+        }
+
         /// Parses `redis://[:password@]host[:port][/db]`.
         public init?(url: String) {
             guard url.hasPrefix("redis://") else { return nil }
@@ -75,7 +82,47 @@ public final class RedisShard: @unchecked Sendable {
         }
     }
 
+    /// Where a Sentinel-managed shard's primary is found: the sentinels to ask and the
+    /// master name they monitor.
+    public struct SentinelSource: Sendable, Equatable {
+        public var sentinels: [Endpoint]
+        public var masterName: String
+        public var password: String?
+
+        public init(sentinels: [Endpoint], masterName: String, password: String? = nil) {
+            self.sentinels = sentinels
+            self.masterName = masterName
+            self.password = password
+        }
+    }
+
+    public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public var description: String { "\(host):\(port)" }
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses `host:port`.
+        public init?(_ text: String) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+                  (1...65535).contains(port), colon != text.startIndex else { return nil }
+            host = String(text[..<colon])
+            self.port = port
+        }
+    }
+
+    /// The address the shard started with; with Sentinel, the primary named at start.
     public let address: Address
+    /// With Sentinel: asked again for the primary on every (re)connection and followed on
+    /// `+switch-master`.
+    public let sentinel: SentinelSource?
+    /// How log lines and errors name this shard (the primary moves with Sentinel).
+    let label: String
     let logger: Logger
     /// Called on the I/O thread for every PUB/SUB message.
     var onMessage: (@Sendable (_ channel: String, _ payload: [UInt8]) -> Void)?
@@ -94,6 +141,9 @@ public final class RedisShard: @unchecked Sendable {
         var alwaysSubscribed: Set<String> = []
         var connected = false
         var stopping = false
+        /// The primary's replication ID (`master_replid`) while connected with Sentinel: it
+        /// changes when a replica is promoted, which is how streams notice a failover.
+        var generation = ""
     }
 
     private let inbox = Mutex(Inbox())
@@ -121,9 +171,22 @@ public final class RedisShard: @unchecked Sendable {
     /// Channels resubscribed after a reconnection and not yet confirmed.
     private var resubscribing: Set<String> = []
     private var resubscribed: [String] = []
+    /// Where the command and PUB/SUB connections go now (moves with Sentinel).
+    private var current: Address
+    /// A sentinel connection subscribed to `+switch-master`, to follow a failover at once
+    /// rather than when the old primary's connections break or time out.
+    private var watch: UnsafeMutablePointer<redisContext>?
+    private var nextWatchAttempt = 0.0
+    /// The sentinel that answered last; asked first next time.
+    private var sentinelIndex = 0
+    /// A reply said this server is not (or no longer) a writable primary.
+    private var demoted = false
 
-    public init(address: Address, logger: Logger) {
+    public init(address: Address, sentinel: SentinelSource? = nil, logger: Logger) {
         self.address = address
+        self.sentinel = sentinel
+        current = address
+        label = sentinel.map { "master '\($0.masterName)' (via sentinel)" } ?? address.description
         self.logger = logger
         wakeFD = hub_eventfd()
     }
@@ -147,16 +210,21 @@ public final class RedisShard: @unchecked Sendable {
 
     public var isConnected: Bool { inbox.withLock { $0.connected } }
 
+    /// The current primary's replication ID with Sentinel, "" otherwise.
+    public var generation: String { inbox.withLock { $0.generation } }
+
     // MARK: API for other threads
 
     /// Sends a command; the completion runs on the I/O thread with the reply or an error.
-    public func send(_ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+    /// With `generation`, the command is refused unless it goes to that very primary: a
+    /// command prepared for the old primary must not reach the new one after a failover.
+    public func send(_ arguments: [[UInt8]], generation: String? = nil, completion: @escaping @Sendable (RedisValue) -> Void) {
         let accepted = inbox.withLock { inbox -> Bool in
-            guard inbox.connected, !inbox.stopping else { return false }
+            guard inbox.connected, !inbox.stopping, generation == nil || generation == inbox.generation else { return false }
             inbox.commands.append((arguments, completion))
             return true
         }
-        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(address) unavailable")) }
+        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
     }
 
     public func send(_ arguments: [String], completion: @escaping @Sendable (RedisValue) -> Void) {
@@ -173,7 +241,7 @@ public final class RedisShard: @unchecked Sendable {
             return false
         }
         if refused {
-            completion(.failure(ProtocolError.internal.with(message: "redis \(address) unavailable")))
+            completion(.failure(ProtocolError.internal.with(message: "redis \(label) unavailable")))
         } else {
             hub_eventfd_signal(wakeFD)
         }
@@ -207,12 +275,14 @@ public final class RedisShard: @unchecked Sendable {
             }
             moveInbox()
             guard let command, let pubsub else { continue }
+            if sentinel != nil, watch == nil, now() >= nextWatchAttempt { openWatch() }
             var fds = [
                 pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: command.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(command) ? Int16(POLLOUT) : 0), revents: 0),
                 pollfd(fd: pubsub.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(pubsub) ? Int16(POLLOUT) : 0), revents: 0),
+                pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0),
             ]
-            _ = poll(&fds, 3, 1000)
+            _ = poll(&fds, 4, 1000)
             if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
             var healthy = true
             var failure: String?
@@ -222,6 +292,15 @@ public final class RedisShard: @unchecked Sendable {
             // seen before that answer (fewer needless recoveries after a position check).
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
             if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            if fds[3].revents != 0, let switched = readWatch() {
+                disconnect(reason: "sentinel switched the master to \(switched)")
+                nextAttempt = now()
+                continue
+            }
+            if demoted {
+                healthy = false
+                failure = "the server is no longer a writable primary"
+            }
             if healthy, inflightHead < inflight.count, now() - inflightSince[inflightHead] > Self.replyTimeout {
                 healthy = false
                 failure = "no reply within \(Int(Self.replyTimeout)) s; a command sent meanwhile may still take effect"
@@ -229,6 +308,7 @@ public final class RedisShard: @unchecked Sendable {
             if !healthy { disconnect(reason: failure ?? errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
         disconnect(reason: "stopping", quiet: true)
+        closeWatch()
         close(wakeFD)
     }
 
@@ -247,22 +327,28 @@ public final class RedisShard: @unchecked Sendable {
     }
 
     private func connect() {
-        guard let cmd = open(), let sub = open() else {
-            if !reportedDown {
-                logger.error("redis \(address) unreachable; retrying with backoff")
-                reportedDown = true
+        var generation = ""
+        if let sentinel {
+            guard let primary = locatePrimary(sentinel) else {
+                retryLater(sentinel.sentinels.count > 1 ? "no sentinel names a reachable primary" : "the sentinel names no reachable primary")
+                return
             }
-            nextAttempt = now() + backoff
-            backoff = min(backoff * 2, 2)
+            current = primary.address
+            generation = primary.generation
+        }
+        guard let cmd = open(), let sub = open() else {
+            retryLater("unreachable")
             return
         }
         command = cmd
         pubsub = sub
+        demoted = false
         backoff = 0.05
         subscribed = []
         confirmed = []
         let channels = inbox.withLock { inbox -> Set<String> in
             inbox.connected = true
+            inbox.generation = generation
             return inbox.alwaysSubscribed.union(inbox.subscribeWaiters.keys).union(inbox.dirtyChannels)
         }
         // Resubscribe everything the node still wants, in batches.
@@ -274,9 +360,18 @@ public final class RedisShard: @unchecked Sendable {
             resubscribed = all
         }
         everConnected = true
-        logger.notice("redis \(address) connected\(reportedDown ? " again" : "")")
+        logger.notice("redis \(label) connected\(reportedDown ? " again" : "")\(sentinel != nil ? " at \(current.host):\(current.port)" : "")")
         reportedDown = false
         onConnected?()
+    }
+
+    private func retryLater(_ problem: String) {
+        if !reportedDown {
+            logger.error("redis \(label) \(problem); retrying with backoff")
+            reportedDown = true
+        }
+        nextAttempt = now() + backoff
+        backoff = min(backoff * 2, 2)
     }
 
     /// Channels the node had before a reconnect (tracked by the broker through `wanted`).
@@ -287,28 +382,145 @@ public final class RedisShard: @unchecked Sendable {
     }
 
     private func open() -> UnsafeMutablePointer<redisContext>? {
-        guard let context = hub_redis_connect(address.host, Int32(address.port), 2000) else { return nil }
-        if context.pointee.err != 0 {
-            redisFree(context)
-            return nil
-        }
-        // The handshake is blocking (on this thread) but bounded: a Redis that accepts TCP
-        // connections without answering (stopped, overloaded) counts as unreachable.
-        guard redisSetTimeout(context, timeval(tv_sec: 2, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
+        let address = current
         var setup: [[String]] = []
         if let password = address.password { setup.append(["AUTH", password]) }
         if address.db != 0 { setup.append(["SELECT", String(address.db)]) }
         setup.append(["PING"])
-        for arguments in setup {
-            append(context, arguments.map { Array($0.utf8) })
-            var raw: UnsafeMutableRawPointer?
-            guard redisGetReply(context, &raw) == REDIS_OK, let raw else { redisFree(context); return nil }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
-            freeReplyObject(raw)
-            if reply.isError { redisFree(context); return nil }
-        }
+        guard let context = Self.openBlocking(host: address.host, port: address.port, timeout: 2, setup: setup) else { return nil }
         guard hub_redis_make_nonblocking(context) == 0 else { redisFree(context); return nil }
         return context
+    }
+
+    /// Connects and runs `setup` blocking, on the calling thread (the shard's I/O thread, or
+    /// the main thread at start) but bounded: a server that accepts TCP connections without
+    /// answering (stopped, overloaded) counts as unreachable.
+    private static func openBlocking(host: String, port: Int, timeout: Int, setup: [[String]]) -> UnsafeMutablePointer<redisContext>? {
+        guard let context = hub_redis_connect(host, Int32(port), Int32(timeout * 1000)) else { return nil }
+        if context.pointee.err != 0 {
+            redisFree(context)
+            return nil
+        }
+        guard redisSetTimeout(context, timeval(tv_sec: timeout, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
+        for arguments in setup {
+            guard let reply = call(context, arguments), !reply.isError else { redisFree(context); return nil }
+        }
+        return context
+    }
+
+    /// One command on a blocking context; nil when the connection failed.
+    private static func call(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [String]) -> RedisValue? {
+        append(context, arguments.map { Array($0.utf8) })
+        var raw: UnsafeMutableRawPointer?
+        guard redisGetReply(context, &raw) == REDIS_OK, let raw else { return nil }
+        let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+        freeReplyObject(raw)
+        return reply
+    }
+
+    // MARK: Sentinel
+
+    public enum SentinelProblem: Error, CustomStringConvertible {
+        case unreachable([Endpoint])
+        case unknownMaster(String, [Endpoint])
+
+        public var description: String {
+            switch self {
+            case .unreachable(let sentinels):
+                return "no Redis Sentinel answered at \(sentinels.map(\.description).joined(separator: ", "))"
+            case .unknownMaster(let name, let sentinels):
+                return "the Redis Sentinels at \(sentinels.map(\.description).joined(separator: ", ")) monitor no master named '\(name)'"
+            }
+        }
+    }
+
+    /// Asks the sentinels in turn (from `first`) where the primary is. Blocking, bounded by
+    /// one second per sentinel: called at start (to refuse a bad configuration) and on the
+    /// shard's I/O thread, never on a service thread.
+    public static func askSentinels(_ source: SentinelSource, from first: Int = 0) -> Result<(address: Address, sentinel: Int), SentinelProblem> {
+        var anyAnswered = false
+        for step in 0..<source.sentinels.count {
+            let index = (first + step) % source.sentinels.count
+            let endpoint = source.sentinels[index]
+            guard let context = openBlocking(host: endpoint.host, port: endpoint.port, timeout: 1,
+                                             setup: source.password.map { [["AUTH", $0]] } ?? []) else { continue }
+            defer { redisFree(context) }
+            guard let reply = call(context, ["SENTINEL", "get-master-addr-by-name", source.masterName]) else { continue }
+            anyAnswered = true
+            guard case .array(let parts) = reply, parts.count == 2, let host = parts[0].text, let port = parts[1].int else { continue }
+            return .success((Address(host: host, port: Int(port)), index))
+        }
+        return .failure(anyAnswered ? .unknownMaster(source.masterName, source.sentinels) : .unreachable(source.sentinels))
+    }
+
+    /// The primary the sentinels name, once `ROLE` on it confirms it is one: during a
+    /// failover a sentinel may still name the old primary, now a replica, and writes there
+    /// would be refused (or lost). Also reads its replication ID.
+    private func locatePrimary(_ source: SentinelSource) -> (address: Address, generation: String)? {
+        for step in 0..<source.sentinels.count {
+            guard case .success(let found) = Self.askSentinels(source, from: sentinelIndex + step) else { return nil }
+            var address = found.address
+            address.password = self.address.password
+            address.db = self.address.db
+            var setup: [[String]] = []
+            if let password = address.password { setup.append(["AUTH", password]) }
+            guard let context = Self.openBlocking(host: address.host, port: address.port, timeout: 1, setup: setup) else { continue }
+            defer { redisFree(context) }
+            guard case .array(let role)? = Self.call(context, ["ROLE"]), role.first?.text == "master",
+                  let info = Self.call(context, ["INFO", "replication"])?.text
+            else { continue }
+            sentinelIndex = found.sentinel
+            let generation = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("master_replid:") }
+                .map { String($0.dropFirst("master_replid:".count).filter { !$0.isWhitespace }) } ?? ""
+            return (address, generation)
+        }
+        return nil
+    }
+
+    private func openWatch() {
+        guard let source = sentinel else { return }
+        nextWatchAttempt = now() + 2
+        for step in 0..<source.sentinels.count {
+            let endpoint = source.sentinels[(sentinelIndex + step) % source.sentinels.count]
+            guard let context = Self.openBlocking(host: endpoint.host, port: endpoint.port, timeout: 1,
+                                                  setup: source.password.map { [["AUTH", $0]] } ?? []) else { continue }
+            guard case .array? = Self.call(context, ["SUBSCRIBE", "+switch-master"]), hub_redis_make_nonblocking(context) == 0 else {
+                redisFree(context)
+                continue
+            }
+            watch = context
+            return
+        }
+    }
+
+    private func closeWatch() {
+        if let watch { redisFree(watch) }
+        watch = nil
+    }
+
+    /// Reads the sentinel's messages; returns the new primary when this shard's master was
+    /// switched (`+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`).
+    private func readWatch() -> String? {
+        guard let watch, let source = sentinel else { return nil }
+        guard redisBufferRead(watch) == REDIS_OK else {
+            closeWatch()
+            return nil
+        }
+        var switched: String?
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReplyFromReader(watch, &raw) == REDIS_OK else {
+                closeWatch()
+                return switched
+            }
+            guard let raw else { break }
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard case .array(let parts) = reply, parts.count == 3, parts[0].text == "message", let text = parts[2].text else { continue }
+            let words = text.split(separator: " ")
+            if words.count == 5, words[0] == source.masterName { switched = "\(words[3]):\(words[4])" }
+        }
+        return switched
     }
 
     private func disconnect(reason: String, quiet: Bool = false) {
@@ -351,7 +563,7 @@ public final class RedisShard: @unchecked Sendable {
             inbox.subscribeWaiters = [:]
             return (queued, waiters)
         }
-        for callback in queued { callback(.error("redis \(address) unavailable")) }
+        for callback in queued { callback(.error("redis \(label) unavailable")) }
         for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis unavailable"))) }
     }
 
@@ -367,7 +579,7 @@ public final class RedisShard: @unchecked Sendable {
         }
         let queuedAt = now()
         for (arguments, callback) in commands {
-            append(command, arguments)
+            Self.append(command, arguments)
             inflight.append(callback)
             inflightSince.append(queuedAt)
         }
@@ -384,7 +596,7 @@ public final class RedisShard: @unchecked Sendable {
             subscribeChannels(add)
             if !remove.isEmpty, let pubsub {
                 for chunk in stride(from: 0, to: remove.count, by: 512) {
-                    append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
+                    Self.append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
                 }
                 for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
             }
@@ -394,13 +606,13 @@ public final class RedisShard: @unchecked Sendable {
     private func subscribeChannels(_ channels: [String]) {
         guard let pubsub, !channels.isEmpty else { return }
         for chunk in stride(from: 0, to: channels.count, by: 512) {
-            append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
+            Self.append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
         }
         subscribed.formUnion(channels)
         knownChannels.formUnion(channels)
     }
 
-    private func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
+    private static func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
         // hiredis copies the arguments into its output buffer before returning.
         let count = arguments.count
         let pointers = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: count)
@@ -427,8 +639,11 @@ public final class RedisShard: @unchecked Sendable {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
             guard let raw else { return true }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
+            // A replica refuses writes (READONLY) and a primary loading its data answers
+            // LOADING: with Sentinel, ask again where the primary is.
+            if sentinel != nil, case .error(let message) = reply, message.contains("READONLY") || message.hasPrefix("LOADING") { demoted = true }
             guard inflightHead < inflight.count else { continue }
             let callback = inflight[inflightHead]
             inflightHead += 1
@@ -448,7 +663,7 @@ public final class RedisShard: @unchecked Sendable {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
             guard let raw else { break }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
             guard case .array(let parts) = reply, parts.count >= 3, let kind = parts[0].text else { continue }
             switch kind {
@@ -477,7 +692,7 @@ public final class RedisShard: @unchecked Sendable {
         return true
     }
 
-    private func copy(_ reply: UnsafeMutablePointer<redisReply>) -> RedisValue {
+    private static func copy(_ reply: UnsafeMutablePointer<redisReply>) -> RedisValue {
         let r = reply.pointee
         switch r.type {
         case REDIS_REPLY_STRING:
@@ -491,7 +706,7 @@ public final class RedisShard: @unchecked Sendable {
         case REDIS_REPLY_ARRAY:
             var items: [RedisValue] = []
             items.reserveCapacity(r.elements)
-            for i in 0..<r.elements { if let element = r.element[i] { items.append(copy(element)) } }
+            for i in 0..<r.elements { if let element = r.element[i] { items.append(Self.copy(element)) } }
             return .array(items)
         default:
             return .null
