@@ -96,6 +96,18 @@ public final class RedisShard: @unchecked Sendable {
         }
     }
 
+    /// Writes sent `acknowledged` are followed by `WAIT replicas timeout` and succeed only once
+    /// that many replicas have them (`--redis-min-replicas-ack`).
+    public struct ReplicaAcknowledgement: Sendable, Equatable {
+        public var replicas: Int
+        public var timeoutMilliseconds: Int
+
+        public init(replicas: Int, timeoutMilliseconds: Int) {
+            self.replicas = replicas
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+    }
+
     public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
         public var host: String
         public var port: Int
@@ -121,6 +133,8 @@ public final class RedisShard: @unchecked Sendable {
     /// With Sentinel: asked again for the primary on every (re)connection and followed on
     /// `+switch-master`.
     public let sentinel: SentinelSource?
+    /// With `--redis-min-replicas-ack`: how acknowledged writes wait for replicas.
+    public let acknowledgement: ReplicaAcknowledgement?
     /// How log lines and errors name this shard (the primary moves with Sentinel).
     let label: String
     let logger: Logger
@@ -135,7 +149,7 @@ public final class RedisShard: @unchecked Sendable {
     var onResubscribed: (@Sendable (_ channels: [String]) -> Void)?
 
     private struct Inbox {
-        var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
+        var commands: [QueuedCommand] = []
         var subscribeWaiters: [String: [@Sendable (Result<Void, ProtocolError>) -> Void]] = [:]
         var dirtyChannels: Set<String> = []
         var alwaysSubscribed: Set<String> = []
@@ -145,6 +159,8 @@ public final class RedisShard: @unchecked Sendable {
         /// changes when a replica is promoted, which is how streams notice a failover.
         var generation = ""
     }
+
+    private typealias QueuedCommand = (arguments: [[UInt8]], acknowledged: Bool, completion: @Sendable (RedisValue) -> Void)
 
     private let inbox = Mutex(Inbox())
     private let wakeFD: Int32
@@ -181,10 +197,19 @@ public final class RedisShard: @unchecked Sendable {
     private var sentinelIndex = 0
     /// A reply said this server is not (or no longer) a writable primary.
     private var demoted = false
+    /// The primary `+switch-master` named: tried first on the next connection, before the
+    /// sentinels (one that has not heard of the switch yet would name the old primary).
+    private var switchedTo: Address?
+    /// Acknowledged writes waiting for the `WAIT` in flight to answer: at most one `WAIT` is
+    /// outstanding, so while replicas lag the writes queued meanwhile share the next one
+    /// instead of each blocking the connection for the whole timeout in turn.
+    private var awaitingAcknowledgement: [QueuedCommand] = []
+    private var acknowledgementInFlight = false
 
-    public init(address: Address, sentinel: SentinelSource? = nil, logger: Logger) {
+    public init(address: Address, sentinel: SentinelSource? = nil, acknowledgement: ReplicaAcknowledgement? = nil, logger: Logger) {
         self.address = address
         self.sentinel = sentinel
+        self.acknowledgement = acknowledgement
         current = address
         label = sentinel.map { "master '\($0.masterName)' (via sentinel)" } ?? address.description
         self.logger = logger
@@ -218,10 +243,14 @@ public final class RedisShard: @unchecked Sendable {
     /// Sends a command; the completion runs on the I/O thread with the reply or an error.
     /// With `generation`, the command is refused unless it goes to that very primary: a
     /// command prepared for the old primary must not reach the new one after a failover.
-    public func send(_ arguments: [[UInt8]], generation: String? = nil, completion: @escaping @Sendable (RedisValue) -> Void) {
+    /// `acknowledged` (a write, with `acknowledgement` configured): the reply is handed over
+    /// only once enough replicas have the write, else an error saying it may still have
+    /// happened.
+    public func send(_ arguments: [[UInt8]], generation: String? = nil, acknowledged: Bool = false,
+                     completion: @escaping @Sendable (RedisValue) -> Void) {
         let accepted = inbox.withLock { inbox -> Bool in
             guard inbox.connected, !inbox.stopping, generation == nil || generation == inbox.generation else { return false }
-            inbox.commands.append((arguments, completion))
+            inbox.commands.append((arguments, acknowledged && acknowledgement != nil, completion))
             return true
         }
         if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
@@ -263,19 +292,26 @@ public final class RedisShard: @unchecked Sendable {
 
     private func run() {
         while !inbox.withLock({ $0.stopping }) {
+            if sentinel != nil, watch == nil, now() >= nextWatchAttempt { openWatch() }
             if command == nil || pubsub == nil {
                 if now() >= nextAttempt { connect() }
                 if command == nil {
-                    var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-                    _ = poll(&fds, 1, Int32(max(10, (nextAttempt - now()) * 1000)))
+                    // The sentinel watch is read while down too: a failover's `+switch-master`
+                    // ends the backoff at once.
+                    var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                               pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0)]
+                    _ = poll(&fds, 2, Int32(max(10, min(nextAttempt - now(), max(0.01, nextWatchAttempt - now())) * 1000)))
                     hub_eventfd_drain(wakeFD)
+                    if fds[1].revents != 0, let switched = readWatch() {
+                        switchedTo = switched
+                        nextAttempt = now()
+                    }
                     failQueuedWhileDown()
                     continue
                 }
             }
             moveInbox()
             guard let command, let pubsub else { continue }
-            if sentinel != nil, watch == nil, now() >= nextWatchAttempt { openWatch() }
             var fds = [
                 pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: command.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(command) ? Int16(POLLOUT) : 0), revents: 0),
@@ -293,7 +329,8 @@ public final class RedisShard: @unchecked Sendable {
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
             if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
             if fds[3].revents != 0, let switched = readWatch() {
-                disconnect(reason: "sentinel switched the master to \(switched)")
+                disconnect(reason: "sentinel switched the master to \(switched.host):\(switched.port)")
+                switchedTo = switched
                 nextAttempt = now()
                 continue
             }
@@ -329,14 +366,21 @@ public final class RedisShard: @unchecked Sendable {
     private func connect() {
         var generation = ""
         if let sentinel {
-            guard let primary = locatePrimary(sentinel) else {
-                retryLater(sentinel.sentinels.count > 1 ? "no sentinel names a reachable primary" : "the sentinel names no reachable primary")
+            switch locatePrimary(sentinel) {
+            case .success(let primary):
+                current = primary.address
+                generation = primary.generation
+            case .failure(let problem):
+                retryLater(problem.description)
                 return
             }
-            current = primary.address
-            generation = primary.generation
         }
-        guard let cmd = open(), let sub = open() else {
+        guard let cmd = open() else {
+            retryLater("unreachable")
+            return
+        }
+        guard let sub = open() else {
+            redisFree(cmd)
             retryLater("unreachable")
             return
         }
@@ -367,7 +411,7 @@ public final class RedisShard: @unchecked Sendable {
 
     private func retryLater(_ problem: String) {
         if !reportedDown {
-            logger.error("redis \(label) \(problem); retrying with backoff")
+            logger.error("redis \(label): \(problem); retrying with backoff")
             reportedDown = true
         }
         nextAttempt = now() + backoff
@@ -423,6 +467,9 @@ public final class RedisShard: @unchecked Sendable {
     public enum SentinelProblem: Error, CustomStringConvertible {
         case unreachable([Endpoint])
         case unknownMaster(String, [Endpoint])
+        /// The sentinels name a primary that cannot be reached or is not (yet) a primary:
+        /// between a primary's death and the end of the failover.
+        case noPrimary(Address)
 
         public var description: String {
             switch self {
@@ -430,6 +477,8 @@ public final class RedisShard: @unchecked Sendable {
                 return "no Redis Sentinel answered at \(sentinels.map(\.description).joined(separator: ", "))"
             case .unknownMaster(let name, let sentinels):
                 return "the Redis Sentinels at \(sentinels.map(\.description).joined(separator: ", ")) monitor no master named '\(name)'"
+            case .noPrimary(let address):
+                return "the primary the sentinels name, \(address.host):\(address.port), is unreachable or not a primary"
             }
         }
     }
@@ -455,26 +504,46 @@ public final class RedisShard: @unchecked Sendable {
 
     /// The primary the sentinels name, once `ROLE` on it confirms it is one: during a
     /// failover a sentinel may still name the old primary, now a replica, and writes there
-    /// would be refused (or lost). Also reads its replication ID.
-    private func locatePrimary(_ source: SentinelSource) -> (address: Address, generation: String)? {
-        for step in 0..<source.sentinels.count {
-            guard case .success(let found) = Self.askSentinels(source, from: sentinelIndex + step) else { return nil }
-            var address = found.address
-            address.password = self.address.password
-            address.db = self.address.db
-            var setup: [[String]] = []
-            if let password = address.password { setup.append(["AUTH", password]) }
-            guard let context = Self.openBlocking(host: address.host, port: address.port, timeout: 1, setup: setup) else { continue }
-            defer { redisFree(context) }
-            guard case .array(let role)? = Self.call(context, ["ROLE"]), role.first?.text == "master",
-                  let info = Self.call(context, ["INFO", "replication"])?.text
-            else { continue }
-            sentinelIndex = found.sentinel
-            let generation = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("master_replid:") }
-                .map { String($0.dropFirst("master_replid:".count).filter { !$0.isWhitespace }) } ?? ""
-            return (address, generation)
+    /// would be refused (or lost). Also reads its replication ID, the shard's generation.
+    private func locatePrimary(_ source: SentinelSource) -> Result<(address: Address, generation: String), SentinelProblem> {
+        if let switched = switchedTo {
+            switchedTo = nil
+            if let generation = confirmPrimary(switched) { return .success((withCredentials(switched), generation)) }
         }
-        return nil
+        var problem = SentinelProblem.unreachable(source.sentinels)
+        for step in 0..<source.sentinels.count {
+            switch Self.askSentinels(source, from: sentinelIndex + step) {
+            case .failure(let failure):
+                return .failure(failure)
+            case .success(let found):
+                if let generation = confirmPrimary(found.address) {
+                    sentinelIndex = found.sentinel
+                    return .success((withCredentials(found.address), generation))
+                }
+                problem = .noPrimary(found.address)
+                // The next sentinel may know of a failover this one has not heard of yet.
+                sentinelIndex = found.sentinel + 1
+            }
+        }
+        return .failure(problem)
+    }
+
+    /// The address the sentinels name, with this shard's password and database.
+    private func withCredentials(_ found: Address) -> Address {
+        Address(host: found.host, port: found.port, db: address.db, password: address.password)
+    }
+
+    /// The server's replication ID when `ROLE` says it is a primary; nil otherwise.
+    private func confirmPrimary(_ found: Address) -> String? {
+        let candidate = withCredentials(found)
+        let setup = candidate.password.map { [["AUTH", $0]] } ?? []
+        guard let context = Self.openBlocking(host: candidate.host, port: candidate.port, timeout: 1, setup: setup) else { return nil }
+        defer { redisFree(context) }
+        guard case .array(let role)? = Self.call(context, ["ROLE"]), role.first?.text == "master",
+              let info = Self.call(context, ["INFO", "replication"])?.text
+        else { return nil }
+        return info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("master_replid:") }
+            .map { String($0.dropFirst("master_replid:".count).filter { !$0.isWhitespace }) } ?? ""
     }
 
     private func openWatch() {
@@ -500,13 +569,13 @@ public final class RedisShard: @unchecked Sendable {
 
     /// Reads the sentinel's messages; returns the new primary when this shard's master was
     /// switched (`+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`).
-    private func readWatch() -> String? {
+    private func readWatch() -> Address? {
         guard let watch, let source = sentinel else { return nil }
         guard redisBufferRead(watch) == REDIS_OK else {
             closeWatch()
             return nil
         }
-        var switched: String?
+        var switched: Address?
         while true {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(watch, &raw) == REDIS_OK else {
@@ -518,7 +587,7 @@ public final class RedisShard: @unchecked Sendable {
             freeReplyObject(raw)
             guard case .array(let parts) = reply, parts.count == 3, parts[0].text == "message", let text = parts[2].text else { continue }
             let words = text.split(separator: " ")
-            if words.count == 5, words[0] == source.masterName { switched = "\(words[3]):\(words[4])" }
+            if words.count == 5, words[0] == source.masterName, let port = Int(words[4]) { switched = Address(host: String(words[3]), port: port) }
         }
         return switched
     }
@@ -537,19 +606,23 @@ public final class RedisShard: @unchecked Sendable {
         confirmed = []
         resubscribing = []
         resubscribed = []
+        let held = awaitingAcknowledgement.map(\.completion)
+        awaitingAcknowledgement = []
+        acknowledgementInFlight = false
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
             inbox.connected = false
-            let queued = inbox.commands.map(\.1)
+            inbox.generation = ""
+            let queued = inbox.commands.map(\.completion)
             inbox.commands = []
             let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
             inbox.subscribeWaiters = [:]
             return (queued, waiters)
         }
         for callback in failed { callback(.error("redis connection lost")) }
-        for callback in queued { callback(.error("redis connection lost")) }
+        for callback in queued + held { callback(.error("redis connection lost")) }
         for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis connection lost"))) }
         if !quiet {
-            logger.error("redis \(address) connection lost (\(reason)); reconnecting")
+            logger.error("redis \(label) connection lost (\(reason)); reconnecting")
             reportedDown = true
         }
         nextAttempt = now() + backoff
@@ -557,7 +630,7 @@ public final class RedisShard: @unchecked Sendable {
 
     private func failQueuedWhileDown() {
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
-            let queued = inbox.commands.map(\.1)
+            let queued = inbox.commands.map(\.completion)
             inbox.commands = []
             let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
             inbox.subscribeWaiters = [:]
@@ -570,7 +643,7 @@ public final class RedisShard: @unchecked Sendable {
     /// Moves queued commands and channel changes into the connections' output buffers.
     private func moveInbox() {
         guard let command else { return }
-        let (commands, dirty, waiting) = inbox.withLock { inbox -> ([([[UInt8]], @Sendable (RedisValue) -> Void)], Set<String>, [String: [@Sendable (Result<Void, ProtocolError>) -> Void]]) in
+        let (commands, dirty, waiting) = inbox.withLock { inbox -> ([QueuedCommand], Set<String>, [String: [@Sendable (Result<Void, ProtocolError>) -> Void]]) in
             let taken = (inbox.commands, inbox.dirtyChannels, inbox.subscribeWaiters.filter { confirmed.contains($0.key) })
             inbox.commands.removeAll(keepingCapacity: true)
             inbox.dirtyChannels.removeAll()
@@ -578,11 +651,16 @@ public final class RedisShard: @unchecked Sendable {
             return taken
         }
         let queuedAt = now()
-        for (arguments, callback) in commands {
-            Self.append(command, arguments)
-            inflight.append(callback)
+        for queued in commands {
+            if queued.acknowledged {
+                awaitingAcknowledgement.append(queued)
+                continue
+            }
+            Self.append(command, queued.arguments)
+            inflight.append(queued.completion)
             inflightSince.append(queuedAt)
         }
+        sendAcknowledged(on: command, at: queuedAt)
         for waiters in waiting.values { for waiter in waiters { waiter(.success(())) } }
         if !dirty.isEmpty {
             let always = inbox.withLock { $0.alwaysSubscribed }
@@ -601,6 +679,35 @@ public final class RedisShard: @unchecked Sendable {
                 for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
             }
         }
+    }
+
+    /// Writes the acknowledged writes held so far, then one `WAIT` for all of them (it waits
+    /// for this connection's latest write); their replies are handed over when it answers.
+    private func sendAcknowledged(on command: UnsafeMutablePointer<redisContext>, at queuedAt: Double) {
+        guard let acknowledgement, !acknowledgementInFlight, !awaitingAcknowledgement.isEmpty else { return }
+        let batch = awaitingAcknowledgement
+        awaitingAcknowledgement = []
+        acknowledgementInFlight = true
+        let replies = AcknowledgedReplies(count: batch.count)
+        for (index, queued) in batch.enumerated() {
+            Self.append(command, queued.arguments)
+            inflight.append { reply in replies.values[index] = reply }
+            inflightSince.append(queuedAt)
+        }
+        Self.append(command, ["WAIT", String(acknowledgement.replicas), String(acknowledgement.timeoutMilliseconds)].map { Array($0.utf8) })
+        inflight.append { [self] reply in
+            acknowledgementInFlight = false
+            let replicas = reply.int ?? 0
+            for (queued, value) in zip(batch, replies.values) {
+                // A refused command wrote nothing: its own error says more than WAIT's count.
+                if value.isError || replicas >= Int64(acknowledgement.replicas) {
+                    queued.completion(value)
+                } else {
+                    queued.completion(.error("only \(replicas) of \(acknowledgement.replicas) replicas acknowledged the write within \(acknowledgement.timeoutMilliseconds) ms; it may still have taken effect"))
+                }
+            }
+        }
+        inflightSince.append(queuedAt)
     }
 
     private func subscribeChannels(_ channels: [String]) {
@@ -712,4 +819,12 @@ public final class RedisShard: @unchecked Sendable {
             return .null
         }
     }
+}
+
+/// The replies of one batch of acknowledged writes, kept until their `WAIT` answers. Only the
+/// shard's I/O thread touches it.
+private final class AcknowledgedReplies: @unchecked Sendable {
+    var values: [RedisValue]
+
+    init(count: Int) { values = Array(repeating: .null, count: count) }
 }

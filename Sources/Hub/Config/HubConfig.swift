@@ -1,5 +1,6 @@
 import Channels
 import Glibc
+import Logging
 import RedisEngine
 import RESTCompat
 
@@ -60,6 +61,14 @@ struct HubConfig: Sendable {
     var reusePort = false
     var engine = "memory"
     var redisURLs: [String] = []
+    // Sentinel mode (docs/configuration.md): each master name is one shard found through the sentinels.
+    var redisSentinels: [String] = []
+    var redisMasterNames: [String] = []
+    var redisSentinelPassword: String?
+    var redisPassword: String?
+    // WAIT after writes: 0 replicas is off.
+    var redisMinReplicasAck = 0
+    var redisReplicasAckTimeout: Double = 500
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
@@ -294,6 +303,22 @@ struct HubConfig: Sendable {
                 } else {
                     redisURLs = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
                 }
+            case "redis_sentinel":
+                if let list = value.arrayValue {
+                    redisSentinels = try list.map { try string($0, key) }
+                } else {
+                    redisSentinels = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
+            case "redis_master_name":
+                if let list = value.arrayValue {
+                    redisMasterNames = try list.map { try string($0, key) }
+                } else {
+                    redisMasterNames = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
+            case "redis_sentinel_password": redisSentinelPassword = try string(value, key)
+            case "redis_password": redisPassword = try string(value, key)
+            case "redis_min_replicas_ack": redisMinReplicasAck = try int(value, key)
+            case "redis_replicas_ack_timeout": redisReplicasAckTimeout = try double(value, key)
             case "channel":
                 namespaces.defaultOptions = try Self.channelOptions(value, base: Self.defaultChannelOptions, context: "channel")
             case "namespaces":
@@ -420,6 +445,24 @@ struct HubConfig: Sendable {
         return settings
     }
 
+    /// The Redis engine's shards: one per `redis_url`, or one per master name found through
+    /// the sentinels.
+    func redisShards(logger: Logger) -> [RedisShard] {
+        let acknowledgement = redisMinReplicasAck > 0
+            ? RedisShard.ReplicaAcknowledgement(replicas: redisMinReplicasAck, timeoutMilliseconds: Int(redisReplicasAckTimeout.rounded()))
+            : nil
+        guard !redisSentinels.isEmpty else {
+            return redisURLs.compactMap(RedisShard.Address.init(url:)).map { RedisShard(address: $0, acknowledgement: acknowledgement, logger: logger) }
+        }
+        let sentinels = redisSentinels.compactMap(RedisShard.Endpoint.init)
+        return redisMasterNames.map { name in
+            // The host and port are placeholders until the sentinels name the primary.
+            RedisShard(address: RedisShard.Address(host: sentinels[0].host, port: sentinels[0].port, password: redisPassword),
+                       sentinel: RedisShard.SentinelSource(sentinels: sentinels, masterName: name, password: redisSentinelPassword),
+                       acknowledgement: acknowledgement, logger: logger)
+        }
+    }
+
     /// Checks the values together once everything is merged.
     func validate() throws {
         guard (1...65535).contains(port) else { throw HubError.config("port must be 1-65535") }
@@ -444,10 +487,25 @@ struct HubConfig: Sendable {
         guard maxConnectionsPerIP >= 0 else { throw HubError.config("max_connections_per_ip must be 0 (no limit) or more") }
         guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }
         if engine == "redis" {
-            guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db") }
-            for url in redisURLs where RedisShard.Address(url: url) == nil {
-                throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
+            if redisSentinels.isEmpty {
+                guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db or --redis-sentinel host:port") }
+                guard redisMasterNames.isEmpty else { throw HubError.config("redis_master_name needs redis_sentinel") }
+                for url in redisURLs where RedisShard.Address(url: url) == nil {
+                    throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
+                }
+            } else {
+                guard redisURLs.isEmpty else { throw HubError.config("redis_url and redis_sentinel exclude each other: with Sentinel the sentinels name the primaries") }
+                for sentinel in redisSentinels where RedisShard.Endpoint(sentinel) == nil {
+                    throw HubError.config("bad redis sentinel '\(sentinel)': expected host:port")
+                }
+                guard !redisMasterNames.isEmpty, !redisMasterNames.contains(where: \.isEmpty) else {
+                    throw HubError.config("redis_sentinel needs redis_master_name (the name the sentinels monitor the primary by)")
+                }
+                guard Set(redisMasterNames).count == redisMasterNames.count else { throw HubError.config("redis_master_name lists a name twice") }
             }
+            guard (0...16).contains(redisMinReplicasAck) else { throw HubError.config("redis_min_replicas_ack must be 0 (off) to 16") }
+            // Below the shard's 5 s reply timeout, so a WAIT that runs out never reads as a dead Redis.
+            guard (1...3000).contains(redisReplicasAckTimeout) else { throw HubError.config("redis_replicas_ack_timeout must be 1-3000 milliseconds") }
         }
         guard (1...64).contains(cacheConcurrency) else { throw HubError.config("cache_concurrency must be 1-64") }
         guard cacheMaxReadRate >= 0 else { throw HubError.config("cache_max_read_rate must not be negative") }
