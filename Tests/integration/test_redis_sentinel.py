@@ -466,3 +466,16 @@ def test_min_replicas_ack_refuses_a_publication_no_replica_acknowledged(topology
              message="an acknowledged publication once the replica answers again")
     assert hub.alive()
     assert not [l for l in redis_lines(hub) if "connection lost" in l], "a WAIT running out is no lost connection"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--redis-sentinel", "127.0.0.1:26379"], "redis_sentinel needs redis_master_name"),
+    (["--redis-sentinel", "127.0.0.1:26379", "--redis-master-name", MASTER, "--redis-url", "redis://127.0.0.1:6379/0"],
+     "exclude each other"),
+    (["--redis-sentinel", "127.0.0.1", "--redis-master-name", MASTER], "expected host:port"),
+    (["--redis-url", "redis://127.0.0.1:6379/0", "--redis-master-name", MASTER], "redis_master_name needs redis_sentinel"),
+    (["--redis-url", "redis://127.0.0.1:6379/0", "--redis-replicas-ack-timeout", "5000"], "1-3000 milliseconds"),
+])
+def test_inconsistent_sentinel_settings_stop_the_start(hub_factory, args, message):
+    out = hub_factory.run("--engine", "redis", *args)
+    assert out.returncode == 64 and message in out.stderr, out.stderr
