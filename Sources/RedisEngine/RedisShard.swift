@@ -300,7 +300,9 @@ public final class RedisShard: @unchecked Sendable {
                     // ends the backoff at once.
                     var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                                pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0)]
-                    _ = poll(&fds, 2, Int32(max(10, min(nextAttempt - now(), max(0.01, nextWatchAttempt - now())) * 1000)))
+                    var until = nextAttempt
+                    if sentinel != nil, watch == nil { until = min(until, nextWatchAttempt) }
+                    _ = poll(&fds, 2, Int32(max(10, (until - now()) * 1000)))
                     hub_eventfd_drain(wakeFD)
                     if fds[1].revents != 0, let switched = readWatch() {
                         switchedTo = switched
