@@ -80,6 +80,14 @@ struct HubCommand: ParsableCommand {
     var redisUrl: [String] = []
     @Option(help: "Redis Cluster seed nodes for the redis engine, host:port (or redis://[:password@]host:port); repeat or comma-separate.")
     var redisCluster: [String] = []
+    @Option(help: "Redis Sentinels for the redis engine, host:port, comma-separated: the primaries are found and followed through them.")
+    var redisSentinel: String?
+    @Option(help: "With --redis-sentinel: the master name the sentinels monitor; comma-separate several for shards.") var redisMasterName: String?
+    @Option(help: "With --redis-sentinel: password of the sentinels (prefer HUB_REDIS_SENTINEL_PASSWORD).") var redisSentinelPassword: String?
+    @Option(help: "With --redis-sentinel: password of the primaries the sentinels name (prefer HUB_REDIS_PASSWORD).") var redisPassword: String?
+    @Option(help: "Replicas that must have a publication (with history) or record write before it is acknowledged, via WAIT (default 0: off).")
+    var redisMinReplicasAck: Int?
+    @Option(help: "Milliseconds WAIT waits for those replicas before the write gets a temporary error (default 500).") var redisReplicasAckTimeout: Double?
     @Option(help: "Seconds a crashed node's clients stay in presence with the redis engine (default 60).") var presenceTtl: Double?
     @Option(help: "Cache jobs: the mount point (cache root) files are read from (also CACHE_ROOT).") var cacheRoot: String?
     @Option(help: "Cache jobs: the X-API-Key of /api/v1/cache/* (also API_GATEWAY_KEY).") var cacheApiKey: String?
@@ -218,6 +226,16 @@ struct HubCommand: ParsableCommand {
         if !urls.isEmpty { c.redisURLs = urls.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
         let seeds = redisCluster.isEmpty ? (env["HUB_REDIS_CLUSTER"].map { [$0] } ?? []) : redisCluster
         if !seeds.isEmpty { c.redisCluster = seeds.flatMap { $0.split(separator: ",").map { String($0).trimmingSpaces } } }
+        if let sentinels = redisSentinel ?? env["HUB_REDIS_SENTINEL"] {
+            c.redisSentinels = sentinels.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        }
+        if let names = redisMasterName ?? env["HUB_REDIS_MASTER_NAME"] {
+            c.redisMasterNames = names.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        }
+        c.redisSentinelPassword = redisSentinelPassword ?? env["HUB_REDIS_SENTINEL_PASSWORD"] ?? c.redisSentinelPassword
+        c.redisPassword = redisPassword ?? env["HUB_REDIS_PASSWORD"] ?? c.redisPassword
+        c.redisMinReplicasAck = try redisMinReplicasAck ?? envInt("HUB_REDIS_MIN_REPLICAS_ACK") ?? c.redisMinReplicasAck
+        c.redisReplicasAckTimeout = try redisReplicasAckTimeout ?? envDouble("HUB_REDIS_REPLICAS_ACK_TIMEOUT") ?? c.redisReplicasAckTimeout
         c.presenceTTL = try presenceTtl ?? envDouble("HUB_PRESENCE_TTL") ?? c.presenceTTL
         // Seed 001's variables sit below the HUB_ ones: API_GATEWAY_PORT is the port when nothing else sets it.
         if port == nil && env["HUB_PORT"] == nil, let gatewayPort = try envInt("API_GATEWAY_PORT") { c.port = gatewayPort }

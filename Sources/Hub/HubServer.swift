@@ -126,10 +126,10 @@ final class HubServer {
         // missed announcements: with a short presence TTL a crashed node vanishes as fast.
         let announceEvery = max(1, min(5, Int(config.presenceTTL / 3)))
         if config.engine == "redis" {
+            let redisLogger = Logger(label: "hub.redis")
             let redisBroker = config.redisCluster.isEmpty
-                ? RedisBroker(addresses: config.redisURLs.compactMap(RedisShard.Address.init(url:)),
-                              nodeTTL: 3 * announceEvery, logger: Logger(label: "hub.redis"))
-                : RedisBroker(cluster: config.redisCluster.compactMap(HubConfig.clusterSeed), nodeTTL: 3 * announceEvery, logger: Logger(label: "hub.redis"))
+                ? RedisBroker(shards: config.redisShards(logger: redisLogger), nodeTTL: 3 * announceEvery, logger: redisLogger)
+                : RedisBroker(cluster: config.redisCluster.compactMap(HubConfig.clusterSeed), nodeTTL: 3 * announceEvery, logger: redisLogger)
             let redisPresence = RedisPresenceStore(broker: redisBroker, ttl: config.presenceTTL)
             redis = (redisBroker, redisPresence)
             broker = redisBroker
@@ -267,8 +267,10 @@ final class HubServer {
         if access(config.dashboardDir + "/index.html", R_OK) != 0 {
             logger.warning("no dashboard at \(config.dashboardDir)/index.html: / answers 404 (set --dashboard-dir to the repository's dashboard folder)")
         }
+        let redisShardCount = config.redisSentinels.isEmpty ? config.redisURLs.count : config.redisMasterNames.count
         let engineDescription = config.engine != "redis" ? "memory"
-            : !config.redisCluster.isEmpty ? "redis(cluster)" : "redis(\(config.redisURLs.count) shard\(config.redisURLs.count == 1 ? "" : "s"))"
+            : !config.redisCluster.isEmpty ? "redis(cluster)"
+            : "redis(\(redisShardCount) shard\(redisShardCount == 1 ? "" : "s")\(config.redisSentinels.isEmpty ? "" : " via sentinel"))"
         let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host
         let (http, ws) = config.tlsCert == nil ? ("http", "ws") : ("https", "wss")
         logger.notice("hub serving \(http)://\(shownHost):\(config.port) (\(ws)://\(shownHost):\(config.port)/connection/websocket) engine=\(engineDescription) threads=\(config.threads) version=\(HubVersion.string)")

@@ -17,6 +17,11 @@ import Synchronization
 ///   tag (`hub:stream:{news}`, `hub:meta:{news}`, `hub:ch:{news}`), so they share a slot and the
 ///   scripts stay single-slot; fan-out is sharded PUB/SUB (SPUBLISH/SSUBSCRIBE), reaching only
 ///   the nodes that own the slot instead of every node of the cluster (RedisCluster.swift).
+/// - Failover (Sentinel): replication is asynchronous, so a promoted replica may lack a
+///   stream's last entries and would hand out their offsets again. Streams remember the
+///   primary (replication ID) they were last written under; the first publication or read
+///   under another starts a new epoch, and subscribers learn `recovered:false` instead of
+///   taking new publications for ones they hold.
 public final class RedisBroker: Broker, @unchecked Sendable {
     /// The standalone shards; empty in cluster mode.
     let shards: [RedisShard]
@@ -30,12 +35,17 @@ public final class RedisBroker: Broker, @unchecked Sendable {
     /// Seconds a node stays in the directory after its last announcement.
     let nodeTTL: Int
 
-    public init(addresses: [RedisShard.Address], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
-        precondition(!addresses.isEmpty)
+    public convenience init(addresses: [RedisShard.Address], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
+        self.init(shards: addresses.map { RedisShard(address: $0, logger: logger) }, nodeTTL: nodeTTL, clock: clock, logger: logger)
+    }
+
+    /// Shards built by the caller: standalone servers, or primaries found through Sentinel.
+    public init(shards: [RedisShard], nodeTTL: Int = 15, clock: any Clock = SystemClock(), logger: Logger) {
+        precondition(!shards.isEmpty)
         self.nodeTTL = nodeTTL
         self.clock = clock
         self.logger = logger
-        shards = addresses.map { RedisShard(address: $0, logger: logger) }
+        self.shards = shards
         cluster = nil
         for shard in shards {
             shard.onMessage = { [unowned self] channel, payload in self.deliver(redisChannel: channel, payload: payload) }
@@ -137,13 +147,27 @@ public final class RedisBroker: Broker, @unchecked Sendable {
 
     // MARK: Publish and deliver
 
-    static let publishScript = RedisScript("""
+    /// Lua that starts a new epoch when the stream has none, or (ARGV[g] not empty: the
+    /// primary's replication ID) was last written under another primary. KEYS[1] stream,
+    /// KEYS[2] meta; defines `epoch`.
+    static func epochCheck(newEpoch e: Int, generation g: Int) -> String {
+        """
         local epoch = redis.call('hget', KEYS[2], 'e')
-        if not epoch then
-          epoch = ARGV[6]
-          redis.call('del', KEYS[1])
-          redis.call('hset', KEYS[2], 'e', epoch)
+        if epoch and ARGV[\(g)] ~= '' and redis.call('hget', KEYS[2], 'g') ~= ARGV[\(g)] then
+          -- written under another primary: a failover may have lost its last entries
+          epoch = false
         end
+        if not epoch then
+          epoch = ARGV[\(e)]
+          redis.call('del', KEYS[1], KEYS[2])
+          redis.call('hset', KEYS[2], 'e', epoch)
+          if ARGV[\(g)] ~= '' then redis.call('hset', KEYS[2], 'g', ARGV[\(g)]) end
+        end
+
+        """
+    }
+
+    static let publishScript = RedisScript(epochCheck(newEpoch: 6, generation: 8) + """
         local offset = redis.call('hincrby', KEYS[2], 's', 1)
         redis.call('expire', KEYS[2], ARGV[5])
         redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
@@ -169,11 +193,12 @@ public final class RedisBroker: Broker, @unchecked Sendable {
             return
         }
         let metaTTL = max(options.historyMetaTTL, options.historyTTL)
+        let generation = shard.generation
         Self.publishScript.run(on: shard, keys: [streamKey(channel), metaKey(channel)], arguments: [
             Array(topic(channel).utf8), body, Array(String(options.historySize).utf8),
             Array(String(Int(options.historyTTL.rounded(.up))).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8),
-            Array(RandomID.make(length: 8).utf8), publishCommand,
-        ]) { [weak self] reply in
+            Array(RandomID.make(length: 8).utf8), publishCommand, Array(generation.utf8),
+        ], generation: generation, acknowledged: true) { [weak self] reply in
             guard case .array(let parts) = reply, parts.count == 2, let offset = parts[0].int, let epoch = parts[1].text else {
                 completion(.failure(Self.unavailable(reply)))
                 return
@@ -264,14 +289,8 @@ public final class RedisBroker: Broker, @unchecked Sendable {
 
     // MARK: History
 
-    static let historyScript = RedisScript("""
-        local epoch = redis.call('hget', KEYS[2], 'e')
-        if not epoch then
-          epoch = ARGV[1]
-          redis.call('del', KEYS[1])
-          redis.call('hset', KEYS[2], 'e', epoch)
-          redis.call('expire', KEYS[2], ARGV[2])
-        end
+    static let historyScript = RedisScript(epochCheck(newEpoch: 1, generation: 6) + """
+        if redis.call('ttl', KEYS[2]) < 0 then redis.call('expire', KEYS[2], ARGV[2]) end
         local top = redis.call('hget', KEYS[2], 's') or '0'
         if ARGV[4] == '0' then return {top, epoch, {}} end
         local entries
@@ -301,10 +320,12 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         let metaTTL = max(options.historyMetaTTL, options.historyTTL)
         let now = clock.now()
         let ttl = options.historyTTL
-        Self.historyScript.run(on: shard(for: channel), keys: [streamKey(channel), metaKey(channel)], arguments: [
+        let shard = shard(for: channel)
+        let generation = shard.generation
+        Self.historyScript.run(on: shard, keys: [streamKey(channel), metaKey(channel)], arguments: [
             Array(RandomID.make(length: 8).utf8), Array(String(Int(metaTTL.rounded(.up))).utf8), Array(start.utf8),
-            Array(String(limit).utf8), Array((filter.reverse ? "1" : "0").utf8),
-        ]) { reply in
+            Array(String(limit).utf8), Array((filter.reverse ? "1" : "0").utf8), Array(generation.utf8),
+        ], generation: generation) { reply in
             guard case .array(let parts) = reply, parts.count == 3, let top = parts[0].int, let epoch = parts[1].text,
                   case .array(let entries) = parts[2]
             else {
@@ -404,15 +425,18 @@ struct RedisScript: Sendable {
         sha = SHA1.hex(Array(source.utf8))
     }
 
-    func run(on shard: RedisRoute, keys: [String], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
-        run(on: shard, keys: keys.map { Array($0.utf8) }, arguments: arguments, completion: completion)
+    /// `generation` and `acknowledged` as for `RedisShard.send` (a cluster route ignores them).
+    func run(on shard: RedisRoute, keys: [String], arguments: [[UInt8]], generation: String? = nil, acknowledged: Bool = false,
+             completion: @escaping @Sendable (RedisValue) -> Void) {
+        run(on: shard, keys: keys.map { Array($0.utf8) }, arguments: arguments, generation: generation, acknowledged: acknowledged, completion: completion)
     }
 
-    func run(on shard: RedisRoute, keys: [[UInt8]], arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+    func run(on shard: RedisRoute, keys: [[UInt8]], arguments: [[UInt8]], generation: String? = nil, acknowledged: Bool = false,
+             completion: @escaping @Sendable (RedisValue) -> Void) {
         let tail = [Array(String(keys.count).utf8)] + keys + arguments
-        shard.send([Array("EVALSHA".utf8), Array(sha.utf8)] + tail) { [source] reply in
+        shard.send([Array("EVALSHA".utf8), Array(sha.utf8)] + tail, generation: generation, acknowledged: acknowledged) { [source] reply in
             if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-                shard.send([Array("EVAL".utf8), Array(source.utf8)] + tail, completion: completion)
+                shard.send([Array("EVAL".utf8), Array(source.utf8)] + tail, generation: generation, acknowledged: acknowledged, completion: completion)
             } else {
                 completion(reply)
             }

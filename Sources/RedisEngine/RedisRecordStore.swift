@@ -13,7 +13,8 @@ import Synchronization
 /// script is sent, from the value it writes). Records other tools wrote straight into Redis
 /// join when `prepareMemberSets`/`rebuildMemberSets` walks the records; a member whose record
 /// was changed behind the hub's back is dropped when `members` meets it. Member set prefixes
-/// must not overlap the `MessageIndex` prefix (its scripts do not follow sets).
+/// must not overlap the `MessageIndex` prefix (its scripts do not follow sets). With
+/// `--redis-min-replicas-ack`, puts, deletes and compare-and-sets wait for the replicas.
 ///
 /// On a Redis Cluster each record stays under its own key, in its own slot, so the index and
 /// the sets (each in another slot) are updated in a second step (RedisClusterRecords.swift).
@@ -86,13 +87,14 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
     public func put(_ key: String, value: [UInt8], completion: @escaping @Sendable (Result<Void, StoreError>) -> Void) {
         if broker.cluster != nil { clusterPut(key, value: value, completion: completion); return }
         if isIndexed(key) {
-            Self.indexedPutScript.run(on: shard, keys: [key, Self.indexKey], arguments: [value, factsBytes(key, value)]) { reply in
+            Self.indexedPutScript.run(on: shard, keys: [key, Self.indexKey], arguments: [value, factsBytes(key, value)], acknowledged: true) { reply in
                 completion(reply.isError ? .failure(Self.failure(reply)) : .success(()))
             }
             return
         }
         let sets = sets(for: key, value: value)
-        Self.putScript.run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys, arguments: [value] + sets.flags) { reply in
+        Self.putScript.run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys, arguments: [value] + sets.flags,
+                           acknowledged: true) { reply in
             completion(reply.isError ? .failure(Self.failure(reply)) : .success(()))
         }
     }
@@ -109,7 +111,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         let indexed = isIndexed(key)
         let sets: (keys: [[UInt8]], flags: [[UInt8]]) = indexed ? ([], []) : sets(for: key, value: nil)
         (indexed ? Self.indexedDeleteScript : Self.deleteScript).run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys,
-                                                                     arguments: [[UInt8]]()) { reply in
+                                                                     arguments: [[UInt8]](), acknowledged: true) { reply in
             guard let count = reply.int else { completion(.failure(Self.failure(reply))); return }
             completion(.success(count > 0))
         }
@@ -172,7 +174,7 @@ public final class RedisRecordStore: RecordStore, @unchecked Sendable {
         let sets: (keys: [[UInt8]], flags: [[UInt8]]) = indexed ? ([], []) : sets(for: key, value: new)
         (indexed ? Self.indexedCASScript : Self.casScript).run(on: shard, keys: [Array(key.utf8), Array(Self.indexKey.utf8)] + sets.keys, arguments: [
             Array((expected != nil ? "1" : "0").utf8), expected ?? [], Array((new != nil ? "1" : "0").utf8), new ?? [],
-        ] + (indexed ? [new.map { factsBytes(key, $0) } ?? []] : sets.flags)) { reply in
+        ] + (indexed ? [new.map { factsBytes(key, $0) } ?? []] : sets.flags), acknowledged: true) { reply in
             guard let done = reply.int else { completion(.failure(Self.failure(reply))); return }
             completion(.success(done == 1))
         }

@@ -51,6 +51,13 @@ public final class RedisShard: @unchecked Sendable {
 
         public var description: String { "redis://\(host):\(port)/\(db)" }
 
+        public init(host: String, port: Int, db: Int = 0, password: String? = nil) {
+            self.host = host
+            self.port = port
+            self.db = db
+            self.password = password
+        }
+
         /// Parses `redis://[:password@]host[:port][/db]`.
         public init?(url: String) {
             guard url.hasPrefix("redis://") else { return nil }
@@ -75,7 +82,61 @@ public final class RedisShard: @unchecked Sendable {
         }
     }
 
+    /// Where a Sentinel-managed shard's primary is found: the sentinels to ask and the
+    /// master name they monitor.
+    public struct SentinelSource: Sendable, Equatable {
+        public var sentinels: [Endpoint]
+        public var masterName: String
+        public var password: String?
+
+        public init(sentinels: [Endpoint], masterName: String, password: String? = nil) {
+            self.sentinels = sentinels
+            self.masterName = masterName
+            self.password = password
+        }
+    }
+
+    /// Writes sent `acknowledged` are followed by `WAIT replicas timeout` and succeed only once
+    /// that many replicas have them (`--redis-min-replicas-ack`).
+    public struct ReplicaAcknowledgement: Sendable, Equatable {
+        public var replicas: Int
+        public var timeoutMilliseconds: Int
+
+        public init(replicas: Int, timeoutMilliseconds: Int) {
+            self.replicas = replicas
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+    }
+
+    public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public var description: String { "\(host):\(port)" }
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses `host:port`.
+        public init?(_ text: String) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+                  (1...65535).contains(port), colon != text.startIndex else { return nil }
+            host = String(text[..<colon])
+            self.port = port
+        }
+    }
+
+    /// The address the shard started with; with Sentinel, the primary named at start.
     public let address: Address
+    /// With Sentinel: asked again for the primary on every (re)connection and followed on
+    /// `+switch-master`.
+    public let sentinel: SentinelSource?
+    /// With `--redis-min-replicas-ack`: how acknowledged writes wait for replicas.
+    public let acknowledgement: ReplicaAcknowledgement?
+    /// How log lines and errors name this shard (the primary moves with Sentinel).
+    let label: String
     let logger: Logger
     /// Called on the I/O thread for every PUB/SUB message.
     var onMessage: (@Sendable (_ channel: String, _ payload: [UInt8]) -> Void)?
@@ -105,23 +166,28 @@ public final class RedisShard: @unchecked Sendable {
     public func sendAsking(_ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
         let accepted = inbox.withLock { inbox -> Bool in
             guard inbox.connected, !inbox.stopping else { return false }
-            inbox.commands.append(([Array("ASKING".utf8)], { _ in }))
-            inbox.commands.append((arguments, completion))
+            inbox.commands.append(([Array("ASKING".utf8)], false, { _ in }))
+            inbox.commands.append((arguments, false, completion))
             return true
         }
-        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(address) unavailable")) }
+        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
     }
 
     // MARK: -
 
     private struct Inbox {
-        var commands: [([[UInt8]], @Sendable (RedisValue) -> Void)] = []
+        var commands: [QueuedCommand] = []
         var subscribeWaiters: [String: [@Sendable (Result<Void, ProtocolError>) -> Void]] = [:]
         var dirtyChannels: Set<String> = []
         var alwaysSubscribed: Set<String> = []
         var connected = false
         var stopping = false
+        /// The primary's replication ID (`master_replid`) while connected with Sentinel: it
+        /// changes when a replica is promoted, which is how streams notice a failover.
+        var generation = ""
     }
+
+    private typealias QueuedCommand = (arguments: [[UInt8]], acknowledged: Bool, completion: @Sendable (RedisValue) -> Void)
 
     private let inbox = Mutex(Inbox())
     private let wakeFD: Int32
@@ -148,9 +214,31 @@ public final class RedisShard: @unchecked Sendable {
     /// Channels resubscribed after a reconnection and not yet confirmed.
     private var resubscribing: Set<String> = []
     private var resubscribed: [String] = []
+    /// Where the command and PUB/SUB connections go now (moves with Sentinel).
+    private var current: Address
+    /// A sentinel connection subscribed to `+switch-master`, to follow a failover at once
+    /// rather than when the old primary's connections break or time out.
+    private var watch: UnsafeMutablePointer<redisContext>?
+    private var nextWatchAttempt = 0.0
+    /// The sentinel that answered last; asked first next time.
+    private var sentinelIndex = 0
+    /// A reply said this server is not (or no longer) a writable primary.
+    private var demoted = false
+    /// The primary `+switch-master` named: tried first on the next connection, before the
+    /// sentinels (one that has not heard of the switch yet would name the old primary).
+    private var switchedTo: Address?
+    /// Acknowledged writes waiting for the `WAIT` in flight to answer: at most one `WAIT` is
+    /// outstanding, so while replicas lag the writes queued meanwhile share the next one
+    /// instead of each blocking the connection for the whole timeout in turn.
+    private var awaitingAcknowledgement: [QueuedCommand] = []
+    private var acknowledgementInFlight = false
 
-    public init(address: Address, logger: Logger) {
+    public init(address: Address, sentinel: SentinelSource? = nil, acknowledgement: ReplicaAcknowledgement? = nil, logger: Logger) {
         self.address = address
+        self.sentinel = sentinel
+        self.acknowledgement = acknowledgement
+        current = address
+        label = sentinel.map { "master '\($0.masterName)' (via sentinel)" } ?? address.description
         self.logger = logger
         wakeFD = hub_eventfd()
     }
@@ -174,16 +262,25 @@ public final class RedisShard: @unchecked Sendable {
 
     public var isConnected: Bool { inbox.withLock { $0.connected } }
 
+    /// The current primary's replication ID with Sentinel, "" otherwise.
+    public var generation: String { inbox.withLock { $0.generation } }
+
     // MARK: API for other threads
 
     /// Sends a command; the completion runs on the I/O thread with the reply or an error.
-    public func send(_ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
+    /// With `generation`, the command is refused unless it goes to that very primary: a
+    /// command prepared for the old primary must not reach the new one after a failover.
+    /// `acknowledged` (a write, with `acknowledgement` configured): the reply is handed over
+    /// only once enough replicas have the write, else an error saying it may still have
+    /// happened.
+    public func send(_ arguments: [[UInt8]], generation: String? = nil, acknowledged: Bool = false,
+                     completion: @escaping @Sendable (RedisValue) -> Void) {
         let accepted = inbox.withLock { inbox -> Bool in
-            guard inbox.connected, !inbox.stopping else { return false }
-            inbox.commands.append((arguments, completion))
+            guard inbox.connected, !inbox.stopping, generation == nil || generation == inbox.generation else { return false }
+            inbox.commands.append((arguments, acknowledged && acknowledgement != nil, completion))
             return true
         }
-        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(address) unavailable")) }
+        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
     }
 
     public func send(_ arguments: [String], completion: @escaping @Sendable (RedisValue) -> Void) {
@@ -200,7 +297,7 @@ public final class RedisShard: @unchecked Sendable {
             return false
         }
         if refused {
-            completion(.failure(ProtocolError.internal.with(message: "redis \(address) unavailable")))
+            completion(.failure(ProtocolError.internal.with(message: "redis \(label) unavailable")))
         } else {
             hub_eventfd_signal(wakeFD)
         }
@@ -222,12 +319,22 @@ public final class RedisShard: @unchecked Sendable {
 
     private func run() {
         while !inbox.withLock({ $0.stopping }) {
+            if sentinel != nil, watch == nil, now() >= nextWatchAttempt { openWatch() }
             if command == nil || pubsub == nil {
                 if now() >= nextAttempt { connect() }
                 if command == nil {
-                    var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-                    _ = poll(&fds, 1, Int32(max(10, (nextAttempt - now()) * 1000)))
+                    // The sentinel watch is read while down too: a failover's `+switch-master`
+                    // ends the backoff at once.
+                    var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                               pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0)]
+                    var until = nextAttempt
+                    if sentinel != nil, watch == nil { until = min(until, nextWatchAttempt) }
+                    _ = poll(&fds, 2, Int32(max(10, (until - now()) * 1000)))
                     hub_eventfd_drain(wakeFD)
+                    if fds[1].revents != 0, let switched = readWatch() {
+                        switchedTo = switched
+                        nextAttempt = now()
+                    }
                     failQueuedWhileDown()
                     continue
                 }
@@ -238,8 +345,9 @@ public final class RedisShard: @unchecked Sendable {
                 pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: command.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(command) ? Int16(POLLOUT) : 0), revents: 0),
                 pollfd(fd: pubsub.pointee.fd, events: Int16(POLLIN) | (hasPendingOutput(pubsub) ? Int16(POLLOUT) : 0), revents: 0),
+                pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0),
             ]
-            _ = poll(&fds, 3, 1000)
+            _ = poll(&fds, 4, 1000)
             if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
             var healthy = true
             var failure: String?
@@ -249,6 +357,16 @@ public final class RedisShard: @unchecked Sendable {
             // seen before that answer (fewer needless recoveries after a position check).
             if fds[2].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readMessages(pubsub) && healthy }
             if fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { healthy = readReplies(command) && healthy }
+            if fds[3].revents != 0, let switched = readWatch() {
+                disconnect(reason: "sentinel switched the master to \(switched.host):\(switched.port)")
+                switchedTo = switched
+                nextAttempt = now()
+                continue
+            }
+            if demoted {
+                healthy = false
+                failure = "the server is no longer a writable primary"
+            }
             if healthy, inflightHead < inflight.count, now() - inflightSince[inflightHead] > Self.replyTimeout {
                 healthy = false
                 failure = "no reply within \(Int(Self.replyTimeout)) s; a command sent meanwhile may still take effect"
@@ -256,6 +374,7 @@ public final class RedisShard: @unchecked Sendable {
             if !healthy { disconnect(reason: failure ?? errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
         disconnect(reason: "stopping", quiet: true)
+        closeWatch()
         close(wakeFD)
     }
 
@@ -274,23 +393,36 @@ public final class RedisShard: @unchecked Sendable {
     }
 
     private func connect() {
-        guard let cmd = open(), let sub = open() else {
-            if !reportedDown {
-                logger.error("redis \(address) unreachable; retrying with backoff")
-                reportedDown = true
+        var generation = ""
+        if let sentinel {
+            switch locatePrimary(sentinel) {
+            case .success(let primary):
+                current = primary.address
+                generation = primary.generation
+            case .failure(let problem):
+                retryLater(problem.description)
+                return
             }
-            nextAttempt = now() + backoff
-            backoff = min(backoff * 2, 2)
+        }
+        guard let cmd = open() else {
+            retryLater("unreachable")
+            return
+        }
+        guard let sub = open() else {
+            redisFree(cmd)
+            retryLater("unreachable")
             return
         }
         command = cmd
         pubsub = sub
+        demoted = false
         backoff = 0.05
         subscribed = []
         confirmed = []
         shardSubscribesPending = []
         let channels = inbox.withLock { inbox -> Set<String> in
             inbox.connected = true
+            inbox.generation = generation
             return inbox.alwaysSubscribed.union(inbox.subscribeWaiters.keys).union(inbox.dirtyChannels)
         }
         // Resubscribe everything the node still wants, in batches.
@@ -302,9 +434,18 @@ public final class RedisShard: @unchecked Sendable {
             resubscribed = all
         }
         everConnected = true
-        logger.notice("redis \(address) connected\(reportedDown ? " again" : "")")
+        logger.notice("redis \(label) connected\(reportedDown ? " again" : "")\(sentinel != nil ? " at \(current.host):\(current.port)" : "")")
         reportedDown = false
         onConnected?()
+    }
+
+    private func retryLater(_ problem: String) {
+        if !reportedDown {
+            logger.error("redis \(label): \(problem); retrying with backoff")
+            reportedDown = true
+        }
+        nextAttempt = now() + backoff
+        backoff = min(backoff * 2, 2)
     }
 
     /// Channels the node had before a reconnect (tracked by the broker through `wanted`).
@@ -315,28 +456,170 @@ public final class RedisShard: @unchecked Sendable {
     }
 
     private func open() -> UnsafeMutablePointer<redisContext>? {
-        guard let context = hub_redis_connect(address.host, Int32(address.port), 2000) else { return nil }
-        if context.pointee.err != 0 {
-            redisFree(context)
-            return nil
-        }
-        // The handshake is blocking (on this thread) but bounded: a Redis that accepts TCP
-        // connections without answering (stopped, overloaded) counts as unreachable.
-        guard redisSetTimeout(context, timeval(tv_sec: 2, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
+        let address = current
         var setup: [[String]] = []
         if let password = address.password { setup.append(["AUTH", password]) }
         if address.db != 0 { setup.append(["SELECT", String(address.db)]) }
         setup.append(["PING"])
-        for arguments in setup {
-            append(context, arguments.map { Array($0.utf8) })
-            var raw: UnsafeMutableRawPointer?
-            guard redisGetReply(context, &raw) == REDIS_OK, let raw else { redisFree(context); return nil }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
-            freeReplyObject(raw)
-            if reply.isError { redisFree(context); return nil }
-        }
+        guard let context = Self.openBlocking(host: address.host, port: address.port, timeout: 2, setup: setup) else { return nil }
         guard hub_redis_make_nonblocking(context) == 0 else { redisFree(context); return nil }
         return context
+    }
+
+    /// Connects and runs `setup` blocking, on the calling thread (the shard's I/O thread, or
+    /// the main thread at start) but bounded: a server that accepts TCP connections without
+    /// answering (stopped, overloaded) counts as unreachable.
+    private static func openBlocking(host: String, port: Int, timeout: Int, setup: [[String]]) -> UnsafeMutablePointer<redisContext>? {
+        guard let context = hub_redis_connect(host, Int32(port), Int32(timeout * 1000)) else { return nil }
+        if context.pointee.err != 0 {
+            redisFree(context)
+            return nil
+        }
+        guard redisSetTimeout(context, timeval(tv_sec: timeout, tv_usec: 0)) == REDIS_OK else { redisFree(context); return nil }
+        for arguments in setup {
+            guard let reply = call(context, arguments), !reply.isError else { redisFree(context); return nil }
+        }
+        return context
+    }
+
+    /// One command on a blocking context; nil when the connection failed.
+    private static func call(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [String]) -> RedisValue? {
+        append(context, arguments.map { Array($0.utf8) })
+        var raw: UnsafeMutableRawPointer?
+        guard redisGetReply(context, &raw) == REDIS_OK, let raw else { return nil }
+        let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+        freeReplyObject(raw)
+        return reply
+    }
+
+    // MARK: Sentinel
+
+    public enum SentinelProblem: Error, CustomStringConvertible {
+        case unreachable([Endpoint])
+        case unknownMaster(String, [Endpoint])
+        /// The sentinels name a primary that cannot be reached or is not (yet) a primary:
+        /// between a primary's death and the end of the failover.
+        case noPrimary(Address)
+
+        public var description: String {
+            switch self {
+            case .unreachable(let sentinels):
+                return "no Redis Sentinel answered at \(sentinels.map(\.description).joined(separator: ", "))"
+            case .unknownMaster(let name, let sentinels):
+                return "the Redis Sentinels at \(sentinels.map(\.description).joined(separator: ", ")) monitor no master named '\(name)'"
+            case .noPrimary(let address):
+                return "the primary the sentinels name, \(address.host):\(address.port), is unreachable or not a primary"
+            }
+        }
+    }
+
+    /// Asks the sentinels in turn (from `first`) where the primary is. Blocking, bounded by
+    /// one second per sentinel: called at start (to refuse a bad configuration) and on the
+    /// shard's I/O thread, never on a service thread.
+    public static func askSentinels(_ source: SentinelSource, from first: Int = 0) -> Result<(address: Address, sentinel: Int), SentinelProblem> {
+        var anyAnswered = false
+        for step in 0..<source.sentinels.count {
+            let index = (first + step) % source.sentinels.count
+            let endpoint = source.sentinels[index]
+            guard let context = openBlocking(host: endpoint.host, port: endpoint.port, timeout: 1,
+                                             setup: source.password.map { [["AUTH", $0]] } ?? []) else { continue }
+            defer { redisFree(context) }
+            guard let reply = call(context, ["SENTINEL", "get-master-addr-by-name", source.masterName]) else { continue }
+            anyAnswered = true
+            guard case .array(let parts) = reply, parts.count == 2, let host = parts[0].text, let port = parts[1].int else { continue }
+            return .success((Address(host: host, port: Int(port)), index))
+        }
+        return .failure(anyAnswered ? .unknownMaster(source.masterName, source.sentinels) : .unreachable(source.sentinels))
+    }
+
+    /// The primary the sentinels name, once `ROLE` on it confirms it is one: during a
+    /// failover a sentinel may still name the old primary, now a replica, and writes there
+    /// would be refused (or lost). Also reads its replication ID, the shard's generation.
+    private func locatePrimary(_ source: SentinelSource) -> Result<(address: Address, generation: String), SentinelProblem> {
+        if let switched = switchedTo {
+            switchedTo = nil
+            if let generation = confirmPrimary(switched) { return .success((withCredentials(switched), generation)) }
+        }
+        var problem = SentinelProblem.unreachable(source.sentinels)
+        for step in 0..<source.sentinels.count {
+            switch Self.askSentinels(source, from: sentinelIndex + step) {
+            case .failure(let failure):
+                return .failure(failure)
+            case .success(let found):
+                if let generation = confirmPrimary(found.address) {
+                    sentinelIndex = found.sentinel
+                    return .success((withCredentials(found.address), generation))
+                }
+                problem = .noPrimary(found.address)
+                // The next sentinel may know of a failover this one has not heard of yet.
+                sentinelIndex = found.sentinel + 1
+            }
+        }
+        return .failure(problem)
+    }
+
+    /// The address the sentinels name, with this shard's password and database.
+    private func withCredentials(_ found: Address) -> Address {
+        Address(host: found.host, port: found.port, db: address.db, password: address.password)
+    }
+
+    /// The server's replication ID when `ROLE` says it is a primary; nil otherwise.
+    private func confirmPrimary(_ found: Address) -> String? {
+        let candidate = withCredentials(found)
+        let setup = candidate.password.map { [["AUTH", $0]] } ?? []
+        guard let context = Self.openBlocking(host: candidate.host, port: candidate.port, timeout: 1, setup: setup) else { return nil }
+        defer { redisFree(context) }
+        guard case .array(let role)? = Self.call(context, ["ROLE"]), role.first?.text == "master",
+              let info = Self.call(context, ["INFO", "replication"])?.text
+        else { return nil }
+        return info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("master_replid:") }
+            .map { String($0.dropFirst("master_replid:".count).filter { !$0.isWhitespace }) } ?? ""
+    }
+
+    private func openWatch() {
+        guard let source = sentinel else { return }
+        nextWatchAttempt = now() + 2
+        for step in 0..<source.sentinels.count {
+            let endpoint = source.sentinels[(sentinelIndex + step) % source.sentinels.count]
+            guard let context = Self.openBlocking(host: endpoint.host, port: endpoint.port, timeout: 1,
+                                                  setup: source.password.map { [["AUTH", $0]] } ?? []) else { continue }
+            guard case .array? = Self.call(context, ["SUBSCRIBE", "+switch-master"]), hub_redis_make_nonblocking(context) == 0 else {
+                redisFree(context)
+                continue
+            }
+            watch = context
+            return
+        }
+    }
+
+    private func closeWatch() {
+        if let watch { redisFree(watch) }
+        watch = nil
+    }
+
+    /// Reads the sentinel's messages; returns the new primary when this shard's master was
+    /// switched (`+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`).
+    private func readWatch() -> Address? {
+        guard let watch, let source = sentinel else { return nil }
+        guard redisBufferRead(watch) == REDIS_OK else {
+            closeWatch()
+            return nil
+        }
+        var switched: Address?
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReplyFromReader(watch, &raw) == REDIS_OK else {
+                closeWatch()
+                return switched
+            }
+            guard let raw else { break }
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard case .array(let parts) = reply, parts.count == 3, parts[0].text == "message", let text = parts[2].text else { continue }
+            let words = text.split(separator: " ")
+            if words.count == 5, words[0] == source.masterName, let port = Int(words[4]) { switched = Address(host: String(words[3]), port: port) }
+        }
+        return switched
     }
 
     private func disconnect(reason: String, quiet: Bool = false) {
@@ -354,19 +637,23 @@ public final class RedisShard: @unchecked Sendable {
         resubscribing = []
         resubscribed = []
         shardSubscribesPending = []
+        let held = awaitingAcknowledgement.map(\.completion)
+        awaitingAcknowledgement = []
+        acknowledgementInFlight = false
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
             inbox.connected = false
-            let queued = inbox.commands.map(\.1)
+            inbox.generation = ""
+            let queued = inbox.commands.map(\.completion)
             inbox.commands = []
             let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
             inbox.subscribeWaiters = [:]
             return (queued, waiters)
         }
         for callback in failed { callback(.error("redis connection lost")) }
-        for callback in queued { callback(.error("redis connection lost")) }
+        for callback in queued + held { callback(.error("redis connection lost")) }
         for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis connection lost"))) }
         if !quiet {
-            logger.error("redis \(address) connection lost (\(reason)); reconnecting")
+            logger.error("redis \(label) connection lost (\(reason)); reconnecting")
             reportedDown = true
             onConnectionLost?()
         }
@@ -375,20 +662,20 @@ public final class RedisShard: @unchecked Sendable {
 
     private func failQueuedWhileDown() {
         let (queued, waiters) = inbox.withLock { inbox -> ([@Sendable (RedisValue) -> Void], [@Sendable (Result<Void, ProtocolError>) -> Void]) in
-            let queued = inbox.commands.map(\.1)
+            let queued = inbox.commands.map(\.completion)
             inbox.commands = []
             let waiters = inbox.subscribeWaiters.values.flatMap { $0 }
             inbox.subscribeWaiters = [:]
             return (queued, waiters)
         }
-        for callback in queued { callback(.error("redis \(address) unavailable")) }
+        for callback in queued { callback(.error("redis \(label) unavailable")) }
         for waiter in waiters { waiter(.failure(ProtocolError.internal.with(message: "redis unavailable"))) }
     }
 
     /// Moves queued commands and channel changes into the connections' output buffers.
     private func moveInbox() {
         guard let command else { return }
-        let (commands, dirty, waiting) = inbox.withLock { inbox -> ([([[UInt8]], @Sendable (RedisValue) -> Void)], Set<String>, [String: [@Sendable (Result<Void, ProtocolError>) -> Void]]) in
+        let (commands, dirty, waiting) = inbox.withLock { inbox -> ([QueuedCommand], Set<String>, [String: [@Sendable (Result<Void, ProtocolError>) -> Void]]) in
             let taken = (inbox.commands, inbox.dirtyChannels, inbox.subscribeWaiters.filter { confirmed.contains($0.key) })
             inbox.commands.removeAll(keepingCapacity: true)
             inbox.dirtyChannels.removeAll()
@@ -396,11 +683,16 @@ public final class RedisShard: @unchecked Sendable {
             return taken
         }
         let queuedAt = now()
-        for (arguments, callback) in commands {
-            append(command, arguments)
-            inflight.append(callback)
+        for queued in commands {
+            if queued.acknowledged {
+                awaitingAcknowledgement.append(queued)
+                continue
+            }
+            Self.append(command, queued.arguments)
+            inflight.append(queued.completion)
             inflightSince.append(queuedAt)
         }
+        sendAcknowledged(on: command, at: queuedAt)
         for waiters in waiting.values { for waiter in waiters { waiter(.success(())) } }
         if !dirty.isEmpty {
             let always = inbox.withLock { $0.alwaysSubscribed }
@@ -413,34 +705,63 @@ public final class RedisShard: @unchecked Sendable {
             }
             subscribeChannels(add)
             if !remove.isEmpty, let pubsub, shardedPubSub {
-                for channel in remove { append(pubsub, [Array("SUNSUBSCRIBE".utf8), Array(channel.utf8)]) }
+                for channel in remove { Self.append(pubsub, [Array("SUNSUBSCRIBE".utf8), Array(channel.utf8)]) }
                 for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
             } else if !remove.isEmpty, let pubsub {
                 for chunk in stride(from: 0, to: remove.count, by: 512) {
-                    append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
+                    Self.append(pubsub, [Array("UNSUBSCRIBE".utf8)] + remove[chunk..<min(chunk + 512, remove.count)].map { Array($0.utf8) })
                 }
                 for channel in remove { subscribed.remove(channel); confirmed.remove(channel); knownChannels.remove(channel) }
             }
         }
     }
 
+    /// Writes the acknowledged writes held so far, then one `WAIT` for all of them (it waits
+    /// for this connection's latest write); their replies are handed over when it answers.
+    private func sendAcknowledged(on command: UnsafeMutablePointer<redisContext>, at queuedAt: Double) {
+        guard let acknowledgement, !acknowledgementInFlight, !awaitingAcknowledgement.isEmpty else { return }
+        let batch = awaitingAcknowledgement
+        awaitingAcknowledgement = []
+        acknowledgementInFlight = true
+        let replies = AcknowledgedReplies(count: batch.count)
+        for (index, queued) in batch.enumerated() {
+            Self.append(command, queued.arguments)
+            inflight.append { reply in replies.values[index] = reply }
+            inflightSince.append(queuedAt)
+        }
+        Self.append(command, ["WAIT", String(acknowledgement.replicas), String(acknowledgement.timeoutMilliseconds)].map { Array($0.utf8) })
+        inflight.append { [self] reply in
+            acknowledgementInFlight = false
+            let replicas = reply.int ?? 0
+            for (queued, value) in zip(batch, replies.values) {
+                // A refused command wrote nothing: its own error says more than WAIT's count.
+                if value.isError || replicas >= Int64(acknowledgement.replicas) {
+                    queued.completion(value)
+                } else {
+                    queued.completion(.error("only \(replicas) of \(acknowledgement.replicas) replicas acknowledged the write within \(acknowledgement.timeoutMilliseconds) ms; it may still have taken effect"))
+                }
+            }
+        }
+        inflightSince.append(queuedAt)
+    }
+
     private func subscribeChannels(_ channels: [String]) {
         guard let pubsub, !channels.isEmpty else { return }
         if shardedPubSub {
-            for channel in channels { append(pubsub, [Array("SSUBSCRIBE".utf8), Array(channel.utf8)]) }
+            for channel in channels { Self.append(pubsub, [Array("SSUBSCRIBE".utf8), Array(channel.utf8)]) }
             shardSubscribesPending += channels
             subscribed.formUnion(channels)
             knownChannels.formUnion(channels)
             return
         }
         for chunk in stride(from: 0, to: channels.count, by: 512) {
-            append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
+            Self.append(pubsub, [Array("SUBSCRIBE".utf8)] + channels[chunk..<min(chunk + 512, channels.count)].map { Array($0.utf8) })
         }
         subscribed.formUnion(channels)
         knownChannels.formUnion(channels)
     }
 
-    private func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
+    private static func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
         // hiredis copies the arguments into its output buffer before returning.
         let count = arguments.count
         let pointers = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: count)
@@ -467,8 +788,11 @@ public final class RedisShard: @unchecked Sendable {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
             guard let raw else { return true }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
+            // A replica refuses writes (READONLY) and a primary loading its data answers
+            // LOADING: with Sentinel, ask again where the primary is.
+            if sentinel != nil, case .error(let message) = reply, message.contains("READONLY") || message.hasPrefix("LOADING") { demoted = true }
             guard inflightHead < inflight.count else { continue }
             let callback = inflight[inflightHead]
             inflightHead += 1
@@ -489,7 +813,7 @@ public final class RedisShard: @unchecked Sendable {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { return false }
             guard let raw else { break }
-            let reply = copy(raw.assumingMemoryBound(to: redisReply.self))
+            let reply = Self.copy(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
             if case .error(let message) = reply, shardedPubSub, !shardSubscribesPending.isEmpty {
                 let channel = shardSubscribesPending.removeFirst()
@@ -549,7 +873,7 @@ public final class RedisShard: @unchecked Sendable {
         return true
     }
 
-    private func copy(_ reply: UnsafeMutablePointer<redisReply>) -> RedisValue {
+    private static func copy(_ reply: UnsafeMutablePointer<redisReply>) -> RedisValue {
         let r = reply.pointee
         switch r.type {
         case REDIS_REPLY_STRING:
@@ -563,10 +887,18 @@ public final class RedisShard: @unchecked Sendable {
         case REDIS_REPLY_ARRAY:
             var items: [RedisValue] = []
             items.reserveCapacity(r.elements)
-            for i in 0..<r.elements { if let element = r.element[i] { items.append(copy(element)) } }
+            for i in 0..<r.elements { if let element = r.element[i] { items.append(Self.copy(element)) } }
             return .array(items)
         default:
             return .null
         }
     }
+}
+
+/// The replies of one batch of acknowledged writes, kept until their `WAIT` answers. Only the
+/// shard's I/O thread touches it.
+private final class AcknowledgedReplies: @unchecked Sendable {
+    var values: [RedisValue]
+
+    init(count: Int) { values = Array(repeating: .null, count: count) }
 }

@@ -1,5 +1,6 @@
 import Channels
 import Glibc
+import Logging
 import RedisEngine
 import RESTCompat
 
@@ -68,6 +69,14 @@ struct HubConfig: Sendable {
     /// Seed nodes of a Redis Cluster (`host:port` or `redis://[:password@]host:port`); set, they
     /// replace `redisURLs` for the redis engine.
     var redisCluster: [String] = []
+    // Sentinel mode (docs/configuration.md): each master name is one shard found through the sentinels.
+    var redisSentinels: [String] = []
+    var redisMasterNames: [String] = []
+    var redisSentinelPassword: String?
+    var redisPassword: String?
+    // WAIT after writes: 0 replicas is off.
+    var redisMinReplicasAck = 0
+    var redisReplicasAckTimeout: Double = 500
     var presenceTTL: Double = 60
     var rateLimits: [String: [RateLimit]] = [:]
     var namespaces = ChannelNamespaces(defaultOptions: HubConfig.defaultChannelOptions)
@@ -317,6 +326,22 @@ struct HubConfig: Sendable {
                 } else {
                     redisCluster = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
                 }
+            case "redis_sentinel":
+                if let list = value.arrayValue {
+                    redisSentinels = try list.map { try string($0, key) }
+                } else {
+                    redisSentinels = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
+            case "redis_master_name":
+                if let list = value.arrayValue {
+                    redisMasterNames = try list.map { try string($0, key) }
+                } else {
+                    redisMasterNames = try string(value, key).split(separator: ",").map { String($0).trimmingSpaces }
+                }
+            case "redis_sentinel_password": redisSentinelPassword = try string(value, key)
+            case "redis_password": redisPassword = try string(value, key)
+            case "redis_min_replicas_ack": redisMinReplicasAck = try int(value, key)
+            case "redis_replicas_ack_timeout": redisReplicasAckTimeout = try double(value, key)
             case "channel":
                 namespaces.defaultOptions = try Self.channelOptions(value, base: Self.defaultChannelOptions, context: "channel")
             case "namespaces":
@@ -471,6 +496,24 @@ struct HubConfig: Sendable {
         return settings
     }
 
+    /// The Redis engine's shards: one per `redis_url`, or one per master name found through
+    /// the sentinels.
+    func redisShards(logger: Logger) -> [RedisShard] {
+        let acknowledgement = redisMinReplicasAck > 0
+            ? RedisShard.ReplicaAcknowledgement(replicas: redisMinReplicasAck, timeoutMilliseconds: Int(redisReplicasAckTimeout.rounded()))
+            : nil
+        guard !redisSentinels.isEmpty else {
+            return redisURLs.compactMap(RedisShard.Address.init(url:)).map { RedisShard(address: $0, acknowledgement: acknowledgement, logger: logger) }
+        }
+        let sentinels = redisSentinels.compactMap(RedisShard.Endpoint.init)
+        return redisMasterNames.map { name in
+            // The host and port are placeholders until the sentinels name the primary.
+            RedisShard(address: RedisShard.Address(host: sentinels[0].host, port: sentinels[0].port, password: redisPassword),
+                       sentinel: RedisShard.SentinelSource(sentinels: sentinels, masterName: name, password: redisSentinelPassword),
+                       acknowledgement: acknowledgement, logger: logger)
+        }
+    }
+
     /// Checks the values together once everything is merged.
     func validate() throws {
         guard (1...65535).contains(port) else { throw HubError.config("port must be 1-65535") }
@@ -494,19 +537,39 @@ struct HubConfig: Sendable {
         guard maxConnections >= 1 else { throw HubError.config("max_connections must be at least 1") }
         guard maxConnectionsPerIP >= 0 else { throw HubError.config("max_connections_per_ip must be 0 (no limit) or more") }
         guard ["memory", "redis"].contains(engine) else { throw HubError.config("engine must be memory or redis") }
-        if engine == "redis", !redisCluster.isEmpty {
-            guard redisURLs.isEmpty else { throw HubError.config("give redis_url (standalone or shards) or redis_cluster, not both") }
-            for seed in redisCluster {
-                guard let address = Self.clusterSeed(seed) else {
-                    throw HubError.config("bad redis cluster node '\(seed)': expected host:port or redis://[:password@]host:port")
+        if engine == "redis" {
+            if !redisCluster.isEmpty {
+                guard redisURLs.isEmpty, redisSentinels.isEmpty else {
+                    throw HubError.config("give one of redis_url (standalone or shards), redis_sentinel or redis_cluster")
                 }
-                guard address.db == 0 else { throw HubError.config("redis cluster node '\(seed)': a cluster has only database 0") }
+                guard redisMasterNames.isEmpty else { throw HubError.config("redis_master_name needs redis_sentinel") }
+                // A cluster's replicas are its own; WAIT per slot owner is not wired (docs/configuration.md).
+                guard redisMinReplicasAck == 0 else { throw HubError.config("redis_min_replicas_ack works in standalone and Sentinel mode, not with redis_cluster") }
+                for seed in redisCluster {
+                    guard let address = Self.clusterSeed(seed) else {
+                        throw HubError.config("bad redis cluster node '\(seed)': expected host:port or redis://[:password@]host:port")
+                    }
+                    guard address.db == 0 else { throw HubError.config("redis cluster node '\(seed)': a cluster has only database 0") }
+                }
+            } else if redisSentinels.isEmpty {
+                guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db, --redis-sentinel host:port or --redis-cluster host:port") }
+                guard redisMasterNames.isEmpty else { throw HubError.config("redis_master_name needs redis_sentinel") }
+                for url in redisURLs where RedisShard.Address(url: url) == nil {
+                    throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
+                }
+            } else {
+                guard redisURLs.isEmpty else { throw HubError.config("redis_url and redis_sentinel exclude each other: with Sentinel the sentinels name the primaries") }
+                for sentinel in redisSentinels where RedisShard.Endpoint(sentinel) == nil {
+                    throw HubError.config("bad redis sentinel '\(sentinel)': expected host:port")
+                }
+                guard !redisMasterNames.isEmpty, !redisMasterNames.contains(where: \.isEmpty) else {
+                    throw HubError.config("redis_sentinel needs redis_master_name (the name the sentinels monitor the primary by)")
+                }
+                guard Set(redisMasterNames).count == redisMasterNames.count else { throw HubError.config("redis_master_name lists a name twice") }
             }
-        } else if engine == "redis" {
-            guard !redisURLs.isEmpty else { throw HubError.config("the redis engine needs --redis-url redis://host:port/db") }
-            for url in redisURLs where RedisShard.Address(url: url) == nil {
-                throw HubError.config("bad redis url '\(url)': expected redis://[:password@]host[:port][/db]")
-            }
+            guard (0...16).contains(redisMinReplicasAck) else { throw HubError.config("redis_min_replicas_ack must be 0 (off) to 16") }
+            // Below the shard's 5 s reply timeout, so a WAIT that runs out never reads as a dead Redis.
+            guard (1...3000).contains(redisReplicasAckTimeout) else { throw HubError.config("redis_replicas_ack_timeout must be 1-3000 milliseconds") }
         }
         guard redisCluster.isEmpty || engine == "redis" else { throw HubError.config("redis_cluster needs engine redis") }
         guard (1...64).contains(cacheConcurrency) else { throw HubError.config("cache_concurrency must be 1-64") }
