@@ -213,7 +213,8 @@ public final class RedisBroker: Broker, @unchecked Sendable {
 
     /// Runs one command on the shard that holds `key` (the engine's own connection, replies in order).
     public func send(key: String, _ arguments: [[UInt8]], completion: @escaping @Sendable (RedisValue) -> Void) {
-        shard(for: key).send(arguments, completion: completion)
+        // In a cluster the key's own slot (shard(for:) would route by the channel topic's tag).
+        (cluster == nil ? shard(for: key) : route(forKey: key)).send(arguments, completion: completion)
     }
 
     static func unavailable(_ reply: RedisValue) -> ProtocolError {

@@ -10,6 +10,7 @@ RESHARD_PUBLICATIONS (default 120) sets how many it publishes across the move.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -292,6 +293,28 @@ def test_rate_limit_holds_across_nodes(redis_cluster, nodes):
     codes = [requests.get(f"{(a, b)[i % 2].url}/api/v1/cache/jobs/none-{i}", headers={"X-API-Key": CACHE_KEY},
                           timeout=WAIT).status_code for i in range(10)]
     assert codes.count(429) == 4, codes
+
+
+def test_the_publication_stream_lands_in_its_own_slot_once_in_order(redis_cluster, hub_factory):
+    """A namespace's Redis stream target on a cluster: one XADD per event to the node owning the
+    stream key's slot (not the channel's), in order, readable with `redis-cli -c XRANGE`."""
+    key = f"archive:{uuid.uuid4().hex[:8]}"
+    config = {**HUB_CONFIG, "namespaces": [{"name": "feed", "history_size": 100, "history_ttl": 600,
+                                             "publication_stream_redis_key": key}]}
+    hub = hub_factory("--engine", "redis", "--redis-cluster", redis_cluster.seeds, "--node-name", "s", config=config)
+    wait_for(lambda: "error" not in hub.api("info", {}), message="info through the cluster")
+    channel = next(f"feed:{n}" for n in range(1000)
+                   if redis_cluster.owner(redis_cluster.slot(f"hub:ch:{{feed:{n}}}")) != redis_cluster.owner(redis_cluster.slot(key)))
+    for n in range(1, 11):
+        hub.publish(channel, {"n": n})
+
+    def entries():
+        out = redis_cluster.cli(redis_cluster.live_port, "XRANGE", key, "-", "+", cluster=True).splitlines()
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    wait_for(lambda: len(entries()) == 10, message="10 stream entries")
+    assert [(e["type"], e["channel"], e["offset"], e["data"]["n"]) for e in entries()] == \
+        [("publication", channel, n, n) for n in range(1, 11)]
 
 
 def test_resharding_a_live_channel_loses_and_repeats_nothing(redis_cluster, nodes):
