@@ -43,6 +43,12 @@ struct HubCommand: ParsableCommand {
     @Option(help: "RPC proxy: http:// URL serving client RPCs the hub does not serve itself.") var proxyRpcEndpoint: String?
     @Option(help: "Sub-refresh proxy: http:// URL extending subscriptions in namespaces with proxy_sub_refresh.") var proxySubRefreshEndpoint: String?
     @Option(help: "Seconds a proxy call may take, connect included (default 1).") var proxyTimeout: Double?
+    @Option(help: "Seconds a connect proxy call may take (default --proxy-timeout).") var proxyConnectTimeout: Double?
+    @Option(help: "Seconds a refresh proxy call may take (default --proxy-timeout).") var proxyRefreshTimeout: Double?
+    @Option(help: "Seconds a subscribe proxy call may take (default --proxy-timeout).") var proxySubscribeTimeout: Double?
+    @Option(help: "Seconds a publish proxy call may take (default --proxy-timeout).") var proxyPublishTimeout: Double?
+    @Option(help: "Seconds an RPC proxy call may take (default --proxy-timeout).") var proxyRpcTimeout: Double?
+    @Option(help: "Seconds a sub-refresh proxy call may take (default --proxy-timeout).") var proxySubRefreshTimeout: Double?
     @Option(help: "Client request headers forwarded to proxies, comma-separated (e.g. Cookie,Authorization).") var proxyHttpHeaders: String?
     @Option(help: "Proxy calls in flight per node (default 256); more are answered with a temporary error.") var proxyMaxInFlight: Int?
     @Option(help: "Bytes of events each publication stream target may have queued (default 16777216); more are dropped and counted.") var publicationStreamQueueMaxBytes: Int?
@@ -187,6 +193,13 @@ struct HubCommand: ParsableCommand {
             if let url = flag ?? env["HUB_PROXY_\(kind.rawValue.uppercased())_ENDPOINT"] { c.proxyEndpoints[kind] = url }
         }
         c.proxyTimeout = try proxyTimeout ?? envDouble("HUB_PROXY_TIMEOUT") ?? c.proxyTimeout
+        let timeoutFlags: [(ProxyKind, Double?)] = [
+            (.connect, proxyConnectTimeout), (.refresh, proxyRefreshTimeout), (.subscribe, proxySubscribeTimeout),
+            (.publish, proxyPublishTimeout), (.rpc, proxyRpcTimeout), (.subRefresh, proxySubRefreshTimeout),
+        ]
+        for (kind, flag) in timeoutFlags {
+            if let timeout = try flag ?? envDouble("HUB_PROXY_\(kind.rawValue.uppercased())_TIMEOUT") { c.proxyTimeouts[kind] = timeout }
+        }
         c.proxyMaxInFlight = try proxyMaxInFlight ?? envInt("HUB_PROXY_MAX_IN_FLIGHT") ?? c.proxyMaxInFlight
         c.publicationStream.queueMaxBytes = try publicationStreamQueueMaxBytes ?? envInt("HUB_PUBLICATION_STREAM_QUEUE_MAX_BYTES") ?? c.publicationStream.queueMaxBytes
         c.publicationStream.batchSize = try publicationStreamBatchSize ?? envInt("HUB_PUBLICATION_STREAM_BATCH_SIZE") ?? c.publicationStream.batchSize

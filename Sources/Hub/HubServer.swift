@@ -102,6 +102,7 @@ final class HubServer {
             var settings = HTTPProxyBackend.Settings()
             settings.endpoints = config.proxyEndpoints
             settings.timeout = config.proxyTimeout
+            settings.timeouts = config.proxyTimeouts
             settings.staticHeaders = config.proxyStaticHTTPHeaders
             settings.maxInFlight = config.proxyMaxInFlight
             do { proxy = try HTTPProxyBackend(settings: settings, metrics: metrics, logger: Logger(label: "hub.proxy")) } catch {

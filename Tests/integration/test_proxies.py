@@ -355,6 +355,28 @@ def test_proxy_calls_over_the_in_flight_bound_are_answered_at_once(hub_factory, 
     assert 'hub_proxy_calls_total{kind="connect",outcome="overloaded"} 1' in hub.get("/metrics").text
 
 
+def test_a_proxy_kind_has_its_own_timeout(hub_factory, backend):
+    """`--proxy-connect-timeout` bounds connect calls; the other kinds keep `--proxy-timeout`."""
+    backend.handlers["/connect"] = session_connect
+    hub = proxy_hub(hub_factory, backend, "--proxy-timeout", "10", "--proxy-connect-timeout", "0.3")
+
+    async def main():
+        async with await hub.ws() as slow:
+            started = time.monotonic()
+            err = await slow.error("connect", {"data": {"case": "slow"}})  # the backend takes 3 s
+            assert time.monotonic() - started < 2.0
+            assert err["code"] == 100 and err.get("temporary") is True
+
+    arun(main())
+
+
+@pytest.mark.parametrize("flag", ["--proxy-connect-timeout", "--proxy-sub-refresh-timeout"])
+def test_a_proxy_timeout_out_of_range_stops_the_hub(hub_factory, backend, flag):
+    cp = hub_factory.run("--proxy-connect-endpoint", backend.url("/connect"), flag, "0")
+    assert cp.returncode == 64
+    assert "_timeout must be 0.01-60 seconds" in cp.stderr + cp.stdout
+
+
 ROOMS = {"name": "room", "proxy_subscribe": True, "proxy_publish": True,
          "history_size": 10, "history_ttl": 300}
 

@@ -26,6 +26,7 @@ struct HubConfig: Sendable {
     // Backend proxies (docs/protocol.md "Backend proxies"): Centrifugo's key names.
     var proxyEndpoints: [ProxyKind: String] = [:]
     var proxyTimeout: Double = 1
+    var proxyTimeouts: [ProxyKind: Double] = [:]
     /// Until configured, the headers a session-cookie or bearer backend needs to know its caller,
     /// so a connect proxy URL alone lets a browser's cookie through; an empty list forwards none.
     var proxyHTTPHeaders = HubConfig.defaultProxyHTTPHeaders
@@ -224,6 +225,10 @@ struct HubConfig: Sendable {
                 let kind = ProxyKind(rawValue: String(key.dropFirst("proxy_".count).dropLast("_endpoint".count)))!
                 proxyEndpoints[kind] = try string(value, key)
             case "proxy_timeout": proxyTimeout = try double(value, key)
+            case "proxy_connect_timeout", "proxy_refresh_timeout", "proxy_subscribe_timeout", "proxy_publish_timeout",
+                 "proxy_rpc_timeout", "proxy_sub_refresh_timeout":
+                let kind = ProxyKind(rawValue: String(key.dropFirst("proxy_".count).dropLast("_timeout".count)))!
+                proxyTimeouts[kind] = try double(value, key)
             case "proxy_max_in_flight": proxyMaxInFlight = try int(value, key)
             case "proxy_http_headers":
                 guard let names = value.arrayValue?.compactMap(\.stringValue), names.count == value.arrayValue?.count else {
@@ -597,6 +602,9 @@ struct HubConfig: Sendable {
             throw HubError.config("meetings_link_ttl and telegram_auth_max_age must be 1 second to a year, meetings_token_ttl 60 seconds to a year, meetings_task_lease 1 second to a day")
         }
         guard (0.01...60).contains(proxyTimeout) else { throw HubError.config("proxy_timeout must be 0.01-60 seconds") }
+        for (kind, timeout) in proxyTimeouts where !(0.01...60).contains(timeout) {
+            throw HubError.config("proxy_\(kind.rawValue)_timeout must be 0.01-60 seconds")
+        }
         guard (1...100_000).contains(proxyMaxInFlight) else { throw HubError.config("proxy_max_in_flight must be 1-100000") }
         for name in proxyHTTPHeaders where !HTTPProxyBackend.isToken(name) {
             throw HubError.config("proxy_http_headers: '\(name)' is not a header name")

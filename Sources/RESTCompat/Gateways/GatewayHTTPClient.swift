@@ -125,8 +125,10 @@ public final class GatewayHTTPClient: @unchecked Sendable {
 
     /// Sends `method path` with `body` (JSON when not empty) to the gateway and calls back once.
     /// With `trace`, the exchange is a client span under it and carries that span's `traceparent`.
+    /// `timeout` replaces the settings' total timeout for this request (a proxy kind's own).
     public func send(to address: GatewayAddress, method: String, path: String, body: [UInt8] = [],
                      contentType: String = "application/json", trace: TraceParent? = nil, headers: [(String, String)] = [],
+                     timeout: Double? = nil,
                      completion: @escaping @Sendable (Result<GatewayHTTPResponse, GatewayHTTPError>) -> Void) {
         // A forwarded User-Agent (the proxies' allow-list) replaces the client's own.
         let agent = headers.contains { $0.0.lowercased() == "user-agent" } ? "" : "User-Agent: hub-gateway-client\r\n"
@@ -161,7 +163,7 @@ public final class GatewayHTTPClient: @unchecked Sendable {
         }
         head += "\r\n"
         let request = Submitted(address: address, bytes: Array(head.utf8) + body, isHead: method == "HEAD",
-                                deadline: Self.now() + settings.totalTimeout, completion: completion)
+                                deadline: Self.now() + (timeout ?? settings.totalTimeout), completion: completion)
         let accepted = inbox.withLock { inbox -> Bool in
             guard !inbox.stopped, inbox.items.count < settings.maxQueued else { return false }
             inbox.items.append(request)

@@ -18,6 +18,8 @@ public final class HTTPProxyBackend: ProxyBackend {
     public struct Settings: Sendable {
         public var endpoints: [ProxyKind: String] = [:]
         public var timeout: Double = 1
+        /// A kind's own timeout (`proxy_<kind>_timeout`), else `timeout`.
+        public var timeouts: [ProxyKind: Double] = [:]
         /// Request header names copied from the client's upgrade request (lowercased).
         public var forwardedHeaderNames: [String] = []
         /// Headers added to every proxy request (e.g. a shared secret the backend checks).
@@ -27,6 +29,7 @@ public final class HTTPProxyBackend: ProxyBackend {
     }
 
     private let endpoints: [ProxyKind: Endpoint]
+    private let timeouts: [ProxyKind: Double]
     private let staticHeaders: [(String, String)]
     private let maxInFlight: Int
     private let inFlight = Atomic<Int>(0)
@@ -45,9 +48,12 @@ public final class HTTPProxyBackend: ProxyBackend {
             throw ConfigProblem("proxy_static_http_headers: '\(name)' is not a valid header name, or its value has control characters")
         }
         self.endpoints = endpoints
+        timeouts = Dictionary(uniqueKeysWithValues: endpoints.keys.map { ($0, settings.timeouts[$0] ?? settings.timeout) })
         staticHeaders = settings.staticHeaders
         maxInFlight = settings.maxInFlight
-        var http = GatewayHTTPClient.Settings(connectTimeout: min(settings.timeout, 3), totalTimeout: settings.timeout)
+        let longest = timeouts.values.max() ?? settings.timeout
+        // Each call's own total deadline still ends a connect that takes longer than its kind allows.
+        var http = GatewayHTTPClient.Settings(connectTimeout: min(longest, 3), totalTimeout: longest)
         // The in-flight bound is enforced here; the client never needs to queue beyond it.
         http.maxActive = settings.maxInFlight
         http.maxQueued = settings.maxInFlight
@@ -105,7 +111,7 @@ public final class HTTPProxyBackend: ProxyBackend {
         let started = GatewayHTTPClient.now()
         let body = JSONWriter.bytes(request)
         client.send(to: endpoint.address, method: "POST", path: endpoint.path, body: body,
-                    headers: headers + staticHeaders) { [self] result in
+                    headers: headers + staticHeaders, timeout: timeouts[kind]) { [self] result in
             inFlight.subtract(1, ordering: .acquiringAndReleasing)
             metrics.observe("hub_proxy_call_duration_seconds", labels: label, seconds: GatewayHTTPClient.now() - started)
             let answer: ProxyAnswer?
