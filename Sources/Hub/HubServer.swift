@@ -98,9 +98,11 @@ final class HubServer {
         // Made before the node: the proxy backend counts its calls from the first connection.
         let metrics = MetricsRegistry()
         var proxy: HTTPProxyBackend?
-        if !config.proxyEndpoints.isEmpty {
+        let namespaceProxyEndpoints = config.namespaceProxyEndpoints
+        if !config.proxyEndpoints.isEmpty || !namespaceProxyEndpoints.isEmpty {
             var settings = HTTPProxyBackend.Settings()
             settings.endpoints = config.proxyEndpoints
+            settings.namespaceEndpoints = namespaceProxyEndpoints
             settings.timeout = config.proxyTimeout
             settings.timeouts = config.proxyTimeouts
             settings.staticHeaders = config.proxyStaticHTTPHeaders

@@ -444,6 +444,50 @@ def test_subscribe_publish_and_rpc_proxies_decide_and_rewrite(hub_factory, backe
     assert sub_request["user"] == "alice" and sub_request["channel"] == "room:open"
 
 
+def test_a_namespace_can_name_its_own_proxy_backend(hub_factory, backend):
+    """`proxy_subscribe_endpoint`/`proxy_publish_endpoint` in a namespace: its channels go to that
+    backend; a namespace with only `proxy_subscribe` keeps the global endpoint."""
+    backend.handlers["/connect"] = session_connect
+    backend.handlers["/subscribe"] = lambda request, headers: ok({"data": {"by": "global"}})
+    backend.handlers["/billing/subscribe"] = lambda request, headers: ok({"data": {"by": "billing"}})
+    backend.handlers["/billing/publish"] = lambda request, headers: ok({"data": {"billed": request["data"]}})
+    billing = {"name": "billing", "proxy_subscribe_endpoint": backend.url("/billing/subscribe"),
+               "proxy_publish_endpoint": backend.url("/billing/publish"), "history_size": 10, "history_ttl": 300}
+    rooms = {"name": "room", "proxy_subscribe": True}
+    hub = proxy_hub(hub_factory, backend, "--proxy-subscribe-endpoint", backend.url("/subscribe"),
+                    config={"namespaces": [billing, rooms]})
+
+    async def main():
+        events, bill_events, room_events = Events(), SubEvents(), SubEvents()
+        client = sdk(hub, events, headers={"Cookie": SESSION_COOKIE})
+        bill = client.new_subscription("billing:invoices", bill_events)
+        room = client.new_subscription("room:lobby", room_events)
+        try:
+            await client.connect()
+            await client.ready(WAIT)
+            await bill.subscribe()
+            await room.subscribe()
+            await bill.ready(WAIT)
+            await room.ready(WAIT)
+            assert bill_events.subscribed[0].data == {"by": "billing"}
+            assert room_events.subscribed[0].data == {"by": "global"}
+            await bill.publish({"amount": 3})
+            await async_wait_for(lambda: bill_events.pubs, message="publication rewritten by the billing backend")
+            assert bill_events.pubs[0].pub.data == {"billed": {"amount": 3}}
+        finally:
+            await client.disconnect()
+
+    arun(main())
+    assert [r["channel"] for r, _ in backend.seen("/billing/subscribe")] == ["billing:invoices"]
+    assert [r["channel"] for r, _ in backend.seen("/subscribe")] == ["room:lobby"]
+
+
+def test_a_namespace_proxy_endpoint_must_be_a_plain_http_url(hub_factory, backend):
+    cp = hub_factory.run(config={"namespaces": [{"name": "billing", "proxy_publish_endpoint": "https://10.0.0.1/p"}]})
+    assert cp.returncode == 64
+    assert "namespace billing" in cp.stderr + cp.stdout and "https is not supported" in cp.stderr + cp.stdout
+
+
 def test_the_refresh_proxy_extends_a_session_then_ends_it(hub_factory, backend):
     refreshes = []
 

@@ -47,6 +47,23 @@ public struct ChannelOptions: Sendable, Equatable {
     public var proxyPublish = false
     /// A `sub_refresh` is decided by the sub_refresh proxy instead of a subscription token.
     public var proxySubRefresh = false
+    /// The namespace's own endpoints for those proxies (`proxy_subscribe_endpoint`…), used
+    /// instead of the global ones, so namespaces can be decided by different backends.
+    public var proxyEndpoints: [ProxyKind: String] = [:]
+
+    /// Whether this namespace's channels ask `proxy` for `kind` (subscribe, publish, sub_refresh):
+    /// the namespace asks for it and it has an endpoint, its own or the global one.
+    public func proxies(_ kind: ProxyKind, through proxy: (any ProxyBackend)?) -> Bool {
+        let asks: Bool
+        switch kind {
+        case .subscribe: asks = proxySubscribe
+        case .publish: asks = proxyPublish
+        case .subRefresh: asks = proxySubRefresh
+        case .connect, .refresh, .rpc: asks = false
+        }
+        guard asks, let proxy else { return false }
+        return proxyEndpoints[kind] != nil || proxy.proxies(kind)
+    }
     /// Where every publication, join and leave of the namespace is also sent for a backend to
     /// archive or react to (nil: nowhere).
     public var publicationStream: PublicationStreamTarget?

@@ -278,7 +278,7 @@ public final class ClientSession: Sendable {
             ("name", body["name"]), ("version", body["version"]), ("data", body["data"]),
             ("channels", body["subs"]?.objectValue.map { .array($0.map { .string($0.0) }) }),
         ])
-        proxy.call(.connect, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+        proxy.call(.connect, channel: nil, endpoint: nil, request: request, headers: forwardedHeaders) { [self] answer in
             switch answer {
             case .result(let result):
                 let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
@@ -489,10 +489,10 @@ public final class ClientSession: Sendable {
                 subscribe(id: id, body, channel: channel, options: options, chanInfo: claims["info"],
                           expiresAt: claims["exp"]?.doubleValue.flatMap { $0 > 0 ? $0 : nil })
             }
-        } else if options.proxySubscribe, let proxy = node.config.proxy, proxy.proxies(.subscribe) {
+        } else if options.proxies(.subscribe, through: node.config.proxy), let proxy = node.config.proxy {
             let (user, meta) = state.withLock { ($0.user, $0.meta) }
             let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta), ("data", body["data"])])
-            proxy.call(.subscribe, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+            proxy.call(.subscribe, channel: channel, endpoint: options.proxyEndpoints[.subscribe], request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
                     let info = ProxyAnswer.payload(result, "info"), data = ProxyAnswer.payload(result, "data")
@@ -534,7 +534,7 @@ public final class ClientSession: Sendable {
             position = StreamPosition(offset: UInt64(max(0, body["offset"]?.intValue ?? 0)), epoch: body["epoch"]?.stringValue ?? "")
         }
         // A subscription the sub_refresh proxy extends is not told to refresh itself (as in Centrifugo).
-        let refreshedByProxy = options.proxySubRefresh && node.config.proxy?.proxies(.subRefresh) == true
+        let refreshedByProxy = options.proxies(.subRefresh, through: node.config.proxy)
         let ttl = refreshedByProxy ? nil : expiresAt.map { max(0, Int64(($0 - node.clock.now()).rounded(.up))) }
         startSubscription(channel: channel, options: options, recoverFrom: position, delivery: delivery) { [self] outcome in
             switch outcome {
@@ -775,12 +775,12 @@ public final class ClientSession: Sendable {
             return
         }
         let info = clientInfo
-        if options.proxyPublish, let proxy = node.config.proxy, proxy.proxies(.publish) {
+        if options.proxies(.publish, through: node.config.proxy), let proxy = node.config.proxy {
             // The backend decides instead of the namespace's publish permissions, and may
             // rewrite the data before it is broadcast and kept in history.
             let meta = state.withLock { $0.meta }
             let request = proxyRequest([("user", .string(info.user)), ("channel", .string(channel)), ("meta", meta), ("data", data)])
-            proxy.call(.publish, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+            proxy.call(.publish, channel: channel, endpoint: options.proxyEndpoints[.publish], request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
                     let rewritten = ProxyAnswer.payload(result, "data")
@@ -859,7 +859,7 @@ public final class ClientSession: Sendable {
             // RPCs the hub does not serve itself go to the backend.
             let (user, meta) = state.withLock { ($0.user, $0.meta) }
             let request = proxyRequest([("user", .string(user)), ("method", .string(method)), ("data", body["data"]), ("meta", meta)])
-            proxy.call(.rpc, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+            proxy.call(.rpc, channel: nil, endpoint: nil, request: request, headers: forwardedHeaders) { [self] answer in
                 switch answer {
                 case .result(let result):
                     let data = ProxyAnswer.payload(result, "data")
@@ -911,7 +911,7 @@ public final class ClientSession: Sendable {
     /// Periodic check: connect and pong deadlines, token expiry, the next ping.
     func tick(now: Double) {
         enum Action { case none, ping, disconnect(DisconnectReason), refresh, refreshSubscription(String) }
-        let subRefreshProxied = node.config.proxy?.proxies(.subRefresh) ?? false
+        let proxy = node.config.proxy
         let action = state.withLock { state -> Action in
             switch state.phase {
             case .closed, .connecting: return .none
@@ -926,7 +926,7 @@ public final class ClientSession: Sendable {
                 if let deadline = state.pongDeadline, now > deadline { return .disconnect(.noPong) }
                 for (channel, sub) in state.subscriptions {
                     guard let exp = sub.expiresAt, now >= exp else { continue }
-                    guard subRefreshProxied, (try? node.options(for: channel))?.proxySubRefresh == true else { return .disconnect(.subscriptionExpired) }
+                    guard (try? node.options(for: channel))?.proxies(.subRefresh, through: proxy) == true else { return .disconnect(.subscriptionExpired) }
                     if sub.refreshing { continue }
                     state.subscriptions[channel]?.refreshing = true
                     return .refreshSubscription(channel)
@@ -957,7 +957,7 @@ public final class ClientSession: Sendable {
         guard let proxy = node.config.proxy else { return }
         let (user, meta) = state.withLock { ($0.user, $0.meta) }
         let request = proxyRequest([("user", .string(user)), ("channel", .string(channel)), ("meta", meta)])
-        proxy.call(.subRefresh, channel: channel, request: request, headers: forwardedHeaders) { [self] answer in
+        proxy.call(.subRefresh, channel: channel, endpoint: (try? node.options(for: channel))?.proxyEndpoints[.subRefresh], request: request, headers: forwardedHeaders) { [self] answer in
             switch answer {
             case .result(let result):
                 if result["expired"]?.boolValue == true {
@@ -984,7 +984,7 @@ public final class ClientSession: Sendable {
         guard let proxy = node.config.proxy else { return }
         let (user, meta) = state.withLock { ($0.user, $0.meta) }
         let request = proxyRequest([("user", .string(user)), ("meta", meta)])
-        proxy.call(.refresh, channel: nil, request: request, headers: forwardedHeaders) { [self] answer in
+        proxy.call(.refresh, channel: nil, endpoint: nil, request: request, headers: forwardedHeaders) { [self] answer in
             switch answer {
             case .result(let result):
                 if result["expired"]?.boolValue == true {

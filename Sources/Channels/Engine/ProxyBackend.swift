@@ -60,7 +60,7 @@ public protocol ProxyBackend: Sendable {
     /// for it (`proxy_subscribe`, `proxy_publish`, `proxy_sub_refresh`).
     func proxies(_ kind: ProxyKind) -> Bool
     /// Sends the request (Centrifugo's JSON shape for the kind) with the client's forwarded
-    /// headers, and answers once.
-    func call(_ kind: ProxyKind, channel: String?, request: JSONValue, headers: [(String, String)],
+    /// headers, and answers once. `endpoint`: a namespace's own URL for the kind, else the global one.
+    func call(_ kind: ProxyKind, channel: String?, endpoint: String?, request: JSONValue, headers: [(String, String)],
               completion: @escaping @Sendable (ProxyAnswer) -> Void)
 }

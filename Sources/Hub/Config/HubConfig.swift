@@ -153,6 +153,12 @@ struct HubConfig: Sendable {
     /// Seed 003's namespaces unless the config defines them: `chat:` conversation channels
     /// (user-limited, short history for recovery) and `service:` worker channels (presence
     /// shows who serves; only workers' tokens subscribe).
+    /// Every namespace's own proxy endpoint URL (`proxy_subscribe_endpoint`… in a namespace).
+    var namespaceProxyEndpoints: Set<String> {
+        let all = [withJuneNamespaces.defaultOptions] + Array(withJuneNamespaces.namespaces.values)
+        return Set(all.flatMap { $0.proxyEndpoints.values })
+    }
+
     var withJuneNamespaces: ChannelNamespaces {
         var result = namespaces
         if result.namespaces["chat"] == nil {
@@ -419,6 +425,17 @@ struct HubConfig: Sendable {
             case "proxy_subscribe": o.proxySubscribe = try flag(value, key)
             case "proxy_publish": o.proxyPublish = try flag(value, key)
             case "proxy_sub_refresh": o.proxySubRefresh = try flag(value, key)
+            case "proxy_subscribe_endpoint", "proxy_publish_endpoint", "proxy_sub_refresh_endpoint":
+                // The namespace's own backend for that proxy; naming one turns the proxy on.
+                let kind = ProxyKind(rawValue: String(key.dropFirst("proxy_".count).dropLast("_endpoint".count)))!
+                guard let url = value.stringValue, !url.isEmpty else { throw HubError.config("\(context): \(key) must be an http:// URL") }
+                do { _ = try HTTPProxyBackend.parse(url: url, key: "\(context): \(key)") } catch { throw HubError.config(error.description) }
+                o.proxyEndpoints[kind] = url
+                switch kind {
+                case .subscribe: o.proxySubscribe = true
+                case .publish: o.proxyPublish = true
+                default: o.proxySubRefresh = true
+                }
             case "publication_stream_url":
                 guard let url = value.stringValue, !url.isEmpty else { throw HubError.config("\(context): publication_stream_url must be an http:// URL") }
                 do { _ = try HTTPProxyBackend.parse(url: url, key: "\(context): publication_stream_url") } catch { throw HubError.config(error.description) }
@@ -616,8 +633,8 @@ struct HubConfig: Sendable {
         // namespace's own permissions: refused instead.
         for (name, options) in [("default namespace", withJuneNamespaces.defaultOptions)] + withJuneNamespaces.namespaces.map({ ("namespace \($0.key)", $0.value) }) {
             for (asks, kind) in [(options.proxySubscribe, ProxyKind.subscribe), (options.proxyPublish, .publish), (options.proxySubRefresh, .subRefresh)]
-            where asks && proxyEndpoints[kind] == nil {
-                throw HubError.config("\(name): proxy_\(kind.rawValue) needs proxy_\(kind.rawValue)_endpoint")
+            where asks && proxyEndpoints[kind] == nil && options.proxyEndpoints[kind] == nil {
+                throw HubError.config("\(name): proxy_\(kind.rawValue) needs proxy_\(kind.rawValue)_endpoint (global or the namespace's own)")
             }
         }
         guard (1024...(1 << 34)).contains(publicationStream.queueMaxBytes) else { throw HubError.config("publication_stream_queue_max_bytes must be 1024-17179869184") }

@@ -20,6 +20,8 @@ public final class HTTPProxyBackend: ProxyBackend {
         public var timeout: Double = 1
         /// A kind's own timeout (`proxy_<kind>_timeout`), else `timeout`.
         public var timeouts: [ProxyKind: Double] = [:]
+        /// Namespaces' own endpoint URLs (`proxy_subscribe_endpoint`… in a namespace), checked at start.
+        public var namespaceEndpoints: Set<String> = []
         /// Request header names copied from the client's upgrade request (lowercased).
         public var forwardedHeaderNames: [String] = []
         /// Headers added to every proxy request (e.g. a shared secret the backend checks).
@@ -29,6 +31,7 @@ public final class HTTPProxyBackend: ProxyBackend {
     }
 
     private let endpoints: [ProxyKind: Endpoint]
+    private let namespaceEndpoints: [String: Endpoint]
     private let timeouts: [ProxyKind: Double]
     private let staticHeaders: [(String, String)]
     private let maxInFlight: Int
@@ -48,7 +51,13 @@ public final class HTTPProxyBackend: ProxyBackend {
             throw ConfigProblem("proxy_static_http_headers: '\(name)' is not a valid header name, or its value has control characters")
         }
         self.endpoints = endpoints
-        timeouts = Dictionary(uniqueKeysWithValues: endpoints.keys.map { ($0, settings.timeouts[$0] ?? settings.timeout) })
+        var byURL: [String: Endpoint] = [:]
+        for url in settings.namespaceEndpoints {
+            let (address, path) = try Self.parse(url: url, key: "a namespace's proxy endpoint")
+            byURL[url] = Endpoint(address: address, path: path)
+        }
+        namespaceEndpoints = byURL
+        timeouts = Dictionary(uniqueKeysWithValues: ProxyKind.allCases.map { ($0, settings.timeouts[$0] ?? settings.timeout) })
         staticHeaders = settings.staticHeaders
         maxInFlight = settings.maxInFlight
         let longest = timeouts.values.max() ?? settings.timeout
@@ -95,9 +104,9 @@ public final class HTTPProxyBackend: ProxyBackend {
 
     public func proxies(_ kind: ProxyKind) -> Bool { endpoints[kind] != nil }
 
-    public func call(_ kind: ProxyKind, channel: String?, request: JSONValue, headers: [(String, String)],
+    public func call(_ kind: ProxyKind, channel: String?, endpoint url: String?, request: JSONValue, headers: [(String, String)],
                      completion: @escaping @Sendable (ProxyAnswer) -> Void) {
-        guard let endpoint = endpoints[kind] else {
+        guard let endpoint = url.flatMap({ namespaceEndpoints[$0] }) ?? endpoints[kind] else {
             completion(.error(.notAvailable))
             return
         }
