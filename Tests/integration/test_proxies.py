@@ -488,6 +488,52 @@ def test_a_namespace_proxy_endpoint_must_be_a_plain_http_url(hub_factory, backen
     assert "namespace billing" in cp.stderr + cp.stdout and "https is not supported" in cp.stderr + cp.stdout
 
 
+def test_a_subscriber_recovering_after_a_drop_gets_the_rewritten_data(hub_factory, backend):
+    """What the publish proxy rewrote is what history keeps, so recovery hands out the rewrite."""
+    backend.handlers["/connect"] = session_connect
+    backend.handlers["/subscribe"] = lambda request, headers: ok({})
+    backend.handlers["/publish"] = lambda request, headers: ok({"data": {"text": request["data"]["text"].upper()}})
+    hub = proxy_hub(hub_factory, backend, "--proxy-subscribe-endpoint", backend.url("/subscribe"),
+                    "--proxy-publish-endpoint", backend.url("/publish"), config={"namespaces": [ROOMS]})
+
+    async def main():
+        away = asyncio.Event()
+
+        class Away(Events):  # publishes while the subscriber is between connections
+            async def on_connecting(self, ctx):
+                await super().on_connecting(ctx)
+                if ctx.code != 0 and not away.is_set():
+                    for text in ("missed one", "missed two"):
+                        await pub_room.publish({"text": text})
+                    away.set()
+
+        pub_events, sub_client_events, sub_events = Events(), Away(), SubEvents()
+        publisher = sdk(hub, pub_events, headers={"Cookie": SESSION_COOKIE})
+        subscriber = sdk(hub, sub_client_events, headers={"Cookie": SESSION_COOKIE})
+        pub_room = publisher.new_subscription("room:recover", SubEvents())
+        room = subscriber.new_subscription("room:recover", sub_events)
+        try:
+            await publisher.connect()
+            await subscriber.connect()
+            await pub_room.subscribe()
+            await room.subscribe()
+            await pub_room.ready(WAIT)
+            await room.ready(WAIT)
+            await pub_room.publish({"text": "live"})
+            await async_wait_for(lambda: sub_events.pubs, message="the live publication")
+            await subscriber._conn.close()  # the subscriber's websocket drops; it reconnects by itself
+            await asyncio.wait_for(away.wait(), WAIT)
+            await async_wait_for(lambda: len(sub_events.subscribed) == 2, message="resubscribed")
+            await async_wait_for(lambda: len(sub_events.pubs) == 3, message="recovered publications")
+            assert sub_events.subscribed[1].was_recovering is True and sub_events.subscribed[1].recovered is True
+            assert [p.pub.data for p in sub_events.pubs] == [{"text": "LIVE"}, {"text": "MISSED ONE"}, {"text": "MISSED TWO"}]
+        finally:
+            await publisher.disconnect()
+            await subscriber.disconnect()
+
+    arun(main())
+
+
 def test_the_refresh_proxy_extends_a_session_then_ends_it(hub_factory, backend):
     refreshes = []
 
