@@ -43,10 +43,11 @@ static inline int hub_lws_write_http_headers(void) { return LWS_WRITE_HTTP_HEADE
 static inline int hub_lws_write_http_headers_final(void) { return LWS_WRITE_HTTP_HEADERS | LWS_WRITE_H2_STREAM_END; }
 
 
-/* Adopts our own SO_REUSEPORT listening socket into a context as a raw descriptor, so lws
- * tells us (LWS_CALLBACK_RAW_RX_FILE) when connections wait to be accepted. This lws build
- * has LWS_MAX_SMP 1, so its own listen sharing never sets SO_REUSEPORT. */
-static inline struct lws *hub_adopt_listener(struct lws_vhost *vh, int fd, const char *protocol) {
+/* Adopts a descriptor of ours into a context as a raw descriptor: lws polls it and calls
+ * the protocol with LWS_CALLBACK_RAW_RX_FILE / LWS_CALLBACK_RAW_WRITEABLE_FILE. Used for our
+ * own SO_REUSEPORT listening socket (this lws build has LWS_MAX_SMP 1, so its own listen
+ * sharing never sets SO_REUSEPORT) and for the Redis engine's sockets. */
+static inline struct lws *hub_adopt_raw_descriptor(struct lws_vhost *vh, int fd, const char *protocol) {
     lws_sock_file_fd_type u;
     u.filefd = fd;
     return lws_adopt_descriptor_vhost(vh, LWS_ADOPT_RAW_FILE_DESC, u, protocol, NULL);

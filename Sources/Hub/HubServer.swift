@@ -254,6 +254,8 @@ final class HubServer {
 
         let loops = (0..<config.threads).map { ServiceLoop(index: $0, node: node, router: router, settings: settings, logger: logger) }
         for loop in loops { try loop.start() }
+        // From now on the Redis connections are served on the loops' threads (RedisHost).
+        redis?.0.attach(hosts: loops)
         cache.start()
         gateways.start()
         meetings.start(interval: max(0.5, min(5, config.meetingsTaskLease / 2)))

@@ -90,6 +90,14 @@ public final class RedisBroker: Broker, @unchecked Sendable {
         shards[0].subscribe(Self.controlChannel, always: true) { _ in }
     }
 
+    /// Hands each shard's (or cluster node's) connections to one of `hosts`, in turn, once
+    /// their loops run; see RedisHost.
+    public func attach(hosts: [any RedisHost]) {
+        guard !hosts.isEmpty else { return }
+        if let cluster { return cluster.attach(hosts: hosts) }
+        for (index, shard) in shards.enumerated() { shard.attach(host: hosts[index % hosts.count]) }
+    }
+
     public func stop() {
         cluster?.stop()
         for shard in shards { shard.stop() }

@@ -50,6 +50,9 @@ public final class RedisCluster: @unchecked Sendable {
         var deferred: [(at: Double, run: @Sendable () -> Void)] = []
         var stopping = false
         var everMapped = false
+        /// Loops that carry the nodes' connections (RedisHost), each node on the next in turn.
+        var hosts: [any RedisHost] = []
+        var hostsAssigned = 0
     }
 
     private let state = Mutex(State())
@@ -67,6 +70,23 @@ public final class RedisCluster: @unchecked Sendable {
     }
 
     static func name(_ host: String, _ port: Int) -> String { "\(host):\(port)" }
+
+    /// Every node's connections, and those of nodes met later, go to one of `hosts` in turn.
+    public func attach(hosts: [any RedisHost]) {
+        let placed = state.withLock { state -> [(RedisShard, any RedisHost)] in
+            state.hosts = hosts
+            return state.shards.keys.sorted().compactMap { name in
+                state.shards[name].map { ($0, Self.nextHost(&state)!) }
+            }
+        }
+        for (shard, host) in placed { shard.attach(host: host) }
+    }
+
+    private static func nextHost(_ state: inout State) -> (any RedisHost)? {
+        guard !state.hosts.isEmpty else { return nil }
+        defer { state.hostsAssigned += 1 }
+        return state.hosts[state.hostsAssigned % state.hosts.count]
+    }
 
     private func makeShard(_ address: RedisShard.Address) -> RedisShard {
         let shard = RedisShard(address: address, logger: logger)
@@ -203,15 +223,16 @@ public final class RedisCluster: @unchecked Sendable {
     /// a demoted primary's shard just holds no slots.
     private func node(_ host: String, _ port: Int, like template: RedisShard.Address) -> RedisShard {
         let name = Self.name(host, port)
-        let (shard, created) = state.withLock { state -> (RedisShard, Bool) in
-            if let shard = state.shards[name] { return (shard, false) }
+        let (shard, created, carrier) = state.withLock { state -> (RedisShard, Bool, (any RedisHost)?) in
+            if let shard = state.shards[name] { return (shard, false, nil) }
             var address = template
             address.host = host
             address.port = port
             let shard = makeShard(address)
             state.shards[name] = shard
-            return (shard, true)
+            return (shard, true, Self.nextHost(&state))
         }
+        if let carrier { shard.attach(host: carrier) }
         if created { shard.start() }
         return shard
     }

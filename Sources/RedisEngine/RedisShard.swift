@@ -33,13 +33,18 @@ public enum RedisValue: Sendable, Equatable {
     public var isError: Bool { if case .error = self { return true } else { return false } }
 }
 
-/// One Redis server (a shard): a command connection and a PUB/SUB connection, both driven
-/// by one dedicated I/O thread with poll(2). Service threads never touch a socket: they
-/// queue commands and are called back from the I/O thread.
+/// One Redis server (a shard): a command connection and a PUB/SUB connection. The shard's own
+/// thread connects them (blocking, bounded) and, until a host is attached, drives them with
+/// poll(2). With a host (`attach(host:)`: the hub's service loop) the connected sockets are
+/// handed to it: commands, replies and PUB/SUB messages are then handled on the host's thread,
+/// and the own thread only watches Sentinel, checks reply timeouts (through the host) and
+/// reconnects after the host hands a broken connection back. Callers queue commands from any
+/// thread and are called back on whichever thread drives the sockets.
 ///
-/// Commands queued while the thread works are pipelined in one write; replies come back
-/// in order. While Redis is unreachable, commands fail at once (nothing queues without
-/// bound) and the thread reconnects with backoff, then resubscribes every channel.
+/// Commands queued meanwhile are pipelined in one write (on a host: all those of one turn of
+/// its loop); replies come back in order. While Redis is unreachable, commands fail at once
+/// (nothing queues without bound) and the thread reconnects with backoff, then resubscribes
+/// every channel.
 ///
 /// This file holds all hiredis pointer handling.
 public final class RedisShard: @unchecked Sendable {
@@ -170,7 +175,7 @@ public final class RedisShard: @unchecked Sendable {
             inbox.commands.append((arguments, false, completion))
             return true
         }
-        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
+        if accepted { wake() } else { completion(.error("redis \(label) unavailable")) }
     }
 
     // MARK: -
@@ -185,6 +190,8 @@ public final class RedisShard: @unchecked Sendable {
         /// The primary's replication ID (`master_replid`) while connected with Sentinel: it
         /// changes when a replica is promoted, which is how streams notice a failover.
         var generation = ""
+        /// The loop that drives the sockets once connected; nil: the own thread does.
+        var host: (any RedisHost)?
     }
 
     private typealias QueuedCommand = (arguments: [[UInt8]], acknowledged: Bool, completion: @Sendable (RedisValue) -> Void)
@@ -192,6 +199,33 @@ public final class RedisShard: @unchecked Sendable {
     private let inbox = Mutex(Inbox())
     private let wakeFD: Int32
     private var thread: pthread_t?
+
+    /// Which thread owns the connections and every "I/O thread state" variable below. Each
+    /// hand-over goes through this atomic (release/acquire), so the two never touch them at once.
+    private enum Owner: UInt8 {
+        /// The shard's own thread polls them (also while disconnected).
+        case ownThread
+        /// Posted to the host, which has not taken them yet: nobody touches them.
+        case handingOver
+        /// The host's thread drives them.
+        case host
+        /// The host let go (`returnReason` says why, nil: healthy): the own thread takes them back.
+        case returning
+    }
+
+    private let ownerState = Atomic<UInt8>(Owner.ownThread.rawValue)
+    private var owner: Owner { Owner(rawValue: ownerState.load(ordering: .acquiring))! }
+    private func setOwner(_ next: Owner) { ownerState.store(next.rawValue, ordering: .releasing) }
+    /// A pump is posted to the host and has not run yet (coalesces wake-ups from other threads).
+    private let pumpPosted = Atomic<Bool>(false)
+    // Host thread state (while the host owns the connections).
+    private var commandWatch: (any RedisSocketWatch)?
+    private var pubsubWatch: (any RedisSocketWatch)?
+    private var writeRequested = false
+    /// Why the host handed the connections back; nil when they are healthy.
+    private var returnReason: String?
+    // Own thread, while hosted.
+    private var nextHealthCheck = 0.0
 
     // I/O thread state.
     private var command: UnsafeMutablePointer<redisContext>?
@@ -280,7 +314,7 @@ public final class RedisShard: @unchecked Sendable {
             inbox.commands.append((arguments, acknowledged && acknowledgement != nil, completion))
             return true
         }
-        if accepted { hub_eventfd_signal(wakeFD) } else { completion(.error("redis \(label) unavailable")) }
+        if accepted { wake() } else { completion(.error("redis \(label) unavailable")) }
     }
 
     public func send(_ arguments: [String], completion: @escaping @Sendable (RedisValue) -> Void) {
@@ -299,14 +333,52 @@ public final class RedisShard: @unchecked Sendable {
         if refused {
             completion(.failure(ProtocolError.internal.with(message: "redis \(label) unavailable")))
         } else {
-            hub_eventfd_signal(wakeFD)
+            wake()
         }
     }
 
     /// The channel may no longer be wanted; the I/O thread asks `wanted` before dropping it.
     func release(_ channel: String) {
         inbox.withLock { _ = $0.dirtyChannels.insert(channel) }
+        wake()
+    }
+
+    /// Hands the connections to `host` once connected (now, or after the next connection), so
+    /// they are driven on its thread from then on. Call once the host's loop runs.
+    public func attach(host: any RedisHost) {
+        inbox.withLock { $0.host = host }
         hub_eventfd_signal(wakeFD)
+    }
+
+    /// Gets queued work to whichever thread drives the connections. On the host's own thread
+    /// this only asks for a writeable callback: everything queued in the same turn of its loop
+    /// then goes out in one write.
+    private func wake() {
+        if owner == .host, let host = inbox.withLock({ $0.host }) {
+            if host.isCurrentThread {
+                if !writeRequested, let commandWatch {
+                    writeRequested = true
+                    commandWatch.requestWritable()
+                }
+            } else {
+                postPump(to: host)
+            }
+            return
+        }
+        // The own thread forwards it if the host took the connections meanwhile.
+        hub_eventfd_signal(wakeFD)
+    }
+
+    private func postPump(to host: any RedisHost) {
+        guard !pumpPosted.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let posted = host.post { [self] in
+            pumpPosted.store(false, ordering: .releasing)
+            if owner == .host { pump() } else { hub_eventfd_signal(wakeFD) }
+        }
+        if !posted {
+            pumpPosted.store(false, ordering: .releasing)
+            hub_eventfd_signal(wakeFD)
+        }
     }
 
     // MARK: I/O thread
@@ -320,6 +392,23 @@ public final class RedisShard: @unchecked Sendable {
     private func run() {
         while !inbox.withLock({ $0.stopping }) {
             if sentinel != nil, watch == nil, now() >= nextWatchAttempt { openWatch() }
+            switch owner {
+            case .returning:
+                setOwner(.ownThread)
+                if let reason = returnReason {
+                    returnReason = nil
+                    disconnect(reason: reason)
+                }
+                continue
+            case .host, .handingOver:
+                superviseHosted()
+                continue
+            case .ownThread:
+                if command != nil, pubsub != nil, let host = inbox.withLock({ $0.host }) {
+                    handOver(to: host)
+                    continue
+                }
+            }
             if command == nil || pubsub == nil {
                 if now() >= nextAttempt { connect() }
                 if command == nil {
@@ -373,9 +462,159 @@ public final class RedisShard: @unchecked Sendable {
             }
             if !healthy { disconnect(reason: failure ?? errorText(command.pointee.err != 0 ? command : pubsub)) }
         }
+        if owner != .ownThread, !takeBackForStop() {
+            // The host neither answered nor ended: its thread may still use the connections,
+            // so they are left to the process exit rather than freed under it.
+            logger.warning("redis \(label): the service loop did not hand the connections back within 3 s")
+            closeWatch()
+            return
+        }
         disconnect(reason: "stopping", quiet: true)
         closeWatch()
         close(wakeFD)
+    }
+
+    // MARK: Driven by a host
+
+    /// Own thread: the connections are healthy and idle here; the host takes them over.
+    private func handOver(to host: any RedisHost) {
+        setOwner(.handingOver)
+        let posted = host.post { [self] in adopt(by: host) }
+        if !posted {
+            inbox.withLock { if $0.host === host { $0.host = nil } }
+            setOwner(.ownThread)
+        }
+    }
+
+    /// Host thread: watch both sockets and serve whatever queued meanwhile.
+    private func adopt(by host: any RedisHost) {
+        guard let command, let pubsub,
+              let commandWatch = host.watch(command.pointee.fd, ShardSocket(self, pubsub: false))
+        else { return refuseHost(host) }
+        guard let pubsubWatch = host.watch(pubsub.pointee.fd, ShardSocket(self, pubsub: true)) else {
+            commandWatch.end()
+            return refuseHost(host)
+        }
+        self.commandWatch = commandWatch
+        self.pubsubWatch = pubsubWatch
+        writeRequested = false
+        setOwner(.host)
+        pump()
+    }
+
+    /// Host thread: it cannot carry the sockets (its loop is ending); the own thread keeps them.
+    private func refuseHost(_ host: any RedisHost) {
+        inbox.withLock { if $0.host === host { $0.host = nil } }
+        giveBack(nil)
+    }
+
+    /// Host thread: queued commands and channel changes into the output buffers, then as much
+    /// of them onto the sockets as they take; the rest when they are writeable again.
+    private func pump() {
+        writeRequested = false
+        moveInbox()
+        guard let command, let pubsub else { return }
+        guard flush(command), flush(pubsub) else { return giveBack(errorText(command.pointee.err != 0 ? command : pubsub)) }
+        if hasPendingOutput(command) {
+            writeRequested = true
+            commandWatch?.requestWritable()
+        }
+        if hasPendingOutput(pubsub) { pubsubWatch?.requestWritable() }
+    }
+
+    /// Host thread: one of the sockets has input (or broke).
+    fileprivate func hostReadable(pubsub isPubsub: Bool) {
+        guard owner == .host, let command, let pubsub else { return }
+        if isPubsub {
+            guard readMessages(pubsub) else { return giveBack(errorText(pubsub)) }
+        } else {
+            guard readReplies(command) else { return giveBack(errorText(command)) }
+            if demoted { return giveBack("the server is no longer a writable primary") }
+        }
+    }
+
+    fileprivate func hostWritable() {
+        if owner == .host { pump() }
+    }
+
+    /// Host thread: the host dropped a watch itself. When its loop is ending the connections
+    /// are healthy: the own thread drives them again (and offers them to the host, which
+    /// refuses once it has ended); a socket that hung up is reconnected.
+    fileprivate func hostGone(ending: Bool) {
+        if owner == .host { giveBack(ending ? nil : "the connection hung up") }
+    }
+
+    /// Host thread: stop watching and let the own thread take the connections back (and, with
+    /// a reason, drop them and reconnect).
+    private func giveBack(_ reason: String?) {
+        commandWatch?.end()
+        pubsubWatch?.end()
+        commandWatch = nil
+        pubsubWatch = nil
+        writeRequested = false
+        returnReason = reason
+        setOwner(.returning)
+        hub_eventfd_signal(wakeFD)
+    }
+
+    /// Host thread: what the own thread's poll loop checks after each wake-up, once a second.
+    private func checkHealth() {
+        guard owner == .host else { return }
+        if demoted { return giveBack("the server is no longer a writable primary") }
+        if inflightHead < inflight.count, now() - inflightSince[inflightHead] > Self.replyTimeout {
+            giveBack("no reply within \(Int(Self.replyTimeout)) s; a command sent meanwhile may still take effect")
+        }
+    }
+
+    /// Own thread while the host drives the connections: the Sentinel watch, the reply-timeout
+    /// check, and wake-ups that raced a hand-over.
+    private func superviseHosted() {
+        var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: watch?.pointee.fd ?? -1, events: Int16(POLLIN), revents: 0)]
+        _ = poll(&fds, 2, Int32(max(10, min(1, nextHealthCheck - now()) * 1000)))
+        guard owner == .host, let host = inbox.withLock({ $0.host }) else {
+            if fds[0].revents != 0 { hub_eventfd_drain(wakeFD) }
+            return
+        }
+        if fds[0].revents != 0 {
+            hub_eventfd_drain(wakeFD)
+            postPump(to: host)
+        }
+        if fds[1].revents != 0, let switched = readWatch() {
+            switchedTo = switched
+            nextAttempt = now()
+            _ = host.post { [self] in
+                if owner == .host { giveBack("sentinel switched the master to \(switched.host):\(switched.port)") }
+            }
+        }
+        if now() >= nextHealthCheck {
+            nextHealthCheck = now() + 1
+            _ = host.post { [self] in checkHealth() }
+        }
+    }
+
+    /// Own thread, stopping: asks the host for the connections and waits (bounded) for them.
+    private func takeBackForStop() -> Bool {
+        let deadline = now() + 3
+        var asked = false
+        while now() < deadline {
+            switch owner {
+            case .returning, .ownThread:
+                setOwner(.ownThread)
+                return true
+            case .host:
+                if !asked, let host = inbox.withLock({ $0.host }) {
+                    asked = true
+                    _ = host.post { [self] in if owner == .host { giveBack(nil) } }
+                }
+            case .handingOver:
+                break
+            }
+            var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 1, 50)
+            hub_eventfd_drain(wakeFD)
+        }
+        return false
     }
 
     private func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
@@ -893,6 +1132,21 @@ public final class RedisShard: @unchecked Sendable {
             return .null
         }
     }
+}
+
+/// One of a shard's sockets as its host reports it (host thread only).
+private final class ShardSocket: RedisSocketEvents, @unchecked Sendable {
+    unowned let shard: RedisShard
+    let pubsub: Bool
+
+    init(_ shard: RedisShard, pubsub: Bool) {
+        self.shard = shard
+        self.pubsub = pubsub
+    }
+
+    func readable() { shard.hostReadable(pubsub: pubsub) }
+    func writable() { shard.hostWritable() }
+    func hostClosed(ending: Bool) { shard.hostGone(ending: ending) }
 }
 
 /// The replies of one batch of acknowledged writes, kept until their `WAIT` answers. Only the

@@ -6,7 +6,8 @@ import RESTCompat
 
 // The libwebsockets edge, split as the lws minimal examples are: this file creates the
 // context, adopts the listening socket and routes each callback reason to its protocol's
-// handler (WebSocketCallback.swift, HTTPCallback.swift); RequestHead.swift reads request heads,
+// handler (WebSocketCallback.swift, HTTPCallback.swift, HTTPStreamCallback.swift, and
+// RedisSocketCallback.swift for the Redis engine's sockets); RequestHead.swift reads request heads,
 // HTTPResponseWriter.swift writes answers, SessionSlot.swift owns the per-connection slot.
 // These files and ServiceLoop.swift are the only places that handle raw lws pointers: the
 // per-session slot holds a retained `EdgeSession`, released when lws reports the connection
@@ -14,8 +15,8 @@ import RESTCompat
 
 /// The lws protocol list; lws keeps a pointer to it for the process lifetime.
 nonisolated(unsafe) private let protocols: UnsafeMutablePointer<lws_protocols> = {
-    let list = UnsafeMutablePointer<lws_protocols>.allocate(capacity: 4)
-    list.initialize(repeating: lws_protocols(), count: 4)
+    let list = UnsafeMutablePointer<lws_protocols>.allocate(capacity: 5)
+    list.initialize(repeating: lws_protocols(), count: 5)
     list[0].name = UnsafePointer(strdup("hub"))
     list[0].callback = hubCallback
     list[0].per_session_data_size = MemoryLayout<UnsafeMutableRawPointer?>.size
@@ -30,6 +31,9 @@ nonisolated(unsafe) private let protocols: UnsafeMutablePointer<lws_protocols> =
     list[2].per_session_data_size = MemoryLayout<UnsafeMutableRawPointer?>.size
     list[2].rx_buffer_size = webSocketReceiveChunk
     list[2].tx_packet_size = webSocketSendChunk
+    // The Redis engine's sockets, carried by the loop (RedisSocketCallback.swift).
+    list[3].name = UnsafePointer(strdup(redisSocketProtocol))
+    list[3].callback = redisSocketCallback
     return list
 }()
 
@@ -87,7 +91,7 @@ enum LWSContext {
             throw HubError.startup("could not create the libwebsockets context\(what)")
         }
         guard let vhost = lws_get_vhost_by_name(context, "default"),
-              hub_adopt_listener(vhost, listenFD, listenerProtocol) != nil
+              hub_adopt_raw_descriptor(vhost, listenFD, listenerProtocol) != nil
         else {
             lws_context_destroy(context)
             close(listenFD)

@@ -43,6 +43,12 @@ final class ServiceLoop: @unchecked Sendable {
     private let pendingWrites = Mutex<[EdgeSession]>([])
     /// Sessions whose reading was paused (upload backpressure) and may go on.
     private let pendingResumes = Mutex<[EdgeSession]>([])
+    /// Work other threads posted for this thread (RedisHost.post); closed when the loop ends.
+    let posted = Mutex<(open: Bool, work: [@Sendable () -> Void])>((true, []))
+    /// Redis engine sockets this loop carries (service thread only; RedisSocketCallback.swift).
+    var redisSockets: [OpaquePointer: RedisSocket] = [:]
+    /// The context is being destroyed: lws closes every wsi itself.
+    private(set) var ending = false
     private let tickRequested = Atomic<Bool>(false)
     private let stopRequested = Atomic<Bool>(false)
     let running = Atomic<Bool>(true)
@@ -96,8 +102,10 @@ final class ServiceLoop: @unchecked Sendable {
         while running.load(ordering: .acquiring) {
             if lws_service(context, 0) < 0 { break }
         }
+        ending = true
         lws_context_destroy(context)
         context = nil
+        releaseRedisSockets()
     }
 
     func join() {
@@ -136,6 +144,7 @@ final class ServiceLoop: @unchecked Sendable {
 
     /// Called on the service thread when another thread woke it.
     func serviceWakeup() {
+        runPosted()
         let sessions = pendingWrites.withLock { list -> [EdgeSession] in
             let taken = list
             list.removeAll(keepingCapacity: true)
