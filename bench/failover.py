@@ -279,7 +279,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                            "--log-level", "warning", "--config", conf,
                                            "--data-dir", os.path.join(args.workdir, "hub-data"),
                                            "--engine", "redis", "--redis-sentinel", sentinels,
-                                           "--redis-master-name", MASTER],
+                                           "--redis-master-name", MASTER, "--threads", str(args.threads)],
                                env=env, stdin=subprocess.DEVNULL, stdout=open(os.path.join(args.workdir, "hub.log"), "a"),
                                stderr=subprocess.STDOUT)
         wait_for(lambda: answers(args.hub_port), 15, "the hub")
@@ -356,6 +356,9 @@ def main() -> None:
     p.add_argument("--base-port", type=int, default=17100, help="data servers on it and +1, sentinels on +10..+12")
     p.add_argument("--hub-port", type=int, default=17120)
     p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="the hub's service threads")
+    # run.sh's cleanup sends SIGTERM: end through `finally`, which stops the servers started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     asyncio.run(main_async(p.parse_args()))
 
 

@@ -420,8 +420,9 @@ def splice(markdown: str, name: str, section: list[str], heading: str | None = N
         text = head + block + rest.split(end, 1)[1]
     elif heading and "\n" + heading + "\n" in text:
         head, rest = text.split("\n" + heading + "\n", 1)
-        tail = rest.split("\n## ", 1)
-        text = head + "\n" + block + "\n\n" + ("## " + tail[1] if len(tail) > 1 else "")
+        # up to the next section: its heading, or the marker just before it
+        ends = [i for i in (rest.find("\n## "), rest.find("\n" + SECTION_BEGIN.split("{}")[0])) if i >= 0]
+        text = head + "\n" + block + "\n" + (rest[min(ends):] if ends else "\n")
     elif after and after in text:
         head, rest = text.split(after, 1)
         text = head + after + "\n\n" + block + rest
