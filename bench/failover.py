@@ -133,6 +133,14 @@ class Topology:
                 and cli(primary, "ROLE").splitlines()[0] == "master"
         wait_for(ready, 30, "sentinels agreeing on a primary with a replica in sync", 0.2)
 
+    def hub_args(self) -> list[str]:
+        return ["--redis-sentinel", ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+                "--redis-master-name", MASTER]
+
+    def restart(self, port: int) -> None:
+        """The dead server back, as the new primary's replica."""
+        self.start_data(port, replica_of=self.primary_port())
+
     def kill(self, port: int) -> None:
         proc = self.procs.pop(port)
         proc.send_signal(signal.SIGKILL)
@@ -147,6 +155,69 @@ class Topology:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class ClusterTopology(Topology):
+    """Six `redis-server --cluster-enabled yes` (three primaries, a replica each); the kill hits
+    the primary owning the channel's slot, and its replica is promoted by the cluster itself."""
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.data_ports = [args.base_port + i for i in range(6)]
+
+    def start_node(self, port: int) -> None:
+        folder = os.path.join(self.args.workdir, str(port))
+        os.makedirs(folder, exist_ok=True)
+        # the same nodes.conf on a restart: the node rejoins as its successor's replica
+        self.launch(port, ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
+                           "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.args.down_after_ms),
+                           "--dir", folder, "--save", "", "--appendonly", "no", "--daemonize", "no",
+                           # no 5 s wait for more replicas before a full sync
+                           "--repl-diskless-sync-delay", "0"])
+
+    def start(self) -> None:
+        for port in self.data_ports:
+            self.start_node(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.data_ports],
+                        "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, timeout=60, check=True)
+        self.wait_ready()
+
+    def nodes(self) -> list[list[str]]:
+        port = next(p for p in self.data_ports if p in self.procs)
+        return [line.split() for line in cli(port, "CLUSTER", "NODES").splitlines() if line.strip()]
+
+    def primary_port(self) -> int:
+        # the channel's stream key `hub:stream:{failover}`: its hash tag decides the slot
+        slot = int(cli(self.data_ports[0] if self.data_ports[0] in self.procs else next(iter(self.procs)),
+                       "CLUSTER", "KEYSLOT", "{" + CHANNEL + "}").strip())
+        for node in self.nodes():
+            if "master" in node[2] and "fail" not in node[2]:
+                for r in node[8:]:
+                    lo, _, hi = r.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return int(node[1].split(":")[1].split("@")[0])
+        raise ValueError("no primary owns the channel's slot")
+
+    def wait_ready(self) -> None:
+        """Every node says cluster_state:ok and each of the three primaries has a connected replica."""
+        def ready() -> bool:
+            for port in self.procs:
+                if "cluster_state:ok" not in cli(port, "CLUSTER", "INFO"):
+                    return False
+            nodes = self.nodes()
+            masters = [n for n in nodes if "master" in n[2] and "fail" not in n[2] and len(n) > 8]
+            replicas = [n for n in nodes if "slave" in n[2] and "fail" not in n[2] and n[7] == "connected"]
+            # a replica can only be promoted once its first sync is done
+            return len(masters) == 3 and len(replicas) == 3 and all(
+                "master_link_status:up" in cli(int(n[1].split(":")[1].split("@")[0]), "INFO", "replication")
+                for n in replicas)
+        wait_for(ready, 60, "the cluster at cluster_state:ok with a replica in sync per primary", 0.2)
+
+    def hub_args(self) -> list[str]:
+        return ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in self.data_ports)]
+
+    def restart(self, port: int) -> None:
+        self.start_node(port)
 
 
 def token(secret: str, subject: str) -> str:
@@ -264,22 +335,20 @@ def pct(values: list[float], q: float) -> float:
 
 async def main_async(args: argparse.Namespace) -> None:
     os.makedirs(args.workdir, exist_ok=True)
-    topo = Topology(args)
+    topo = ClusterTopology(args) if args.redis == "cluster" else Topology(args)
     hub = None
     out = open(args.out, "a")
     try:
         topo.start()
-        log("sentinel topology ready; primary on", topo.primary_port())
+        log(f"{args.redis} topology ready; the channel's primary on", topo.primary_port())
         conf = os.path.join(args.workdir, "hub-failover.json")
         with open(conf, "w") as f:
             json.dump({"channel": {"allow_publish_for_client": True, "history_size": 1000, "history_ttl": 300}}, f)
         env = dict(os.environ, HUB_TOKEN_HMAC_SECRET="s", HUB_API_KEY="k")
-        sentinels = ",".join(f"127.0.0.1:{p}" for p in topo.sentinel_ports)
         hub = subprocess.Popen(topo.pin + [args.hub, "--host", "127.0.0.1", "--port", str(args.hub_port),
                                            "--log-level", "warning", "--config", conf,
                                            "--data-dir", os.path.join(args.workdir, "hub-data"),
-                                           "--engine", "redis", "--redis-sentinel", sentinels,
-                                           "--redis-master-name", MASTER, "--threads", str(args.threads)],
+                                           "--engine", "redis", *topo.hub_args(), "--threads", str(args.threads)],
                                env=env, stdin=subprocess.DEVNULL, stdout=open(os.path.join(args.workdir, "hub.log"), "a"),
                                stderr=subprocess.STDOUT)
         wait_for(lambda: answers(args.hub_port), 15, "the hub")
@@ -309,20 +378,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1)  # publishes in flight at the recovery finish
             r = measure(pub, sub, t_kill, time.monotonic())
-            r.update({"scenario": "failover", "phase": "kill", "server": "hub-failover", "redis": "sentinel",
+            r.update({"scenario": "failover", "phase": "kill", "server": "hub-failover", "redis": args.redis,
                       "kill": i, "interval_ms": args.interval_ms, "down_after_ms": args.down_after_ms})
             log(f"kill {i}: {r}")
             out.write(json.dumps(r) + "\n")
             out.flush()
             kills.append(r)
-            new_primary = await asyncio.to_thread(topo.primary_port)
-            await asyncio.to_thread(topo.start_data, primary, new_primary)
+            await asyncio.to_thread(topo.restart, primary)
             await asyncio.to_thread(topo.wait_ready)
         pub.stopping.set()
         sub_task.cancel()
         gaps = [k["gap_ms"] for k in kills if k["gap_ms"] is not None]
         outages = [k["outage_ms"] for k in kills if k["outage_ms"] is not None]
-        summary = {"scenario": "failover", "phase": "summary", "server": "hub-failover", "redis": "sentinel",
+        summary = {"scenario": "failover", "phase": "summary", "server": "hub-failover", "redis": args.redis,
                    "kills": len(kills), "recovered": len(gaps), "interval_ms": args.interval_ms,
                    "down_after_ms": args.down_after_ms, "resubscribes": sub.resubscribes,
                    "failed": sum(k["failed"] for k in kills), "acked_undelivered": sum(k["acked_undelivered"] for k in kills)}
@@ -349,6 +417,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="results.jsonl to append to")
     p.add_argument("--workdir", required=True)
     p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--redis", choices=["sentinel", "cluster"], default="sentinel",
+                   help="a Sentinel set (primary, replica, three sentinels) or a 3-primary Redis Cluster")
     p.add_argument("--interval-ms", type=float, default=10)
     p.add_argument("--down-after-ms", type=int, default=1000)
     p.add_argument("--steady-s", type=float, default=2, help="publishing before each kill")

@@ -777,38 +777,49 @@ def cluster_section(rows: list[dict], meta: dict, dated: str) -> list[str]:
     return md + [SECTION_END.format("cluster")]
 
 
+FAILOVER_MODES = {"sentinel": "Redis Sentinel", "cluster": "Redis Cluster"}
+
+
 def failover_section(rows: list[dict], meta: dict, dated: str) -> list[str]:
     md = [SECTION_BEGIN.format("failover"), "### Failover: publish gap seen by a subscriber", ""]
-    summary = [r for r in by(rows, "failover")]
+    summaries = {r.get("redis", "sentinel"): r for r in by(rows, "failover")}
     kills = [r for r in rows if r.get("scenario") == "failover" and r.get("phase") == "kill"]
-    if not summary:
+    if not summaries:
         return md + ["Not run.", "", SECTION_END.format("failover")]
-    s = summary[-1]
     md += [dated, ""]
-    body = [[str(k["kill"]), f"**{fmt_ms(k.get('gap_ms'))}**" if k.get("gap_ms") is not None else "no delivery after it",
-             fmt_ms(k.get("outage_ms")), str(k.get("failed", 0)), str(k.get("acked_undelivered", 0))]
-            for k in sorted(kills, key=lambda k: k["kill"])]
-    md += table(["kill", "publish gap at the subscriber ms", "publishes refused for ms", "publishes refused",
-                 "acknowledged, not delivered"], body) + [""]
-    if "gap_p50_ms" in s:
-        md += [f"Over {s.get('kills')} SIGKILLs of the primary ({s.get('recovered')} followed by deliveries again): "
-               f"**gap p50 {fmt_ms(s['gap_p50_ms'])} ms, max {fmt_ms(s['gap_max_ms'])} ms**; publishes acknowledged "
-               f"again after p50 {fmt_ms(s.get('outage_p50_ms'))} ms, max {fmt_ms(s.get('outage_max_ms'))} ms.", ""]
-    else:
-        md += [f"Over {s.get('kills')} SIGKILLs no publication sent after a kill reached the subscriber.", ""]
-    md += ["`bench/failover.py`: a primary and a replica `redis-server` and three `redis-sentinel`s "
-           f"(quorum 2, `down-after-milliseconds` {s.get('down_after_ms', 1000)}, `failover-timeout` 3000), one hub with "
-           "`--engine redis --redis-sentinel … --redis-master-name`, all on the server CPU. A publisher POSTs "
-           f"`/api/publish` every {s.get('interval_ms', 10):g} ms (one thread per request, so one hanging in the "
-           "failover holds no other back); a WebSocket subscriber on a channel with history subscribes again on the "
-           "`unsubscribe` push (code 2500, the stream's new epoch under the new primary), as the SDKs do. Per kill: "
-           "the *gap* runs from the last publication delivered before the SIGKILL to the first delivered one that was "
-           "sent after it and acknowledged; *refused for* runs from the SIGKILL to the acknowledgement of the first "
-           "publish sent after it. The dead server is restarted as the new primary's replica, and the next kill waits "
-           "until the sentinels agree again. *Acknowledged, not delivered*: publications the old primary acknowledged "
-           "but had not replicated, or published in the new epoch before the subscriber was back (its resubscribe "
-           "answers `recovered: false`; channels.md, \"Failover (Redis Sentinel)\"). Most of the gap is the sentinels' "
-           "`down-after-milliseconds` and their election.", ""]
+    order = list(FAILOVER_MODES)
+    body = []
+    for mode in sorted(summaries, key=lambda m: order.index(m) if m in order else 9):
+        s = summaries[mode]
+        mine = sorted((k for k in kills if k.get("redis", "sentinel") == mode), key=lambda k: k["kill"])
+        per_kill = ", ".join(fmt_ms(k.get("gap_ms")) if k.get("gap_ms") is not None else "none" for k in mine)
+        body.append([FAILOVER_MODES.get(mode, mode), f"{s.get('kills')} ({s.get('recovered')} delivered again)",
+                     f"**{fmt_ms(s.get('gap_p50_ms'))} / {fmt_ms(s.get('gap_max_ms'))}**" if "gap_p50_ms" in s else
+                     "no delivery after a kill", per_kill,
+                     f"{fmt_ms(s.get('outage_p50_ms'))} / {fmt_ms(s.get('outage_max_ms'))}" if "outage_p50_ms" in s else "–",
+                     str(s.get("failed", 0)), str(s.get("acked_undelivered", 0))])
+    md += table(["Redis", "SIGKILLs of the channel's primary", "publish gap at the subscriber p50 / max ms",
+                 "gap per kill ms", "acknowledged again after p50 / max ms", "publishes refused (all kills)",
+                 "acknowledged, not delivered (all kills)"], body) + [""]
+    s = next(iter(summaries.values()))
+    md += ["`bench/failover.py`, one hub on each Redis, all on the server CPU. *Redis Sentinel*: a primary and a replica "
+           "`redis-server` and three `redis-sentinel`s (quorum 2, `down-after-milliseconds` "
+           f"{s.get('down_after_ms', 1000)}, `failover-timeout` 3000), the hub given `--redis-sentinel … "
+           "--redis-master-name`. *Redis Cluster*: six `redis-server --cluster-enabled yes` (three primaries, a replica "
+           f"each, `cluster-node-timeout` {s.get('down_after_ms', 1000)}), the hub given `--redis-cluster`; the kill hits "
+           "the primary owning the channel's slot (`CLUSTER KEYSLOT`, `CLUSTER NODES`). A publisher POSTs `/api/publish` "
+           f"every {s.get('interval_ms', 10):g} ms (one thread per request, so one hanging in the failover holds no other "
+           "back); a WebSocket subscriber on a channel with history subscribes again on an `unsubscribe` push (code "
+           "2500, the stream's new epoch under a new Sentinel primary), as the SDKs do. Per kill: the *gap* runs from "
+           "the last publication delivered before the SIGKILL to the first delivered one that was sent after it and "
+           "acknowledged; *acknowledged again after* runs from the SIGKILL to the acknowledgement of the first publish "
+           "sent after it (on the Cluster the hub retries an unreachable node for up to 3 s, so publishes wait rather "
+           "than fail). The dead server is restarted (as the new primary's replica; a cluster node rejoins from its "
+           "nodes.conf), and the next kill waits until every replica is in sync again. *Acknowledged, not delivered*: "
+           "publications the old primary acknowledged but had not replicated, or published in a new epoch before the "
+           "subscriber was back (its resubscribe answers `recovered: false`; channels.md, \"Failover (Redis "
+           "Sentinel)\"). Most of the gap is the failure detection (`down-after-milliseconds`, `cluster-node-timeout`) "
+           "and the election.", ""]
     return md + [SECTION_END.format("failover")]
 
 

@@ -16,8 +16,9 @@
 #                                `hub-bench proxy-backend` as the backend): its section replaced likewise
 #   bench/run.sh --scenarios "cluster failover" --servers hub   only section 5: two hub nodes across
 #                                standalone Redis and a 3-primary Redis Cluster (with a single-node
-#                                reference run, since scenario 1 is not in the run), and the Sentinel
-#                                failover gap (bench/failover.py); section 5 replaced, the rest kept
+#                                reference run, since scenario 1 is not in the run), and the publish
+#                                gap when the channel's primary is SIGKILLed, on Redis Sentinel and
+#                                on the Redis Cluster (bench/failover.py); section 5 replaced, the rest kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
@@ -25,7 +26,7 @@
 # measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements),
 # BENCH_FAILOVERS (primary kills in scenario failover, default 3).
 # Ports besides 18000-18010 and 16379: the Redis Cluster on 17000-17005 (buses 27000-27005), the
-# failover's Sentinel set on 17100-17112 and its hub on 17120.
+# failover's Sentinel set on 17100-17112 (its Redis Cluster on 17100-17105 after that) and its hub on 17120.
 #
 # Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
 # Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
     shift
@@ -415,18 +416,22 @@ scenario_cluster() {
 }
 
 # Scenario failover (section 5): one hub on a Redis Sentinel set (primary, replica, three
-# sentinels, all on the server CPU), a subscriber on a channel with history and a publisher at
-# 100 publishes/s (bench/failover.py, on the generator CPU); the primary is SIGKILLed
-# $BENCH_FAILOVERS times: the publish gap the subscriber sees and the publish outage, per kill.
+# sentinels), then on a 3-primary Redis Cluster, all on the server CPU; a subscriber on a channel
+# with history and a publisher at 100 publishes/s (bench/failover.py, on the generator CPU); the
+# channel's primary is SIGKILLed $BENCH_FAILOVERS times: the publish gap the subscriber sees and
+# the time until publishes are acknowledged again, per kill.
 scenario_failover() {
     local kind=$1
     [ "$kind" = hub ] || return 0
-    log "failover: $FAILOVERS SIGKILLs of the Sentinel-monitored primary"
-    rm -rf "$RUN/failover"
-    taskset -c $GENERATOR_CPU "$BENCH/.venv/bin/python" "$BENCH/failover.py" --hub "$BIN/hub" --out "$RESULTS" \
-        --workdir "$RUN/failover" --kills "$FAILOVERS" --server-cpu $SERVER_CPU --threads "$HUB_THREADS" \
-        2>>"$RUN/failover.log" || echo "failover: failed (see $RUN/failover.log)" >&2
-    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    local redis
+    for redis in sentinel cluster; do
+        log "failover ($redis): $FAILOVERS SIGKILLs of the channel's primary"
+        rm -rf "$RUN/failover-$redis"
+        taskset -c $GENERATOR_CPU "$BENCH/.venv/bin/python" "$BENCH/failover.py" --redis "$redis" --hub "$BIN/hub" \
+            --out "$RESULTS" --workdir "$RUN/failover-$redis" --kills "$FAILOVERS" --server-cpu $SERVER_CPU \
+            --threads "$HUB_THREADS" 2>>"$RUN/failover.log" || echo "failover $redis: failed (see $RUN/failover.log)" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    done
 }
 
 # Scenario 6: the hub alone, fan-out to 1,000 subscribers in each of its client modes — JSON and
