@@ -14,11 +14,19 @@
 #                                of docs/benchmarks.md is replaced, the rest of the report kept
 #   bench/run.sh --scenarios proxies --servers hub   only scenario 8 (backend proxies against direct JWT,
 #                                `hub-bench proxy-backend` as the backend): its section replaced likewise
+#   bench/run.sh --scenarios "cluster failover" --servers hub   only section 5: two hub nodes across
+#                                standalone Redis and a 3-primary Redis Cluster (with a single-node
+#                                reference run, since scenario 1 is not in the run), and the publish
+#                                gap when the channel's primary is SIGKILLed, on Redis Sentinel and
+#                                on the Redis Cluster (bench/failover.py); section 5 replaced, the rest kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
 # test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
-# measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements).
+# measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements),
+# BENCH_FAILOVERS (primary kills in scenario failover, default 3).
+# Ports besides 18000-18010 and 16379: the Redis Cluster on 17000-17005 (buses 27000-27005), the
+# failover's Sentinel set on 17100-17112 (its Redis Cluster on 17100-17105 after that) and its hub on 17120.
 #
 # Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
 # Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
@@ -32,9 +40,9 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster codecs start proxies"
+ALL_SCENARIOS="fanout channels connections rest cluster failover codecs start proxies"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
-SPLICEABLE_SCENARIOS="codecs start proxies"
+SPLICEABLE_SCENARIOS="codecs start proxies cluster failover"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -45,13 +53,14 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
     shift
 done
 
 SCRATCH=${BENCH_SCRATCH:-.build-bench}
+FAILOVERS=${BENCH_FAILOVERS:-3}
 HUB_REST_PATH=${HUB_REST_PATH:-/status?gw_id=gw01}
 # The hub gets one service thread by default: it is pinned to one CPU like every peer, and a
 # second thread there only takes turns with the first (HUB_THREADS to try other counts).
@@ -205,7 +214,7 @@ stop_redis() {
     REDIS_PID=""
 }
 
-cleanup() { stop_server; stop_redis; }
+cleanup() { stop_server; stop_redis; stop_rcluster; }
 trap cleanup EXIT
 
 generator() {
@@ -308,38 +317,120 @@ scenario_rest() {
 
 # Scenario 5: two hub nodes sharing Redis (--engine redis), both pinned to the server CPU like every
 # server here; the subscribers on node B, the publisher on node A, so every delivery crosses Redis.
-# Same fields as scenario 1, so the report sets it beside the single-node figure.
+# Twice per subscriber count: on one standalone redis-server (label hub-cluster) and on a Redis
+# Cluster of 3 primaries with a replica each (label hub-rcluster, --redis-cluster). Same fields as
+# scenario 1, so the report sets it beside the single-node figure; when scenario 1 does not run on
+# the hub in the same run, a single-node hub run at the same counts (label hub-single) is the reference.
+RCLUSTER_PORTS="17000 17001 17002 17003 17004 17005"
+RCLUSTER_PIDS=()
+start_rcluster() {
+    local port seeds=() i ok
+    rm -rf "$RUN/rcluster"
+    for port in $RCLUSTER_PORTS; do
+        mkdir -p "$RUN/rcluster/$port"
+        taskset -c $SERVER_CPU redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+            --cluster-config-file nodes.conf --dir "$RUN/rcluster/$port" --save '' --appendonly no \
+            --daemonize no --logfile "$RUN/rcluster/$port/redis.log" &
+        RCLUSTER_PIDS+=($!)
+        seeds+=("127.0.0.1:$port")
+    done
+    for port in $RCLUSTER_PORTS; do wait_port "$port"; done
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/rcluster/create.log" 2>&1
+    # every node must see all slots served before a hub reads the map
+    for i in $(seq 1 200); do
+        ok=1
+        for port in $RCLUSTER_PORTS; do
+            redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' || { ok=0; break; }
+        done
+        [ "$ok" = 1 ] && break
+        sleep 0.1
+    done
+    [ "$ok" = 1 ] || { echo "redis cluster did not reach cluster_state:ok" >&2; return 1; }
+    RCLUSTER_SEEDS=$(IFS=,; echo "${seeds[*]}")
+}
+
+stop_rcluster() {
+    local pid
+    for pid in "${RCLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${RCLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    RCLUSTER_PIDS=()
+}
+
+# cross_node LABEL SUBS REDIS-FLAGS...: nodes A and B on the given Redis, one fan-out run across them.
+cross_node() {
+    local label=$1 subs=$2 node_b_pid
+    shift 2
+    rm -rf "$RUN/hub-data-a" "$RUN/hub-data-b"
+    echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
+    local common=(--host 127.0.0.1 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json"
+                  --engine redis "$@"
+                  --client-queue-max-bytes 16777216 --client-queue-max-messages 100000)
+    HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $HUB_PORT --node-name node-a \
+        --data-dir "$RUN/hub-data-a" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
+    SERVER_PID=$!
+    HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $((HUB_PORT + 10)) --node-name node-b \
+        --data-dir "$RUN/hub-data-b" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
+    node_b_pid=$!
+    wait_port $HUB_PORT && wait_port $((HUB_PORT + 10))
+    sleep 0.5
+    log "cluster ($label): $subs subscribers on node B, publisher on node A"
+    local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+    generator fanout --server hub --label "$label" --port $((HUB_PORT + 10)) --publisher-port $HUB_PORT \
+        --server-pid "$node_b_pid" --subscribers "$subs" \
+        --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+        --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "cluster $label $subs: generator failed" >&2
+    # the generator writes scenario "fanout"; relabel its lines for the report
+    sed -i -e "/\"server\":\"$label\"/s/\"scenario\":\"fanout\"/\"scenario\":\"cluster\"/" "$RESULTS"
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    kill "$node_b_pid" 2>/dev/null || true
+    wait "$node_b_pid" 2>/dev/null || true
+    stop_server
+}
+
 scenario_cluster() {
-    local kind=$1 subs node_b_pid
+    local kind=$1 subs
     [ "$kind" = hub ] || return 0
+    local single=1
+    [[ " $SCENARIOS " == *" fanout "* && " $SERVERS " == *" hub "* ]] && single=0
     for subs in $FANOUT_SUBS; do
+        if [ "$single" = 1 ]; then
+            # scenario 1 is not in this run: the single-node reference, measured the same way
+            start_server hub
+            log "cluster (hub-single): $subs subscribers on one node"
+            local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+            generator fanout --server hub --label hub-single --port "$PORT" --server-pid "$SERVER_PID" \
+                --subscribers "$subs" --step-seconds "$STEP_S" --half-seconds "$HALF_S" \
+                --start-deliveries "$START_DELIVERIES" --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" \
+                || echo "cluster hub-single $subs: generator failed" >&2
+            sed -i -e '/"server":"hub-single"/s/"scenario":"fanout"/"scenario":"cluster"/' "$RESULTS"
+            tail -n 1 "$RESULTS" | cut -c1-300 >&2
+            stop_server
+        fi
         start_redis
-        rm -rf "$RUN/hub-data-a" "$RUN/hub-data-b"
-        echo '{"channel":{"allow_publish_for_client":true}}' > "$RUN/hub.json"
-        local common=(--host 127.0.0.1 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json"
-                      --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT/0"
-                      --client-queue-max-bytes 16777216 --client-queue-max-messages 100000)
-        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $HUB_PORT --node-name node-a \
-            --data-dir "$RUN/hub-data-a" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
-        SERVER_PID=$!
-        HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k taskset -c $SERVER_CPU "$BIN/hub" --port $((HUB_PORT + 10)) --node-name node-b \
-            --data-dir "$RUN/hub-data-b" "${common[@]}" >>"$RUN/hub.log" 2>&1 &
-        node_b_pid=$!
-        wait_port $HUB_PORT && wait_port $((HUB_PORT + 10))
-        sleep 0.5
-        log "cluster: $subs subscribers on node B, publisher on node A"
-        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
-        generator fanout --server hub --label hub-cluster --port $((HUB_PORT + 10)) --publisher-port $HUB_PORT \
-            --server-pid "$node_b_pid" --subscribers "$subs" \
-            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
-            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "cluster $subs: generator failed" >&2
-        # the generator writes scenario "fanout"; relabel its lines for the report
-        sed -i -e '/"server":"hub-cluster"/s/"scenario":"fanout"/"scenario":"cluster"/' "$RESULTS"
-        tail -n 1 "$RESULTS" | cut -c1-300 >&2
-        kill "$node_b_pid" 2>/dev/null || true
-        wait "$node_b_pid" 2>/dev/null || true
-        stop_server
+        cross_node hub-cluster "$subs" --redis-url "redis://127.0.0.1:$REDIS_PORT/0"
         stop_redis
+        start_rcluster
+        cross_node hub-rcluster "$subs" --redis-cluster "$RCLUSTER_SEEDS"
+        stop_rcluster
+    done
+}
+
+# Scenario failover (section 5): one hub on a Redis Sentinel set (primary, replica, three
+# sentinels), then on a 3-primary Redis Cluster, all on the server CPU; a subscriber on a channel
+# with history and a publisher at 100 publishes/s (bench/failover.py, on the generator CPU); the
+# channel's primary is SIGKILLed $BENCH_FAILOVERS times: the publish gap the subscriber sees and
+# the time until publishes are acknowledged again, per kill.
+scenario_failover() {
+    local kind=$1
+    [ "$kind" = hub ] || return 0
+    local redis
+    for redis in sentinel cluster; do
+        log "failover ($redis): $FAILOVERS SIGKILLs of the channel's primary"
+        rm -rf "$RUN/failover-$redis"
+        taskset -c $GENERATOR_CPU "$BENCH/.venv/bin/python" "$BENCH/failover.py" --redis "$redis" --hub "$BIN/hub" \
+            --out "$RESULTS" --workdir "$RUN/failover-$redis" --kills "$FAILOVERS" --server-cpu $SERVER_CPU \
+            --threads "$HUB_THREADS" 2>>"$RUN/failover.log" || echo "failover $redis: failed (see $RUN/failover.log)" >&2
+        tail -n 1 "$RESULTS" | cut -c1-300 >&2
     done
 }
 
