@@ -154,6 +154,46 @@ def numsub(redis: RedisServer, channel: str) -> int:
     return int(lines[1]) if len(lines) == 2 else 0
 
 
+def thread_switches(pid: int) -> Dict[int, int]:
+    """Context switches (voluntary + involuntary) per thread of a process, from /proc."""
+    counts = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+        counts[int(task.name)] = int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+    return counts
+
+
+def test_redis_replies_and_messages_are_handled_on_the_service_thread(redis_factory, hub_factory):
+    """The Redis sockets live in the service loop: a publication makes no other thread of the
+    publishing or the receiving node wake up (with a Redis I/O thread of its own, each one
+    woke that thread and then the service thread again)."""
+    redis = redis_factory()
+    a, b = (hub_factory("--engine", "redis", "--redis-url", redis.url, "--node-name", name, "--threads", "1",
+                        config=HUB_CONFIG) for name in ("a", "b"))
+    ch = channel_name()
+    count = 400
+
+    async def body():
+        alice = await b.client("alice")
+        await alice.subscribe(ch)
+        publisher = await a.client("bob")
+        await publisher.result("publish", {"channel": ch, "data": {"n": -1}})
+        assert (await alice.pubs(1, channel=ch))[0]["data"] == {"n": -1}
+        before = {hub: thread_switches(hub.proc.pid) for hub in (a, b)}
+        for n in range(count):
+            await publisher.result("publish", {"channel": ch, "data": {"n": n}})
+        assert [p["data"]["n"] for p in await alice.pubs(count, channel=ch)] == list(range(count))
+        for hub in (a, b):
+            after = thread_switches(hub.proc.pid)
+            woken = sorted(after[t] - before[hub].get(t, 0) for t in after)
+            # One thread (the service loop) does the work; every other thread wakes only for
+            # its timers (once a second: the ticker, the shard's health check, the announcer).
+            busy = [w for w in woken if w > count // 4]
+            assert len(busy) == 1, f"threads woken per {count} publications: {woken}"
+
+    arun(body())
+
+
 # --------------------------------------------------------------------------------------------
 # Fan-out, history, presence and recovery across nodes
 
