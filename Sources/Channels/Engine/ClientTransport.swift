@@ -2,7 +2,13 @@
 /// reference-counted buffer, so handing one frame to a thousand queues copies nothing.
 public struct WireFrame: Sendable {
     public let bytes: [UInt8]
-    public init(bytes: [UInt8]) { self.bytes = bytes }
+    /// Protocol messages in `bytes`: more than one for a turn's batch of publications (see
+    /// `Turn`), which queue limits count message by message.
+    public let messages: Int
+    public init(bytes: [UInt8], messages: Int = 1) {
+        self.bytes = bytes
+        self.messages = messages
+    }
 }
 
 /// Turns a protocol message (one JSON document) into what the transport writes. The
@@ -29,4 +35,12 @@ public protocol ClientTransport: AnyObject, Sendable {
     func close(_ reason: DisconnectReason)
     /// Peer address, for logs.
     var remoteAddress: String { get }
+    /// Whether frames may arrive several messages to a frame (a turn's batch, `Turn`): true for
+    /// a transport that writes frame bytes as they are; false for one that unwraps each frame
+    /// (a compressing WebSocket, seed 003's chat bridge).
+    var takesBatches: Bool { get }
+}
+
+extension ClientTransport {
+    public var takesBatches: Bool { false }
 }

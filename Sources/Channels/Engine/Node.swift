@@ -215,7 +215,10 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
 
     public func handlePublication(channel: String, publication: Publication, position: StreamPosition?) {
         var delta: [UInt8]?
-        let (delivered, slow, behind) = subscribers.fanOut(channel: channel, publication: publication, position: position) { wire, form in
+        let turn = Turn.current
+        let (delivered, slow, behind, startedBatch) = subscribers.fanOut(
+            channel: channel, publication: publication, position: position, batching: turn != nil
+        ) { wire, form in
             let codec = wire.codec
             let eventID = wire.carriesEventIDs && publication.offset > 0
                 ? Wire.eventID(channel: channel, offset: publication.offset, epoch: position?.epoch ?? "") : nil
@@ -231,6 +234,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
             }
         }
         counters.deliveries.add(delivered, ordering: .relaxed)
+        if startedBatch { turn?.schedule(self, channel) }
         disconnectSlow(slow)
         if !behind.isEmpty {
             logger.notice("publications lost before reaching this node; subscribers resubscribe to recover",
@@ -315,17 +319,22 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     }
 
     public func handleJoin(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
+        let (_, slow, _, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
             wire.frame(wire.codec.push(channel: channel, kind: "join", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
     }
 
     public func handleLeave(channel: String, info: ClientInfo) {
-        let (_, slow, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
+        let (_, slow, _, _) = subscribers.fanOut(channel: channel, publication: nil) { wire, _ in
             wire.frame(wire.codec.push(channel: channel, kind: "leave", body: ["info": info.json]), with: encoder)
         }
         disconnectSlow(slow)
+    }
+
+    /// The end of a turn that batched publications into this channel (`Turn`).
+    func handOutBatch(channel: String) {
+        disconnectSlow(subscribers.handOut(channel: channel))
     }
 
     private func disconnectSlow(_ sessions: [ClientSession]) {

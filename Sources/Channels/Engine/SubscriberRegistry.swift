@@ -23,6 +23,25 @@ final class SubscriberRegistry: Sendable {
         var deltaReady: Set<ObjectIdentifier> = []
         /// The data of the last publication delivered, kept while delta subscribers exist.
         var previous: [UInt8]?
+        /// Subscribers that cannot take a turn's batch (another wire, or a transport that
+        /// unwraps frames): while there is one, every publication is handed out at once.
+        var unbatchable = 0
+        /// This turn's publications not handed out yet, as frames of each WebSocket codec (`Turn`).
+        var batchJSON: [UInt8] = []
+        var batchProtobuf: [UInt8] = []
+        var batched = 0
+        var protobufSubscribers = 0
+    }
+
+    /// Sessions whose queue overflowed while a batch was handed out on the way to a change of
+    /// membership, under a lock where they cannot be disconnected: the node takes them next.
+    private let overflowed = Guarded<[ClientSession]>([])
+
+    /// A batch goes out once it holds this much, so no single frame outgrows a write.
+    static let batchLimit = 32 * 1024
+
+    static func takesBatches(_ session: ClientSession) -> Bool {
+        (session.wire == .webSocketJSON || session.wire == .webSocketProtobuf) && session.transport.takesBatches
     }
 
     private let shards: [Guarded<[String: Members]>]
@@ -41,9 +60,12 @@ final class SubscriberRegistry: Sendable {
             let id = ObjectIdentifier(session)
             let first = map[channel] == nil
             var members = map.removeValue(forKey: channel) ?? Members()
+            handOutLocked(&members)
             if members.slots[id] == nil {
                 members.slots[id] = members.sessions.count
                 members.sessions.append(session)
+                if !Self.takesBatches(session) { members.unbatchable += 1 }
+                if session.wire == .webSocketProtobuf { members.protobufSubscribers += 1 }
             }
             members.pending[id] = []
             // The first publication after (re)subscribing goes out whole: the client has no base yet.
@@ -67,6 +89,7 @@ final class SubscriberRegistry: Sendable {
             let id = ObjectIdentifier(session)
             guard var members = map.removeValue(forKey: channel) else { return false }
             defer { map[channel] = members }
+            handOutLocked(&members)
             guard members.slots[id] != nil, let held = members.pending.removeValue(forKey: id) else { return false }
             let due = promised.map { top in held.filter { $0.offset > top.offset } } ?? held
             if let promised {
@@ -91,10 +114,12 @@ final class SubscriberRegistry: Sendable {
     /// their recovery from an offset past the stream's top answers `recovered: false`.
     func check(channel: String, position: StreamPosition?) -> [ClientSession] {
         shard(channel).withLock { map -> [ClientSession] in
-            guard var members = map[channel], let last = members.last else { return [] }
+            guard var members = map.removeValue(forKey: channel) else { return [] }
+            defer { map[channel] = members }
+            guard let last = members.last else { return [] }
             if let position, position.epoch == last.epoch, position.offset == last.offset { return [] }
+            handOutLocked(&members)
             members.last = position
-            map[channel] = members
             return members.sessions.filter { members.pending[ObjectIdentifier($0)] == nil }
         }
     }
@@ -104,9 +129,16 @@ final class SubscriberRegistry: Sendable {
     func remove(_ session: ClientSession, from channel: String) -> Bool {
         shard(channel).withLock { map in
             let id = ObjectIdentifier(session)
-            guard var members = map.removeValue(forKey: channel), let slot = members.slots.removeValue(forKey: id) else {
+            guard var members = map.removeValue(forKey: channel) else { return false }
+            guard let slot = members.slots[id] else {
+                map[channel] = members
                 return false
             }
+            // What the turn batched went out while the session was still subscribed: it goes first.
+            handOutLocked(&members)
+            members.slots.removeValue(forKey: id)
+            if !Self.takesBatches(session) { members.unbatchable -= 1 }
+            if session.wire == .webSocketProtobuf { members.protobufSubscribers -= 1 }
             members.pending.removeValue(forKey: id)
             members.floors.removeValue(forKey: id)
             members.deliveries.removeValue(forKey: id)
@@ -134,98 +166,157 @@ final class SubscriberRegistry: Sendable {
     ///
     /// `makeFrame` builds the frame of one codec and form; a delta it cannot express (nil)
     /// goes out whole instead.
-    func fanOut(channel: String, publication: Publication?, position: StreamPosition? = nil,
-                frame makeFrame: (Wire, PublicationForm) -> WireFrame?) -> (delivered: Int, slow: [ClientSession], behind: [ClientSession]) {
-        shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession]) in
-            guard var members = map[channel] else { return (0, [], []) }
-            var gap = false
-            // At or below the last position known here: every live subscriber has it already
-            // (delivered, or counted in its subscribe reply); only pending ones may still need it.
-            var known = false
-            var changed = !members.pending.isEmpty
-            if let position {
-                if let last = members.last, last.epoch == position.epoch, position.offset <= last.offset {
-                    known = true
-                } else {
-                    if let last = members.last {
-                        gap = position.epoch != last.epoch || position.offset > last.offset + 1
-                    }
-                    members.last = position
-                }
-                changed = true
-            }
-            var jsonFrame: WireFrame?
-            var protobufFrame: WireFrame?
-            // Frames for filtered and delta subscribers and for the HTTP transports, by wire and
-            // form, built when first needed.
-            var special: [Int: WireFrame?] = [:]
-            func specialFrame(_ wire: Wire, _ form: PublicationForm) -> WireFrame? {
-                let key = wire.index * 4 + form.index
-                if let built = special[key] { return built }
-                let built = makeFrame(wire, form)
-                special[key] = built
-                return built
-            }
-            let anySpecial = !members.deliveries.isEmpty
-            var nowReady: [ObjectIdentifier] = []
-            var deltaSubscribers = false
-            var slow: [ClientSession] = []
-            var behind: [ClientSession] = []
-            var delivered = 0
-            let anyPending = !members.pending.isEmpty
-            for session in members.sessions {
-                if anyPending, members.pending[ObjectIdentifier(session)] != nil {
-                    if let publication { members.pending[ObjectIdentifier(session)]!.append(publication) }
-                    continue
-                }
-                if known { continue }
-                if gap { behind.append(session); continue }
-                if !members.floors.isEmpty, let position, let floor = members.floors[ObjectIdentifier(session)] {
-                    if position.offset >= floor { members.floors.removeValue(forKey: ObjectIdentifier(session)) }
-                    if position.offset <= floor { continue }
-                }
-                var frame: WireFrame?
-                if anySpecial, publication != nil, let delivery = members.deliveries[ObjectIdentifier(session)] {
-                    if let filter = delivery.filter, !filter.matches(publication!.tags) { continue }
-                    if delivery.delta {
-                        deltaSubscribers = true
-                        let id = ObjectIdentifier(session)
-                        if members.deltaReady.contains(id), let base = members.previous {
-                            frame = specialFrame(session.wire, .delta(base: base))
-                        }
-                        if frame == nil { frame = specialFrame(session.wire, .wholeForDelta) }
-                        nowReady.append(id)
-                    }
-                }
-                if frame == nil {
-                    // WebSocket subscribers, nearly all of them, take the two frames kept at hand.
-                    let wire = session.wire
-                    if wire == .webSocketJSON {
-                        if jsonFrame == nil { jsonFrame = makeFrame(.webSocketJSON, .whole) }
-                        frame = jsonFrame
-                    } else if wire == .webSocketProtobuf {
-                        if protobufFrame == nil { protobufFrame = makeFrame(.webSocketProtobuf, .whole) }
-                        frame = protobufFrame
-                    } else {
-                        frame = specialFrame(wire, .whole)
-                    }
-                }
-                guard let frame else { continue }
-                if session.transport.enqueue(frame) { delivered += 1 } else { slow.append(session) }
-            }
-            if deltaSubscribers, let publication {
-                // The base of the next delta, and who holds it now.
-                members.previous = JSONWriter.bytes(publication.data)
-                members.deltaReady = Set(nowReady)
-                changed = true
-            } else if members.previous != nil, !members.deliveries.values.contains(where: \.delta) {
-                members.previous = nil
-                changed = true
-            }
-            if changed { map[channel] = members }
-            return (delivered, slow, behind)
+    ///
+    /// `batching` (the caller is inside a `Turn`): a publication every subscriber takes whole
+    /// joins the channel's batch instead; `startedBatch` tells the caller to schedule the
+    /// batch's hand-out at the end of the turn (`handOut`).
+    func fanOut(channel: String, publication: Publication?, position: StreamPosition? = nil, batching: Bool = false,
+                frame makeFrame: (Wire, PublicationForm) -> WireFrame?)
+        -> (delivered: Int, slow: [ClientSession], behind: [ClientSession], startedBatch: Bool) {
+        shard(channel).withLock { map -> (Int, [ClientSession], [ClientSession], Bool) in
+            // In place: the members are neither copied out nor written back per publication.
+            guard map[channel] != nil else { return (0, [], [], false) }
+            return Self.fanOutLocked(&map[channel]!, publication: publication, position: position, batching: batching, frame: makeFrame)
         }
     }
+
+    private static func fanOutLocked(_ members: inout Members, publication: Publication?, position: StreamPosition?, batching: Bool,
+                                     frame makeFrame: (Wire, PublicationForm) -> WireFrame?)
+        -> (Int, [ClientSession], [ClientSession], Bool) {
+        var gap = false
+        // At or below the last position known here: every live subscriber has it already
+        // (delivered, or counted in its subscribe reply); only pending ones may still need it.
+        var known = false
+        if let position {
+            if let last = members.last, last.epoch == position.epoch, position.offset <= last.offset {
+                known = true
+            } else {
+                if let last = members.last {
+                    gap = position.epoch != last.epoch || position.offset > last.offset + 1
+                }
+                members.last = position
+            }
+        }
+        if batching, publication != nil, members.pending.isEmpty, !known, !gap, members.unbatchable == 0,
+           members.floors.isEmpty, members.deliveries.isEmpty, members.previous == nil {
+            let started = members.batched == 0
+            if members.protobufSubscribers < members.sessions.count, let frame = makeFrame(.webSocketJSON, .whole) {
+                members.batchJSON.append(contentsOf: frame.bytes)
+            }
+            if members.protobufSubscribers > 0, let frame = makeFrame(.webSocketProtobuf, .whole) {
+                members.batchProtobuf.append(contentsOf: frame.bytes)
+            }
+            members.batched += 1
+            var slow: [ClientSession] = []
+            if max(members.batchJSON.count, members.batchProtobuf.count) >= batchLimit { slow = handOut(&members) }
+            return (members.sessions.count, slow, [], started)
+        }
+        // Whatever the turn batched goes out before this.
+        var slow = handOut(&members)
+        var jsonFrame: WireFrame?
+        var protobufFrame: WireFrame?
+        // Frames for filtered and delta subscribers and for the HTTP transports, by wire and
+        // form, built when first needed.
+        var special: [Int: WireFrame?] = [:]
+        func specialFrame(_ wire: Wire, _ form: PublicationForm) -> WireFrame? {
+            let key = wire.index * 4 + form.index
+            if let built = special[key] { return built }
+            let built = makeFrame(wire, form)
+            special[key] = built
+            return built
+        }
+        let anySpecial = !members.deliveries.isEmpty
+        var nowReady: [ObjectIdentifier] = []
+        var deltaSubscribers = false
+        var behind: [ClientSession] = []
+        var delivered = 0
+        let anyPending = !members.pending.isEmpty
+        for session in members.sessions {
+            if anyPending, members.pending[ObjectIdentifier(session)] != nil {
+                if let publication { members.pending[ObjectIdentifier(session)]!.append(publication) }
+                continue
+            }
+            if known { continue }
+            if gap { behind.append(session); continue }
+            if !members.floors.isEmpty, let position, let floor = members.floors[ObjectIdentifier(session)] {
+                if position.offset >= floor { members.floors.removeValue(forKey: ObjectIdentifier(session)) }
+                if position.offset <= floor { continue }
+            }
+            var frame: WireFrame?
+            if anySpecial, publication != nil, let delivery = members.deliveries[ObjectIdentifier(session)] {
+                if let filter = delivery.filter, !filter.matches(publication!.tags) { continue }
+                if delivery.delta {
+                    deltaSubscribers = true
+                    let id = ObjectIdentifier(session)
+                    if members.deltaReady.contains(id), let base = members.previous {
+                        frame = specialFrame(session.wire, .delta(base: base))
+                    }
+                    if frame == nil { frame = specialFrame(session.wire, .wholeForDelta) }
+                    nowReady.append(id)
+                }
+            }
+            if frame == nil {
+                // WebSocket subscribers, nearly all of them, take the two frames kept at hand.
+                let wire = session.wire
+                if wire == .webSocketJSON {
+                    if jsonFrame == nil { jsonFrame = makeFrame(.webSocketJSON, .whole) }
+                    frame = jsonFrame
+                } else if wire == .webSocketProtobuf {
+                    if protobufFrame == nil { protobufFrame = makeFrame(.webSocketProtobuf, .whole) }
+                    frame = protobufFrame
+                } else {
+                    frame = specialFrame(wire, .whole)
+                }
+            }
+            guard let frame else { continue }
+            if session.transport.enqueue(frame) { delivered += 1 } else { slow.append(session) }
+        }
+        if deltaSubscribers, let publication {
+            // The base of the next delta, and who holds it now.
+            members.previous = JSONWriter.bytes(publication.data)
+            members.deltaReady = Set(nowReady)
+        } else if members.previous != nil, !members.deliveries.values.contains(where: \.delta) {
+            members.previous = nil
+        }
+        return (delivered, slow, behind, false)
+    }
+
+    /// Hands the channel's batch (if this turn started one) to its subscribers. Returns the
+    /// sessions whose queues overflowed, and those an earlier hand-out under a change of
+    /// membership left behind.
+    func handOut(channel: String) -> [ClientSession] {
+        var slow = shard(channel).withLock { map -> [ClientSession] in
+            guard map[channel] != nil else { return [] }
+            return Self.handOut(&map[channel]!)
+        }
+        slow += overflowed.withLock { list in
+            defer { list.removeAll() }
+            return list
+        }
+        return slow
+    }
+
+    private static func handOut(_ members: inout Members) -> [ClientSession] {
+        guard members.batched > 0 else { return [] }
+        let json = members.batchJSON.isEmpty ? nil : WireFrame(bytes: members.batchJSON, messages: members.batched)
+        let protobuf = members.batchProtobuf.isEmpty ? nil : WireFrame(bytes: members.batchProtobuf, messages: members.batched)
+        members.batchJSON = []
+        members.batchProtobuf = []
+        members.batched = 0
+        var slow: [ClientSession] = []
+        for session in members.sessions {
+            guard let frame = session.wire == .webSocketProtobuf ? protobuf : json else { continue }
+            if !session.transport.enqueue(frame) { slow.append(session) }
+        }
+        return slow
+    }
+
+    /// `handOut` on the way to a change of membership: overflowed sessions wait in `overflowed`.
+    private func handOutLocked(_ members: inout Members) {
+        let slow = Self.handOut(&members)
+        if !slow.isEmpty { overflowed.withLock { $0 += slow } }
+    }
+
 
     func subscriberCount(_ channel: String) -> Int {
         shard(channel).withLock { $0[channel]?.sessions.count ?? 0 }

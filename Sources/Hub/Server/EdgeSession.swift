@@ -30,6 +30,8 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
         var closeReason: DisconnectReason?
         var wakeRequested = false
         var closing = false
+        /// Protocol messages queued (a batch frame holds several): what --client-queue-max-messages counts.
+        var messages = 0
     }
 
     let outbound = Mutex(Outbound())
@@ -47,10 +49,12 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
     func enqueue(_ frame: WireFrame) -> Bool {
         let (accepted, wake) = outbound.withLock { q -> (Bool, Bool) in
             if q.closing { return (true, false) }  // closing anyway; nothing more goes out
-            let queued = q.frames.count - q.head
-            if q.bytes + frame.bytes.count > maxQueuedBytes || queued >= maxQueuedMessages { return (false, false) }
+            if q.bytes + frame.bytes.count > maxQueuedBytes || q.messages + frame.messages > maxQueuedMessages {
+                return (false, false)
+            }
             q.frames.append(frame)
             q.bytes += frame.bytes.count
+            q.messages += frame.messages
             if q.wakeRequested { return (true, false) }
             q.wakeRequested = true
             return (true, true)
@@ -58,6 +62,9 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
         if wake { wantWrite() }
         return accepted
     }
+
+    /// Frames are written as they are (overridden where they are unwrapped first).
+    var takesBatches: Bool { true }
 
     func close(_ reason: DisconnectReason) {
         let wake = outbound.withLock { q -> Bool in
@@ -69,6 +76,7 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
                 q.frames.removeAll()
                 q.head = 0
                 q.bytes = 0
+                q.messages = 0
             }
             q.wakeRequested = true
             return true
@@ -81,13 +89,16 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
         outbound.withLock { q in
             var end = q.head
             var size = 0
+            var messages = 0
             while end < q.frames.count, end == q.head || size + q.frames[end].bytes.count <= budget {
                 size += q.frames[end].bytes.count
+                messages += q.frames[end].messages
                 end += 1
             }
             let taken = q.frames[q.head..<end]
             q.head = end
             q.bytes -= size
+            q.messages -= messages
             if q.head == q.frames.count {
                 q.frames.removeAll(keepingCapacity: q.frames.capacity <= 64)
                 q.head = 0
@@ -115,6 +126,13 @@ final class WebSocketConnection: QueuedSession, @unchecked Sendable {
     var binary = false
     /// A message went past the size limit: the rest of it is dropped while the close goes out.
     var oversized = false
+    /// permessage-deflate and seed 003's chat take each frame apart: one message per frame.
+    override var takesBatches: Bool { !compressed && chat == nil }
+    /// A write at the end of a turn failed: the writeable callback closes the connection.
+    var writeFailed = false
+    /// Bytes received in the loop's service call `receivedInService` (service thread only).
+    var receivedBytes = 0
+    var receivedInService = 0
 }
 
 /// An HTTP response whose body is a stream of messages (SSE, HTTP streaming): it replaces the

@@ -39,10 +39,12 @@ nonisolated(unsafe) private let protocols: UnsafeMutablePointer<lws_protocols> =
 
 private let listenerProtocol = "hub-listen"
 /// lws allocates this much per WebSocket connection for received data (with 0 it takes the
-/// 64 KiB service buffer: 67.5 KB of heap per idle connection, measured). Messages larger than
-/// it arrive in pieces, which WebSocketCallback reassembles up to --max-message-size; a Centrifugo
-/// command is far smaller, so 4 KiB costs no extra callbacks in practice.
-private let webSocketReceiveChunk = 4096
+/// 64 KiB service buffer: 67.5 KB of heap per idle connection, measured), and reads at most this
+/// much from a connection per turn of the loop. Messages larger than it arrive in pieces, which
+/// WebSocketCallback reassembles up to --max-message-size. A publisher whose read filled the chunk
+/// makes the loop read again before it writes (ServiceLoop.run), so the small chunk does not
+/// shrink the batches that go out to subscribers.
+let webSocketReceiveChunk = 4096
 /// With no tx_packet_size lws also caps each send at rx_buffer_size: keep sends as large as the
 /// service buffer, as they were, so a coalesced batch of pushes still goes out in one write.
 private let webSocketSendChunk = 64 * 1024

@@ -16,6 +16,9 @@ final class RedisSocket: RedisSocketWatch, @unchecked Sendable {
     let events: any RedisSocketEvents
     /// Ended by the shard (or closed by lws): nothing more is reported.
     var ended = false
+    /// Inside this socket's writeable callback: lws turns POLLOUT off for a raw descriptor
+    /// *after* that callback returns, so a request made in it would be lost.
+    var inWriteable = false
 
     init(loop: ServiceLoop, wsi: OpaquePointer, events: any RedisSocketEvents) {
         self.loop = loop
@@ -24,7 +27,13 @@ final class RedisSocket: RedisSocketWatch, @unchecked Sendable {
     }
 
     func requestWritable() {
-        if !ended { lws_callback_on_writable(wsi) }
+        guard !ended else { return }
+        if inWriteable {
+            // Asked again once the turn is over (ServiceLoop.run), when lws is done disarming.
+            loop.redisRearm.append(self)
+        } else {
+            lws_callback_on_writable(wsi)
+        }
     }
 
     func end() {
@@ -97,7 +106,11 @@ func redisSocketCallback(
     case LWS_CALLBACK_RAW_RX_FILE:
         if let socket = loop.redisSockets[wsi], !socket.ended { socket.events.readable() }
     case LWS_CALLBACK_RAW_WRITEABLE_FILE:
-        if let socket = loop.redisSockets[wsi], !socket.ended { socket.events.writable() }
+        if let socket = loop.redisSockets[wsi], !socket.ended {
+            socket.inWriteable = true
+            socket.events.writable()
+            socket.inWriteable = false
+        }
     case LWS_CALLBACK_RAW_CLOSE_FILE:
         if let socket = loop.redisSockets.removeValue(forKey: wsi), !socket.ended {
             socket.ended = true

@@ -47,6 +47,9 @@ final class ServiceLoop: @unchecked Sendable {
     let posted = Mutex<(open: Bool, work: [@Sendable () -> Void])>((true, []))
     /// Redis engine sockets this loop carries (service thread only; RedisSocketCallback.swift).
     var redisSockets: [OpaquePointer: RedisSocket] = [:]
+    /// Redis sockets that asked to write again from their own writeable callback: asked for
+    /// at the end of the turn (service thread only).
+    var redisRearm: [RedisSocket] = []
     /// The context is being destroyed: lws closes every wsi itself.
     private(set) var ending = false
     private let tickRequested = Atomic<Bool>(false)
@@ -65,6 +68,13 @@ final class ServiceLoop: @unchecked Sendable {
     let scratchCapacity = 64 * 1024
     let pre = Int(hub_lws_pre())
     var shutdownDeadline: Double?
+    /// WebSocket connections with frames queued in this turn, written when the turn ends
+    /// (service thread only): see `run`.
+    private var dirty: [WebSocketConnection] = []
+    /// Counts `lws_service` calls, so a connection can tell its first read of a turn (service thread only).
+    private(set) var serviceCount = 0
+    /// A connection's read in this service call filled its receive chunk: more is waiting.
+    var inputPending = false
 
     init(index: Int, node: Node, router: Router, settings: EdgeSettings, logger: Logger) {
         self.index = index
@@ -72,7 +82,7 @@ final class ServiceLoop: @unchecked Sendable {
         self.router = router
         self.settings = settings
         self.logger = logger
-        scratch = .allocate(capacity: Int(hub_lws_pre()) + 64 * 1024)
+        scratch = .allocate(capacity: Int(hub_lws_pre()) + scratchCapacity)
     }
 
     deinit { scratch.deallocate() }
@@ -97,15 +107,71 @@ final class ServiceLoop: @unchecked Sendable {
         thread = handle
     }
 
+    /// The loop. One turn: wait for and serve what is ready; while a connection's read filled its
+    /// receive chunk (a publisher sending faster than one chunk per turn), serve again without
+    /// waiting, a bounded number of times; hand each channel's batch of the turn's publications
+    /// to its subscribers (`Turn`); then write what the turn queued, straight to the sockets.
+    /// Writing once per turn is what batches: every publication read in the turn leaves in one
+    /// write per subscriber, and a subscriber costs no POLLOUT arm, poll and disarm.
     private func run() {
         threadID = pthread_self()
+        Turn.adopt()
         while running.load(ordering: .acquiring) {
+            serviceCount &+= 1
+            inputPending = false
             if lws_service(context, 0) < 0 { break }
+            var rereads = 0
+            while inputPending && rereads < maxRereadsPerTurn {
+                serviceCount &+= 1
+                inputPending = false
+                if lws_service(context, -1) < 0 { break }  // -1: poll without waiting
+                rereads += 1
+            }
+            Turn.end()  // the turn's batches into the subscribers' queues
+            flushTurn()
+            if !redisRearm.isEmpty {
+                for socket in redisRearm where !socket.ended { lws_callback_on_writable(socket.wsi) }
+                redisRearm.removeAll(keepingCapacity: true)
+            }
         }
         ending = true
         lws_context_destroy(context)
         context = nil
         releaseRedisSockets()
+    }
+
+    /// 15 more chunks of 4 KiB: a turn reads up to 64 KiB from a busy publisher, as lws's own
+    /// service buffer would, and a turn's batch still fits one write (`scratchCapacity`).
+    private let maxRereadsPerTurn = 15
+
+    /// Writes what this turn queued for each connection. One whose socket lws still holds unsent
+    /// bytes of (`lws_partial_buffered`), or that compresses, is left to its writeable callback,
+    /// as are the rest of a batch over the write budget and a close frame.
+    private func flushTurn() {
+        guard !dirty.isEmpty else { return }
+        let connections = dirty
+        dirty.removeAll(keepingCapacity: true)
+        for connection in connections where !connection.gone {
+            guard let wsi = connection.wsi else { continue }
+            if connection.compressed || lws_partial_buffered(wsi) != 0 {
+                lws_callback_on_writable(wsi)
+            } else if writeFrames(connection, wsi: wsi, loop: self, direct: true) < 0 {
+                // Only a failed write ends here: the writeable callback closes the connection.
+                connection.writeFailed = true
+                lws_callback_on_writable(wsi)
+            }
+        }
+    }
+
+    /// Asks for a session's frames to go out: a WebSocket connection's at the end of this turn,
+    /// anything else (an HTTP answer, a stream) through its writeable callback.
+    private func wantsWrite(_ session: EdgeSession) {
+        guard !session.gone, let wsi = session.wsi else { return }
+        if let connection = session as? WebSocketConnection {
+            dirty.append(connection)
+        } else {
+            lws_callback_on_writable(wsi)
+        }
     }
 
     func join() {
@@ -116,7 +182,7 @@ final class ServiceLoop: @unchecked Sendable {
 
     func requestWrite(_ session: EdgeSession) {
         if onLoopThread {
-            if !session.gone, let wsi = session.wsi { lws_callback_on_writable(wsi) }
+            wantsWrite(session)
             return
         }
         let wasEmpty = pendingWrites.withLock { list -> Bool in
@@ -150,9 +216,7 @@ final class ServiceLoop: @unchecked Sendable {
             list.removeAll(keepingCapacity: true)
             return taken
         }
-        for session in sessions where !session.gone {
-            if let wsi = session.wsi { lws_callback_on_writable(wsi) }
-        }
+        for session in sessions { wantsWrite(session) }
         let resumed = pendingResumes.withLock { list -> [EdgeSession] in
             let taken = list
             list.removeAll()

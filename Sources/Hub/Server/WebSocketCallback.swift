@@ -68,6 +68,14 @@ func webSocketCallback(
         }
         if let input, length > 0 {
             connection.inbound.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+            // lws reads one receive chunk per connection per service call: a read that (nearly)
+            // filled it left more in the socket, and the loop reads again before it writes.
+            if connection.receivedInService != loop.serviceCount {
+                connection.receivedInService = loop.serviceCount
+                connection.receivedBytes = 0
+            }
+            connection.receivedBytes += length
+            if connection.receivedBytes >= webSocketReceiveChunk * 3 / 4 { loop.inputPending = true }
         }
         if lws_is_final_fragment(wsi) != 0 && lws_remaining_packet_payload(wsi) == 0 {
             let message = connection.inbound
@@ -82,6 +90,7 @@ func webSocketCallback(
 
     case LWS_CALLBACK_SERVER_WRITEABLE:
         guard let wsi, let connection = sessionIn(user) as? WebSocketConnection else { return 0 }
+        if connection.writeFailed { return -1 }
         return writeFrames(connection, wsi: wsi, loop: loop)
 
     case LWS_CALLBACK_CLOSED:
@@ -106,8 +115,10 @@ func closeWith(_ wsi: OpaquePointer, code: UInt16, reason: String) {
 }
 
 /// Writes queued frames: one frame straight from its shared buffer, several gathered into
-/// the loop's scratch buffer so a burst costs one syscall.
-func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop) -> Int32 {
+/// the loop's scratch buffer so a burst costs one syscall. `direct`: called at the end of a turn,
+/// outside any lws callback, so a close frame waits for the writeable callback (only a callback's
+/// -1 makes lws send it).
+func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop, direct: Bool = false) -> Int32 {
     let (frames, more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity)
     if connection.compressed, let frame = frames.first {
         // permessage-deflate: lws frames and compresses the payload itself, one message per
@@ -142,7 +153,7 @@ func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: Se
         }
         if lws_write(wsi, base, used, lws_write_protocol(rawValue: UInt32(hub_lws_write_raw()))) < 0 { return -1 }
     }
-    if more {
+    if more || (direct && close != nil) {
         lws_callback_on_writable(wsi)
         return 0
     }
