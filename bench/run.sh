@@ -229,51 +229,117 @@ cpu_seconds() {
 # ---------------------------------------------------------------------------------------------
 # Scenarios: each takes the server kind and appends JSON lines to $RESULTS.
 
-# The hub's half-rate deliveries/s in scenario 1 at $1 subscribers (empty if it did not run).
-hub_half_deliveries() {
-    "$BENCH/.venv/bin/python" - "$RESULTS" "$1" <<'PY'
+# tag_results FROM KEY=JSON...: sets fields on the result lines after line FROM (those of the run
+# just made), e.g. tag_results "$n0" repeat=2 scenario='"cores"'. Keeps the generator's compact format.
+tag_results() {
+    "$BENCH/.venv/bin/python" - "$RESULTS" "$@" <<'PY'
 import json, sys
+path, start = sys.argv[1], int(sys.argv[2])
+fields = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+lines = open(path).read().splitlines()
+for i in range(start, len(lines)):
+    if lines[i].strip():
+        lines[i] = json.dumps({**json.loads(lines[i]), **fields}, sort_keys=True, separators=(",", ":"))
+open(path, "w").write("".join(line + "\n" for line in lines))
+PY
+}
+
+# pair_of KIND A B: the servers of the pair A B that are in --servers (in that order), when KIND is
+# the first of the two in --servers; nothing otherwise. The pair's runs are interleaved at that
+# server's turn (A B A B …), so drift on this shared machine hits both.
+pair_of() {
+    local kind=$1 a=$2 b=$3 s out=()
+    for s in $SERVERS; do
+        if [ "$s" = "$a" ] || [ "$s" = "$b" ]; then
+            [ "$s" = "$kind" ] || return 0
+            break
+        fi
+    done
+    for s in "$a" "$b"; do [[ " $SERVERS " == *" $s "* ]] && out+=("$s"); done
+    [[ " ${out[*]} " == *" $kind "* ]] && echo "${out[*]}"
+    return 0
+}
+
+# The hub's half-rate deliveries/s in SCENARIO (server label SERVER) at SUBS subscribers in round
+# REPEAT (empty if it did not run).
+hub_half_deliveries() {
+    "$BENCH/.venv/bin/python" - "$RESULTS" "$@" <<'PY'
+import json, sys
+scenario, server, subs, repeat = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers")) == ("fanout", "summary", "hub", int(sys.argv[2])) \
-            and "half" in r:
+    if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers"), r.get("repeat", 1)) \
+            == (scenario, "summary", server, subs, repeat) and "half" in r:
         print(r["half"]["deliveries_per_s"])
 PY
 }
 
-scenario_fanout() {
-    local kind=$1 subs
-    for subs in $FANOUT_SUBS; do
-        local wire=(--server "$kind")
-        if [ "$kind" = floor ]; then
-            # the floor speaks the lws mirror's wire; it also runs at the hub's half rate
-            wire=(--server lws --label floor)
-            local compare; compare=$(hub_half_deliveries "$subs")
-            [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
-        fi
-        start_server "$kind"
-        log "fanout $kind: $subs subscribers"
-        # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
-        # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
-        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
-        generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
-            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
-            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "fanout $kind $subs: generator failed" >&2
-        tail -n 1 "$RESULTS" | cut -c1-300 >&2
-        stop_server
-    done
+# fanout_run KIND SUBS REPEAT [SCENARIO LABEL]: one fan-out measurement of KIND at SUBS subscribers,
+# its lines tagged with the round (and, for scenario cores, relabelled SCENARIO / LABEL). The floor
+# speaks the lws mirror's wire and also runs at the hub's half rate of the same round.
+fanout_run() {
+    local kind=$1 subs=$2 repeat=$3 scenario=${4:-fanout} label=${5:-$1} n0 compare
+    local wire=(--server "$kind" --label "$label")
+    if [ "$kind" = floor ]; then
+        wire=(--server lws --label "$label")
+        compare=$(hub_half_deliveries "$scenario" "${label/floor/hub}" "$subs" "$repeat")
+        [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
+    fi
+    start_server "$kind"
+    log "$scenario $label: $subs subscribers (round $repeat)"
+    # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
+    # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
+    local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+    n0=$(wc -l < "$RESULTS")
+    generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
+        --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+        --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "$scenario $label $subs: generator failed" >&2
+    tag_results "$n0" repeat="$repeat" scenario="\"$scenario\""
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
 }
 
-scenario_channels() {
-    local kind=$1
-    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
+# Scenario 1. The hub and the floor run $REPEATS times each at every subscriber count, interleaved
+# (hub, floor, hub, floor, …); the other servers once.
+scenario_fanout() {
+    local kind=$1 subs i s pair
+    if [ "$kind" = hub ] || [ "$kind" = floor ]; then
+        pair=$(pair_of "$kind" hub floor)
+        for subs in $FANOUT_SUBS; do
+            for i in $(seq 1 "$REPEATS"); do
+                for s in $pair; do fanout_run "$s" "$subs" "$i"; done
+            done
+        done
+        return 0
+    fi
+    for subs in $FANOUT_SUBS; do fanout_run "$kind" "$subs" 1; done
+}
+
+channels_run() {
+    local kind=$1 repeat=$2 n0
     start_server "$kind"
-    log "channels $kind: $CHANNEL_CONNS connections, groups of 10"
+    log "channels $kind: $CHANNEL_CONNS connections, groups of 10 (round $repeat)"
+    n0=$(wc -l < "$RESULTS")
     generator channels --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
         --group-size 10 --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
         --budget-seconds "$STEP_BUDGET_S" || echo "channels $kind: generator failed" >&2
+    tag_results "$n0" repeat="$repeat"
     tail -n 1 "$RESULTS" | cut -c1-300 >&2
     stop_server
+}
+
+# Scenario 2. The hub and nats-server run $REPEATS times each, interleaved; the other servers once.
+scenario_channels() {
+    local kind=$1 i s pair
+    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
+    if [ "$kind" = hub ] || [ "$kind" = nats ]; then
+        pair=$(pair_of "$kind" hub nats)
+        for i in $(seq 1 "$REPEATS"); do
+            for s in $pair; do channels_run "$s" "$i"; done
+        done
+        return 0
+    fi
+    channels_run "$kind" 1
 }
 
 scenario_connections() {
@@ -523,6 +589,7 @@ scenario_proxies() {
 
 CODEC_SUBS=1000
 if [ "$MODE" = quick ]; then
+    REPEATS=${BENCH_REPEATS:-1}
     FANOUT_SUBS="1000"
     STEP_S=0.6 HALF_S=1 STEP_BUDGET_S=4 START_DELIVERIES=40000
     CHANNEL_CONNS=1000
@@ -531,6 +598,7 @@ if [ "$MODE" = quick ]; then
     START_GATEWAYS="10 10000" START_ROUNDS=200
     PROXY_CONNECTIONS=1000 PROXY_SUBSCRIBES=500 PROXY_ROUNDS=1
 else
+    REPEATS=${BENCH_REPEATS:-3}
     FANOUT_SUBS="1000 5000"
     STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
     CHANNEL_CONNS=10000
@@ -568,7 +636,7 @@ cat > "$RUN/meta.json" <<EOF
  "servers": "$SERVERS", "scenarios": "$SCENARIOS", "fanout_subscribers": "$FANOUT_SUBS",
  "channel_connections": $CHANNEL_CONNS, "idle_connections": $IDLE_CONNS, "nofile": "$NOFILE",
  "step_seconds": $STEP_S, "half_seconds": $HALF_S, "wrk_seconds": $WRK_S, "wrk_connections": $WRK_CONNECTIONS,
- "hub_rest_path": "$HUB_REST_PATH", "server_cpu": $SERVER_CPU, "generator_cpu": $GENERATOR_CPU}
+ "hub_rest_path": "$HUB_REST_PATH", "server_cpu": $SERVER_CPU, "generator_cpu": $GENERATOR_CPU, "repeats": $REPEATS}
 EOF
 
 for scenario in $SCENARIOS; do
