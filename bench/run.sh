@@ -40,7 +40,7 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster failover codecs start proxies"
+ALL_SCENARIOS="fanout cores channels connections rest cluster failover codecs start proxies"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
 SPLICEABLE_SCENARIOS="codecs start proxies cluster failover"
 SERVERS=$ALL_SERVERS
@@ -65,6 +65,8 @@ HUB_REST_PATH=${HUB_REST_PATH:-/status?gw_id=gw01}
 # The hub gets one service thread by default: it is pinned to one CPU like every peer, and a
 # second thread there only takes turns with the first (HUB_THREADS to try other counts).
 HUB_THREADS=${HUB_THREADS:-1}
+# The floor's epoll loops (scenario cores runs it with 2, like the hub's threads).
+FLOOR_THREADS=1
 SERVER_CPU=0
 GENERATOR_CPU=1
 # The default namespace's options on the hub (scenario codecs adds fossil deltas).
@@ -171,7 +173,7 @@ start_server() {
             ;;
         floor)
             PORT=$FLOOR_PORT
-            taskset -c $SERVER_CPU "$BIN/hub-bench" floor-server --port $PORT >>"$RUN/floor.log" 2>&1 &
+            taskset -c $SERVER_CPU "$BIN/hub-bench" floor-server --port $PORT --threads "$FLOOR_THREADS" >>"$RUN/floor.log" 2>&1 &
             ;;
         rest-fastapi)
             PORT=$REST_PORT
@@ -340,6 +342,24 @@ scenario_channels() {
         return 0
     fi
     channels_run "$kind" 1
+}
+
+# Scenario cores: scenario 1 on both cores. The hub with --threads 2 and the floor with two epoll
+# loops, each allowed CPUs 0 and 1 (taskset -c 0,1), the generator too (no pinning to one CPU):
+# at each subscriber count hub and floor interleaved, $REPEATS times each, the floor's compare
+# pass at the same round's hub half rate. Labels hub-2t and floor-2t, scenario "cores", so
+# scenario 1's tables keep the one-core figures.
+scenario_cores() {
+    local kind=$1 subs i s pair
+    pair=$(pair_of "$kind" hub floor)
+    [ -n "$pair" ] || return 0
+    for subs in $FANOUT_SUBS; do
+        for i in $(seq 1 "$REPEATS"); do
+            for s in $pair; do
+                SERVER_CPU=0,1 GENERATOR_CPU=0,1 HUB_THREADS=2 FLOOR_THREADS=2 fanout_run "$s" "$subs" "$i" cores "$s-2t"
+            done
+        done
+    done
 }
 
 scenario_connections() {
