@@ -2,6 +2,8 @@
 
     report.py report --run bench/results/latest --markdown docs/benchmarks.md --plots docs/bench
     report.py wrk-json wrk-output.txt --server hub --url URL ...   (one JSON line from wrk's text)
+    report.py cost-json --results R --server hub --busy CG --idle CG   (scenario cost's line from two
+        callgrind runs; cost-check --results R --server hub: did the busy run keep up)
     report.py report ... --splice   (a run of only stand-alone scenarios, codecs, start, proxies: their
         sections of docs/benchmarks.md are replaced, the rest kept)
 """
@@ -61,6 +63,106 @@ def wrk_json(args: argparse.Namespace) -> None:
     record["server_cpu"] = 100.0 * float(args.server_cpu_s) / seconds
     if float(args.redis_cpu_s) > 0:
         record["redis_cpu"] = 100.0 * float(args.redis_cpu_s) / seconds
+    print(json.dumps(record, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario cost: instructions per delivery from two callgrind runs
+
+
+def callgrind_ir(path: str) -> int | None:
+    """Total Ir of a callgrind out file: its `totals:` line (else `summary:`)."""
+    found: dict[str, int] = {}
+    try:
+        for line in open(path, errors="replace"):
+            for key in ("totals:", "summary:"):
+                if line.startswith(key):
+                    found[key] = int(line.split()[1])
+    except OSError:
+        return None
+    return found.get("totals:", found.get("summary:"))
+
+
+def strace_calls(path: str) -> dict[str, int] | None:
+    """Calls per syscall from `strace -c` (its table; "total" included)."""
+    calls: dict[str, int] = {}
+    try:
+        for line in open(path, errors="replace"):
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            if len(parts) >= 5 and re.match(r"^[\d.]+$", parts[0]) and parts[3].isdigit():
+                calls[parts[-1]] = int(parts[3])
+    except OSError:
+        return None
+    return calls or None
+
+
+WRITE_CALLS = ("write", "writev", "sendto", "sendmsg", "sendmmsg", "send")
+
+
+def cost_lines(results: str, server: str, run: str) -> list[dict]:
+    out = []
+    for line in open(results):
+        if line.strip():
+            r = json.loads(line)
+            if r.get("scenario") == "cost-run" and r.get("server") == server and r.get("cost_run") == run:
+                out.append(r)
+    return out
+
+
+def cost_kept_up(lines: list[dict]) -> bool:
+    """Every step and half-rate run delivered ≥ 99 % and lost no subscriber."""
+    runs = [r for r in lines if r.get("phase") in ("step", "half")]
+    return bool(runs) and all(r.get("lost", 0) == 0 and r.get("delivered", 0) >= 0.99 * r.get("expected", 1)
+                              for r in runs)
+
+
+def cost_check(args: argparse.Namespace) -> None:
+    sys.exit(0 if cost_kept_up(cost_lines(args.results, args.server, "busy")) else 1)
+
+
+def cost_json(args: argparse.Namespace) -> None:
+    record: dict = {"scenario": "cost", "phase": "summary", "server": args.server,
+                    "kind": "lws" if args.server == "floor" else args.server, "subscribers": args.subscribers,
+                    "callgrind_busy": os.path.basename(args.busy), "callgrind_idle": os.path.basename(args.idle)}
+    for run, path in (("busy", args.busy), ("idle", args.idle)):
+        lines = cost_lines(args.results, args.server, run)
+        runs = [r for r in lines if r.get("phase") in ("step", "half")]
+        record[f"ir_{run}"] = callgrind_ir(path)
+        record[f"deliveries_{run}"] = sum(r.get("delivered", 0) for r in runs)
+        record[f"expected_{run}"] = sum(r.get("expected", 0) for r in runs)
+        record[f"lost_{run}"] = sum(r.get("lost", 0) for r in runs)
+        record[f"kept_up_{run}"] = cost_kept_up(lines)
+        step = next((r for r in runs if r.get("phase") == "step"), None)
+        if step:
+            record[f"deliveries_per_s_{run}"] = step.get("deliveries_per_s")
+            record[f"rate_{run}"] = lines[0].get("cost_deliveries")
+            if step.get("server_cpu") is not None:
+                record[f"server_cpu_{run}"] = step["server_cpu"]
+            if run == "busy" and step.get("bytes_per_delivery") is not None:
+                record["bytes_per_delivery"] = step["bytes_per_delivery"]
+    if args.strace_busy and args.strace_idle:
+        busy, idle = strace_calls(args.strace_busy), strace_calls(args.strace_idle)
+        b_lines, i_lines = (cost_lines(args.results, args.server, f"strace-{run}") for run in ("busy", "idle"))
+        b_del, i_del = (sum(r.get("delivered", 0) for r in lines if r.get("phase") in ("step", "half"))
+                        for lines in (b_lines, i_lines))
+        record.update({"strace_deliveries_busy": b_del, "strace_deliveries_idle": i_del,
+                       "strace_kept_up_busy": cost_kept_up(b_lines)})
+        if busy and idle and b_del > i_del:
+            def delta(names: tuple[str, ...]) -> float:
+                return (sum(busy.get(n, 0) for n in names) - sum(idle.get(n, 0) for n in names)) / (b_del - i_del)
+            record["syscalls_per_delivery"] = delta(("total",))
+            record["write_calls_per_delivery"] = delta(WRITE_CALLS)
+            top = sorted(((n, (busy.get(n, 0) - idle.get(n, 0)) / (b_del - i_del)) for n in busy if n != "total"),
+                         key=lambda p: -p[1])[:4]
+            record["syscalls_per_delivery_top"] = {n: v for n, v in top if v > 0}
+    if record.get("ir_busy") is None or record.get("ir_idle") is None:
+        record["error"] = "no callgrind totals"
+    elif record["deliveries_busy"] <= record["deliveries_idle"]:
+        record["error"] = "the busy run delivered no more than the idle run"
+    else:
+        record["ir_per_delivery"] = ((record["ir_busy"] - record["ir_idle"])
+                                     / (record["deliveries_busy"] - record["deliveries_idle"]))
     print(json.dumps(record, sort_keys=True))
 
 
@@ -939,6 +1041,17 @@ def main() -> None:
     w.add_argument("--server-cpu-s", default="0")
     w.add_argument("--redis-cpu-s", default="0")
     w.add_argument("--seconds", default="1")
+    c = sub.add_parser("cost-json")
+    c.add_argument("--results", required=True)
+    c.add_argument("--server", required=True)
+    c.add_argument("--busy", required=True, help="callgrind out file of the busy run")
+    c.add_argument("--idle", required=True, help="callgrind out file of the idle run")
+    c.add_argument("--subscribers", type=int, default=1000)
+    c.add_argument("--strace-busy", help="strace -c output of the busy run")
+    c.add_argument("--strace-idle", help="strace -c output of the idle run")
+    k = sub.add_parser("cost-check")
+    k.add_argument("--results", required=True)
+    k.add_argument("--server", required=True)
     r = sub.add_parser("report")
     r.add_argument("--run", required=True)
     r.add_argument("--elapsed", default="?")
@@ -950,6 +1063,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "wrk-json":
         wrk_json(args)
+    elif args.command == "cost-json":
+        cost_json(args)
+    elif args.command == "cost-check":
+        cost_check(args)
     else:
         report(args)
 

@@ -40,7 +40,7 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout cores channels connections rest cluster failover codecs start proxies"
+ALL_SCENARIOS="fanout cores channels connections rest cluster failover codecs start proxies cost"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
 SPLICEABLE_SCENARIOS="codecs start proxies cluster failover"
 SERVERS=$ALL_SERVERS
@@ -89,6 +89,8 @@ install_peers() {
     command -v wrk >/dev/null || missing+=(wrk)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v valgrind >/dev/null || missing+=(valgrind)
+    command -v strace >/dev/null || missing+=(strace)
     pkg-config --exists libwebsockets hiredis libcrypto sqlite3 2>/dev/null \
         || missing+=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config)
     if [ ${#missing[@]} -gt 0 ]; then
@@ -127,10 +129,14 @@ build() {
 
 SERVER_PID=""
 PORT=""
+# A command the hub or the floor runs under (scenario cost: valgrind), and how long start_server
+# waits for its port and stop_server for its exit (valgrind starts slowly and dumps at exit).
+SERVER_WRAP=()
+SERVER_WAIT_S=10
 
 wait_port() {
     local port=$1 i
-    for i in $(seq 1 200); do
+    for i in $(seq 1 $((${2:-10} * 20))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
         sleep 0.05
     done
@@ -146,7 +152,7 @@ start_server() {
             rm -rf "$RUN/hub-data"
             echo "{\"channel\":$HUB_CHANNEL_OPTIONS}" > "$RUN/hub.json"
             HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
-                taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
+                taskset -c $SERVER_CPU "${SERVER_WRAP[@]}" "$BIN/hub" --host 127.0.0.1 --port $PORT \
                 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
                 --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub.log" 2>&1 &
             ;;
@@ -173,7 +179,8 @@ start_server() {
             ;;
         floor)
             PORT=$FLOOR_PORT
-            taskset -c $SERVER_CPU "$BIN/hub-bench" floor-server --port $PORT --threads "$FLOOR_THREADS" >>"$RUN/floor.log" 2>&1 &
+            taskset -c $SERVER_CPU "${SERVER_WRAP[@]}" "$BIN/hub-bench" floor-server --port $PORT --threads "$FLOOR_THREADS" \
+                >>"$RUN/floor.log" 2>&1 &
             ;;
         rest-fastapi)
             PORT=$REST_PORT
@@ -183,7 +190,7 @@ start_server() {
         *) echo "unknown server $kind" >&2; return 1 ;;
     esac
     SERVER_PID=$!
-    wait_port "$PORT"
+    wait_port "$PORT" "$SERVER_WAIT_S"
     sleep 0.3
 }
 
@@ -191,7 +198,7 @@ stop_server() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill "$SERVER_PID" 2>/dev/null || true
         local i
-        for i in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+        for i in $(seq 1 $((SERVER_WAIT_S * 20))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
         kill -9 "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
@@ -605,9 +612,87 @@ scenario_proxies() {
     wait "$backend_pid" 2>/dev/null || true
 }
 
+# Scenario cost: what one fan-out delivery costs the hub and the floor in user-space instructions
+# (callgrind: this VM has no PMU, so perf stat cannot count them) and in bytes written. Per server
+# two runs under valgrind --tool=callgrind, the server started as start_server starts it (one
+# thread, the same config and queue flags), fan-out to $COST_SUBS subscribers, one 6 s step and a
+# 1 s half-rate run: busy at $COST_DELIVERIES deliveries/s, idle at $COST_IDLE_DELIVERIES/s.
+# Instructions per delivery = (Ir busy − Ir idle) / (deliveries busy − deliveries idle), so start-up,
+# connecting, timers and shutdown cancel out. A busy run that lost deliveries or subscribers (the
+# server runs ~50× slower under callgrind) is dropped and made again at half the rate, twice at most.
+# Bytes per delivery: what the subscribers read (the generator's bytes_per_delivery). Syscalls per
+# delivery the same way from two runs with `strace -c -f` attached (COST_STRACE=0 skips them).
+# cost_run KIND RUN DELIVERIES [strace]: one run under callgrind (or strace); its lines become
+# scenario cost-run, cost_run RUN (strace-RUN); COST_OUT is the tool's output file.
+cost_run() {
+    local kind=$1 run=$2 deliveries=$3 tool=${4:-callgrind} wire=(--server "$1") tracer=""
+    [ "$kind" = floor ] && wire=(--server lws --label floor)
+    if [ "$tool" = strace ]; then
+        run=strace-$run
+        COST_OUT=$RUN/strace.$kind.${run#strace-}.txt
+        rm -f "$COST_OUT"
+        start_server "$kind"
+        taskset -c $SERVER_CPU strace -c -f -qq -o "$COST_OUT" -p "$SERVER_PID" 2>>"$RUN/strace.log" &
+        tracer=$!
+        sleep 1
+    else
+        COST_OUT=$RUN/callgrind.$kind.$run.out
+        rm -f "$COST_OUT"
+        SERVER_WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$COST_OUT")
+        SERVER_WAIT_S=120
+        start_server "$kind"
+    fi
+    log "cost $kind: $run, $deliveries deliveries/s to $COST_SUBS subscribers under $tool"
+    COST_N0=$(wc -l < "$RESULTS")
+    generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$COST_SUBS" \
+        --start-deliveries "$deliveries" --max-steps 1 --refine-steps 0 --step-seconds 6 --half-seconds 1 \
+        --p99-limit-ms 100000 --budget-seconds 60 || echo "cost $kind $run: generator failed" >&2
+    tag_results "$COST_N0" scenario='"cost-run"' cost_run="\"$run\"" cost_deliveries="$deliveries"
+    if [ -n "$tracer" ]; then
+        kill -INT "$tracer" 2>/dev/null || true
+        wait "$tracer" 2>/dev/null || true
+    fi
+    stop_server
+    SERVER_WRAP=()
+    SERVER_WAIT_S=10
+}
+
+scenario_cost() {
+    local kind=$1 rate try busy idle
+    [ "$kind" = hub ] || [ "$kind" = floor ] || return 0
+    command -v valgrind >/dev/null || { echo "cost: no valgrind (bench/run.sh without --no-install installs it)" >&2; return 0; }
+    rate=$COST_DELIVERIES
+    for try in 1 2 3; do
+        cost_run "$kind" busy "$rate"
+        busy=$COST_OUT
+        "$BENCH/.venv/bin/python" "$BENCH/report.py" cost-check --results "$RESULTS" --server "$kind" && break
+        echo "cost $kind: deliveries or subscribers lost at $rate deliveries/s under callgrind" >&2
+        [ "$try" = 3 ] && break
+        tag_results "$COST_N0" cost_run='"busy-dropped"'
+        mv "$busy" "$busy.$rate"
+        rate=$((rate / 2))
+    done
+    cost_run "$kind" idle "$COST_IDLE_DELIVERIES"
+    idle=$COST_OUT
+    local traces=()
+    if [ "$COST_STRACE" = 1 ] && command -v strace >/dev/null; then
+        cost_run "$kind" busy "$rate" strace
+        traces+=(--strace-busy "$COST_OUT")
+        cost_run "$kind" idle "$COST_IDLE_DELIVERIES" strace
+        traces+=(--strace-idle "$COST_OUT")
+    fi
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" cost-json --results "$RESULTS" --server "$kind" \
+        --busy "$busy" --idle "$idle" "${traces[@]}" --subscribers "$COST_SUBS" >> "$RESULTS" || echo "cost $kind: no figure" >&2
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+}
+
 # ---------------------------------------------------------------------------------------------
 
 CODEC_SUBS=1000
+COST_SUBS=1000
+COST_DELIVERIES=${COST_DELIVERIES:-20000}
+COST_IDLE_DELIVERIES=${COST_IDLE_DELIVERIES:-1000}
+COST_STRACE=${COST_STRACE:-1}
 if [ "$MODE" = quick ]; then
     REPEATS=${BENCH_REPEATS:-1}
     FANOUT_SUBS="1000"
