@@ -42,7 +42,7 @@ BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
 ALL_SCENARIOS="fanout cores channels connections rest cluster failover codecs start proxies cost"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
-SPLICEABLE_SCENARIOS="codecs start proxies cluster failover"
+SPLICEABLE_SCENARIOS="codecs start proxies cluster failover cores cost"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
