@@ -4,8 +4,8 @@
     report.py wrk-json wrk-output.txt --server hub --url URL ...   (one JSON line from wrk's text)
     report.py cost-json --results R --server hub --busy CG --idle CG   (scenario cost's line from two
         callgrind runs; cost-check --results R --server hub: did the busy run keep up)
-    report.py report ... --splice   (a run of only stand-alone scenarios, codecs, start, proxies: their
-        sections of docs/benchmarks.md are replaced, the rest kept)
+    report.py report ... --splice   (a run of only stand-alone scenarios, codecs, start, proxies,
+        cluster, failover, cores, cost: their sections of docs/benchmarks.md are replaced, the rest kept)
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def machine() -> list[str]:
             mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     debian = sh("cat /etc/debian_version")
     return [
-        f"CPU: {model}, {os.cpu_count()} cores (server pinned to CPU 0, generator and wrk to CPU 1)",
+        f"CPU: {model}, {os.cpu_count()} cores (server pinned to CPU 0, generator and wrk to CPU 1; "
+        "the two-core runs: both on CPUs 0-1)",
         f"Memory: {mem}; kernel {platform.release()}; Debian {debian}",
         f"Swift: {sh('swift --version 2>&1 | grep -i version')}",
         "Peers: " + "; ".join([
@@ -905,7 +906,12 @@ def full_report(args: argparse.Namespace, meta: dict, rows: list[dict], now: str
         f"a run at half the best delivery rate gives the latency figures. Steps last {meta['step_seconds']} s, "
         f"the half-rate run {meta['half_seconds']} s. Connections come from 127.0.0.2, .3, … (100 per source "
         "address). Server CPU is the server process's user+system time over the publishing window "
-        "(100 % = one core, its whole budget); generator CPU is the same for hub-bench.",
+        "(100 % = one core, its whole budget); generator CPU is the same for hub-bench. "
+        f"Repeats: the hub and the kernel floor (scenario 1 and the two-core runs) and the hub and nats-server "
+        f"(scenario 2) ran {(str(meta.get('repeats', 1)) + ' times') if meta.get('repeats', 1) > 1 else 'once'} each, interleaved (A B A B …, so drift on this shared "
+        "machine hits both); their tables give the median with the spread (min–max), and the targets against the "
+        "floor and nats-server count as met only when the median of the per-round ratios meets them. The other "
+        "servers ran once.",
         "",
     ]
 

@@ -5,8 +5,9 @@
 # work), also run at the hub's half rate so the report can set the two latencies side by side. Writes
 # docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
 #
-#   bench/run.sh                 full run (under 20 minutes on 2 cores)
-#   bench/run.sh --quick         smaller sizes, shorter steps (under 3 minutes once built)
+#   bench/run.sh                 full run (about 30 minutes on 2 cores with the default 3 repeats,
+#                                an estimate from the last full run's step times; BENCH_REPEATS=1 ~15)
+#   bench/run.sh --quick         smaller sizes, shorter steps, one round (about 5 minutes once built)
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
 #   bench/run.sh --scenarios codecs   only the hub's codecs and transports: its section of
 #                                docs/benchmarks.md is replaced, the rest of the report kept
@@ -19,16 +20,37 @@
 #                                reference run, since scenario 1 is not in the run), and the publish
 #                                gap when the channel's primary is SIGKILLed, on Redis Sentinel and
 #                                on the Redis Cluster (bench/failover.py); section 5 replaced, the rest kept
+#   bench/run.sh --scenarios cores --servers "hub floor"   only the two-core fan-out: the hub with
+#                                --threads 2 and `hub-bench floor-server --threads 2` (two epoll loops,
+#                                SO_REUSEPORT), both and the generator on CPUs 0-1 (taskset -c 0,1),
+#                                interleaved as in scenario 1; labels hub-2t / floor-2t; its section
+#                                (beside scenario 1) replaced, the rest kept
+#   bench/run.sh --scenarios cost --servers "hub floor"   only the cost per delivery: each server twice
+#                                under valgrind --tool=callgrind (busy: COST_DELIVERIES/s, idle:
+#                                COST_IDLE_DELIVERIES/s, fan-out to 1,000): instructions per delivery =
+#                                ΔIr / Δdeliveries, bytes per delivery, and syscalls per delivery from
+#                                two `strace -c -f` runs; its section replaced, the rest kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
+#
+# Repeats: in scenario 1 (and cores) the hub and the floor run BENCH_REPEATS times at each subscriber
+# count, interleaved (hub, floor, hub, floor, …; the floor's --compare-deliveries pass at the same
+# round's hub half rate); in scenario 2 the hub and nats-server likewise; other servers once. Every
+# result line carries its round as "repeat"; the report gives medians with the spread (min–max) and
+# judges the floor/nats targets by the median of the per-round ratios.
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
 # test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
 # measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements),
-# BENCH_FAILOVERS (primary kills in scenario failover, default 3).
+# BENCH_FAILOVERS (primary kills in scenario failover, default 3), BENCH_REPEATS (rounds of the
+# interleaved pairs, default 3 in a full run, 1 with --quick), COST_DELIVERIES / COST_IDLE_DELIVERIES
+# (scenario cost's busy and idle rates, default 20000 and 1000 deliveries/s; a busy run that loses
+# deliveries under callgrind is made again at half the rate, twice at most), COST_STRACE (0: no
+# strace runs in scenario cost).
 # Ports besides 18000-18010 and 16379: the Redis Cluster on 17000-17005 (buses 27000-27005), the
 # failover's Sentinel set on 17100-17112 (its Redis Cluster on 17100-17105 after that) and its hub on 17120.
 #
-# Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
+# Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1; scenario cores
+# alone gives the servers and the generator both CPUs (taskset -c 0,1).
 # Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
 # $RESULTS), add NAME to ALL_SCENARIOS, and teach bench/report.py its table.
 set -euo pipefail
@@ -53,7 +75,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
     shift
