@@ -5,8 +5,9 @@
 # work), also run at the hub's half rate so the report can set the two latencies side by side. Writes
 # docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
 #
-#   bench/run.sh                 full run (under 20 minutes on 2 cores)
-#   bench/run.sh --quick         smaller sizes, shorter steps (under 3 minutes once built)
+#   bench/run.sh                 full run (about 30 minutes on 2 cores with the default 3 repeats,
+#                                an estimate from the last full run's step times; BENCH_REPEATS=1 ~15)
+#   bench/run.sh --quick         smaller sizes, shorter steps, one round (about 5 minutes once built)
 #   bench/run.sh --servers "hub nats" --scenarios "fanout rest"   a subset (the report covers what ran)
 #   bench/run.sh --scenarios codecs   only the hub's codecs and transports: its section of
 #                                docs/benchmarks.md is replaced, the rest of the report kept
@@ -19,16 +20,37 @@
 #                                reference run, since scenario 1 is not in the run), and the publish
 #                                gap when the channel's primary is SIGKILLed, on Redis Sentinel and
 #                                on the Redis Cluster (bench/failover.py); section 5 replaced, the rest kept
+#   bench/run.sh --scenarios cores --servers "hub floor"   only the two-core fan-out: the hub with
+#                                --threads 2 and `hub-bench floor-server --threads 2` (two epoll loops,
+#                                SO_REUSEPORT), both and the generator on CPUs 0-1 (taskset -c 0,1),
+#                                interleaved as in scenario 1; labels hub-2t / floor-2t; its section
+#                                (beside scenario 1) replaced, the rest kept
+#   bench/run.sh --scenarios cost --servers "hub floor"   only the cost per delivery: each server twice
+#                                under valgrind --tool=callgrind (busy: COST_DELIVERIES/s, idle:
+#                                COST_IDLE_DELIVERIES/s, fan-out to 1,000): instructions per delivery =
+#                                ΔIr / Δdeliveries, bytes per delivery, and syscalls per delivery from
+#                                two `strace -c -f` runs; its section replaced, the rest kept
 #   --no-install / --no-build    skip the apt/pip step or the release builds
+#
+# Repeats: in scenario 1 (and cores) the hub and the floor run BENCH_REPEATS times at each subscriber
+# count, interleaved (hub, floor, hub, floor, …; the floor's --compare-deliveries pass at the same
+# round's hub half rate); in scenario 2 the hub and nats-server likewise; other servers once. Every
+# result line carries its round as "repeat"; the report gives medians with the spread (min–max) and
+# judges the floor/nats targets by the median of the per-round ratios.
 #
 # Environment: BENCH_SCRATCH (SwiftPM build folder, default .build-bench so a long debug build or
 # test run holding .build does not block the benchmark), HUB_REST_PATH (the hub route scenario 4
 # measures, default seed 000's /status?gw_id=gw01, the route the FastAPI peer implements),
-# BENCH_FAILOVERS (primary kills in scenario failover, default 3).
+# BENCH_FAILOVERS (primary kills in scenario failover, default 3), BENCH_REPEATS (rounds of the
+# interleaved pairs, default 3 in a full run, 1 with --quick), COST_DELIVERIES / COST_IDLE_DELIVERIES
+# (scenario cost's busy and idle rates, default 20000 and 1000 deliveries/s; a busy run that loses
+# deliveries under callgrind is made again at half the rate, twice at most), COST_STRACE (0: no
+# strace runs in scenario cost).
 # Ports besides 18000-18010 and 16379: the Redis Cluster on 17000-17005 (buses 27000-27005), the
 # failover's Sentinel set on 17100-17112 (its Redis Cluster on 17100-17105 after that) and its hub on 17120.
 #
-# Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1.
+# Pinning: every server runs on CPU 0 (taskset -c 0), the generator and wrk on CPU 1; scenario cores
+# alone gives the servers and the generator both CPUs (taskset -c 0,1).
 # Adding a scenario: write scenario_NAME (it gets the server kind as $1 and appends JSON lines to
 # $RESULTS), add NAME to ALL_SCENARIOS, and teach bench/report.py its table.
 set -euo pipefail
@@ -40,9 +62,9 @@ MODE=full
 INSTALL=1
 BUILD=1
 ALL_SERVERS="hub nats mosquitto fastapi lws floor"
-ALL_SCENARIOS="fanout channels connections rest cluster failover codecs start proxies"
+ALL_SCENARIOS="fanout cores channels connections rest cluster failover codecs start proxies cost"
 # Scenarios whose section stands alone: a run of only these updates that section in place.
-SPLICEABLE_SCENARIOS="codecs start proxies cluster failover"
+SPLICEABLE_SCENARIOS="codecs start proxies cluster failover cores cost"
 SERVERS=$ALL_SERVERS
 SCENARIOS=$ALL_SCENARIOS
 COMMAND="bench/run.sh $*"
@@ -53,7 +75,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 64 ;;
     esac
     shift
@@ -65,6 +87,8 @@ HUB_REST_PATH=${HUB_REST_PATH:-/status?gw_id=gw01}
 # The hub gets one service thread by default: it is pinned to one CPU like every peer, and a
 # second thread there only takes turns with the first (HUB_THREADS to try other counts).
 HUB_THREADS=${HUB_THREADS:-1}
+# The floor's epoll loops (scenario cores runs it with 2, like the hub's threads).
+FLOOR_THREADS=1
 SERVER_CPU=0
 GENERATOR_CPU=1
 # The default namespace's options on the hub (scenario codecs adds fossil deltas).
@@ -87,6 +111,8 @@ install_peers() {
     command -v wrk >/dev/null || missing+=(wrk)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v valgrind >/dev/null || missing+=(valgrind)
+    command -v strace >/dev/null || missing+=(strace)
     pkg-config --exists libwebsockets hiredis libcrypto sqlite3 2>/dev/null \
         || missing+=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config)
     if [ ${#missing[@]} -gt 0 ]; then
@@ -125,10 +151,14 @@ build() {
 
 SERVER_PID=""
 PORT=""
+# A command the hub or the floor runs under (scenario cost: valgrind), and how long start_server
+# waits for its port and stop_server for its exit (valgrind starts slowly and dumps at exit).
+SERVER_WRAP=()
+SERVER_WAIT_S=10
 
 wait_port() {
     local port=$1 i
-    for i in $(seq 1 200); do
+    for i in $(seq 1 $((${2:-10} * 20))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
         sleep 0.05
     done
@@ -144,7 +174,7 @@ start_server() {
             rm -rf "$RUN/hub-data"
             echo "{\"channel\":$HUB_CHANNEL_OPTIONS}" > "$RUN/hub.json"
             HUB_TOKEN_HMAC_SECRET=s HUB_API_KEY=k HUB_GATEWAY_ALLOWED_TOKEN=bench HUB_GATEWAY_MONITOR_INTERVAL=3600 \
-                taskset -c $SERVER_CPU "$BIN/hub" --host 127.0.0.1 --port $PORT \
+                taskset -c $SERVER_CPU "${SERVER_WRAP[@]}" "$BIN/hub" --host 127.0.0.1 --port $PORT \
                 --log-level warning --threads "$HUB_THREADS" --config "$RUN/hub.json" --data-dir "$RUN/hub-data" \
                 --client-queue-max-bytes 16777216 --client-queue-max-messages 100000 >>"$RUN/hub.log" 2>&1 &
             ;;
@@ -171,7 +201,8 @@ start_server() {
             ;;
         floor)
             PORT=$FLOOR_PORT
-            taskset -c $SERVER_CPU "$BIN/hub-bench" floor-server --port $PORT >>"$RUN/floor.log" 2>&1 &
+            taskset -c $SERVER_CPU "${SERVER_WRAP[@]}" "$BIN/hub-bench" floor-server --port $PORT --threads "$FLOOR_THREADS" \
+                >>"$RUN/floor.log" 2>&1 &
             ;;
         rest-fastapi)
             PORT=$REST_PORT
@@ -181,7 +212,7 @@ start_server() {
         *) echo "unknown server $kind" >&2; return 1 ;;
     esac
     SERVER_PID=$!
-    wait_port "$PORT"
+    wait_port "$PORT" "$SERVER_WAIT_S"
     sleep 0.3
 }
 
@@ -189,7 +220,7 @@ stop_server() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill "$SERVER_PID" 2>/dev/null || true
         local i
-        for i in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+        for i in $(seq 1 $((SERVER_WAIT_S * 20))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
         kill -9 "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
@@ -229,51 +260,135 @@ cpu_seconds() {
 # ---------------------------------------------------------------------------------------------
 # Scenarios: each takes the server kind and appends JSON lines to $RESULTS.
 
-# The hub's half-rate deliveries/s in scenario 1 at $1 subscribers (empty if it did not run).
-hub_half_deliveries() {
-    "$BENCH/.venv/bin/python" - "$RESULTS" "$1" <<'PY'
+# tag_results FROM KEY=JSON...: sets fields on the result lines after line FROM (those of the run
+# just made), e.g. tag_results "$n0" repeat=2 scenario='"cores"'. Keeps the generator's compact format.
+tag_results() {
+    "$BENCH/.venv/bin/python" - "$RESULTS" "$@" <<'PY'
 import json, sys
+path, start = sys.argv[1], int(sys.argv[2])
+fields = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+lines = open(path).read().splitlines()
+for i in range(start, len(lines)):
+    if lines[i].strip():
+        lines[i] = json.dumps({**json.loads(lines[i]), **fields}, sort_keys=True, separators=(",", ":"))
+open(path, "w").write("".join(line + "\n" for line in lines))
+PY
+}
+
+# pair_of KIND A B: the servers of the pair A B that are in --servers (in that order), when KIND is
+# the first of the two in --servers; nothing otherwise. The pair's runs are interleaved at that
+# server's turn (A B A B …), so drift on this shared machine hits both.
+pair_of() {
+    local kind=$1 a=$2 b=$3 s out=()
+    for s in $SERVERS; do
+        if [ "$s" = "$a" ] || [ "$s" = "$b" ]; then
+            [ "$s" = "$kind" ] || return 0
+            break
+        fi
+    done
+    for s in "$a" "$b"; do [[ " $SERVERS " == *" $s "* ]] && out+=("$s"); done
+    [[ " ${out[*]} " == *" $kind "* ]] && echo "${out[*]}"
+    return 0
+}
+
+# The hub's half-rate deliveries/s in SCENARIO (server label SERVER) at SUBS subscribers in round
+# REPEAT (empty if it did not run).
+hub_half_deliveries() {
+    "$BENCH/.venv/bin/python" - "$RESULTS" "$@" <<'PY'
+import json, sys
+scenario, server, subs, repeat = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers")) == ("fanout", "summary", "hub", int(sys.argv[2])) \
-            and "half" in r:
+    if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers"), r.get("repeat", 1)) \
+            == (scenario, "summary", server, subs, repeat) and "half" in r:
         print(r["half"]["deliveries_per_s"])
 PY
 }
 
-scenario_fanout() {
-    local kind=$1 subs
-    for subs in $FANOUT_SUBS; do
-        local wire=(--server "$kind")
-        if [ "$kind" = floor ]; then
-            # the floor speaks the lws mirror's wire; it also runs at the hub's half rate
-            wire=(--server lws --label floor)
-            local compare; compare=$(hub_half_deliveries "$subs")
-            [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
-        fi
-        start_server "$kind"
-        log "fanout $kind: $subs subscribers"
-        # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
-        # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
-        local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
-        generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
-            --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
-            --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "fanout $kind $subs: generator failed" >&2
-        tail -n 1 "$RESULTS" | cut -c1-300 >&2
-        stop_server
-    done
+# fanout_run KIND SUBS REPEAT [SCENARIO LABEL]: one fan-out measurement of KIND at SUBS subscribers,
+# its lines tagged with the round (and, for scenario cores, relabelled SCENARIO / LABEL). The floor
+# speaks the lws mirror's wire and also runs at the hub's half rate of the same round.
+fanout_run() {
+    local kind=$1 subs=$2 repeat=$3 scenario=${4:-fanout} label=${5:-$1} n0 compare
+    local wire=(--server "$kind" --label "$label")
+    if [ "$kind" = floor ]; then
+        wire=(--server lws --label "$label")
+        compare=$(hub_half_deliveries "$scenario" "${label/floor/hub}" "$subs" "$repeat")
+        [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
+    fi
+    start_server "$kind"
+    log "$scenario $label: $subs subscribers (round $repeat)"
+    # One publication's fan-out to N sockets takes ~N x 10 us on every server here, so at 5,000
+    # subscribers even 1 publish/s has p99 > 50 ms: the limit scales with N (50 ms per 1,000).
+    local limit=$(( subs > 1000 ? 50 * subs / 1000 : 50 ))
+    n0=$(wc -l < "$RESULTS")
+    generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$subs" \
+        --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
+        --p99-limit-ms "$limit" --budget-seconds "$STEP_BUDGET_S" || echo "$scenario $label $subs: generator failed" >&2
+    tag_results "$n0" repeat="$repeat" scenario="\"$scenario\""
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+    stop_server
 }
 
-scenario_channels() {
-    local kind=$1
-    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
+# Scenario 1. The hub and the floor run $REPEATS times each at every subscriber count, interleaved
+# (hub, floor, hub, floor, …); the other servers once.
+scenario_fanout() {
+    local kind=$1 subs i s pair
+    if [ "$kind" = hub ] || [ "$kind" = floor ]; then
+        pair=$(pair_of "$kind" hub floor)
+        for subs in $FANOUT_SUBS; do
+            for i in $(seq 1 "$REPEATS"); do
+                for s in $pair; do fanout_run "$s" "$subs" "$i"; done
+            done
+        done
+        return 0
+    fi
+    for subs in $FANOUT_SUBS; do fanout_run "$kind" "$subs" 1; done
+}
+
+channels_run() {
+    local kind=$1 repeat=$2 n0
     start_server "$kind"
-    log "channels $kind: $CHANNEL_CONNS connections, groups of 10"
+    log "channels $kind: $CHANNEL_CONNS connections, groups of 10 (round $repeat)"
+    n0=$(wc -l < "$RESULTS")
     generator channels --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
         --group-size 10 --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
         --budget-seconds "$STEP_BUDGET_S" || echo "channels $kind: generator failed" >&2
+    tag_results "$n0" repeat="$repeat"
     tail -n 1 "$RESULTS" | cut -c1-300 >&2
     stop_server
+}
+
+# Scenario 2. The hub and nats-server run $REPEATS times each, interleaved; the other servers once.
+scenario_channels() {
+    local kind=$1 i s pair
+    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
+    if [ "$kind" = hub ] || [ "$kind" = nats ]; then
+        pair=$(pair_of "$kind" hub nats)
+        for i in $(seq 1 "$REPEATS"); do
+            for s in $pair; do channels_run "$s" "$i"; done
+        done
+        return 0
+    fi
+    channels_run "$kind" 1
+}
+
+# Scenario cores: scenario 1 on both cores. The hub with --threads 2 and the floor with two epoll
+# loops, each allowed CPUs 0 and 1 (taskset -c 0,1), the generator too (no pinning to one CPU):
+# at each subscriber count hub and floor interleaved, $REPEATS times each, the floor's compare
+# pass at the same round's hub half rate. Labels hub-2t and floor-2t, scenario "cores", so
+# scenario 1's tables keep the one-core figures.
+scenario_cores() {
+    local kind=$1 subs i s pair
+    pair=$(pair_of "$kind" hub floor)
+    [ -n "$pair" ] || return 0
+    for subs in $FANOUT_SUBS; do
+        for i in $(seq 1 "$REPEATS"); do
+            for s in $pair; do
+                SERVER_CPU=0,1 GENERATOR_CPU=0,1 HUB_THREADS=2 FLOOR_THREADS=2 fanout_run "$s" "$subs" "$i" cores "$s-2t"
+            done
+        done
+    done
 }
 
 scenario_connections() {
@@ -519,10 +634,89 @@ scenario_proxies() {
     wait "$backend_pid" 2>/dev/null || true
 }
 
+# Scenario cost: what one fan-out delivery costs the hub and the floor in user-space instructions
+# (callgrind: this VM has no PMU, so perf stat cannot count them) and in bytes written. Per server
+# two runs under valgrind --tool=callgrind, the server started as start_server starts it (one
+# thread, the same config and queue flags), fan-out to $COST_SUBS subscribers, one 6 s step and a
+# 1 s half-rate run: busy at $COST_DELIVERIES deliveries/s, idle at $COST_IDLE_DELIVERIES/s.
+# Instructions per delivery = (Ir busy − Ir idle) / (deliveries busy − deliveries idle), so start-up,
+# connecting, timers and shutdown cancel out. A busy run that lost deliveries or subscribers (the
+# server runs ~50× slower under callgrind) is dropped and made again at half the rate, twice at most.
+# Bytes per delivery: what the subscribers read (the generator's bytes_per_delivery). Syscalls per
+# delivery the same way from two runs with `strace -c -f` attached (COST_STRACE=0 skips them).
+# cost_run KIND RUN DELIVERIES [strace]: one run under callgrind (or strace); its lines become
+# scenario cost-run, cost_run RUN (strace-RUN); COST_OUT is the tool's output file.
+cost_run() {
+    local kind=$1 run=$2 deliveries=$3 tool=${4:-callgrind} wire=(--server "$1") tracer=""
+    [ "$kind" = floor ] && wire=(--server lws --label floor)
+    if [ "$tool" = strace ]; then
+        run=strace-$run
+        COST_OUT=$RUN/strace.$kind.${run#strace-}.txt
+        rm -f "$COST_OUT"
+        start_server "$kind"
+        taskset -c $SERVER_CPU strace -c -f -qq -o "$COST_OUT" -p "$SERVER_PID" 2>>"$RUN/strace.log" &
+        tracer=$!
+        sleep 1
+    else
+        COST_OUT=$RUN/callgrind.$kind.$run.out
+        rm -f "$COST_OUT"
+        SERVER_WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$COST_OUT")
+        SERVER_WAIT_S=120
+        start_server "$kind"
+    fi
+    log "cost $kind: $run, $deliveries deliveries/s to $COST_SUBS subscribers under $tool"
+    COST_N0=$(wc -l < "$RESULTS")
+    generator fanout "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --subscribers "$COST_SUBS" \
+        --start-deliveries "$deliveries" --max-steps 1 --refine-steps 0 --step-seconds 6 --half-seconds 1 \
+        --p99-limit-ms 100000 --budget-seconds 60 || echo "cost $kind $run: generator failed" >&2
+    tag_results "$COST_N0" scenario='"cost-run"' cost_run="\"$run\"" cost_deliveries="$deliveries"
+    if [ -n "$tracer" ]; then
+        kill -INT "$tracer" 2>/dev/null || true
+        wait "$tracer" 2>/dev/null || true
+    fi
+    stop_server
+    SERVER_WRAP=()
+    SERVER_WAIT_S=10
+}
+
+scenario_cost() {
+    local kind=$1 rate try busy idle
+    [ "$kind" = hub ] || [ "$kind" = floor ] || return 0
+    command -v valgrind >/dev/null || { echo "cost: no valgrind (bench/run.sh without --no-install installs it)" >&2; return 0; }
+    rate=$COST_DELIVERIES
+    for try in 1 2 3; do
+        cost_run "$kind" busy "$rate"
+        busy=$COST_OUT
+        "$BENCH/.venv/bin/python" "$BENCH/report.py" cost-check --results "$RESULTS" --server "$kind" && break
+        echo "cost $kind: deliveries or subscribers lost at $rate deliveries/s under callgrind" >&2
+        [ "$try" = 3 ] && break
+        tag_results "$COST_N0" cost_run='"busy-dropped"'
+        mv "$busy" "$busy.$rate"
+        rate=$((rate / 2))
+    done
+    cost_run "$kind" idle "$COST_IDLE_DELIVERIES"
+    idle=$COST_OUT
+    local traces=()
+    if [ "$COST_STRACE" = 1 ] && command -v strace >/dev/null; then
+        cost_run "$kind" busy "$rate" strace
+        traces+=(--strace-busy "$COST_OUT")
+        cost_run "$kind" idle "$COST_IDLE_DELIVERIES" strace
+        traces+=(--strace-idle "$COST_OUT")
+    fi
+    "$BENCH/.venv/bin/python" "$BENCH/report.py" cost-json --results "$RESULTS" --server "$kind" \
+        --busy "$busy" --idle "$idle" "${traces[@]}" --subscribers "$COST_SUBS" >> "$RESULTS" || echo "cost $kind: no figure" >&2
+    tail -n 1 "$RESULTS" | cut -c1-300 >&2
+}
+
 # ---------------------------------------------------------------------------------------------
 
 CODEC_SUBS=1000
+COST_SUBS=1000
+COST_DELIVERIES=${COST_DELIVERIES:-20000}
+COST_IDLE_DELIVERIES=${COST_IDLE_DELIVERIES:-1000}
+COST_STRACE=${COST_STRACE:-1}
 if [ "$MODE" = quick ]; then
+    REPEATS=${BENCH_REPEATS:-1}
     FANOUT_SUBS="1000"
     STEP_S=0.6 HALF_S=1 STEP_BUDGET_S=4 START_DELIVERIES=40000
     CHANNEL_CONNS=1000
@@ -531,6 +725,7 @@ if [ "$MODE" = quick ]; then
     START_GATEWAYS="10 10000" START_ROUNDS=200
     PROXY_CONNECTIONS=1000 PROXY_SUBSCRIBES=500 PROXY_ROUNDS=1
 else
+    REPEATS=${BENCH_REPEATS:-3}
     FANOUT_SUBS="1000 5000"
     STEP_S=2 HALF_S=3 STEP_BUDGET_S=30 START_DELIVERIES=20000
     CHANNEL_CONNS=10000
@@ -568,7 +763,7 @@ cat > "$RUN/meta.json" <<EOF
  "servers": "$SERVERS", "scenarios": "$SCENARIOS", "fanout_subscribers": "$FANOUT_SUBS",
  "channel_connections": $CHANNEL_CONNS, "idle_connections": $IDLE_CONNS, "nofile": "$NOFILE",
  "step_seconds": $STEP_S, "half_seconds": $HALF_S, "wrk_seconds": $WRK_S, "wrk_connections": $WRK_CONNECTIONS,
- "hub_rest_path": "$HUB_REST_PATH", "server_cpu": $SERVER_CPU, "generator_cpu": $GENERATOR_CPU}
+ "hub_rest_path": "$HUB_REST_PATH", "server_cpu": $SERVER_CPU, "generator_cpu": $GENERATOR_CPU, "repeats": $REPEATS}
 EOF
 
 for scenario in $SCENARIOS; do

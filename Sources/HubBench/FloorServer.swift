@@ -3,12 +3,19 @@
 // protocol work beyond WebSocket framing, and per turn of its epoll loop writes everything it
 // read in that turn to each client with one send(2). Any real server doing one send per
 // subscriber pays at least this much kernel time; the report sets the hub's latency beside it.
+// With --threads N it runs N such loops, each with its own listener on the same port
+// (SO_REUSEPORT: the kernel spreads the connections) and its own clients; what one loop read in
+// a turn goes to its own clients at the end of that turn and to every other loop's inbox (a
+// Mutex-guarded buffer and an eventfd in that loop's epoll set), which that loop sends to its
+// clients once per turn: the floor for a server spreading its subscribers over N threads.
 // Its socket and buffer code (and that of `hub-bench proxy-backend`, below) is hub-bench's only unsafe code
 // outside EventLoop.swift, Wire.swift and the blocking clients of Starts.swift.
 import ArgumentParser
 import CEpoll
 import COpenSSL
+import Foundation
 import Glibc
+import Synchronization
 
 struct FloorServerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,10 +24,64 @@ struct FloorServerCommand: ParsableCommand {
     @Option var host = "127.0.0.1"
     @Option var port: Int
     @Option(help: "Bytes a client may have waiting before it is dropped.") var maxPendingBytes = 64 << 20
+    @Option(help: "Epoll loops, one thread each, each with its own SO_REUSEPORT listener and clients.") var threads = 1
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
 
     func run() throws {
-        let server = try FloorServer(host: host, port: UInt16(port), maxPendingBytes: maxPendingBytes)
-        server.run()
+        guard threads > 1 else {
+            // one loop, no listener sharing, no inbox: the floor as it always was
+            let server = try FloorServer(host: host, port: UInt16(port), maxPendingBytes: maxPendingBytes)
+            server.run()
+            return
+        }
+        let inboxes = try (0..<threads).map { _ in try FloorInbox() }
+        // All listeners are bound before any loop runs, so a bind error ends the command here.
+        let servers = try (0..<threads).map {
+            try FloorServer(host: host, port: UInt16(port), maxPendingBytes: maxPendingBytes, inboxes: inboxes, index: $0)
+        }
+        for server in servers.dropFirst() {
+            let thread = Thread { server.run() }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        servers[0].run()
+    }
+}
+
+/// What the other loops read for one loop's clients: appended by them, taken whole by the loop at
+/// the end of a turn in which its eventfd fired. A sender signals only when it makes the buffer
+/// non-empty; the owner reads the eventfd before it takes the buffer, so no hand-off is missed.
+final class FloorInbox: Sendable {
+    let wakeFD: Int32
+    private let bytes = Mutex<[UInt8]>([])
+
+    init() throws {
+        wakeFD = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        guard wakeFD >= 0 else { throw SocketError("eventfd", errno) }
+    }
+
+    /// Another loop's turn: appended, and the owner woken if the buffer was empty.
+    func hand(_ frames: [UInt8]) {
+        let wasEmpty = bytes.withLock { buffer in
+            let empty = buffer.isEmpty
+            buffer.append(contentsOf: frames)
+            return empty
+        }
+        if wasEmpty {
+            var one: UInt64 = 1
+            _ = Glibc.write(wakeFD, &one, 8)
+        }
+    }
+
+    /// The owner's side: clears the eventfd, then swaps the buffer with `into` (which must be
+    /// empty; its capacity is reused by the next senders).
+    func take(into: inout [UInt8]) {
+        var count: UInt64 = 0
+        _ = Glibc.read(wakeFD, &count, 8)
+        bytes.withLock { swap(&$0, &into) }
     }
 }
 
@@ -38,10 +99,19 @@ private final class FloorClient {
     init(fd: Int32) { self.fd = fd }
 }
 
-final class FloorServer {
+/// One epoll loop. Unchecked Sendable: a loop is built on the main thread, then used only by the
+/// thread that runs it; the loops share nothing but the inboxes (which are Sendable).
+final class FloorServer: @unchecked Sendable {
     private let epfd: Int32
     private let listener: Int32
     private let maxPendingBytes: Int
+    /// Every loop's inbox (empty with one loop) and this loop's position among them.
+    private let inboxes: [FloorInbox]
+    private let index: Int
+    /// This loop's eventfd (-1 with one loop) and the buffer its inbox is swapped into.
+    private let wakeFD: Int32
+    private var woken = false
+    private var received: [UInt8] = []
     private var clients: [FloorClient?] = []
     private var broadcast: [FloorClient] = []
     /// Server frames (unmasked) read during the current turn, sent to everyone at its end.
@@ -49,14 +119,19 @@ final class FloorServer {
     private let readBuffer: UnsafeMutablePointer<UInt8>
     private let readCapacity = 256 * 1024
 
-    init(host: String, port: UInt16, maxPendingBytes: Int) throws {
+    /// `inboxes` empty: one loop, as the floor always was; otherwise loop `index` of `inboxes.count`.
+    init(host: String, port: UInt16, maxPendingBytes: Int, inboxes: [FloorInbox] = [], index: Int = 0) throws {
         self.maxPendingBytes = maxPendingBytes
+        self.inboxes = inboxes
+        self.index = index
+        wakeFD = inboxes.isEmpty ? -1 : inboxes[index].wakeFD
         epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
         listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         readBuffer = .allocate(capacity: readCapacity)
         guard epfd >= 0, listener >= 0 else { throw SocketError("socket", errno) }
         var one: Int32 = 1
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if !inboxes.isEmpty { setsockopt(listener, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
@@ -66,7 +141,9 @@ final class FloorServer {
         }
         guard bound == 0, listen(listener, 4096) == 0 else { throw SocketError("bind/listen \(host):\(port)", errno) }
         watch(listener, EPOLLIN.rawValue, add: true)
+        if wakeFD >= 0 { watch(wakeFD, EPOLLIN.rawValue, add: true) }
         turn.reserveCapacity(256 * 1024)
+        received.reserveCapacity(256 * 1024)
     }
 
     func run() {
@@ -80,12 +157,14 @@ final class FloorServer {
                 let fd = events[i].data.fd
                 let flags = events[i].events
                 if fd == listener { accept(); continue }
+                if fd == wakeFD { woken = true; continue }
                 guard Int(fd) < clients.count, let client = clients[Int(fd)] else { continue }
                 if flags & EPOLLOUT.rawValue != 0 { flush(client) }
                 if flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
                     read(client)
                 }
             }
+            if !inboxes.isEmpty { exchange() }
             if !turn.isEmpty {
                 // Indices, not iteration: a failed send drops the client from `broadcast`.
                 var index = 0
@@ -97,6 +176,19 @@ final class FloorServer {
                 turn.removeAll(keepingCapacity: true)
             }
         }
+    }
+
+    /// End of a turn with several loops: this turn's frames go to every other loop's inbox, and
+    /// what the others handed this loop (when its eventfd fired) joins the turn's one send per client.
+    private func exchange() {
+        if !turn.isEmpty {
+            for (other, inbox) in inboxes.enumerated() where other != index { inbox.hand(turn) }
+        }
+        guard woken else { return }
+        woken = false
+        inboxes[index].take(into: &received)
+        turn.append(contentsOf: received)
+        received.removeAll(keepingCapacity: true)
     }
 
     private func watch(_ fd: Int32, _ mask: UInt32, add: Bool) {
