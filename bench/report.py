@@ -20,17 +20,18 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-ORDER = ["hub", "nats", "mosquitto", "fastapi", "lws", "floor"]
+ORDER = ["hub", "nats", "mosquitto", "fastapi", "lws", "floor", "floor-128"]
 NAMES = {
     "hub": "hub",
     "nats": "nats-server (WebSocket)",
     "mosquitto": "mosquitto (MQTT over WebSocket)",
     "fastapi": "FastAPI/uvicorn",
     "lws": "libwebsockets mirror",
-    "floor": "kernel floor (epoll + send, no protocol)",
+    "floor": "kernel floor (epoll + send, no protocol; the hub's bytes per delivery)",
+    "floor-128": "kernel floor, 128-byte payload (reference, once)",
 }
 # Yardsticks, not peers: never "the best peer".
-YARDSTICKS = {"floor"}
+YARDSTICKS = {"floor", "floor-128"}
 
 # ---------------------------------------------------------------------------------------------
 # wrk
@@ -895,7 +896,10 @@ def full_report(args: argparse.Namespace, meta: dict, rows: list[dict], now: str
         "its own masked WebSocket client framing), speaks each server's protocol: the hub's Centrifugo JSON protocol, "
         "NATS text protocol and MQTT 3.1.1 (QoS 0) over WebSocket, the FastAPI peer's plain text, the lws mirror's "
         "raw messages (which the kernel floor, `hub-bench floor-server`, also speaks). Every payload is "
-        f"128 bytes of JSON carrying the publisher's monotonic clock; the subscribers are in the same process, so "
+        f"128 bytes of JSON carrying the publisher's monotonic clock (except the kernel floor's, padded so that its "
+        "frames are as long as the hub's frames in the same round: the hub's push envelope makes ~294 bytes of a "
+        "128-byte payload, and the kernel's copy cost follows the bytes; the floor at a 128-byte payload is one "
+        "reference row); the subscribers are in the same process, so "
         "latency is publish-to-deliver on one clock, recorded in an HdrHistogram (3 significant digits). "
         "The hub publishes from a WebSocket client (`allow_publish_for_client`), not per-request HTTP. "
         "A rate step passes when ≥ 99 % of the expected deliveries arrive (within 1 s after the last publish), "
@@ -961,7 +965,8 @@ def full_report(args: argparse.Namespace, meta: dict, rows: list[dict], now: str
     if compared:
         md += ["**The kernel floor.** `hub-bench floor-server` is the cheapest server that can do this job: one thread "
                "on epoll, WebSocket framing and nothing else (the lws mirror's wire), and per turn of its loop one "
-               "send(2) per client carrying everything read in that turn. Pinned like every server, it was also run at "
+               "send(2) per client carrying everything read in that turn, writing as many bytes per delivery as the hub. "
+               "Pinned like every server, it was also run at "
                "the hub's half rate, so the two latencies can be read side by side:", ""]
         body = []
         for subs, c in compared:

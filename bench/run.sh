@@ -301,7 +301,7 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers"), r.get("repeat", 1)) \
             == (scenario, "summary", server, subs, repeat) and "half" in r:
-        print(r["half"]["deliveries_per_s"])
+        print(r["half"]["deliveries_per_s"], round(r["half"].get("bytes_per_delivery", 0)))
 PY
 }
 
@@ -313,8 +313,17 @@ fanout_run() {
     local wire=(--server "$kind" --label "$label")
     if [ "$kind" = floor ]; then
         wire=(--server lws --label "$label")
-        compare=$(hub_half_deliveries "$scenario" "${label/floor/hub}" "$subs" "$repeat")
-        [ -n "$compare" ] && wire+=(--compare-deliveries "$compare")
+        local half bytes
+        read -r half bytes <<< "$(hub_half_deliveries "$scenario" "${label/floor/hub}" "$subs" "$repeat")"
+        [ -n "$half" ] && wire+=(--compare-deliveries "$half")
+        # The same bytes per delivery as the hub's frames in this round (a push with its
+        # envelope is ~2.3x the 128-byte payload): the floor's frame is a 4-byte header and the
+        # payload. FLOOR_PAYLOAD pins the payload instead (the 128-byte reference run).
+        if [ -n "${FLOOR_PAYLOAD:-}" ]; then
+            wire+=(--payload-size "$FLOOR_PAYLOAD")
+        elif [ -n "$bytes" ] && [ "$bytes" -gt 130 ]; then
+            wire+=(--payload-size $((bytes - 4)))
+        fi
     fi
     start_server "$kind"
     log "$scenario $label: $subs subscribers (round $repeat)"
@@ -340,6 +349,8 @@ scenario_fanout() {
             for i in $(seq 1 "$REPEATS"); do
                 for s in $pair; do fanout_run "$s" "$subs" "$i"; done
             done
+            # The floor as it ran before its payload followed the hub's bytes: a reference, once.
+            [ "$kind" = floor ] && FLOOR_PAYLOAD=128 fanout_run floor "$subs" 1 fanout floor-128
         done
         return 0
     fi
