@@ -20,8 +20,9 @@ class EdgeSession: @unchecked Sendable {
 }
 
 /// A connection the engine writes frames to: the outbound queue is bounded in bytes and
-/// messages; frames are shared, never copied per subscriber, and written only from the
-/// writeable callback. The engine's `ClientTransport`, whatever the edge protocol.
+/// messages; frames are shared, never copied per subscriber, and written on the service thread
+/// only: a WebSocket connection's at the end of the turn that queued them (ServiceLoop.flushTurn),
+/// the rest from the writeable callback. The engine's `ClientTransport`, whatever the edge protocol.
 class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
     struct Outbound {
         var frames: [WireFrame] = []

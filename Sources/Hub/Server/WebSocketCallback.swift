@@ -5,7 +5,7 @@ import Logging
 import RESTCompat
 
 // The WebSocket protocol callback: the upgrade filter, a connection's start, its messages
-// in, its frames out (only from the writeable callback), its end.
+// in, its frames out (at the end of a turn, or from the writeable callback), its end.
 
 func webSocketCallback(
     _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
@@ -74,8 +74,10 @@ func webSocketCallback(
                 connection.receivedInService = loop.serviceCount
                 connection.receivedBytes = 0
             }
+            let before = connection.receivedBytes
             connection.receivedBytes += length
-            if connection.receivedBytes >= webSocketReceiveChunk * 3 / 4 { loop.inputPending = true }
+            let full = webSocketReceiveChunk * 3 / 4
+            if before < full && connection.receivedBytes >= full { loop.saturated.append(connection) }
         }
         if lws_is_final_fragment(wsi) != 0 && lws_remaining_packet_payload(wsi) == 0 {
             let message = connection.inbound
