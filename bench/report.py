@@ -624,7 +624,9 @@ def cost_section(rows: list[dict], dated: str) -> list[str]:
 
     for server in [s for s in ORDER if s in cost] + [s for s in cost if s not in ORDER]:
         r = cost[server]
-        body.append([NAMES.get(server, server), f"**{num(r, 'ir_per_delivery', ',.0f')}**" if "ir_per_delivery" in r
+        # The cost runs give the floor its default 128-byte payload: its own bytes, not the hub's.
+        name = "kernel floor (epoll + send, no protocol; 128-byte payload)" if server == "floor" else NAMES.get(server, server)
+        body.append([name, f"**{num(r, 'ir_per_delivery', ',.0f')}**" if "ir_per_delivery" in r
                      else r.get("error", "–"), num(r, "bytes_per_delivery", ".0f"), num(r, "syscalls_per_delivery", ".3f"),
                      num(r, "write_calls_per_delivery", ".3f"),
                      f"{fmt_rate(r.get('deliveries_per_s_busy'))} / {fmt_rate(r.get('deliveries_per_s_idle'))}",
