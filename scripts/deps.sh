@@ -12,7 +12,9 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-HUB_PACKAGES=(libwebsockets-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)
+# libev and lws's libev plugin carry the service loop (epoll); libwebsockets-dev pulls them in, named
+# here because the hub links libev itself and lws loads the plugin when a context starts.
+HUB_PACKAGES=(libwebsockets-dev libwebsockets-evlib-ev libev-dev libhiredis-dev libssl-dev libsqlite3-dev pkg-config redis-server openssl espeak-ng curl ffmpeg)
 # What only the tests need: Node for clients/js's tests; mkfs.ext4 and e2fsck for the read-only
 # data disk in test_faults.py; Chromium for the dashboard's browser test (optional: where it
 # cannot be installed that test skips, saying so).

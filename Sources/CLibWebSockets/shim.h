@@ -3,6 +3,7 @@
 // The only C the hub adds over libwebsockets: one-line helpers for macros and flag
 // arithmetic that Swift cannot import. Everything else is called directly.
 #include <libwebsockets.h>
+#include <ev.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h> /* mallinfo2 for /metrics: Swift's Glibc module leaves malloc.h out */
@@ -17,8 +18,18 @@
 
 static inline int hub_lws_pre(void) { return LWS_PRE; }
 
+/* The service loop's event loop: libev on its best backend (epoll on Linux), handed to lws as
+ * a foreign loop, so a turn costs the ready descriptors, not a poll(2) of every connection.
+ * The hub runs it one iteration per turn (ServiceLoop.run). */
+static inline struct ev_loop *hub_ev_loop_new(void) { return ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK); }
+/* One iteration; with `nowait`, without waiting for a descriptor to become ready. */
+static inline void hub_ev_run(struct ev_loop *loop, int nowait) { ev_run(loop, nowait ? EVRUN_NOWAIT : EVRUN_ONCE); }
+static inline void hub_ev_loop_destroy(struct ev_loop *loop) { ev_loop_destroy(loop); }
+static inline unsigned int hub_ev_backend(struct ev_loop *loop) { return ev_backend(loop); }
+static inline int hub_ev_backend_epoll(void) { return EVBACKEND_EPOLL; }
+
 static inline uint64_t hub_lws_server_options(int tls) {
-    uint64_t o = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    uint64_t o = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_LIBEV;
     if (tls) o |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     return o;
 }

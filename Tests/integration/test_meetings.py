@@ -679,8 +679,9 @@ def test_a_task_whose_workers_keep_going_quiet_is_given_up_as_failed(hub_factory
         assert r.status_code == 200 and r.json()["attempt"] == attempt
         if attempt < 3:
             time.sleep(1.1)
+    # Polled gently: the status route's per-user rate limit counts these reads too.
     final = wait_for(lambda: (s := status_of(hub, "alice", fid))["status"] == "failed" and s, timeout=5,
-                     message="the file to be given up")
+                     interval=0.25, message="the file to be given up")
     assert "giving up after 3 attempts" in final["error"], final
     envelope(claim(hub, fid, "w4"), 404, "NOT_FOUND")
 

@@ -84,8 +84,20 @@ class RawStream:
             if fields:
                 return fields
 
+    def body(self, timeout: float = WAIT) -> bytes:
+        """A plain answer's body, by its Content-Length (the connection stays open: keep-alive)."""
+        deadline = time.monotonic() + timeout
+        length = int(self.headers["content-length"])
+        while len(self.buf) < length:
+            self._fill(deadline)
+        out, self.buf = self.buf[:length], self.buf[length:]
+        return out
+
     def rest(self, timeout: float = WAIT) -> bytes:
-        """Everything until the server ends the response."""
+        """Everything until the server ends the response: a plain answer's body by its
+        Content-Length (keep-alive leaves the connection open), a stream's until it closes."""
+        if "content-length" in self.headers:
+            return self.body(timeout)
         deadline = time.monotonic() + timeout
         try:
             while True:

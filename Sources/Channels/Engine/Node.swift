@@ -465,7 +465,7 @@ public final class Node: BrokerEventHandler, @unchecked Sendable {
     public func announce() { broker.announce(node: info()) }
 
     /// Periodic work: pings, pong and token deadlines, expired streams.
-    public func tick(sessions: [ClientSession]) {
+    public func tick(sessions: some Collection<ClientSession>) {
         let now = clock.now()
         for session in sessions { session.tick(now: now) }
     }
