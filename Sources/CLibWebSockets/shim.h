@@ -25,8 +25,6 @@ static inline struct ev_loop *hub_ev_loop_new(void) { return ev_loop_new(EVFLAG_
 /* One iteration; with `nowait`, without waiting for a descriptor to become ready. */
 static inline void hub_ev_run(struct ev_loop *loop, int nowait) { ev_run(loop, nowait ? EVRUN_NOWAIT : EVRUN_ONCE); }
 static inline void hub_ev_loop_destroy(struct ev_loop *loop) { ev_loop_destroy(loop); }
-static inline unsigned int hub_ev_backend(struct ev_loop *loop) { return ev_backend(loop); }
-static inline int hub_ev_backend_epoll(void) { return EVBACKEND_EPOLL; }
 
 static inline uint64_t hub_lws_server_options(int tls) {
     uint64_t o = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_LIBEV;

@@ -74,7 +74,7 @@ final class ServiceLoop: @unchecked Sendable {
     /// WebSocket connections with frames queued in this turn, written when the turn ends
     /// (service thread only): see `run`.
     private var dirty: [WebSocketConnection] = []
-    /// Counts `lws_service` calls, so a connection can tell its first read of a turn (service thread only).
+    /// Counts turns and their re-reads, so a connection can tell its first read of each (service thread only).
     private(set) var serviceCount = 0
     /// Connections whose read in this service call filled their receive chunk: more is waiting.
     var saturated: [WebSocketConnection] = []
