@@ -34,6 +34,33 @@ final class JSONTests: XCTestCase {
         XCTAssertEqual(JSONWriter.string(.int(-9_223_372_036_854_775_807)), "-9223372036854775807")
     }
 
+    func testWriterKeepsCleanRunsBetweenEscapesAndRoundTrips() throws {
+        // Escapes at the ends, back to back and between multi-byte runs.
+        let text = "\"lead\\\\é\u{1F}\u{7F}mid\n\n😀tail\""
+        let written = JSONWriter.string(.string(text))
+        XCTAssertEqual(written, #""\"lead\\\\é\u001f\#u{7F}mid\n\n😀tail\"""#)
+        XCTAssertEqual(try JSONParser.parse(written), .string(text))
+        XCTAssertEqual(JSONWriter.string(.string("")), #""""#)
+    }
+
+    func testPublicationPushIsTheTreeFormWrittenDirectly() throws {
+        let full = Publication(offset: 42, data: ["text": "hé \"quoted\"", "n": 1],
+                               info: ClientInfo(user: "u1", client: "c-1", connInfo: ["role": "admin"], chanInfo: .raw(Array(#"{"seat":3}"#.utf8))),
+                               tags: [("kind", "chat"), ("lang", "fr")], time: 1_700_000_000_000)
+        let bare = Publication(data: .raw(Array(#"[1,2]"#.utf8)))
+        for publication in [full, bare] {
+            for delta in [false, true] {
+                var tree = publication.json
+                if delta, case .object(var members) = tree { members.append(("delta", .bool(true))); tree = .object(members) }
+                let expected = #"{"push":{"channel":"chat:room","pub":"# + JSONWriter.string(tree) + "}}"
+                XCTAssertEqual(String(decoding: PushEncoding.publication(channel: "chat:room", publication, delta: delta), as: UTF8.self), expected)
+            }
+        }
+        // The bare push of the unidirectional protocol.
+        XCTAssertEqual(String(decoding: PushEncoding.publication(channel: "c", bare, wrapped: false), as: UTF8.self),
+                       #"{"channel":"c","pub":{"data":[1,2]}}"#)
+    }
+
     func testRawValuesSpliceVerbatimAndCompareByContent() throws {
         let raw = JSONValue.raw(Array(#"{"x":1}"#.utf8))
         XCTAssertEqual(JSONWriter.string(["data": raw]), #"{"data":{"x":1}}"#)

@@ -88,8 +88,8 @@ public struct ChannelNamespaces: Sendable {
     public var defaultOptions: ChannelOptions
     public var namespaces: [String: ChannelOptions]
 
-    public static let namespaceSeparator: Character = ":"
-    public static let userSeparator: Character = "#"
+    public static let namespaceSeparator = UInt8(ascii: ":")
+    public static let userSeparator = UInt8(ascii: "#")
     public static let maxChannelLength = 255
 
     public init(defaultOptions: ChannelOptions = ChannelOptions(), namespaces: [String: ChannelOptions] = [:]) {
@@ -99,13 +99,15 @@ public struct ChannelNamespaces: Sendable {
 
     /// The options for a channel, or nil when it names a namespace that does not exist.
     public func options(for channel: String) -> ChannelOptions? {
-        guard let separator = channel.firstIndex(of: Self.namespaceSeparator) else { return defaultOptions }
+        // Searched as bytes, as Centrifugo does: a Character search breaks graphemes all along the
+        // name (~2,400 instructions per lookup, several lookups per publication).
+        guard let separator = channel.utf8.firstIndex(of: Self.namespaceSeparator) else { return defaultOptions }
         return namespaces[String(channel[..<separator])]
     }
 
     /// Users allowed in a user-limited channel (`chat:room#alice,bob` → alice, bob), or nil.
     public static func allowedUsers(in channel: String) -> [Substring]? {
-        guard let hash = channel.lastIndex(of: userSeparator) else { return nil }
+        guard let hash = channel.utf8.lastIndex(of: userSeparator) else { return nil }
         return channel[channel.index(after: hash)...].split(separator: ",", omittingEmptySubsequences: true)
     }
 

@@ -36,6 +36,23 @@ public struct ClientInfo: Sendable, Equatable {
     public var json: JSONValue {
         .compact([("user", .string(user)), ("client", .string(client)), ("conn_info", connInfo), ("chan_info", chanInfo)])
     }
+
+    /// The bytes of `JSONWriter.write(json)`, written without building `json` first.
+    func write(into out: inout [UInt8]) {
+        out.append(contentsOf: #"{"user":"#.utf8)
+        JSONWriter.writeString(user, into: &out)
+        out.append(contentsOf: #","client":"#.utf8)
+        JSONWriter.writeString(client, into: &out)
+        if let connInfo {
+            out.append(contentsOf: #","conn_info":"#.utf8)
+            JSONWriter.write(connInfo, into: &out)
+        }
+        if let chanInfo {
+            out.append(contentsOf: #","chan_info":"#.utf8)
+            JSONWriter.write(chanInfo, into: &out)
+        }
+        out.append(UInt8(ascii: "}"))
+    }
 }
 
 /// One message in a channel. `data` is the publisher's JSON, kept serialised.
@@ -75,6 +92,38 @@ public struct Publication: Sendable, Equatable {
         var copy = self
         copy.data = .string(String(decoding: JSONWriter.bytes(data), as: UTF8.self))
         return copy
+    }
+
+    /// The bytes of `JSONWriter.write(json)` (with `"delta":true` last when `delta`), written
+    /// without building `json` first: once per publication, but building the tree, then
+    /// freeing its arrays of tuples (generic destroys), cost more than writing the bytes.
+    func write(into out: inout [UInt8], delta: Bool = false) {
+        out.append(contentsOf: #"{"data":"#.utf8)
+        JSONWriter.write(data, into: &out)
+        if let info {
+            out.append(contentsOf: #","info":"#.utf8)
+            info.write(into: &out)
+        }
+        if offset > 0 {
+            out.append(contentsOf: #","offset":"#.utf8)
+            JSONWriter.writeInt(Int64(offset), into: &out)
+        }
+        if !tags.isEmpty {
+            out.append(contentsOf: #","tags":{"#.utf8)
+            for (index, (key, value)) in tags.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                JSONWriter.writeString(key, into: &out)
+                out.append(UInt8(ascii: ":"))
+                JSONWriter.writeString(value, into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+        if time > 0 {
+            out.append(contentsOf: #","time":"#.utf8)
+            JSONWriter.writeInt(time, into: &out)
+        }
+        if delta { out.append(contentsOf: #","delta":true"#.utf8) }
+        out.append(UInt8(ascii: "}"))
     }
 
     public var json: JSONValue {

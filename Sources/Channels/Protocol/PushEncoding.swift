@@ -5,16 +5,11 @@ public enum PushEncoding {
     /// `wrapped: false`: the bare push of the unidirectional protocol, `{"channel":…,"pub":{…}}`.
     public static func publication(channel: String, _ publication: Publication, delta: Bool = false, wrapped: Bool = true) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(64 + channel.utf8.count)
+        out.reserveCapacity(256 + channel.utf8.count)
         out.append(contentsOf: (wrapped ? #"{"push":{"channel":"# : #"{"channel":"#).utf8)
         JSONWriter.writeString(channel, into: &out)
         out.append(contentsOf: #","pub":"#.utf8)
-        var json = publication.json
-        if delta, case .object(var members) = json {
-            members.append(("delta", .bool(true)))
-            json = .object(members)
-        }
-        JSONWriter.write(json, into: &out)
+        publication.write(into: &out, delta: delta)
         out.append(contentsOf: (wrapped ? "}}" : "}").utf8)
         return out
     }

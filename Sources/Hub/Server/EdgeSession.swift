@@ -134,6 +134,9 @@ final class WebSocketConnection: QueuedSession, @unchecked Sendable {
     /// Bytes received in the loop's service call `receivedInService` (service thread only).
     var receivedBytes = 0
     var receivedInService = 0
+    /// The plain TCP descriptor frames may be sent to directly (`sendFrames`); -1 where lws must
+    /// write them (TLS, permessage-deflate).
+    var plainSocket: Int32 = -1
 }
 
 /// An HTTP response whose body is a stream of messages (SSE, HTTP streaming): it replaces the
