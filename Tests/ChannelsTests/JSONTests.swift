@@ -61,6 +61,28 @@ final class JSONTests: XCTestCase {
                        #"{"channel":"c","pub":{"data":[1,2]}}"#)
     }
 
+    func testPublishDataIsKeptAsWrittenAndCheckedAsStrictly() throws {
+        let text = #"{"id":3,"publish":{"channel":"c","data": {"a" : [1, 2.5e1, "é\n", null], "b":{}} }}"#
+        let command = try JSONParser.parse(Array(text.utf8), keepingDataOf: "publish")
+        XCTAssertEqual(command["publish"]?["data"], .raw(Array(#"{"a" : [1, 2.5e1, "é\n", null], "b":{}}"#.utf8)))
+        XCTAssertEqual(command["publish"]?["data"], try JSONParser.parse(#"{"a":[1,2.5e1,"é\n",null],"b":{}}"#))
+        XCTAssertEqual(command["publish"]?["channel"], .string("c"))
+        // Only the named method's data, only at its top.
+        let rpc = try JSONParser.parse(Array(#"{"rpc":{"data":{"x":1}},"publish":{"meta":{"data":2}}}"#.utf8), keepingDataOf: "publish")
+        XCTAssertEqual(rpc["rpc"]?["data"], .object([("x", .int(1))]))
+        XCTAssertEqual(rpc["publish"]?["meta"]?["data"], .int(2))
+        // What the tree parser refuses inside data, this refuses too.
+        let refused = [#""\ud800""#, #""\q""#, "1e999", "[1,]", "{\"a\" 1}", "\"\u{01}\"", "tru", "01",
+                       String(repeating: "[", count: 70) + String(repeating: "]", count: 70)]
+        for data in refused {
+            XCTAssertThrowsError(try JSONParser.parse(Array(#"{"publish":{"data":"#.utf8) + Array(data.utf8) + Array("}}".utf8),
+                                                      keepingDataOf: "publish"), data)
+            XCTAssertThrowsError(try JSONParser.parse(Array(#"{"publish":{"data":"#.utf8) + Array(data.utf8) + Array("}}".utf8)), data)
+        }
+        XCTAssertThrowsError(try JSONParser.parse([0x7B, 0x22, 0x70, 0x75, 0x62, 0x6C, 0x69, 0x73, 0x68, 0x22, 0x3A, 0x7B, 0x22, 0x64, 0x61, 0x74, 0x61,
+                                                   0x22, 0x3A, 0x22, 0xC3, 0x28, 0x22, 0x7D, 0x7D], keepingDataOf: "publish"))  // invalid UTF-8
+    }
+
     func testRawValuesSpliceVerbatimAndCompareByContent() throws {
         let raw = JSONValue.raw(Array(#"{"x":1}"#.utf8))
         XCTAssertEqual(JSONWriter.string(["data": raw]), #"{"data":{"x":1}}"#)

@@ -211,9 +211,11 @@ def test_history_presence_and_recovery_agree_across_nodes(redis_cluster, nodes):
         epoch = sub["epoch"]
         bob = await b.client("bob")
         await bob.subscribe(ch)
+        # Presence is written to Redis as the subscriber goes live, just after its subscribe
+        # reply: both nodes see both users once it lands.
         for hub in (a, b):
-            presence = hub.api_result("presence", {"channel": ch})["presence"]
-            assert sorted(info["user"] for info in presence.values()) == ["alice", "bob"]
+            await async_wait_for(lambda: sorted(info["user"] for info in hub.api_result("presence", {"channel": ch})["presence"].values())
+                                 == ["alice", "bob"], message=f"presence on {hub}")
         for n in range(3):
             (a, b)[n % 2].publish(ch, {"n": n})
         await alice.pubs(3, channel=ch)

@@ -23,7 +23,21 @@ public struct JSONParser {
     }
 
     public static func parse(_ buffer: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> JSONValue {
+        try parse(buffer, keepingDataOf: nil)
+    }
+
+    /// Parses a client command (`{"id":…,"<method>":{…}}`), keeping the `data` member of the
+    /// `method` body as it arrived (`.raw`): checked as strictly as any value, but not built into
+    /// a tree that would only be written out again, byte for byte, into every subscriber's push.
+    public static func parse(_ bytes: [UInt8], keepingDataOf method: String) throws(JSONParseError) -> JSONValue {
+        try bytes.withUnsafeBufferPointer { (buffer) throws(JSONParseError) -> JSONValue in
+            try parse(buffer, keepingDataOf: method)
+        }
+    }
+
+    static func parse(_ buffer: UnsafeBufferPointer<UInt8>, keepingDataOf method: String?) throws(JSONParseError) -> JSONValue {
         var parser = Cursor(bytes: buffer)
+        parser.rawDataMethod = method
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
         parser.skipWhitespace()
@@ -34,6 +48,10 @@ public struct JSONParser {
     struct Cursor {
         let bytes: UnsafeBufferPointer<UInt8>
         var index = 0
+        /// Keep `data` under this top-level key as raw bytes (`parse(_:keepingDataOf:)`).
+        var rawDataMethod: String?
+        /// The top-level key whose value is being parsed.
+        var topKey: String?
 
         init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
@@ -84,7 +102,15 @@ public struct JSONParser {
                 guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
                 index += 1
                 skipWhitespace()
-                let value = try parseValue(depth: depth)
+                let value: JSONValue
+                if depth == 2, rawDataMethod != nil, key == "data", topKey == rawDataMethod {
+                    let start = index
+                    try skipValue(depth: depth)
+                    value = .raw(Array(UnsafeBufferPointer(rebasing: bytes[start..<index])))
+                } else {
+                    if depth == 1 { topKey = key }
+                    value = try parseValue(depth: depth)
+                }
                 members.append((key, value))
                 skipWhitespace()
                 guard index < bytes.count else { throw error("unexpected end of input") }
@@ -205,6 +231,66 @@ public struct JSONParser {
                 }
             }
             throw error("unterminated string")
+        }
+
+        /// Checks one value as `parseValue` would, without building it: the same errors for the
+        /// same input (a string with escapes or non-ASCII bytes is checked by `parseString`).
+        mutating func skipValue(depth: Int) throws(JSONParseError) {
+            guard index < bytes.count else { throw error("unexpected end of input") }
+            switch bytes[index] {
+            case UInt8(ascii: "{"):
+                if depth + 1 > JSONParser.maxDepth { throw error("nesting too deep") }
+                index += 1
+                skipWhitespace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                while true {
+                    skipWhitespace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected object key") }
+                    try skipString()
+                    skipWhitespace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                    index += 1
+                    skipWhitespace()
+                    try skipValue(depth: depth + 1)
+                    skipWhitespace()
+                    guard index < bytes.count else { throw error("unexpected end of input") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                    throw error("expected ',' or '}'")
+                }
+            case UInt8(ascii: "["):
+                if depth + 1 > JSONParser.maxDepth { throw error("nesting too deep") }
+                index += 1
+                skipWhitespace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                while true {
+                    skipWhitespace()
+                    try skipValue(depth: depth + 1)
+                    skipWhitespace()
+                    guard index < bytes.count else { throw error("unexpected end of input") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                    throw error("expected ',' or ']'")
+                }
+            case UInt8(ascii: "\""): try skipString()
+            default: _ = try parseValue(depth: depth)  // literals and numbers: nothing to build
+            }
+        }
+
+        /// `parseString` without the String: plain ASCII is only scanned; anything else (escapes,
+        /// multi-byte UTF-8) goes through `parseString` itself, for its checks.
+        mutating func skipString() throws(JSONParseError) {
+            let start = index
+            index += 1
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\"") { index += 1; return }
+                if byte == UInt8(ascii: "\\") || byte >= 0x80 { break }
+                if byte < 0x20 { throw error("control character in string") }
+                index += 1
+            }
+            index = start
+            _ = try parseString()
         }
 
         mutating func parseHex4() throws(JSONParseError) -> UInt32 {

@@ -44,7 +44,8 @@ public struct ClientCommand: Sendable, Equatable {
     public static func decode(_ bytes: ArraySlice<UInt8>) -> Line {
         let command: JSONValue
         do {
-            command = try JSONParser.parse(Array(bytes))
+            // A publication's data reaches subscribers as the publisher wrote it (as in Centrifugo).
+            command = try JSONParser.parse(Array(bytes), keepingDataOf: "publish")
         } catch {
             return .invalid(id: nil, ProtocolError.badRequest.with(message: "malformed JSON: \(error)"))
         }

@@ -17,6 +17,10 @@ class EdgeSession: @unchecked Sendable {
 
     /// Asks for a writeable callback from any thread.
     final func wantWrite() { loop.requestWrite(self) }
+
+    /// A WebSocket connection, written at the end of the turn that queued its frames: asked once
+    /// per write, where a dynamic cast cost more than the rest of the request.
+    var writesAtTurnEnd: Bool { false }
 }
 
 /// A connection the engine writes frames to: the outbound queue is bounded in bytes and
@@ -86,7 +90,18 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
     }
 
     /// Takes queued frames for one write, at most `budget` bytes (at least one frame).
-    func takeFrames(budget: Int) -> (frames: ArraySlice<WireFrame>, more: Bool, close: DisconnectReason?) {
+    func takeFrames(budget: Int) -> (frames: [WireFrame], more: Bool, close: DisconnectReason?) {
+        var taken: [WireFrame] = []
+        let (more, close) = takeFrames(budget: budget, into: &taken)
+        return (taken, more, close)
+    }
+
+    /// `takeFrames(budget:)` into the caller's empty array. Handing out a slice of the queue kept
+    /// its storage shared, so emptying the queue had to allocate a new one: a malloc and a free
+    /// per write. When the whole queue goes (nearly every write), the two arrays trade places
+    /// instead: the queue takes the caller's empty storage (at most 64 frames of capacity, the
+    /// most an emptied queue keeps) and the caller gets the frames without a copy.
+    func takeFrames(budget: Int, into taken: inout [WireFrame]) -> (more: Bool, close: DisconnectReason?) {
         outbound.withLock { q in
             var end = q.head
             var size = 0
@@ -96,11 +111,17 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
                 messages += q.frames[end].messages
                 end += 1
             }
-            let taken = q.frames[q.head..<end]
-            q.head = end
             q.bytes -= size
             q.messages -= messages
-            if q.head == q.frames.count {
+            if q.head == 0 && end == q.frames.count && taken.isEmpty && taken.capacity <= 64 {
+                swap(&q.frames, &taken)
+            } else {
+                for index in q.head..<end { taken.append(q.frames[index]) }
+                q.head = end
+            }
+            if q.frames.isEmpty {
+                // Traded (above), or nothing was queued.
+            } else if q.head == q.frames.count {
                 q.frames.removeAll(keepingCapacity: q.frames.capacity <= 64)
                 q.head = 0
             } else if q.head > 1024 {
@@ -109,7 +130,7 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
             }
             let more = q.head < q.frames.count
             if !more { q.wakeRequested = false }
-            return (taken, more, more ? nil : q.closeReason)
+            return (more, more ? nil : q.closeReason)
         }
     }
 }
@@ -129,6 +150,7 @@ final class WebSocketConnection: QueuedSession, @unchecked Sendable {
     var oversized = false
     /// permessage-deflate and seed 003's chat take each frame apart: one message per frame.
     override var takesBatches: Bool { !compressed && chat == nil }
+    override var writesAtTurnEnd: Bool { true }
     /// A write at the end of a turn failed: the writeable callback closes the connection.
     var writeFailed = false
     /// Bytes received in the loop's service call `receivedInService` (service thread only).

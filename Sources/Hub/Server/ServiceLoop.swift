@@ -74,10 +74,18 @@ final class ServiceLoop: @unchecked Sendable {
     /// WebSocket connections with frames queued in this turn, written when the turn ends
     /// (service thread only): see `run`.
     private var dirty: [WebSocketConnection] = []
+    /// The previous turn's `dirty`, swapped with it while it is written, so both keep their
+    /// storage: copying the list out and emptying it made every turn allocate a new one and
+    /// regrow it append by append.
+    private var flushing: [WebSocketConnection] = []
+    /// `saturated`'s twin, for the same reason (`readAgain`).
+    private var rereading: [WebSocketConnection] = []
     /// Counts turns and their re-reads, so a connection can tell its first read of each (service thread only).
     private(set) var serviceCount = 0
     /// Connections whose read in this service call filled their receive chunk: more is waiting.
     var saturated: [WebSocketConnection] = []
+    /// The frames of one write, reused from write to write (service thread only; `writeFrames`).
+    var takenFrames: [WireFrame] = []
 
     init(index: Int, node: Node, router: Router, settings: EdgeSettings, logger: Logger) {
         self.index = index
@@ -173,10 +181,10 @@ final class ServiceLoop: @unchecked Sendable {
     private func readAgain() {
         var rereads = 0
         while !saturated.isEmpty && rereads < maxRereadsPerTurn {
-            let connections = saturated
-            saturated.removeAll(keepingCapacity: true)
+            swap(&saturated, &rereading)
+            defer { rereading.removeAll(keepingCapacity: true) }
             serviceCount &+= 1
-            for connection in connections where !connection.gone {
+            for connection in rereading where !connection.gone {
                 guard let wsi = connection.wsi else { continue }
                 var ready = pollfd(fd: lws_get_socket_fd(wsi), events: Int16(POLLIN), revents: Int16(POLLIN))
                 if lws_service_fd(context, &ready) < 0 { return }
@@ -191,9 +199,9 @@ final class ServiceLoop: @unchecked Sendable {
     /// as are the rest of a batch over the write budget and a close frame.
     private func flushTurn() {
         guard !dirty.isEmpty else { return }
-        let connections = dirty
-        dirty.removeAll(keepingCapacity: true)
-        for connection in connections where !connection.gone {
+        swap(&dirty, &flushing)
+        defer { flushing.removeAll(keepingCapacity: true) }
+        for connection in flushing where !connection.gone {
             guard let wsi = connection.wsi else { continue }
             if connection.compressed || lws_partial_buffered(wsi) != 0 {
                 lws_callback_on_writable(wsi)
@@ -209,8 +217,8 @@ final class ServiceLoop: @unchecked Sendable {
     /// anything else (an HTTP answer, a stream) through its writeable callback.
     private func wantsWrite(_ session: EdgeSession) {
         guard !session.gone, let wsi = session.wsi else { return }
-        if let connection = session as? WebSocketConnection {
-            dirty.append(connection)
+        if session.writesAtTurnEnd {
+            dirty.append(unsafeDowncast(session, to: WebSocketConnection.self))
         } else {
             lws_callback_on_writable(wsi)
         }

@@ -140,7 +140,17 @@ private func sendFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, _
 /// outside any lws callback, so a close frame waits for the writeable callback (only a callback's
 /// -1 makes lws send it).
 func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: ServiceLoop, direct: Bool = false) -> Int32 {
-    let (frames, more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity)
+    // The loop's array for the frames taken, lent out for this call (see `takeFrames(budget:into:)`).
+    var frames = loop.takenFrames
+    loop.takenFrames = []
+    defer {
+        // One by one: `removeAll(keepingCapacity:)` goes through a generic range replacement
+        // and destroy, several times the cost of releasing the one or two frames of a write.
+        while frames.popLast() != nil {}
+        // A burst's large array goes; the queues trade only small ones (`takeFrames(budget:into:)`).
+        loop.takenFrames = frames.capacity <= 64 ? frames : []
+    }
+    let (more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity, into: &frames)
     if connection.compressed, let frame = frames.first {
         // permessage-deflate: lws frames and compresses the payload itself, one message per
         // writeable callback (it finishes a message's compressed tail before calling us again).
