@@ -172,15 +172,17 @@ public struct JSONParser {
             index += 1  // opening quote
             let start = index
             // Fast path: no escapes.
+            var ascii = true
             while index < bytes.count {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: "\"") {
                     let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
                     index += 1
-                    return try validatedString(slice, offset: start)
+                    return try validatedString(slice, offset: start, ascii: ascii)
                 }
                 if byte == UInt8(ascii: "\\") { break }
                 if byte < 0x20 { throw error("control character in string") }
+                if byte >= 0x80 { ascii = false }
                 index += 1
             }
             var scratch = Array(UnsafeBufferPointer(rebasing: bytes[start..<index]))
@@ -190,7 +192,7 @@ public struct JSONParser {
                 case UInt8(ascii: "\""):
                     index += 1
                     return try scratch.withUnsafeBufferPointer { (b) throws(JSONParseError) -> String in
-                        try validatedString(b, offset: start)
+                        try validatedString(b, offset: start, ascii: false)
                     }
                 case UInt8(ascii: "\\"):
                     index += 1
@@ -311,12 +313,11 @@ public struct JSONParser {
             return value
         }
 
-        func validatedString(_ slice: UnsafeBufferPointer<UInt8>, offset: Int) throws(JSONParseError) -> String {
+        /// `ascii`: the caller's scan saw no byte above 0x7F (false when it does not know).
+        func validatedString(_ slice: UnsafeBufferPointer<UInt8>, offset: Int, ascii: Bool) throws(JSONParseError) -> String {
             // ASCII is valid UTF-8 as it is, and nearly every string is ASCII: `String(validating:)`
             // looks up generic metadata at run time on each call (~650 instructions before the
             // first byte), `String(decoding:)` of a byte buffer goes straight to the copy.
-            var ascii = true
-            for byte in slice where byte >= 0x80 { ascii = false; break }
             if ascii { return String(decoding: slice, as: UTF8.self) }
             guard let string = String(validating: slice, as: UTF8.self) else {
                 throw JSONParseError(message: "invalid UTF-8 in string", offset: offset)

@@ -114,19 +114,17 @@ class QueuedSession: EdgeSession, ClientTransport, @unchecked Sendable {
             q.bytes -= size
             q.messages -= messages
             if q.head == 0 && end == q.frames.count && taken.isEmpty && taken.capacity <= 64 {
-                swap(&q.frames, &taken)
+                swap(&q.frames, &taken)  // the queue is left empty, its head at 0
             } else {
                 for index in q.head..<end { taken.append(q.frames[index]) }
                 q.head = end
-            }
-            if q.frames.isEmpty {
-                // Traded (above), or nothing was queued.
-            } else if q.head == q.frames.count {
-                q.frames.removeAll(keepingCapacity: q.frames.capacity <= 64)
-                q.head = 0
-            } else if q.head > 1024 {
-                q.frames.removeFirst(q.head)
-                q.head = 0
+                if q.head == q.frames.count {
+                    q.frames.removeAll(keepingCapacity: q.frames.capacity <= 64)
+                    q.head = 0
+                } else if q.head > 1024 {
+                    q.frames.removeFirst(q.head)
+                    q.head = 0
+                }
             }
             let more = q.head < q.frames.count
             if !more { q.wakeRequested = false }
