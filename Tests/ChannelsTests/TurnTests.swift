@@ -131,6 +131,28 @@ final class TurnTests: XCTestCase {
         XCTAssertEqual(node.subscribers.subscriberCount("news"), 1)
     }
 
+    func testAfterSubscribersLeaveTheBatchReachesExactlyThoseLeftAndCutsOffTheRightSlowOne() {
+        let node = makeNode()
+        let leaving = BatchTransport()
+        let leavingSession = node.accept(transport: leaving)
+        let token = TokenSigner.hs256(claims: .object([("sub", "l"), ("exp", .int(Int64(clock.now()) + 3600))]), secret: secret)
+        leavingSession.handle(message: JSONWriter.bytes(["id": 1, "connect": ["token": .string(token)]]))
+        leavingSession.handle(message: JSONWriter.bytes(["id": 2, "subscribe": ["channel": "news"]]))
+        let stays = subscriber(node, "b", "news")
+        // The last subscriber takes the leaving one's place in the channel's list.
+        let slow = subscriber(node, "slow", "news", transport: BatchTransport(maxMessages: 4))
+        leavingSession.handle(message: JSONWriter.bytes(["id": 3, "unsubscribe": ["channel": "news"]]))
+        XCTAssertEqual(node.subscribers.subscriberCount("news"), 2)
+        Turn.adopt()
+        for i in 0..<3 { publish(node, "news", i) }
+        Turn.end()
+        XCTAssertEqual(leaving.seen, ["reply:1", "reply:2", "reply:3"], "nothing after it left")
+        XCTAssertEqual(stays.seen.filter { $0.hasPrefix("pub") }, ["pub:0", "pub:1", "pub:2"])
+        XCTAssertNil(stays.closedWith.withLock { $0 })
+        XCTAssertEqual(slow.closedWith.withLock { $0 }, .slow, "the over-limit subscriber, not the one in its old place")
+        XCTAssertEqual(node.subscribers.subscriberCount("news"), 1)
+    }
+
     func testATransportThatUnwrapsFramesGetsOneMessagePerFrameEvenInATurn() {
         let node = makeNode()
         let plain = RecordingTransport()

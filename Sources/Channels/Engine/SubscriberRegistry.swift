@@ -9,6 +9,9 @@ import Synchronization
 final class SubscriberRegistry: Sendable {
     struct Members {
         var sessions: [ClientSession] = []
+        /// `sessions[i].transport`, kept beside them: a batch's hand-out then reaches each
+        /// subscriber's queue without loading its session (a cold cache line per subscriber).
+        var transports: [any ClientTransport] = []
         var slots: [ObjectIdentifier: Int] = [:]
         var pending: [ObjectIdentifier: [Publication]] = [:]
         /// Position of the last publication delivered here, to notice lost ones.
@@ -64,6 +67,7 @@ final class SubscriberRegistry: Sendable {
             if members.slots[id] == nil {
                 members.slots[id] = members.sessions.count
                 members.sessions.append(session)
+                members.transports.append(session.transport)
                 if !Self.takesBatches(session) { members.unbatchable += 1 }
                 if session.wire == .webSocketProtobuf { members.protobufSubscribers += 1 }
             }
@@ -147,9 +151,11 @@ final class SubscriberRegistry: Sendable {
             if slot != last {
                 let moved = members.sessions[last]
                 members.sessions[slot] = moved
+                members.transports[slot] = moved.transport
                 members.slots[ObjectIdentifier(moved)] = slot
             }
             members.sessions.removeLast()
+            members.transports.removeLast()
             if members.sessions.isEmpty { return true }
             map[channel] = members
             return false
@@ -304,6 +310,12 @@ final class SubscriberRegistry: Sendable {
         members.batchProtobuf = []
         members.batched = 0
         var slow: [ClientSession] = []
+        if members.protobufSubscribers == 0, let json {
+            for (slot, transport) in members.transports.enumerated() where !transport.enqueue(json) {
+                slow.append(members.sessions[slot])
+            }
+            return slow
+        }
         for session in members.sessions {
             guard let frame = session.wire == .webSocketProtobuf ? protobuf : json else { continue }
             if !session.transport.enqueue(frame) { slow.append(session) }

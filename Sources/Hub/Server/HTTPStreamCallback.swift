@@ -86,7 +86,7 @@ func writeStream(_ stream: HTTPStream, wsi: OpaquePointer, loop: ServiceLoop) ->
                 }
             }
         } else {
-            more = stream.outbound.withLock { $0.head < $0.frames.count }
+            more = stream.outbound.withLock { $0.hasFrames }
         }
     }
     let pendingBytes = stream.carryOffset < stream.carry.count

@@ -147,7 +147,7 @@ func writeFrames(_ connection: WebSocketConnection, wsi: OpaquePointer, loop: Se
         // One by one: `removeAll(keepingCapacity:)` goes through a generic range replacement
         // and destroy, several times the cost of releasing the one or two frames of a write.
         while frames.popLast() != nil {}
-        // A burst's large array goes; the queues trade only small ones (`takeFrames(budget:into:)`).
+        // A burst's large array goes; a small one is kept for the next write.
         loop.takenFrames = frames.capacity <= 64 ? frames : []
     }
     let (more, close) = connection.takeFrames(budget: connection.compressed ? 0 : loop.scratchCapacity, into: &frames)
