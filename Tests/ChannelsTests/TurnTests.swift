@@ -68,11 +68,17 @@ final class TurnTests: XCTestCase {
                     encoder: LineEncoder(), clock: clock)
     }
 
-    func subscriber(_ node: Node, _ user: String, _ channel: String, transport: BatchTransport = BatchTransport()) -> BatchTransport {
+    /// A session on `transport` that connected as `user` (command 1) and subscribed to `channel` (command 2).
+    func subscribedSession(_ node: Node, _ user: String, _ channel: String, transport: any ClientTransport) -> ClientSession {
         let session = node.accept(transport: transport)
         let token = TokenSigner.hs256(claims: .object([("sub", .string(user)), ("exp", .int(Int64(clock.now()) + 3600))]), secret: secret)
         session.handle(message: JSONWriter.bytes(["id": 1, "connect": ["token": .string(token)]]))
         session.handle(message: JSONWriter.bytes(["id": 2, "subscribe": ["channel": .string(channel)]]))
+        return session
+    }
+
+    func subscriber(_ node: Node, _ user: String, _ channel: String, transport: BatchTransport = BatchTransport()) -> BatchTransport {
+        _ = subscribedSession(node, user, channel, transport: transport)
         XCTAssertEqual(Array(transport.seen.prefix(2)), ["reply:1", "reply:2"])
         return transport
     }
@@ -134,10 +140,7 @@ final class TurnTests: XCTestCase {
     func testAfterSubscribersLeaveTheBatchReachesExactlyThoseLeftAndCutsOffTheRightSlowOne() {
         let node = makeNode()
         let leaving = BatchTransport()
-        let leavingSession = node.accept(transport: leaving)
-        let token = TokenSigner.hs256(claims: .object([("sub", "l"), ("exp", .int(Int64(clock.now()) + 3600))]), secret: secret)
-        leavingSession.handle(message: JSONWriter.bytes(["id": 1, "connect": ["token": .string(token)]]))
-        leavingSession.handle(message: JSONWriter.bytes(["id": 2, "subscribe": ["channel": "news"]]))
+        let leavingSession = subscribedSession(node, "l", "news", transport: leaving)
         let stays = subscriber(node, "b", "news")
         // The last subscriber takes the leaving one's place in the channel's list.
         let slow = subscriber(node, "slow", "news", transport: BatchTransport(maxMessages: 4))
@@ -156,10 +159,7 @@ final class TurnTests: XCTestCase {
     func testATransportThatUnwrapsFramesGetsOneMessagePerFrameEvenInATurn() {
         let node = makeNode()
         let plain = RecordingTransport()
-        let session = node.accept(transport: plain)
-        let token = TokenSigner.hs256(claims: .object([("sub", "p"), ("exp", .int(Int64(clock.now()) + 3600))]), secret: secret)
-        session.handle(message: JSONWriter.bytes(["id": 1, "connect": ["token": .string(token)]]))
-        session.handle(message: JSONWriter.bytes(["id": 2, "subscribe": ["channel": "news"]]))
+        _ = subscribedSession(node, "p", "news", transport: plain)
         let batching = subscriber(node, "b", "news")
         Turn.adopt()
         for i in 0..<3 { publish(node, "news", i) }

@@ -310,15 +310,12 @@ final class SubscriberRegistry: Sendable {
         members.batchProtobuf = []
         members.batched = 0
         var slow: [ClientSession] = []
-        if members.protobufSubscribers == 0, let json {
-            for (slot, transport) in members.transports.enumerated() where !transport.enqueue(json) {
-                slow.append(members.sessions[slot])
-            }
-            return slow
-        }
-        for session in members.sessions {
-            guard let frame = session.wire == .webSocketProtobuf ? protobuf : json else { continue }
-            if !session.transport.enqueue(frame) { slow.append(session) }
+        let anyProtobuf = members.protobufSubscribers > 0
+        for (slot, transport) in members.transports.enumerated() {
+            // The session itself is loaded only to tell the codecs apart, or to be cut off.
+            let protobufWire = anyProtobuf && members.sessions[slot].wire == .webSocketProtobuf
+            guard let frame = protobufWire ? protobuf : json else { continue }
+            if !transport.enqueue(frame) { slow.append(members.sessions[slot]) }
         }
         return slow
     }
