@@ -2,7 +2,8 @@
 # The benchmark: the hub against nats-server, mosquitto, a FastAPI peer and the libwebsockets
 # mirror, same scenarios, same generator (hub-bench), one server at a time; and, for fan-out only,
 # the kernel floor (`hub-bench floor-server`: epoll + one send(2) per client per turn, no protocol
-# work), also run at the hub's half rate so the report can set the two latencies side by side. Writes
+# work), also run at the hub's half rate so the report can set the two latencies side by side, and
+# in scenario 2 (the same server on the FastAPI peer's channel wire) as its yardstick. Writes
 # docs/benchmarks.md, docs/bench/*.png and docs/bench/results.jsonl.
 #
 #   bench/run.sh                 full run (about 30 minutes on 2 cores with the default 3 repeats,
@@ -34,7 +35,7 @@
 #
 # Repeats: in scenario 1 (and cores) the hub and the floor run BENCH_REPEATS times at each subscriber
 # count, interleaved (hub, floor, hub, floor, …; the floor's --compare-deliveries pass at the same
-# round's hub half rate); in scenario 2 the hub and nats-server likewise; other servers once. Every
+# round's hub half rate); in scenario 2 the hub, nats-server and the floor likewise; other servers once. Every
 # result line carries its round as "repeat"; the report gives medians with the spread (min–max) and
 # judges the floor/nats targets by the median of the per-round ratios.
 #
@@ -275,18 +276,20 @@ open(path, "w").write("".join(line + "\n" for line in lines))
 PY
 }
 
-# pair_of KIND A B: the servers of the pair A B that are in --servers (in that order), when KIND is
-# the first of the two in --servers; nothing otherwise. The pair's runs are interleaved at that
-# server's turn (A B A B …), so drift on this shared machine hits both.
+# pair_of KIND A B [C]: the servers of the group A B (C) that are in --servers (in that order), when
+# KIND is the first of them in --servers; nothing otherwise. The group's runs are interleaved at
+# that server's turn (A B A B …), so drift on this shared machine hits all of them.
 pair_of() {
-    local kind=$1 a=$2 b=$3 s out=()
+    local kind=$1 s out=()
+    shift
+    local group=" $* "
     for s in $SERVERS; do
-        if [ "$s" = "$a" ] || [ "$s" = "$b" ]; then
+        if [[ "$group" == *" $s "* ]]; then
             [ "$s" = "$kind" ] || return 0
             break
         fi
     done
-    for s in "$a" "$b"; do [[ " $SERVERS " == *" $s "* ]] && out+=("$s"); done
+    for s in "$@"; do [[ " $SERVERS " == *" $s "* ]] && out+=("$s"); done
     [[ " ${out[*]} " == *" $kind "* ]] && echo "${out[*]}"
     return 0
 }
@@ -296,7 +299,9 @@ pair_of() {
 hub_half_deliveries() {
     "$BENCH/.venv/bin/python" - "$RESULTS" "$@" <<'PY'
 import json, sys
-scenario, server, subs, repeat = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+# SUBS "-": a scenario without subscriber counts (scenario 2)
+scenario, server, repeat = sys.argv[2], sys.argv[3], int(sys.argv[5])
+subs = None if sys.argv[4] == "-" else int(sys.argv[4])
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if (r.get("scenario"), r.get("phase"), r.get("server"), r.get("subscribers"), r.get("repeat", 1)) \
@@ -357,12 +362,20 @@ scenario_fanout() {
     for subs in $FANOUT_SUBS; do fanout_run "$kind" "$subs" 1; done
 }
 
+# channels_run KIND REPEAT: one scenario-2 measurement. The floor speaks the FastAPI peer's channel
+# wire (floor-server's `/ws`), its payload sized to the hub's bytes per delivery in this round.
 channels_run() {
-    local kind=$1 repeat=$2 n0
+    local kind=$1 repeat=$2 n0 wire=(--server "$1")
+    if [ "$kind" = floor ]; then
+        local half bytes
+        wire=(--server fastapi --label floor)
+        read -r half bytes <<< "$(hub_half_deliveries channels hub - "$repeat")"
+        [ -n "$bytes" ] && [ "$bytes" -gt 130 ] && wire+=(--payload-size $((bytes - 4)))
+    fi
     start_server "$kind"
     log "channels $kind: $CHANNEL_CONNS connections, groups of 10 (round $repeat)"
     n0=$(wc -l < "$RESULTS")
-    generator channels --server "$kind" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
+    generator channels "${wire[@]}" --port "$PORT" --server-pid "$SERVER_PID" --connections "$CHANNEL_CONNS" \
         --group-size 10 --step-seconds "$STEP_S" --half-seconds "$HALF_S" --start-deliveries "$START_DELIVERIES" \
         --budget-seconds "$STEP_BUDGET_S" || echo "channels $kind: generator failed" >&2
     tag_results "$n0" repeat="$repeat"
@@ -370,12 +383,12 @@ channels_run() {
     stop_server
 }
 
-# Scenario 2. The hub and nats-server run $REPEATS times each, interleaved; the other servers once.
+# Scenario 2. The hub, nats-server and the floor run $REPEATS times each, interleaved (the floor
+# after the hub, whose bytes per delivery it takes); the other servers once.
 scenario_channels() {
     local kind=$1 i s pair
-    [ "$kind" = floor ] && return 0  # a yardstick for fan-out only
-    if [ "$kind" = hub ] || [ "$kind" = nats ]; then
-        pair=$(pair_of "$kind" hub nats)
+    if [ "$kind" = hub ] || [ "$kind" = nats ] || [ "$kind" = floor ]; then
+        pair=$(pair_of "$kind" hub nats floor)
         for i in $(seq 1 "$REPEATS"); do
             for s in $pair; do channels_run "$s" "$i"; done
         done

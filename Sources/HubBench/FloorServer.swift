@@ -8,6 +8,10 @@
 // a turn goes to its own clients at the end of that turn and to every other loop's inbox (a
 // Mutex-guarded buffer and an eventfd in that loop's epoll set), which that loop sends to its
 // clients once per turn: the floor for a server spreading its subscribers over N threads.
+// A client that upgrades on `/ws` speaks the FastAPI peer's channel wire instead (scenario 2's
+// floor): `/ws?channels=a,b` joins those channels, "ok" says it is registered, and "@name text"
+// goes to channel name's members only, each member's bytes of a turn in one send(2). Channels
+// are per loop: scenario 2 runs the floor with one.
 // Its socket and buffer code (and that of `hub-bench proxy-backend`, below) is hub-bench's only unsafe code
 // outside EventLoop.swift, Wire.swift and the blocking clients of Starts.swift.
 import ArgumentParser
@@ -20,7 +24,7 @@ import Synchronization
 struct FloorServerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "floor-server",
-        abstract: "A minimal epoll WebSocket broadcast server (lws-mirror wire): the kernel's floor for fan-out.")
+        abstract: "A minimal epoll WebSocket broadcast server (lws-mirror wire, or channels on /ws): the kernel's floor.")
     @Option var host = "127.0.0.1"
     @Option var port: Int
     @Option(help: "Bytes a client may have waiting before it is dropped.") var maxPendingBytes = 64 << 20
@@ -95,6 +99,10 @@ private final class FloorClient {
     var pendingSent = 0
     /// Position in `FloorServer.broadcast` (open clients only).
     var slot = -1
+    /// Upgraded on `/ws`: "@name text" frames are routed to channel members.
+    var routed = false
+    /// The channels (indices into `FloorServer.members`) this client joined.
+    var channels: [Int] = []
 
     init(fd: Int32) { self.fd = fd }
 }
@@ -116,6 +124,13 @@ final class FloorServer: @unchecked Sendable {
     private var broadcast: [FloorClient] = []
     /// Server frames (unmasked) read during the current turn, sent to everyone at its end.
     private var turn: [UInt8] = []
+    /// The channel wire: names, members, each channel's frames of this turn, and which have some.
+    private var channelIndex: [String: Int] = [:]
+    private var members: [[FloorClient]] = []
+    private var channelTurn: [[UInt8]] = []
+    private var dirtyChannels: [Int] = []
+    /// A routed frame's unmasked payload, reused.
+    private var scratch: [UInt8] = []
     private let readBuffer: UnsafeMutablePointer<UInt8>
     private let readCapacity = 256 * 1024
 
@@ -175,6 +190,17 @@ final class FloorServer: @unchecked Sendable {
                 }
                 turn.removeAll(keepingCapacity: true)
             }
+            for channel in dirtyChannels {
+                // As above: a failed send drops the client from `members[channel]`.
+                var index = 0
+                while index < members[channel].count {
+                    let client = members[channel][index]
+                    send(client, channelTurn[channel])
+                    if index < members[channel].count, members[channel][index] === client { index += 1 }
+                }
+                channelTurn[channel].removeAll(keepingCapacity: true)
+            }
+            dirtyChannels.removeAll(keepingCapacity: true)
         }
     }
 
@@ -220,6 +246,12 @@ final class FloorServer: @unchecked Sendable {
             }
             client.slot = -1
         }
+        for channel in client.channels {
+            guard let at = members[channel].firstIndex(where: { $0 === client }) else { continue }
+            members[channel].swapAt(at, members[channel].count - 1)
+            members[channel].removeLast()
+        }
+        client.channels = []
         clients[Int(client.fd)] = nil
         Glibc.close(client.fd)
     }
@@ -242,6 +274,16 @@ final class FloorServer: @unchecked Sendable {
         }
         let head = String(decoding: client.inbound[..<end], as: UTF8.self)
         client.inbound.removeFirst(end + 4)
+        // "GET /ws?channels=a,b HTTP/1.1": the channel wire (no query: channel "bench", as the FastAPI peer).
+        let target = head.split(separator: "\r\n").first.map { $0.split(separator: " ") }.flatMap { $0.count > 1 ? String($0[1]) : nil } ?? "/"
+        var joined: [String] = []
+        if target == "/ws" || target.hasPrefix("/ws?") {
+            client.routed = true
+            joined = ["bench"]
+            for pair in target.dropFirst(4).split(separator: "&") where pair.hasPrefix("channels=") {
+                joined = pair.dropFirst("channels=".count).split(separator: ",").map(String.init)
+            }
+        }
         var key: String?
         var subprotocol: String?
         for line in head.split(separator: "\r\n") {
@@ -259,7 +301,18 @@ final class FloorServer: @unchecked Sendable {
         client.open = true
         client.slot = broadcast.count
         broadcast.append(client)
-        send(client, Array(response.utf8))
+        for name in joined {
+            let channel = channelIndex[name] ?? {
+                members.append([]); channelTurn.append([])
+                channelIndex[name] = members.count - 1
+                return members.count - 1
+            }()
+            members[channel].append(client)
+            client.channels.append(channel)
+        }
+        var bytes = Array(response.utf8)
+        if client.routed { bytes += [0x81, 2, UInt8(ascii: "o"), UInt8(ascii: "k")] }
+        send(client, bytes)
         return client.slot >= 0
     }
 
@@ -287,16 +340,12 @@ final class FloorServer: @unchecked Sendable {
             guard bytes.count - at >= header + length else { break }
             let payload = at + header
             if opcode == WSOpcode.close { drop(client); return }
-            if opcode == WSOpcode.text || opcode == WSOpcode.binary || opcode == WSOpcode.continuation {
-                turn.append(0x80 | opcode)
-                if length < 126 {
-                    turn.append(UInt8(length))
-                } else if length <= 0xFFFF {
-                    turn.append(126); turn.append(UInt8(length >> 8)); turn.append(UInt8(length & 0xFF))
-                } else {
-                    turn.append(127)
-                    for shift in stride(from: 56, through: 0, by: -8) { turn.append(UInt8((length >> shift) & 0xFF)) }
-                }
+            if client.routed && (opcode == WSOpcode.text || opcode == WSOpcode.binary) {
+                scratch.removeAll(keepingCapacity: true)
+                for i in 0..<length { scratch.append(masked ? bytes[payload + i] ^ bytes[maskAt + (i & 3)] : bytes[payload + i]) }
+                route(opcode)
+            } else if opcode == WSOpcode.text || opcode == WSOpcode.binary || opcode == WSOpcode.continuation {
+                Self.appendHeader(to: &turn, opcode: opcode, length: length)
                 for i in 0..<length {
                     turn.append(masked ? bytes[payload + i] ^ bytes[maskAt + (i & 3)] : bytes[payload + i])
                 }
@@ -304,6 +353,33 @@ final class FloorServer: @unchecked Sendable {
             at += header + length
         }
         if at > 0 { client.inbound.removeFirst(at) }
+    }
+
+    /// A routed frame in `scratch`: "@name text" joins channel name's turn as "text" (an unknown
+    /// channel has no members: dropped); anything else goes to everyone, as the FastAPI peer does.
+    private func route(_ opcode: UInt8) {
+        guard scratch.first == UInt8(ascii: "@"), let space = scratch.firstIndex(of: 0x20) else {
+            Self.appendHeader(to: &turn, opcode: opcode, length: scratch.count)
+            turn.append(contentsOf: scratch)
+            return
+        }
+        guard let channel = channelIndex[String(decoding: scratch[1..<space], as: UTF8.self)] else { return }
+        if channelTurn[channel].isEmpty { dirtyChannels.append(channel) }
+        Self.appendHeader(to: &channelTurn[channel], opcode: opcode, length: scratch.count - space - 1)
+        channelTurn[channel].append(contentsOf: scratch[(space + 1)...])
+    }
+
+    /// A server (unmasked) frame's header, final fragment.
+    private static func appendHeader(to out: inout [UInt8], opcode: UInt8, length: Int) {
+        out.append(0x80 | opcode)
+        if length < 126 {
+            out.append(UInt8(length))
+        } else if length <= 0xFFFF {
+            out.append(126); out.append(UInt8(length >> 8)); out.append(UInt8(length & 0xFF))
+        } else {
+            out.append(127)
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((length >> shift) & 0xFF)) }
+        }
     }
 
     private func send(_ client: FloorClient, _ bytes: [UInt8]) {
