@@ -6,6 +6,7 @@ Abusive clients are raw sockets: they send exactly the bytes a slow or hostile c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -208,6 +209,11 @@ class RawWebSocket:
         self.inflater = zlib.decompressobj(wbits=-15)  # the hub may keep its context between messages
 
     def send(self, payload: bytes, compress: bool = False) -> None:
+        self.sock.sendall(self.encode(payload, compress))
+
+    @staticmethod
+    def encode(payload: bytes, compress: bool = False) -> bytes:
+        """One masked client text frame (RSV1 and deflated payload when compress)."""
         first = 0x81
         if compress:
             c = zlib.compressobj(wbits=-15)
@@ -221,7 +227,7 @@ class RawWebSocket:
                                    bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else
                                    bytes([0x80 | 127]) + struct.pack(">Q", n))
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
 
     def _need(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -265,6 +271,43 @@ class RawWebSocket:
             opcode, _, payload = self.frame()
             if opcode == 8:
                 return struct.unpack(">H", payload[:2])[0]
+
+
+def test_a_publisher_burst_past_a_turns_read_is_answered_and_delivered_whole_in_order(hub_factory):
+    """A client writes 2,500 publish commands (~640 KB) in one go, more than a turn reads of one
+    connection (256 KiB; the loop reads a saturated connection again before it writes): every
+    command is answered, in order, and a subscriber gets every publication once, in order."""
+    hub = hub_factory(config={"channel": {"allow_publish_for_client": True}})
+    n = 2500
+    pad = "x" * 200
+
+    async def main():
+        async with await hub.client("bob") as sub:
+            await sub.subscribe("burst")
+            publisher = RawWebSocket(hub.port, deflate=False)
+            try:
+                publisher.send(json.dumps({"id": 1, "connect": {"token": hub.token("alice")}}).encode())
+                assert "connect" in json.loads(publisher.frame()[2]), "no connect reply"
+                burst = b"".join(RawWebSocket.encode(json.dumps(
+                    {"id": i + 2, "publish": {"channel": "burst", "data": {"i": i, "p": pad}}}).encode())
+                    for i in range(n))
+                assert len(burst) > 2 * 256 * 1024
+                await asyncio.to_thread(publisher.sock.sendall, burst)
+
+                def replies() -> list[dict]:
+                    out: list[dict] = []
+                    publisher.sock.settimeout(10)
+                    while len(out) < n:
+                        out += [json.loads(line) for line in publisher.frame()[2].split(b"\n") if line.strip()]
+                    return out
+                answered = await asyncio.to_thread(replies)
+            finally:
+                publisher.sock.close()
+            assert [r.get("id") for r in answered] == list(range(2, n + 2))
+            assert all(r.get("publish") == {} for r in answered), next(r for r in answered if r.get("publish") != {})
+            got = [(await sub.push(kind="pub", channel="burst"))["pub"]["data"]["i"] for _ in range(n)]
+            assert got == list(range(n))
+    arun(main())
 
 
 def publish(hub, channel: str, data) -> None:
