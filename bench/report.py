@@ -504,30 +504,27 @@ def floor_comparisons(rows: list[dict]) -> list[dict]:
     ch = collapse(by(rows, "channels"))
     hub = next((r for r in ch if r["server"] == "hub"), None)
     nats = next((r for r in ch if r["server"] == "nats"), None)
+    floor = next((r for r in ch if r["server"] == "floor"), None)
+
+    def channels_ceiling(name: str, a: dict, a_key: str, ref_name: str, b: dict, b_key: str, target) -> dict:
+        """Scenario 2: a's ceiling over b's, per round and of the medians."""
+        return {"what": f"2 ({a.get('connections', 0):,} connections): ceiling, {name} / {ref_name}", "target": target,
+                "at_least": True, "hub": ceiling_cell(a), "reference": ceiling_cell(b),
+                "ratios": round_ratios(rounds(rows, "channels", a_key), rounds(rows, "channels", b_key),
+                                       lambda r: r["max_deliveries_per_s"]),
+                "of_medians": (a.get("max_deliveries_per_s") or 0) / b["max_deliveries_per_s"]
+                if b.get("max_deliveries_per_s") else None,
+                "hub_value": a.get("max_deliveries_per_s"), "ref_value": b.get("max_deliveries_per_s"), "unit": "/s"}
+
     if hub and nats:
-        out.append({"what": f"2 ({hub.get('connections', 0):,} connections): ceiling, hub / nats-server", "target": 2.0,
-                    "at_least": True, "hub": ceiling_cell(hub), "reference": ceiling_cell(nats),
-                    "ratios": round_ratios(rounds(rows, "channels", "hub"), rounds(rows, "channels", "nats"),
-                                           lambda r: r["max_deliveries_per_s"]),
-                    "of_medians": (hub.get("max_deliveries_per_s") or 0) / nats["max_deliveries_per_s"]
-                    if nats.get("max_deliveries_per_s") else None,
-                    "hub_value": hub.get("max_deliveries_per_s"), "ref_value": nats.get("max_deliveries_per_s"), "unit": "/s"})
+        out.append(channels_ceiling("hub", hub, "hub", "nats-server", nats, "nats", 2.0))
     # Scenario 2's yardstick, no target of its own: what the cheapest server doing one send per
     # delivery sustains in the same shape, against the hub and against nats-server (the 2x target
     # asks that of any server).
-    floor = next((r for r in ch if r["server"] == "floor"), None)
     if floor and floor.get("max_deliveries_per_s"):
-        for name, server in (("hub", hub), ("nats-server", nats)):
-            if not server:
-                continue
-            key = "hub" if server is hub else "nats"
-            out.append({"what": f"2 ({floor.get('connections', 0):,} connections): ceiling, {name} / kernel floor",
-                        "target": None, "at_least": True, "hub": ceiling_cell(server), "reference": ceiling_cell(floor),
-                        "ratios": round_ratios(rounds(rows, "channels", key), rounds(rows, "channels", "floor"),
-                                               lambda r: r["max_deliveries_per_s"]),
-                        "of_medians": (server.get("max_deliveries_per_s") or 0) / floor["max_deliveries_per_s"],
-                        "hub_value": server.get("max_deliveries_per_s"), "ref_value": floor.get("max_deliveries_per_s"),
-                        "unit": "/s"})
+        for name, key, server in (("hub", "hub", hub), ("nats-server", "nats", nats)):
+            if server:
+                out.append(channels_ceiling(name, server, key, "kernel floor", floor, "floor", None))
     return out
 
 

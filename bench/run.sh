@@ -310,6 +310,13 @@ for line in open(sys.argv[1]):
 PY
 }
 
+# floor_payload BYTES: the floor's --payload-size for the hub's BYTES per delivery in the round
+# (the floor's frame is a 4-byte header and the payload); nothing when BYTES is unknown.
+floor_payload() {
+    if [ -n "$1" ] && [ "$1" -gt 130 ]; then echo "--payload-size $(( $1 - 4 ))"; fi
+    return 0
+}
+
 # fanout_run KIND SUBS REPEAT [SCENARIO LABEL]: one fan-out measurement of KIND at SUBS subscribers,
 # its lines tagged with the round (and, for scenario cores, relabelled SCENARIO / LABEL). The floor
 # speaks the lws mirror's wire and also runs at the hub's half rate of the same round.
@@ -326,8 +333,8 @@ fanout_run() {
         # payload. FLOOR_PAYLOAD pins the payload instead (the 128-byte reference run).
         if [ -n "${FLOOR_PAYLOAD:-}" ]; then
             wire+=(--payload-size "$FLOOR_PAYLOAD")
-        elif [ -n "$bytes" ] && [ "$bytes" -gt 130 ]; then
-            wire+=(--payload-size $((bytes - 4)))
+        else
+            wire+=($(floor_payload "$bytes"))
         fi
     fi
     start_server "$kind"
@@ -367,10 +374,10 @@ scenario_fanout() {
 channels_run() {
     local kind=$1 repeat=$2 n0 wire=(--server "$1")
     if [ "$kind" = floor ]; then
-        local half bytes
+        local bytes
         wire=(--server fastapi --label floor)
-        read -r half bytes <<< "$(hub_half_deliveries channels hub - "$repeat")"
-        [ -n "$bytes" ] && [ "$bytes" -gt 130 ] && wire+=(--payload-size $((bytes - 4)))
+        read -r _ bytes <<< "$(hub_half_deliveries channels hub - "$repeat")"
+        wire+=($(floor_payload "$bytes"))
     fi
     start_server "$kind"
     log "channels $kind: $CHANNEL_CONNS connections, groups of 10 (round $repeat)"

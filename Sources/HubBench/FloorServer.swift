@@ -340,15 +340,14 @@ final class FloorServer: @unchecked Sendable {
             guard bytes.count - at >= header + length else { break }
             let payload = at + header
             if opcode == WSOpcode.close { drop(client); return }
+            let mask = masked ? maskAt : nil
             if client.routed && (opcode == WSOpcode.text || opcode == WSOpcode.binary) {
                 scratch.removeAll(keepingCapacity: true)
-                for i in 0..<length { scratch.append(masked ? bytes[payload + i] ^ bytes[maskAt + (i & 3)] : bytes[payload + i]) }
+                Self.appendUnmasked(to: &scratch, bytes, from: payload, count: length, maskAt: mask)
                 route(opcode)
             } else if opcode == WSOpcode.text || opcode == WSOpcode.binary || opcode == WSOpcode.continuation {
                 Self.appendHeader(to: &turn, opcode: opcode, length: length)
-                for i in 0..<length {
-                    turn.append(masked ? bytes[payload + i] ^ bytes[maskAt + (i & 3)] : bytes[payload + i])
-                }
+                Self.appendUnmasked(to: &turn, bytes, from: payload, count: length, maskAt: mask)
             }
             at += header + length
         }
@@ -367,6 +366,15 @@ final class FloorServer: @unchecked Sendable {
         if channelTurn[channel].isEmpty { dirtyChannels.append(channel) }
         Self.appendHeader(to: &channelTurn[channel], opcode: opcode, length: scratch.count - space - 1)
         channelTurn[channel].append(contentsOf: scratch[(space + 1)...])
+    }
+
+    /// A client frame's payload as sent (unmasked with the 4 bytes at `maskAt`, if any).
+    private static func appendUnmasked(to out: inout [UInt8], _ bytes: [UInt8], from payload: Int, count: Int, maskAt: Int?) {
+        guard let maskAt else {
+            out.append(contentsOf: bytes[payload..<(payload + count)])
+            return
+        }
+        for i in 0..<count { out.append(bytes[payload + i] ^ bytes[maskAt + (i & 3)]) }
     }
 
     /// A server (unmasked) frame's header, final fragment.
